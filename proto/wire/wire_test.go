@@ -1,0 +1,144 @@
+package wire
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/imgate/imgate/proto/wirepb"
+)
+
+func ping(seq uint64) *wirepb.Frame {
+	return &wirepb.Frame{Body: &wirepb.Frame_Ping{Ping: &wirepb.Ping{Seq: seq}}}
+}
+
+func TestAppendSplitRoundTrip(t *testing.T) {
+	var b []byte
+	var err error
+	for i := uint64(1); i <= 3; i++ {
+		if b, err = Append(b, ping(i), DefaultMaxFrame); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := uint64(1); i <= 3; i++ {
+		body, rest, need, err := Split(b, DefaultMaxFrame)
+		if err != nil || need != 0 {
+			t.Fatalf("split %d: need=%d err=%v", i, need, err)
+		}
+		var f wirepb.Frame
+		if err := Decode(body, &f); err != nil {
+			t.Fatal(err)
+		}
+		if got := f.GetPing().GetSeq(); got != i {
+			t.Fatalf("seq = %d, want %d", got, i)
+		}
+		b = rest
+	}
+	if len(b) != 0 {
+		t.Fatalf("%d bytes left", len(b))
+	}
+}
+
+func TestSplitPartial(t *testing.T) {
+	full, _ := Append(nil, ping(7), DefaultMaxFrame)
+	for cut := 0; cut < len(full); cut++ {
+		body, rest, need, err := Split(full[:cut], DefaultMaxFrame)
+		if err != nil || body != nil || len(rest) != cut {
+			t.Fatalf("cut %d: body=%v rest=%d err=%v", cut, body, len(rest), err)
+		}
+		want := HeaderSize
+		if cut >= HeaderSize {
+			want = len(full)
+		}
+		if need != want {
+			t.Fatalf("cut %d: need %d, want %d", cut, need, want)
+		}
+	}
+}
+
+func TestSplitTooLarge(t *testing.T) {
+	hdr := []byte{0xff, 0xff, 0xff, 0xff}
+	if _, _, _, err := Split(hdr, DefaultMaxFrame); !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("err = %v, want ErrFrameTooLarge", err)
+	}
+	var r = NewReader(bytes.NewReader(hdr), DefaultMaxFrame)
+	if err := r.Read(new(wirepb.Frame)); !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("reader err = %v, want ErrFrameTooLarge", err)
+	}
+}
+
+func TestAppendTooLarge(t *testing.T) {
+	f := &wirepb.Frame{Body: &wirepb.Frame_Send{Send: &wirepb.Send{Payload: make([]byte, 100)}}}
+	b, err := Append([]byte("keep"), f, 50)
+	if !errors.Is(err, ErrFrameTooLarge) || string(b) != "keep" {
+		t.Fatalf("b=%q err=%v", b, err)
+	}
+}
+
+func TestDecodeBad(t *testing.T) {
+	for name, body := range map[string][]byte{
+		"garbage": []byte("\xff\xff\xff\xff not protobuf"),
+		"empty":   {},
+	} {
+		if err := Decode(body, new(wirepb.Frame)); !errors.Is(err, ErrBadFrame) {
+			t.Errorf("%s: err = %v, want ErrBadFrame", name, err)
+		}
+	}
+}
+
+func TestReaderStream(t *testing.T) {
+	var b []byte
+	b, _ = Append(b, ping(1), DefaultMaxFrame)
+	b, _ = Append(b, ping(2), DefaultMaxFrame)
+	r := NewReader(bytes.NewReader(b), DefaultMaxFrame)
+	var f wirepb.Frame
+	for i := uint64(1); i <= 2; i++ {
+		if err := r.Read(&f); err != nil || f.GetPing().GetSeq() != i {
+			t.Fatalf("frame %d: %v %v", i, &f, err)
+		}
+	}
+	// A body cut short is an unexpected EOF, not a clean end.
+	hdr := binary.BigEndian.AppendUint32(nil, 10)
+	r = NewReader(bytes.NewReader(append(hdr, 1, 2)), DefaultMaxFrame)
+	if err := r.Read(&f); err == nil {
+		t.Fatal("want error for truncated body")
+	}
+}
+
+// FuzzDecode feeds arbitrary bytes through the node's decoding path: it must
+// never panic, never accept a length above the limit, and every frame it
+// accepts must re-encode within the limit.
+func FuzzDecode(f *testing.F) {
+	seed, _ := Append(nil, ping(1), DefaultMaxFrame)
+	f.Add(seed)
+	login, _ := Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Login{Login: &wirepb.Login{Token: "t", Uid: "u"}}}, DefaultMaxFrame)
+	f.Add(login)
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff})
+	f.Add([]byte{0, 0, 0, 2, 0x0a, 0x00})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		const max = 1024
+		for len(b) > 0 {
+			body, rest, need, err := Split(b, max)
+			if err != nil {
+				return
+			}
+			if need > 0 {
+				if need > max+HeaderSize {
+					t.Fatalf("need %d above limit", need)
+				}
+				return
+			}
+			var fr wirepb.Frame
+			if err := Decode(body, &fr); err == nil {
+				if _, err := Append(nil, &fr, max+64); err != nil && !errors.Is(err, ErrFrameTooLarge) {
+					t.Fatalf("re-encode: %v", err)
+				}
+				_ = proto.Size(&fr)
+			}
+			b = rest
+		}
+	})
+}
