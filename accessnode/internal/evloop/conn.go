@@ -1,0 +1,187 @@
+//go:build linux
+
+package evloop
+
+import (
+	"net/netip"
+	"sync"
+
+	"golang.org/x/sys/unix"
+)
+
+const (
+	stateOpen    uint8 = iota
+	stateClosing       // CloseAfter: no more writes; flush, shut down, linger
+	stateBroken        // a write failed; close pending
+	stateClosed
+)
+
+// Conn is one client connection. Its size is the node's per-connection
+// memory floor, so fields are few and small.
+type Conn struct {
+	// Set at accept, then read-only.
+	fd      int
+	loop    *loop
+	id      uint64
+	remote  netip.AddrPort
+	created int64
+	slot    int32
+	gen     int32
+
+	// Owned by the loop goroutine.
+	in          []byte // incomplete frame, borrowed from the pool; nil when idle
+	lastRead    int64
+	lingerUntil int64 // set once the conn is closing and lingering
+	badStream   bool  // framing broken; input is discarded
+
+	mu    sync.Mutex // guards out, state, outWatch
+	out   []byte     // bytes the kernel did not take yet, pooled; nil when idle
+	state uint8
+	watch bool // EPOLLOUT registered
+
+	// Data belongs to the Handler (its per-connection session).
+	Data any
+}
+
+// ID is unique per connection within the engine.
+func (c *Conn) ID() uint64 { return c.id }
+
+// RemoteAddr is the peer's address.
+func (c *Conn) RemoteAddr() netip.AddrPort { return c.remote }
+
+// Created is when the connection was accepted, on the engine clock.
+func (c *Conn) Created() int64 { return c.created }
+
+// LastRead is when bytes last arrived, on the engine clock. Only valid in
+// the loop goroutine (Handler methods).
+func (c *Conn) LastRead() int64 { return c.lastRead }
+
+// Write sends b, or queues what the kernel does not take now. It may be called
+// from any goroutine; b is not retained. When the queue would exceed the
+// limit the connection is closed and ErrSlow returned.
+func (c *Conn) Write(b []byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != stateOpen {
+		return ErrClosed
+	}
+	return c.writeLocked(b)
+}
+
+func (c *Conn) writeLocked(b []byte) error {
+	if len(c.out) == 0 {
+		for len(b) > 0 {
+			n, err := unix.Write(c.fd, b)
+			if err == unix.EINTR {
+				continue
+			}
+			if err == unix.EAGAIN {
+				break
+			}
+			if err != nil {
+				c.breakLocked()
+				return err
+			}
+			b = b[n:]
+		}
+		if len(b) == 0 {
+			return nil
+		}
+		c.out = append(getBuf(len(b)), b...)
+		c.setWatch(true)
+		return nil
+	}
+	if len(c.out)+len(b) > c.loop.e.cfg.MaxQueue {
+		c.loop.e.slowClosed.Add(1)
+		c.breakLocked()
+		return ErrSlow
+	}
+	c.out = append(c.out, b...)
+	return nil
+}
+
+// breakLocked marks the conn broken and has its loop close it.
+func (c *Conn) breakLocked() {
+	c.state = stateBroken
+	l := c.loop
+	l.post(func() { l.closeConn(c) })
+}
+
+// setWatch turns EPOLLOUT interest on or off. c.mu is held.
+func (c *Conn) setWatch(on bool) {
+	if c.watch == on {
+		return
+	}
+	c.watch = on
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: c.slot, Pad: c.gen}
+	if on {
+		ev.Events |= unix.EPOLLOUT
+	}
+	_ = unix.EpollCtl(c.loop.epfd, unix.EPOLL_CTL_MOD, c.fd, &ev)
+}
+
+// CloseAfter writes b (may be nil) and then closes the connection gracefully:
+// queued bytes are flushed, the write side is shut down, and input is
+// discarded until the peer closes or the linger time passes. No more writes
+// are accepted. Safe from any goroutine.
+func (c *Conn) CloseAfter(b []byte) {
+	c.mu.Lock()
+	if c.state != stateOpen {
+		c.mu.Unlock()
+		return
+	}
+	if len(b) > 0 {
+		if err := c.writeLocked(b); err != nil {
+			c.mu.Unlock()
+			return
+		}
+	}
+	c.state = stateClosing
+	c.mu.Unlock()
+	l := c.loop
+	l.post(func() { l.beginClose(c) })
+}
+
+// Close closes the connection now, dropping anything queued. Safe from any
+// goroutine; OnClose follows in the loop.
+func (c *Conn) Close() {
+	c.mu.Lock()
+	if c.state == stateOpen || c.state == stateClosing {
+		c.breakLocked()
+	}
+	c.mu.Unlock()
+}
+
+func (c *Conn) closing() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state != stateOpen
+}
+
+// Buffer pool in size classes; buffers are borrowed only while a frame is
+// incomplete or a write is queued.
+var classes = [...]int{512, 4 << 10, 16 << 10, 64 << 10, 256 << 10}
+
+var pools [len(classes)]sync.Pool
+
+func getBuf(n int) []byte {
+	for i, size := range classes {
+		if n <= size {
+			if b, ok := pools[i].Get().(*[]byte); ok {
+				return (*b)[:0]
+			}
+			return make([]byte, 0, size)
+		}
+	}
+	return make([]byte, 0, n)
+}
+
+func putBuf(b []byte) {
+	for i, size := range classes {
+		if cap(b) == size {
+			b = b[:0]
+			pools[i].Put(&b)
+			return
+		}
+	}
+}

@@ -1,0 +1,34 @@
+// Package evloop is the access node's connection layer: readiness-based I/O
+// over Linux epoll for many long-lived, mostly idle TCP connections.
+//
+// Why not a goroutine per connection: a parked goroutine with its stack and a
+// read buffer costs 4–8 KiB per connection; the node's goal is ≤ 2 KiB per
+// idle logged-in connection (see docs/architecture.md for the measurements).
+// Here an idle connection is a small Conn struct in its loop's slot table and
+// nothing else: no goroutine, no timer, no buffer.
+//
+// Shape:
+//   - An Engine runs N loops (one per core by default). Each loop owns one
+//     epoll instance, the listener (registered with EPOLLEXCLUSIVE in every
+//     loop, so each loop accepts for itself), an eventfd to be woken, and a
+//     slot table of its connections. Everything in the slot table is owned by
+//     the loop goroutine.
+//   - Reads happen in the loop into one buffer shared by the loop; only a
+//     frame that arrives in pieces borrows a pooled buffer, returned as soon as
+//     the frame is complete. Whole frames are handed to the Handler in the loop
+//     goroutine and must not be retained after OnFrame returns.
+//   - Writes may come from any goroutine (Conn.Write). A write goes straight to
+//     the socket; only what the kernel does not take is queued, in a pooled
+//     buffer, and flushed by the loop on EPOLLOUT. A connection whose queue
+//     exceeds the limit is closed: one slow reader never grows memory or slows
+//     anyone else.
+//   - There is no timer per connection. Each loop sweeps its slots every Tick
+//     and calls Handler.OnTick, where the protocol layer checks its deadlines
+//     (login, idle, re-delivery).
+//   - A fatal close flushes what is queued, shuts down the write side and
+//     lingers briefly discarding input, so the peer reads the last frame
+//     (usually an Error) instead of a reset.
+//
+// The package knows the framing (proto/wire) but not what frames mean; it
+// never blocks its loop on anything but epoll_wait.
+package evloop

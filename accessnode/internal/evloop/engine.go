@@ -1,0 +1,243 @@
+//go:build linux
+
+package evloop
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
+
+	"github.com/imgate/imgate/proto/wire"
+)
+
+// Handler is the protocol on top of the connections. Every method runs in the
+// connection's loop goroutine and must not block.
+type Handler interface {
+	// OnOpen is called once for a new connection before any other call.
+	OnOpen(c *Conn)
+	// OnFrame is called with one whole frame body. body is only valid during
+	// the call.
+	OnFrame(c *Conn, body []byte)
+	// OnFrameError is called when the byte stream is not valid framing (for
+	// example a length above the limit). No more frames are read; the handler
+	// should answer and CloseAfter.
+	OnFrameError(c *Conn, err error)
+	// OnTick is called for every open connection once per sweep.
+	OnTick(c *Conn, now int64)
+	// OnClose is called once when the connection is gone.
+	OnClose(c *Conn)
+}
+
+// Config tunes an Engine. Zero values take the defaults.
+type Config struct {
+	Loops    int           // default runtime.GOMAXPROCS(0)
+	MaxFrame int           // default wire.DefaultMaxFrame
+	MaxConns int64         // 0: no limit
+	MaxQueue int           // queued outbound bytes before a conn is closed as slow; default 1 MiB
+	Tick     time.Duration // sweep period; default 250 ms
+	Linger   time.Duration // how long a closing conn waits for the peer; default 2 s
+}
+
+func (c *Config) setDefaults() {
+	if c.Loops <= 0 {
+		c.Loops = runtime.GOMAXPROCS(0)
+	}
+	if c.MaxFrame <= 0 {
+		c.MaxFrame = wire.DefaultMaxFrame
+	}
+	if c.MaxQueue <= 0 {
+		c.MaxQueue = 1 << 20
+	}
+	if c.Tick <= 0 {
+		c.Tick = 250 * time.Millisecond
+	}
+	if c.Linger <= 0 {
+		c.Linger = 2 * time.Second
+	}
+}
+
+// Errors of Conn.Write.
+var (
+	ErrClosed = errors.New("evloop: connection closed")
+	ErrSlow   = errors.New("evloop: outbound queue full, connection closed")
+)
+
+// Counters the engine keeps; read with Stats.
+type Counters struct {
+	Conns        int64 // open now
+	Accepted     uint64
+	Rejected     uint64 // over MaxConns
+	SlowClosed   uint64 // closed because their queue was full
+	AcceptErrors uint64
+}
+
+// Engine runs the loops.
+type Engine struct {
+	cfg   Config
+	h     Handler
+	log   zerolog.Logger
+	start time.Time
+	loops []*loop
+	wg    sync.WaitGroup
+	next  atomic.Uint64 // connection ids
+
+	conns        atomic.Int64
+	accepted     atomic.Uint64
+	rejected     atomic.Uint64
+	slowClosed   atomic.Uint64
+	acceptErrors atomic.Uint64
+
+	mu      sync.Mutex // guards lnfds, closed
+	lnfds   []int
+	closed  bool
+	stopped chan struct{}
+}
+
+// New starts an engine with cfg.Loops loops and no listener yet.
+func New(cfg Config, h Handler, log zerolog.Logger) (*Engine, error) {
+	cfg.setDefaults()
+	e := &Engine{cfg: cfg, h: h, log: log, start: time.Now(), stopped: make(chan struct{})}
+	for i := 0; i < cfg.Loops; i++ {
+		l, err := newLoop(e, i)
+		if err != nil {
+			for _, l := range e.loops {
+				l.closeFDs()
+			}
+			return nil, err
+		}
+		e.loops = append(e.loops, l)
+	}
+	for _, l := range e.loops {
+		e.wg.Add(1)
+		go func() {
+			defer e.wg.Done()
+			l.run()
+		}()
+	}
+	return e, nil
+}
+
+// Now is the engine's monotonic clock in nanoseconds; OnTick's now and
+// Conn.LastRead use it.
+func (e *Engine) Now() int64 { return int64(time.Since(e.start)) }
+
+// Config returns the configuration in force (defaults filled in).
+func (e *Engine) Config() Config { return e.cfg }
+
+// Stats returns the engine's counters.
+func (e *Engine) Stats() Counters {
+	return Counters{
+		Conns:        e.conns.Load(),
+		Accepted:     e.accepted.Load(),
+		Rejected:     e.rejected.Load(),
+		SlowClosed:   e.slowClosed.Load(),
+		AcceptErrors: e.acceptErrors.Load(),
+	}
+}
+
+// Serve starts accepting the connections of ln in every loop. The engine
+// accepts on its own duplicate of the socket; the caller still owns ln and
+// closes it after StopAccepting or Close.
+func (e *Engine) Serve(ln *net.TCPListener) error {
+	rc, err := ln.SyscallConn()
+	if err != nil {
+		return fmt.Errorf("evloop: listener: %w", err)
+	}
+	fd := -1
+	var dupErr error
+	if err := rc.Control(func(s uintptr) { fd, dupErr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
+		return fmt.Errorf("evloop: listener: %w", err)
+	}
+	if dupErr != nil {
+		return fmt.Errorf("evloop: dup listener: %w", dupErr)
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return fmt.Errorf("evloop: listener: %w", err)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.closed {
+		unix.Close(fd)
+		return ErrClosed
+	}
+	for _, l := range e.loops {
+		if err := l.addListener(fd); err != nil {
+			unix.Close(fd)
+			return fmt.Errorf("evloop: register listener: %w", err)
+		}
+	}
+	e.lnfds = append(e.lnfds, fd)
+	return nil
+}
+
+// StopAccepting stops taking new connections; open ones are untouched.
+func (e *Engine) StopAccepting() {
+	e.mu.Lock()
+	fds := e.lnfds
+	e.lnfds = nil
+	e.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, l := range e.loops {
+		wg.Add(1)
+		if !l.post(func() {
+			defer wg.Done()
+			for _, fd := range fds {
+				_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+			}
+			l.paused = nil
+		}) {
+			wg.Done()
+		}
+	}
+	wg.Wait()
+	for _, fd := range fds {
+		unix.Close(fd)
+	}
+}
+
+// Each calls fn for every open connection, in each connection's loop
+// goroutine, and returns when all loops have done so.
+func (e *Engine) Each(fn func(c *Conn)) {
+	var wg sync.WaitGroup
+	for _, l := range e.loops {
+		wg.Add(1)
+		if !l.post(func() {
+			defer wg.Done()
+			for _, c := range l.slots {
+				if c != nil && c.lingerUntil == 0 {
+					fn(c)
+				}
+			}
+		}) {
+			wg.Done()
+		}
+	}
+	wg.Wait()
+}
+
+// Close stops accepting, closes every connection (OnClose is called for
+// each) and waits for the loops to end.
+func (e *Engine) Close() {
+	e.StopAccepting()
+	e.mu.Lock()
+	if e.closed {
+		e.mu.Unlock()
+		<-e.stopped
+		return
+	}
+	e.closed = true
+	e.mu.Unlock()
+	for _, l := range e.loops {
+		l.stop()
+	}
+	e.wg.Wait()
+	close(e.stopped)
+}

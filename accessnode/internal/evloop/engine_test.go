@@ -1,0 +1,306 @@
+//go:build linux
+
+package evloop
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+
+// echo answers every frame with the same frame; a frame "close" is answered
+// and then the conn is closed gracefully; a framing error is answered "bad".
+type echo struct {
+	opened, closed, ticks atomic.Int64
+}
+
+func (h *echo) OnOpen(c *Conn) { h.opened.Add(1) }
+func (h *echo) OnFrame(c *Conn, body []byte) {
+	out := frame(body)
+	if string(body) == "close" {
+		c.CloseAfter(out)
+		return
+	}
+	_ = c.Write(out)
+}
+func (h *echo) OnFrameError(c *Conn, err error) { c.CloseAfter(frame([]byte("bad"))) }
+func (h *echo) OnTick(c *Conn, now int64)       { h.ticks.Add(1) }
+func (h *echo) OnClose(c *Conn)                 { h.closed.Add(1) }
+
+func frame(b []byte) []byte {
+	return append(binary.BigEndian.AppendUint32(nil, uint32(len(b))), b...)
+}
+
+func start(t *testing.T, cfg Config) (*Engine, *echo, string) {
+	t.Helper()
+	h := &echo{}
+	if cfg.Tick == 0 {
+		cfg.Tick = 20 * time.Millisecond
+	}
+	e, err := New(cfg, h, zerolog.Nop())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.Serve(ln.(*net.TCPListener)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		e.Close()
+		ln.Close()
+	})
+	return e, h, ln.Addr().String()
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func readFrame(t *testing.T, c net.Conn) []byte {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var hdr [4]byte
+	if _, err := io.ReadFull(c, hdr[:]); err != nil {
+		t.Fatalf("read header: %v", err)
+	}
+	b := make([]byte, binary.BigEndian.Uint32(hdr[:]))
+	if _, err := io.ReadFull(c, b); err != nil {
+		t.Fatalf("read body: %v", err)
+	}
+	return b
+}
+
+func TestEchoWholeAndSplitFrames(t *testing.T) {
+	e, h, addr := start(t, Config{Loops: 2})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Several frames in one write.
+	var batch []byte
+	for _, s := range []string{"a", "bb", "ccc"} {
+		batch = append(batch, frame([]byte(s))...)
+	}
+	if _, err := c.Write(batch); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"a", "bb", "ccc"} {
+		if got := readFrame(t, c); string(got) != want {
+			t.Fatalf("got %q want %q", got, want)
+		}
+	}
+	// One frame, a byte at a time: the partial frame is buffered.
+	big := bytes.Repeat([]byte("x"), 3000)
+	for _, b := range frame(big) {
+		if _, err := c.Write([]byte{b}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := readFrame(t, c); !bytes.Equal(got, big) {
+		t.Fatalf("split frame: got %d bytes", len(got))
+	}
+	waitFor(t, "ticks", func() bool { return h.ticks.Load() > 0 })
+	if e.Stats().Conns != 1 {
+		t.Fatalf("conns = %d", e.Stats().Conns)
+	}
+}
+
+func TestFrameTooLargeAnsweredThenClosed(t *testing.T) {
+	e, h, addr := start(t, Config{Loops: 1, MaxFrame: 1024})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// A 4 GiB length prefix, followed by junk the node must discard.
+	if _, err := c.Write(append([]byte{0xff, 0xff, 0xff, 0xff}, bytes.Repeat([]byte{1}, 5000)...)); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFrame(t, c); string(got) != "bad" {
+		t.Fatalf("got %q", got)
+	}
+	// Then a clean end of stream (FIN, not a reset).
+	if n, err := c.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("after error: n=%d err=%v", n, err)
+	}
+	c.Close()
+	waitFor(t, "close", func() bool { return h.closed.Load() == 1 && e.Stats().Conns == 0 })
+}
+
+func TestGracefulCloseAfterLastFrame(t *testing.T) {
+	_, h, addr := start(t, Config{Loops: 1})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(frame([]byte("close"))); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFrame(t, c); string(got) != "close" {
+		t.Fatalf("got %q", got)
+	}
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
+		t.Fatalf("want EOF, got %v", err)
+	}
+	// The node lingers until we close.
+	c.Close()
+	waitFor(t, "OnClose", func() bool { return h.closed.Load() == 1 })
+}
+
+func TestLingerTimesOut(t *testing.T) {
+	_, h, addr := start(t, Config{Loops: 1, Linger: 50 * time.Millisecond})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write(frame([]byte("close"))); err != nil {
+		t.Fatal(err)
+	}
+	// We never close; the node gives up lingering.
+	waitFor(t, "linger timeout", func() bool { return h.closed.Load() == 1 })
+}
+
+// A client that never reads is closed once its queue is full; another
+// client on the same loop is not slowed.
+func TestSlowReaderClosedOthersUnaffected(t *testing.T) {
+	e, h, addr := start(t, Config{Loops: 1, MaxQueue: 64 << 10})
+	slow, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slow.Close()
+	fast, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fast.Close()
+	waitFor(t, "two conns", func() bool { return h.opened.Load() == 2 })
+	var target *Conn
+	e.Each(func(c *Conn) {
+		if c.RemoteAddr().String() == slow.LocalAddr().String() {
+			target = c
+		}
+	})
+	if target == nil {
+		t.Fatal("slow conn not found")
+	}
+	chunk := frame(bytes.Repeat([]byte("y"), 8<<10))
+	var werr error
+	for i := 0; i < 10000 && werr == nil; i++ {
+		werr = target.Write(chunk)
+	}
+	if !errors.Is(werr, ErrSlow) && !errors.Is(werr, ErrClosed) {
+		t.Fatalf("writes to a reader that never reads: err = %v", werr)
+	}
+	waitFor(t, "slow closed", func() bool { return e.Stats().SlowClosed == 1 && e.Stats().Conns == 1 })
+	if _, err := fast.Write(frame([]byte("ping"))); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFrame(t, fast); string(got) != "ping" {
+		t.Fatalf("fast got %q", got)
+	}
+}
+
+func TestManyConnsConcurrentWriters(t *testing.T) {
+	e, h, addr := start(t, Config{Loops: 2})
+	const n = 200
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns[i] = c
+	}
+	waitFor(t, "all open", func() bool { return h.opened.Load() == n })
+	var all []*Conn
+	var mu sync.Mutex
+	e.Each(func(c *Conn) { mu.Lock(); all = append(all, c); mu.Unlock() })
+	// Writers on many goroutines to every connection.
+	var wg sync.WaitGroup
+	for w := 0; w < 4; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for _, c := range all {
+				_ = c.Write(frame([]byte("hello")))
+			}
+		}()
+	}
+	wg.Wait()
+	for _, c := range conns {
+		for i := 0; i < 4; i++ {
+			if got := readFrame(t, c); string(got) != "hello" {
+				t.Fatalf("got %q", got)
+			}
+		}
+	}
+	for _, c := range conns {
+		c.Close()
+	}
+	waitFor(t, "all closed", func() bool { return h.closed.Load() == n && e.Stats().Conns == 0 })
+}
+
+func TestMaxConnsRejects(t *testing.T) {
+	e, h, addr := start(t, Config{Loops: 1, MaxConns: 1})
+	a, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	waitFor(t, "first", func() bool { return h.opened.Load() == 1 })
+	b, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	_ = b.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := b.Read(make([]byte, 1)); err == nil {
+		t.Fatal("second conn over the cap was served")
+	}
+	if e.Stats().Rejected != 1 {
+		t.Fatalf("rejected = %d", e.Stats().Rejected)
+	}
+}
+
+func TestStopAcceptingKeepsOpenConns(t *testing.T) {
+	e, h, addr := start(t, Config{Loops: 2})
+	a, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	waitFor(t, "open", func() bool { return h.opened.Load() == 1 })
+	e.StopAccepting()
+	if _, err := a.Write(frame([]byte("still"))); err != nil {
+		t.Fatal(err)
+	}
+	if got := readFrame(t, a); string(got) != "still" {
+		t.Fatalf("got %q", got)
+	}
+}

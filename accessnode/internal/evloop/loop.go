@@ -1,0 +1,409 @@
+//go:build linux
+
+package evloop
+
+import (
+	"errors"
+	"net/netip"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/imgate/imgate/proto/wire"
+)
+
+// Event data: Fd carries a slot index (or one of the markers below), Pad the
+// slot's generation (or, for a listener, its fd), so an event for a slot that
+// was closed and reused within one epoll_wait batch is recognised and dropped.
+const (
+	slotListener = -2
+	slotWake     = -1
+)
+
+// maxEvents is how many readiness events one epoll_wait returns at most.
+const maxEvents = 256
+
+type loop struct {
+	e    *Engine
+	id   int
+	epfd int
+	evfd int
+
+	// Owned by the loop goroutine.
+	slots  []*Conn
+	free   []int32
+	gen    int32
+	buf    []byte
+	events []unix.EpollEvent
+	now    int64
+	paused []int // listener fds taken out after EMFILE, re-added next tick
+
+	mu      sync.Mutex // guards tasks, woken, stopped
+	tasks   []func()
+	woken   bool
+	stopped bool
+}
+
+func newLoop(e *Engine, id int) (*loop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	evfd, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, err
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN, Fd: slotWake}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, evfd, &ev); err != nil {
+		unix.Close(epfd)
+		unix.Close(evfd)
+		return nil, err
+	}
+	return &loop{
+		e:      e,
+		id:     id,
+		epfd:   epfd,
+		evfd:   evfd,
+		buf:    make([]byte, wire.HeaderSize+e.cfg.MaxFrame),
+		events: make([]unix.EpollEvent, maxEvents),
+	}, nil
+}
+
+func (l *loop) closeFDs() {
+	unix.Close(l.epfd)
+	unix.Close(l.evfd)
+}
+
+func (l *loop) addListener(fd int) error {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: slotListener, Pad: int32(fd)}
+	return unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
+}
+
+// post runs fn in the loop goroutine soon. It reports false when the loop
+// has stopped and fn will never run.
+func (l *loop) post(fn func()) bool {
+	l.mu.Lock()
+	if l.stopped {
+		l.mu.Unlock()
+		return false
+	}
+	l.tasks = append(l.tasks, fn)
+	wake := !l.woken
+	l.woken = true
+	l.mu.Unlock()
+	if wake {
+		var one = [8]byte{1}
+		_, _ = unix.Write(l.evfd, one[:])
+	}
+	return true
+}
+
+func (l *loop) stop() {
+	l.post(func() {
+		l.mu.Lock()
+		l.stopped = true
+		l.mu.Unlock()
+	})
+}
+
+func (l *loop) run() {
+	tick := l.e.cfg.Tick
+	next := l.e.Now() + int64(tick)
+	for {
+		wait := int((next - l.e.Now()) / int64(time.Millisecond))
+		if wait < 0 {
+			wait = 0
+		}
+		n, err := unix.EpollWait(l.epfd, l.events, wait)
+		if err != nil && !errors.Is(err, unix.EINTR) {
+			l.e.log.Error().Err(err).Int("loop", l.id).Msg("epoll_wait failed; loop stops")
+			break
+		}
+		l.now = l.e.Now()
+		for i := 0; i < n; i++ {
+			l.dispatch(&l.events[i])
+		}
+		if l.runTasks() {
+			break
+		}
+		if l.now >= next {
+			l.sweep()
+			next = l.now + int64(tick)
+		}
+	}
+	for _, c := range l.slots {
+		if c != nil {
+			l.closeConn(c)
+		}
+	}
+	l.closeFDs()
+}
+
+// runTasks runs what other goroutines posted and reports whether the loop
+// must stop.
+func (l *loop) runTasks() bool {
+	l.mu.Lock()
+	tasks := l.tasks
+	l.tasks = nil
+	l.woken = false
+	l.mu.Unlock()
+	for _, fn := range tasks {
+		fn()
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.stopped
+}
+
+func (l *loop) dispatch(ev *unix.EpollEvent) {
+	switch ev.Fd {
+	case slotWake:
+		var b [8]byte
+		_, _ = unix.Read(l.evfd, b[:])
+		return
+	case slotListener:
+		l.accept(int(ev.Pad))
+		return
+	}
+	if int(ev.Fd) >= len(l.slots) {
+		return
+	}
+	c := l.slots[ev.Fd]
+	if c == nil || c.gen != ev.Pad {
+		return // closed earlier in this batch
+	}
+	if ev.Events&(unix.EPOLLOUT) != 0 {
+		l.flush(c)
+	}
+	if ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 && l.slots[ev.Fd] == c {
+		l.readable(c)
+	}
+}
+
+func (l *loop) accept(lfd int) {
+	e := l.e
+	for i := 0; i < 64; i++ {
+		nfd, sa, err := unix.Accept4(lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		if err != nil {
+			switch {
+			case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNABORTED):
+			case errors.Is(err, unix.EMFILE), errors.Is(err, unix.ENFILE), errors.Is(err, unix.ENOBUFS), errors.Is(err, unix.ENOMEM):
+				// Out of descriptors: the pending connection stays queued and a
+				// level-triggered listener would spin. Step back for a tick.
+				e.acceptErrors.Add(1)
+				if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, lfd, nil); err == nil {
+					l.paused = append(l.paused, lfd)
+				}
+				e.log.Warn().Err(err).Int("loop", l.id).Msg("accept: out of resources; pausing accepts for one tick")
+			default:
+				e.acceptErrors.Add(1)
+			}
+			return
+		}
+		if max := e.cfg.MaxConns; max > 0 && e.conns.Load() >= max {
+			e.rejected.Add(1)
+			unix.Close(nfd)
+			continue
+		}
+		_ = unix.SetsockoptInt(nfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
+		c := &Conn{
+			fd:       nfd,
+			loop:     l,
+			id:       e.next.Add(1),
+			remote:   addrPort(sa),
+			created:  l.now,
+			lastRead: l.now,
+		}
+		l.gen++
+		c.gen = l.gen
+		if n := len(l.free); n > 0 {
+			c.slot = l.free[n-1]
+			l.free = l.free[:n-1]
+			l.slots[c.slot] = c
+		} else {
+			c.slot = int32(len(l.slots))
+			l.slots = append(l.slots, c)
+		}
+		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: c.slot, Pad: c.gen}
+		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, nfd, &ev); err != nil {
+			l.slots[c.slot] = nil
+			l.free = append(l.free, c.slot)
+			unix.Close(nfd)
+			e.acceptErrors.Add(1)
+			continue
+		}
+		e.conns.Add(1)
+		e.accepted.Add(1)
+		e.h.OnOpen(c)
+	}
+}
+
+func addrPort(sa unix.Sockaddr) netip.AddrPort {
+	switch a := sa.(type) {
+	case *unix.SockaddrInet4:
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
+	case *unix.SockaddrInet6:
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port))
+	}
+	return netip.AddrPort{}
+}
+
+// readable reads what the socket has and hands whole frames to the handler.
+func (l *loop) readable(c *Conn) {
+	n, err := unix.Read(c.fd, l.buf)
+	if err != nil {
+		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
+			return
+		}
+		l.closeConn(c)
+		return
+	}
+	if n == 0 {
+		l.closeConn(c) // the peer closed
+		return
+	}
+	c.lastRead = l.now
+	if c.lingerUntil != 0 || c.badStream {
+		return // closing: discard input so our close does not reset the peer
+	}
+	data := l.buf[:n]
+	if c.in != nil {
+		c.in = append(c.in, data...)
+		data = c.in
+	}
+	max := l.e.cfg.MaxFrame
+	var need int
+	for len(data) > 0 {
+		var body []byte
+		body, data, need, err = wire.Split(data, max)
+		if err != nil {
+			c.badStream = true
+			l.dropIn(c)
+			l.e.h.OnFrameError(c, err)
+			return
+		}
+		if need > 0 {
+			break
+		}
+		l.e.h.OnFrame(c, body)
+		if l.slots[c.slot] != c || c.closing() {
+			l.dropIn(c)
+			return
+		}
+	}
+	if len(data) == 0 {
+		l.dropIn(c)
+		return
+	}
+	// Keep the incomplete frame in a buffer borrowed until it is whole.
+	if c.in != nil && cap(c.in) >= need {
+		c.in = c.in[:copy(c.in, data)]
+		return
+	}
+	b := getBuf(need)
+	b = append(b, data...)
+	l.dropIn(c)
+	c.in = b
+}
+
+func (l *loop) dropIn(c *Conn) {
+	if c.in != nil {
+		putBuf(c.in)
+		c.in = nil
+	}
+}
+
+// flush writes queued bytes after EPOLLOUT.
+func (l *loop) flush(c *Conn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == stateClosed {
+		return
+	}
+	for len(c.out) > 0 {
+		n, err := unix.Write(c.fd, c.out)
+		if err != nil {
+			if errors.Is(err, unix.EAGAIN) {
+				return
+			}
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			c.state = stateBroken
+			l.post(func() { l.closeConn(c) })
+			return
+		}
+		c.out = c.out[:copy(c.out, c.out[n:])]
+	}
+	putBuf(c.out)
+	c.out = nil
+	c.setWatch(false)
+	if c.state == stateClosing {
+		l.lingerLocked(c)
+	}
+}
+
+// beginClose runs in the loop after CloseAfter: once the queue is empty the
+// write side is shut and the conn lingers.
+func (l *loop) beginClose(c *Conn) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != stateClosing || len(c.out) > 0 || c.lingerUntil != 0 {
+		return
+	}
+	l.lingerLocked(c)
+}
+
+// lingerLocked shuts the write side so the peer reads everything we sent,
+// then waits for its close (or the linger time) discarding its input.
+// c.mu is held.
+func (l *loop) lingerLocked(c *Conn) {
+	_ = unix.Shutdown(c.fd, unix.SHUT_WR)
+	c.lingerUntil = l.e.Now() + int64(l.e.cfg.Linger)
+}
+
+func (l *loop) sweep() {
+	for _, p := range l.paused {
+		_ = l.addListener(p)
+	}
+	l.paused = l.paused[:0]
+	h := l.e.h
+	for _, c := range l.slots {
+		if c == nil {
+			continue
+		}
+		if c.lingerUntil != 0 {
+			if l.now >= c.lingerUntil {
+				l.closeConn(c)
+			}
+			continue
+		}
+		h.OnTick(c, l.now)
+	}
+}
+
+// closeConn closes the socket and frees the slot; the handler hears OnClose
+// once.
+func (l *loop) closeConn(c *Conn) {
+	c.mu.Lock()
+	if c.state == stateClosed {
+		c.mu.Unlock()
+		return
+	}
+	c.state = stateClosed
+	unix.Close(c.fd)
+	if c.out != nil {
+		putBuf(c.out)
+		c.out = nil
+	}
+	c.mu.Unlock()
+	l.dropIn(c)
+	if l.slots[c.slot] == c {
+		l.slots[c.slot] = nil
+		l.free = append(l.free, c.slot)
+	}
+	l.e.conns.Add(-1)
+	l.e.h.OnClose(c)
+}
