@@ -100,7 +100,7 @@ type Engine struct {
 	stopped chan struct{}
 }
 
-// New starts an engine with cfg.Loops loops and no listener yet.
+// New prepares an engine with cfg.Loops loops and no listener; Start runs it.
 func New(cfg Config, h Handler, log zerolog.Logger) (*Engine, error) {
 	cfg.setDefaults()
 	e := &Engine{cfg: cfg, h: h, log: log, start: time.Now(), stopped: make(chan struct{})}
@@ -114,6 +114,12 @@ func New(cfg Config, h Handler, log zerolog.Logger) (*Engine, error) {
 		}
 		e.loops = append(e.loops, l)
 	}
+	return e, nil
+}
+
+// Start runs the loops. It is separate from New so that a Handler can keep
+// the Engine before any of its methods is called.
+func (e *Engine) Start() {
 	for _, l := range e.loops {
 		e.wg.Add(1)
 		go func() {
@@ -121,7 +127,6 @@ func New(cfg Config, h Handler, log zerolog.Logger) (*Engine, error) {
 			l.run()
 		}()
 	}
-	return e, nil
 }
 
 // Now is the engine's monotonic clock in nanoseconds; OnTick's now and

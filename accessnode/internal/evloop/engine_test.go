@@ -52,6 +52,7 @@ func start(t *testing.T, cfg Config) (*Engine, *echo, string) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.Start()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -1,0 +1,91 @@
+package gateway
+
+import (
+	"hash/maphash"
+	"sync"
+	"sync/atomic"
+)
+
+// hub indexes this node's logged-in sessions by uid, sharded so logins and
+// lookups on different users do not contend.
+type hub struct {
+	seed     maphash.Seed
+	shards   [64]hubShard
+	sessions atomic.Int64
+	users    atomic.Int64
+}
+
+type hubShard struct {
+	mu    sync.RWMutex
+	users map[string][]*session // guarded by mu; slices are replaced, never edited in place
+}
+
+func newHub() *hub {
+	h := &hub{seed: maphash.MakeSeed()}
+	for i := range h.shards {
+		h.shards[i].users = make(map[string][]*session)
+	}
+	return h
+}
+
+func (h *hub) shard(uid string) *hubShard {
+	return &h.shards[maphash.String(h.seed, uid)&63]
+}
+
+// add registers s and returns the session it replaces (same uid and device),
+// if any. The newest login always wins.
+func (h *hub) add(s *session) (replaced *session) {
+	sh := h.shard(s.uid)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	old := sh.users[s.uid]
+	next := make([]*session, 0, len(old)+1)
+	for _, o := range old {
+		if o.device == s.device {
+			replaced = o
+			continue
+		}
+		next = append(next, o)
+	}
+	next = append(next, s)
+	sh.users[s.uid] = next
+	if len(old) == 0 {
+		h.users.Add(1)
+	}
+	if replaced == nil {
+		h.sessions.Add(1)
+	}
+	return replaced
+}
+
+// remove unregisters s if it is still registered.
+func (h *hub) remove(s *session) {
+	sh := h.shard(s.uid)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	old := sh.users[s.uid]
+	for i, o := range old {
+		if o != s {
+			continue
+		}
+		h.sessions.Add(-1)
+		if len(old) == 1 {
+			delete(sh.users, s.uid)
+			h.users.Add(-1)
+			return
+		}
+		next := make([]*session, 0, len(old)-1)
+		next = append(next, old[:i]...)
+		sh.users[s.uid] = append(next, old[i+1:]...)
+		return
+	}
+}
+
+// lookup appends uid's sessions to dst.
+func (h *hub) lookup(uid string, dst []*session) []*session {
+	sh := h.shard(uid)
+	sh.mu.RLock()
+	dst = append(dst, sh.users[uid]...)
+	sh.mu.RUnlock()
+	return dst
+}

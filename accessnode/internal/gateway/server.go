@@ -1,0 +1,403 @@
+// Package gateway speaks the client protocol (docs/protocol.md) on top of the
+// evloop connection layer: Login against the dispatcher's token, heartbeats
+// and the idle timeout, Send → Deliver → DeliverAck → SendAck between the
+// devices connected to this node, Kick, GoAway and draining.
+//
+// It must never block a loop: every handler returns after non-blocking
+// writes, and every Send ends in exactly one SendAck to its sender.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/imgate/imgate/accessnode/internal/evloop"
+	"github.com/imgate/imgate/proto/token"
+	"github.com/imgate/imgate/proto/wire"
+	"github.com/imgate/imgate/proto/wirepb"
+)
+
+// Config is the protocol's tuning. Zero values take the defaults.
+type Config struct {
+	NodeID            string
+	LoginTimeout      time.Duration // default 10 s
+	HeartbeatInterval time.Duration // told to clients; default 30 s
+	IdleTimeout       time.Duration // default 3 × HeartbeatInterval
+	DeliverRetry      time.Duration // re-send an unacknowledged Deliver; default 2 s
+	DeliverTimeout    time.Duration // give up and answer the sender; default 10 s
+	Engine            evloop.Config
+}
+
+func (c *Config) setDefaults() {
+	if c.LoginTimeout <= 0 {
+		c.LoginTimeout = 10 * time.Second
+	}
+	if c.HeartbeatInterval <= 0 {
+		c.HeartbeatInterval = 30 * time.Second
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = 3 * c.HeartbeatInterval
+	}
+	if c.DeliverRetry <= 0 {
+		c.DeliverRetry = 2 * time.Second
+	}
+	if c.DeliverTimeout <= 0 {
+		c.DeliverTimeout = 10 * time.Second
+	}
+	if c.Engine.MaxFrame <= 0 {
+		c.Engine.MaxFrame = wire.DefaultMaxFrame
+	}
+	if c.Engine.Tick <= 0 {
+		c.Engine.Tick = time.Second
+	}
+}
+
+// Server is the client-facing side of an access node.
+type Server struct {
+	cfg    Config
+	verify *token.Verifier
+	log    zerolog.Logger
+	eng    *evloop.Engine
+	hub    *hub
+
+	msgPrefix string
+	msgSeq    atomic.Uint64
+	draining  atomic.Bool
+
+	// Counters, exported through Stats.
+	logins, loginFailures                  atomic.Uint64
+	framesIn, sends, delivers, retries     atomic.Uint64
+	delivered, partial, failed, offline    atomic.Uint64
+	protocolErrors, idleClosed, kicks      atomic.Uint64
+	loginTimeouts, replaced, framesDropped atomic.Uint64
+}
+
+// New builds a Server and starts its loops; call Serve to accept.
+func New(cfg Config, verify *token.Verifier, log zerolog.Logger) (*Server, error) {
+	cfg.setDefaults()
+	s := &Server{
+		cfg:       cfg,
+		verify:    verify,
+		log:       log,
+		hub:       newHub(),
+		msgPrefix: cfg.NodeID + "-" + strconv.FormatInt(time.Now().UnixMilli(), 36) + "-",
+	}
+	eng, err := evloop.New(cfg.Engine, s, log)
+	if err != nil {
+		return nil, err
+	}
+	s.eng = eng
+	eng.Start()
+	return s, nil
+}
+
+// Serve accepts client connections from ln (the caller keeps ownership).
+func (s *Server) Serve(ln *net.TCPListener) error { return s.eng.Serve(ln) }
+
+// Close closes every connection and stops the loops.
+func (s *Server) Close() { s.eng.Close() }
+
+// Stats is a snapshot of the node's client side.
+type Stats struct {
+	Conns, Sessions, Users               int64
+	Capacity                             int64
+	Draining                             bool
+	Engine                               evloop.Counters
+	Logins, LoginFailures, LoginTimeouts uint64
+	FramesIn, Sends, Delivers, Retries   uint64
+	Delivered, Partial, Failed, Offline  uint64
+	ProtocolErrors, IdleClosed, Kicks    uint64
+	Replaced, FramesDropped              uint64
+}
+
+// Stats returns the counters.
+func (s *Server) Stats() Stats {
+	ec := s.eng.Stats()
+	return Stats{
+		Conns: ec.Conns, Sessions: s.hub.sessions.Load(), Users: s.hub.users.Load(),
+		Capacity: s.cfg.Engine.MaxConns, Draining: s.draining.Load(), Engine: ec,
+		Logins: s.logins.Load(), LoginFailures: s.loginFailures.Load(), LoginTimeouts: s.loginTimeouts.Load(),
+		FramesIn: s.framesIn.Load(), Sends: s.sends.Load(), Delivers: s.delivers.Load(), Retries: s.retries.Load(),
+		Delivered: s.delivered.Load(), Partial: s.partial.Load(), Failed: s.failed.Load(), Offline: s.offline.Load(),
+		ProtocolErrors: s.protocolErrors.Load(), IdleClosed: s.idleClosed.Load(), Kicks: s.kicks.Load(),
+		Replaced: s.replaced.Load(), FramesDropped: s.framesDropped.Load(),
+	}
+}
+
+var encPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+
+// send encodes f and writes it to c; a closed conn is not an error here.
+func (s *Server) send(c *evloop.Conn, f *wirepb.Frame) {
+	bp := encPool.Get().(*[]byte)
+	b, err := wire.Append((*bp)[:0], f, s.cfg.Engine.MaxFrame+64)
+	if err == nil {
+		_ = c.Write(b)
+	} else {
+		s.framesDropped.Add(1)
+		s.log.Error().Err(err).Msg("encode frame")
+	}
+	*bp = b[:0]
+	encPool.Put(bp)
+}
+
+// fail answers c with a fatal Error and closes it gracefully.
+func (s *Server) fail(c *evloop.Conn, code wirepb.ErrorCode, msg string) {
+	b, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Error{Error: &wirepb.Error{Code: code, Message: msg, Fatal: true}}}, s.cfg.Engine.MaxFrame)
+	c.CloseAfter(b)
+}
+
+func (s *Server) errorFrame(c *evloop.Conn, code wirepb.ErrorCode, msg string) {
+	s.send(c, &wirepb.Frame{Body: &wirepb.Frame_Error{Error: &wirepb.Error{Code: code, Message: msg}}})
+}
+
+// OnOpen implements evloop.Handler.
+func (s *Server) OnOpen(c *evloop.Conn) {}
+
+// OnFrameError implements evloop.Handler.
+func (s *Server) OnFrameError(c *evloop.Conn, err error) {
+	s.protocolErrors.Add(1)
+	code := wirepb.ErrorCode_ERROR_CODE_BAD_FRAME
+	if errors.Is(err, wire.ErrFrameTooLarge) {
+		code = wirepb.ErrorCode_ERROR_CODE_FRAME_TOO_LARGE
+	}
+	s.fail(c, code, err.Error())
+}
+
+// OnFrame implements evloop.Handler.
+func (s *Server) OnFrame(c *evloop.Conn, body []byte) {
+	s.framesIn.Add(1)
+	var f wirepb.Frame
+	if err := wire.Decode(body, &f); err != nil {
+		s.protocolErrors.Add(1)
+		s.fail(c, wirepb.ErrorCode_ERROR_CODE_BAD_FRAME, err.Error())
+		return
+	}
+	sess, _ := c.Data.(*session)
+	if login := f.GetLogin(); login != nil {
+		if sess != nil {
+			s.protocolErrors.Add(1)
+			s.errorFrame(c, wirepb.ErrorCode_ERROR_CODE_ALREADY_LOGGED_IN, "already logged in")
+			return
+		}
+		s.login(c, login)
+		return
+	}
+	if sess == nil {
+		s.protocolErrors.Add(1)
+		s.fail(c, wirepb.ErrorCode_ERROR_CODE_NOT_LOGGED_IN, "the first frame must be Login")
+		return
+	}
+	switch b := f.Body.(type) {
+	case *wirepb.Frame_Ping:
+		s.send(c, &wirepb.Frame{Body: &wirepb.Frame_Pong{Pong: &wirepb.Pong{Seq: b.Ping.Seq, ServerTimeMs: time.Now().UnixMilli()}}})
+	case *wirepb.Frame_Send:
+		s.handleSend(sess, b.Send)
+	case *wirepb.Frame_DeliverAck:
+		sess.acked(b.DeliverAck.MsgId)
+	default:
+		s.protocolErrors.Add(1)
+		s.errorFrame(c, wirepb.ErrorCode_ERROR_CODE_BAD_REQUEST, "frame type not accepted from clients")
+	}
+}
+
+var tokenCodes = []struct {
+	err  error
+	code wirepb.ErrorCode
+}{
+	{token.ErrExpired, wirepb.ErrorCode_ERROR_CODE_TOKEN_EXPIRED},
+	{token.ErrWrongNode, wirepb.ErrorCode_ERROR_CODE_TOKEN_WRONG_NODE},
+	{token.ErrUnknownKey, wirepb.ErrorCode_ERROR_CODE_TOKEN_UNKNOWN_KEY},
+}
+
+func (s *Server) login(c *evloop.Conn, l *wirepb.Login) {
+	if s.draining.Load() {
+		s.loginFailures.Add(1)
+		s.fail(c, wirepb.ErrorCode_ERROR_CODE_NODE_DRAINING, "node is draining; ask the dispatcher for another")
+		return
+	}
+	claims, err := s.verify.Verify(l.Token)
+	if err != nil {
+		s.loginFailures.Add(1)
+		code := wirepb.ErrorCode_ERROR_CODE_TOKEN_INVALID
+		for _, tc := range tokenCodes {
+			if errors.Is(err, tc.err) {
+				code = tc.code
+			}
+		}
+		s.log.Debug().Err(err).Uint64("conn", c.ID()).Msg("login refused")
+		s.fail(c, code, err.Error())
+		return
+	}
+	if (l.Uid != "" && l.Uid != claims.UID) || (l.Device != "" && l.Device != claims.Device) {
+		s.loginFailures.Add(1)
+		s.fail(c, wirepb.ErrorCode_ERROR_CODE_TOKEN_MISMATCH, "uid or device differ from the token")
+		return
+	}
+	sess := &session{c: c, uid: claims.UID, device: claims.Device}
+	c.Data = sess
+	if old := s.hub.add(sess); old != nil {
+		s.replaced.Add(1)
+		b, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Kick{Kick: &wirepb.Kick{
+			Reason: wirepb.KickReason_KICK_REASON_REPLACED, Detail: "logged in again on another connection"}}}, s.cfg.Engine.MaxFrame)
+		old.c.CloseAfter(b)
+	}
+	s.logins.Add(1)
+	s.send(c, &wirepb.Frame{Body: &wirepb.Frame_LoginAck{LoginAck: &wirepb.LoginAck{
+		SessionId:           strconv.FormatUint(c.ID(), 36),
+		NodeId:              s.cfg.NodeID,
+		HeartbeatIntervalMs: uint32(s.cfg.HeartbeatInterval / time.Millisecond),
+		IdleTimeoutMs:       uint32(s.cfg.IdleTimeout / time.Millisecond),
+		MaxFrameBytes:       uint32(s.cfg.Engine.MaxFrame),
+		ServerTimeMs:        time.Now().UnixMilli(),
+	}}})
+}
+
+func (s *Server) handleSend(from *session, m *wirepb.Send) {
+	s.sends.Add(1)
+	ack := func(o wirepb.Outcome, reason wirepb.ErrorCode, detail string) {
+		s.send(from.c, &wirepb.Frame{Body: &wirepb.Frame_SendAck{SendAck: &wirepb.SendAck{
+			ClientMsgId: m.ClientMsgId, Outcome: o, Reason: reason, Detail: detail}}})
+	}
+	if m.ToUid == "" {
+		ack(wirepb.Outcome_OUTCOME_FAILED, wirepb.ErrorCode_ERROR_CODE_BAD_REQUEST, "to_uid is required")
+		return
+	}
+	var buf [8]*session
+	targets := s.hub.lookup(m.ToUid, buf[:0])
+	// A user writing to themself reaches their other devices, not this one.
+	n := 0
+	for _, t := range targets {
+		if t != from {
+			targets[n] = t
+			n++
+		}
+	}
+	targets = targets[:n]
+	if len(targets) == 0 {
+		s.offline.Add(1)
+		ack(wirepb.Outcome_OUTCOME_OFFLINE, 0, "")
+		return
+	}
+	msgID := s.msgPrefix + strconv.FormatUint(s.msgSeq.Add(1), 36)
+	d := &wirepb.Deliver{
+		MsgId: msgID, FromUid: from.uid, FromDevice: from.device,
+		Payload: m.Payload, ContentType: m.ContentType,
+		SentAtMs: time.Now().UnixMilli(), Attempt: 1,
+	}
+	frame, err := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Deliver{Deliver: d}}, s.cfg.Engine.MaxFrame)
+	if err != nil {
+		ack(wirepb.Outcome_OUTCOME_FAILED, wirepb.ErrorCode_ERROR_CODE_PAYLOAD_TOO_LARGE, err.Error())
+		return
+	}
+	f := &flight{srv: s, sender: from, clientMsgID: m.ClientMsgId, msgID: msgID, devices: uint32(len(targets))}
+	now := s.eng.Now()
+	for _, t := range targets {
+		s.delivers.Add(1)
+		if !t.deliver(d, frame, f, now, &s.cfg) {
+			f.fail(wirepb.ErrorCode_ERROR_CODE_RECIPIENT_GONE)
+		}
+	}
+}
+
+// OnTick implements evloop.Handler: login deadline, idle timeout, re-delivery.
+func (s *Server) OnTick(c *evloop.Conn, now int64) {
+	sess, _ := c.Data.(*session)
+	if sess == nil {
+		if now-c.Created() > int64(s.cfg.LoginTimeout) {
+			s.loginTimeouts.Add(1)
+			s.fail(c, wirepb.ErrorCode_ERROR_CODE_LOGIN_TIMEOUT, "no Login within the deadline")
+		}
+		return
+	}
+	if now-c.LastRead() > int64(s.cfg.IdleTimeout) {
+		s.idleClosed.Add(1)
+		s.fail(c, wirepb.ErrorCode_ERROR_CODE_IDLE_TIMEOUT, "no frame within the idle timeout")
+		return
+	}
+	if sess.npending.Load() > 0 {
+		sess.retry(s, now)
+	}
+}
+
+// OnClose implements evloop.Handler.
+func (s *Server) OnClose(c *evloop.Conn) {
+	if sess, _ := c.Data.(*session); sess != nil {
+		s.hub.remove(sess)
+		sess.close()
+	}
+}
+
+// Kick ends uid's sessions on this node (device "" means all) and returns
+// how many were kicked.
+func (s *Server) Kick(uid, device, detail string) int {
+	var buf [8]*session
+	n := 0
+	for _, t := range s.hub.lookup(uid, buf[:0]) {
+		if device != "" && t.device != device {
+			continue
+		}
+		b, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Kick{Kick: &wirepb.Kick{
+			Reason: wirepb.KickReason_KICK_REASON_ADMIN, Detail: detail}}}, s.cfg.Engine.MaxFrame)
+		t.c.CloseAfter(b)
+		s.hub.remove(t)
+		n++
+	}
+	s.kicks.Add(uint64(n))
+	return n
+}
+
+// Draining reports whether Drain has begun.
+func (s *Server) Draining() bool { return s.draining.Load() }
+
+// Drain stops accepting, refuses new logins and asks every client to move
+// (GoAway), at most perSecond clients a second so the fleet does not see a
+// reconnect storm. It returns when no connection is left or ctx ends.
+func (s *Server) Drain(ctx context.Context, perSecond int) {
+	s.draining.Store(true)
+	s.eng.StopAccepting()
+	if perSecond <= 0 {
+		perSecond = 1000
+	}
+	var conns []*evloop.Conn
+	var mu sync.Mutex
+	s.eng.Each(func(c *evloop.Conn) { // in each conn's loop
+		if c.Data == nil {
+			c.Close() // never logged in: nothing to move
+			return
+		}
+		mu.Lock()
+		conns = append(conns, c)
+		mu.Unlock()
+	})
+	goAway, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_GoAway{GoAway: &wirepb.GoAway{Reason: "node draining"}}}, s.cfg.Engine.MaxFrame)
+	const step = 100 * time.Millisecond
+	batch := max(1, perSecond/10)
+	t := time.NewTicker(step)
+	defer t.Stop()
+	for len(conns) > 0 {
+		n := min(batch, len(conns))
+		for _, c := range conns[:n] {
+			_ = c.Write(goAway)
+		}
+		conns = conns[n:]
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+	for s.eng.Stats().Conns > 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}

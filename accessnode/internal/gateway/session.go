@@ -1,0 +1,167 @@
+package gateway
+
+import (
+	"sync"
+	"sync/atomic"
+
+	"github.com/imgate/imgate/accessnode/internal/evloop"
+	"github.com/imgate/imgate/proto/wirepb"
+)
+
+// session is one logged-in device on one connection.
+type session struct {
+	c      *evloop.Conn
+	uid    string
+	device string
+
+	npending atomic.Int32 // len(pending), read without the lock by the sweep
+
+	mu      sync.Mutex // guards pending, gone
+	pending map[string]*outbound
+	gone    bool
+}
+
+// outbound is a Deliver waiting for its DeliverAck.
+type outbound struct {
+	msg       *wirepb.Deliver // shared by every device of the recipient: read-only
+	attempt   uint32
+	nextRetry int64
+	deadline  int64
+	f         *flight
+}
+
+// flight is one Send on its way to every online device of the recipient; it
+// answers the sender once every device has acknowledged or failed.
+type flight struct {
+	srv         *Server
+	sender      *session
+	clientMsgID uint64
+	msgID       string
+
+	mu      sync.Mutex // guards the counts
+	devices uint32
+	acked   uint32
+	failed  uint32
+	reason  wirepb.ErrorCode
+}
+
+func (f *flight) ack() { f.resolve(true, 0) }
+
+func (f *flight) fail(reason wirepb.ErrorCode) { f.resolve(false, reason) }
+
+func (f *flight) resolve(ok bool, reason wirepb.ErrorCode) {
+	f.mu.Lock()
+	if ok {
+		f.acked++
+	} else {
+		f.failed++
+		if f.reason == 0 {
+			f.reason = reason
+		}
+	}
+	done := f.acked+f.failed == f.devices
+	f.mu.Unlock()
+	if !done {
+		return
+	}
+	ack := &wirepb.SendAck{
+		ClientMsgId: f.clientMsgID,
+		MsgId:       f.msgID,
+		Devices:     f.devices,
+		Acked:       f.acked,
+	}
+	switch {
+	case f.acked == f.devices:
+		ack.Outcome = wirepb.Outcome_OUTCOME_DELIVERED
+		f.srv.delivered.Add(1)
+	case f.acked > 0:
+		ack.Outcome = wirepb.Outcome_OUTCOME_PARTIAL
+		ack.Reason = f.reason
+		f.srv.partial.Add(1)
+	default:
+		ack.Outcome = wirepb.Outcome_OUTCOME_FAILED
+		ack.Reason = f.reason
+		f.srv.failed.Add(1)
+	}
+	f.srv.send(f.sender.c, &wirepb.Frame{Body: &wirepb.Frame_SendAck{SendAck: ack}})
+}
+
+// deliver hands msg (already encoded as frame) to this session and tracks
+// its acknowledgement. It reports false when the session is gone.
+func (s *session) deliver(msg *wirepb.Deliver, frame []byte, f *flight, now int64, cfg *Config) bool {
+	s.mu.Lock()
+	if s.gone {
+		s.mu.Unlock()
+		return false
+	}
+	if s.pending == nil {
+		s.pending = make(map[string]*outbound, 1)
+	}
+	s.pending[msg.MsgId] = &outbound{
+		msg:       msg,
+		attempt:   1,
+		nextRetry: now + int64(cfg.DeliverRetry),
+		deadline:  now + int64(cfg.DeliverTimeout),
+		f:         f,
+	}
+	s.npending.Store(int32(len(s.pending)))
+	s.mu.Unlock()
+	// A failed write means the conn is closing: OnClose then fails what is
+	// pending, this one included.
+	_ = s.c.Write(frame)
+	return true
+}
+
+// acked resolves the Deliver msgID; unknown ids (late duplicates) are ignored.
+func (s *session) acked(msgID string) {
+	s.mu.Lock()
+	ob := s.pending[msgID]
+	if ob != nil {
+		delete(s.pending, msgID)
+		s.npending.Store(int32(len(s.pending)))
+	}
+	s.mu.Unlock()
+	if ob != nil {
+		ob.f.ack()
+	}
+}
+
+// retry re-sends Delivers whose retry time has come and fails those past
+// their deadline. It runs in the session's loop.
+func (s *session) retry(srv *Server, now int64) {
+	var failed []*outbound
+	s.mu.Lock()
+	for id, ob := range s.pending {
+		switch {
+		case now >= ob.deadline:
+			delete(s.pending, id)
+			failed = append(failed, ob)
+		case now >= ob.nextRetry:
+			ob.attempt++
+			ob.nextRetry = now + int64(srv.cfg.DeliverRetry)
+			srv.retries.Add(1)
+			m := ob.msg
+			again := &wirepb.Deliver{MsgId: m.MsgId, FromUid: m.FromUid, FromDevice: m.FromDevice,
+				Payload: m.Payload, ContentType: m.ContentType, SentAtMs: m.SentAtMs, Attempt: ob.attempt}
+			srv.send(s.c, &wirepb.Frame{Body: &wirepb.Frame_Deliver{Deliver: again}})
+		}
+	}
+	s.npending.Store(int32(len(s.pending)))
+	s.mu.Unlock()
+	for _, ob := range failed {
+		ob.f.fail(wirepb.ErrorCode_ERROR_CODE_DELIVERY_TIMEOUT)
+	}
+}
+
+// close marks the session gone and fails its pending Delivers.
+func (s *session) close() {
+	s.mu.Lock()
+	s.gone = true
+	pending := s.pending
+	s.pending = nil
+	s.npending.Store(0)
+	s.mu.Unlock()
+	for _, ob := range pending {
+		ob.f.fail(wirepb.ErrorCode_ERROR_CODE_RECIPIENT_GONE)
+	}
+}
