@@ -1,0 +1,87 @@
+package nodeapi
+
+import (
+	"net/http"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/imgate/imgate/accessnode/internal/gateway"
+)
+
+// Ready says whether the node should receive clients: registered in etcd and
+// not draining.
+type Ready func() (ok bool, why string)
+
+// Handler serves /healthz (the process is up), /readyz and /metrics.
+func Handler(gw Gateway, ready Ready, nodeID string) http.Handler {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	registerGateway(reg, gw, nodeID)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if ok, why := ready(); !ok {
+			http.Error(w, why, http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ready\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	return mux
+}
+
+// registerGateway exports the gateway's counters; they are read at scrape
+// time, so the message path pays nothing for metrics.
+func registerGateway(reg *prometheus.Registry, gw Gateway, nodeID string) {
+	labels := prometheus.Labels{"node": nodeID}
+	gauge := func(name, help string, f func(gateway.Stats) float64) {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "imgate", Subsystem: "node", Name: name, Help: help, ConstLabels: labels,
+		}, func() float64 { return f(gw.Stats()) }))
+	}
+	counter := func(name, help string, f func(gateway.Stats) uint64) {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "imgate", Subsystem: "node", Name: name, Help: help, ConstLabels: labels,
+		}, func() float64 { return float64(f(gw.Stats())) }))
+	}
+	gauge("connections", "Open client connections.", func(s gateway.Stats) float64 { return float64(s.Conns) })
+	gauge("sessions", "Logged-in sessions (devices).", func(s gateway.Stats) float64 { return float64(s.Sessions) })
+	gauge("users", "Distinct logged-in users.", func(s gateway.Stats) float64 { return float64(s.Users) })
+	gauge("draining", "1 while the node drains.", func(s gateway.Stats) float64 {
+		if s.Draining {
+			return 1
+		}
+		return 0
+	})
+	counter("accepted_total", "Connections accepted.", func(s gateway.Stats) uint64 { return s.Engine.Accepted })
+	counter("rejected_total", "Connections refused over the cap.", func(s gateway.Stats) uint64 { return s.Engine.Rejected })
+	counter("slow_closed_total", "Connections closed because they did not read.", func(s gateway.Stats) uint64 { return s.Engine.SlowClosed })
+	counter("logins_total", "Successful logins.", func(s gateway.Stats) uint64 { return s.Logins })
+	counter("login_failures_total", "Refused logins.", func(s gateway.Stats) uint64 { return s.LoginFailures })
+	counter("login_timeouts_total", "Connections closed for not logging in.", func(s gateway.Stats) uint64 { return s.LoginTimeouts })
+	counter("idle_closed_total", "Connections closed by the idle timeout.", func(s gateway.Stats) uint64 { return s.IdleClosed })
+	counter("protocol_errors_total", "Frames refused as malformed or out of order.", func(s gateway.Stats) uint64 { return s.ProtocolErrors })
+	counter("frames_in_total", "Frames received.", func(s gateway.Stats) uint64 { return s.FramesIn })
+	counter("sends_total", "Send frames received.", func(s gateway.Stats) uint64 { return s.Sends })
+	counter("delivers_total", "Deliver frames sent (first attempts).", func(s gateway.Stats) uint64 { return s.Delivers })
+	counter("deliver_retries_total", "Deliver frames sent again for lack of an ack.", func(s gateway.Stats) uint64 { return s.Retries })
+	counter("replaced_total", "Sessions kicked by a newer login of the same device.", func(s gateway.Stats) uint64 { return s.Replaced })
+	counter("kicks_total", "Sessions kicked by an operator or backend.", func(s gateway.Stats) uint64 { return s.Kicks })
+	for name, f := range map[string]func(gateway.Stats) uint64{
+		"delivered": func(s gateway.Stats) uint64 { return s.Delivered },
+		"partial":   func(s gateway.Stats) uint64 { return s.Partial },
+		"offline":   func(s gateway.Stats) uint64 { return s.Offline },
+		"failed":    func(s gateway.Stats) uint64 { return s.Failed },
+	} {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "imgate", Subsystem: "node", Name: "send_outcomes_total",
+			Help:        "SendAck outcomes by kind.",
+			ConstLabels: prometheus.Labels{"node": nodeID, "outcome": name},
+		}, func() float64 { return float64(f(gw.Stats())) }))
+	}
+}

@@ -1,0 +1,288 @@
+// Command accessnode holds clients' long-lived TCP connections and moves
+// their messages. It registers itself in etcd, serves the client protocol
+// (docs/protocol.md), the gRPC NodeService the dispatcher pulls, and ops
+// HTTP (/healthz, /readyz, /metrics).
+//
+// Every option is a flag and an IMGATE_* environment variable; see --help.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"regexp"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/peterbourgon/ff/v3"
+	"github.com/rs/zerolog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/imgate/imgate/accessnode/internal/evloop"
+	"github.com/imgate/imgate/accessnode/internal/gateway"
+	"github.com/imgate/imgate/accessnode/internal/nodeapi"
+	"github.com/imgate/imgate/accessnode/internal/registry"
+	"github.com/imgate/imgate/accessnode/internal/sysstat"
+	"github.com/imgate/imgate/proto/etcdkeys"
+	"github.com/imgate/imgate/proto/nodepb"
+	"github.com/imgate/imgate/proto/token"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const devTokenKeys = "dev=imgate-dev-secret-change-me"
+
+type config struct {
+	id                string
+	clientAddr        string
+	clientAdvertise   string
+	grpcAddr          string
+	grpcAdvertise     string
+	httpAddr          string
+	region            string
+	etcdEndpoints     string
+	etcdPrefix        string
+	etcdDialTimeout   time.Duration
+	leaseTTL          time.Duration
+	tokenKeys         string
+	maxConns          int64
+	maxFrame          int
+	loops             int
+	loginTimeout      time.Duration
+	heartbeatInterval time.Duration
+	idleTimeout       time.Duration
+	deliverRetry      time.Duration
+	deliverTimeout    time.Duration
+	sweep             time.Duration
+	drainTimeout      time.Duration
+	drainRate         int
+	logLevel          string
+}
+
+func parseFlags(args []string) (config, error) {
+	var c config
+	fs := flag.NewFlagSet("accessnode", flag.ContinueOnError)
+	fs.StringVar(&c.id, "id", "", "node id, unique in the fleet (default: <hostname>-<client port>)")
+	fs.StringVar(&c.clientAddr, "client-addr", "127.0.0.1:7000", "client TCP listen address")
+	fs.StringVar(&c.clientAdvertise, "client-advertise", "", "client address given to clients by the dispatcher (default: client-addr)")
+	fs.StringVar(&c.grpcAddr, "grpc-addr", "127.0.0.1:7100", "gRPC listen address (NodeService, health)")
+	fs.StringVar(&c.grpcAdvertise, "grpc-advertise", "", "gRPC address other processes dial (default: grpc-addr)")
+	fs.StringVar(&c.httpAddr, "http-addr", "127.0.0.1:7200", "ops HTTP listen address (/healthz, /readyz, /metrics)")
+	fs.StringVar(&c.region, "region", "", "region label, matched against the client's region by the dispatcher")
+	fs.StringVar(&c.etcdEndpoints, "etcd-endpoints", "127.0.0.1:2379", "etcd endpoints, comma-separated")
+	fs.StringVar(&c.etcdPrefix, "etcd-prefix", etcdkeys.DefaultPrefix, "etcd key prefix")
+	fs.DurationVar(&c.etcdDialTimeout, "etcd-dial-timeout", 5*time.Second, "etcd dial timeout")
+	fs.DurationVar(&c.leaseTTL, "lease-ttl", 5*time.Second, "etcd lease TTL of the registration (a crashed node disappears after this)")
+	fs.StringVar(&c.tokenKeys, "token-keys", devTokenKeys, "access token keys kid=secret[,kid=secret]; all verify (must match the dispatcher's)")
+	fs.Int64Var(&c.maxConns, "max-conns", 0, "most client connections (0: the open-file limit minus a reserve)")
+	fs.IntVar(&c.maxFrame, "max-frame", 64<<10, "largest client frame body in bytes")
+	fs.IntVar(&c.loops, "loops", 0, "event loops (0: one per CPU)")
+	fs.DurationVar(&c.loginTimeout, "login-timeout", 10*time.Second, "a connection must log in within this")
+	fs.DurationVar(&c.heartbeatInterval, "heartbeat-interval", 30*time.Second, "ping interval told to clients")
+	fs.DurationVar(&c.idleTimeout, "idle-timeout", 90*time.Second, "close a connection silent this long")
+	fs.DurationVar(&c.deliverRetry, "deliver-retry", 2*time.Second, "re-send an unacknowledged Deliver after this")
+	fs.DurationVar(&c.deliverTimeout, "deliver-timeout", 10*time.Second, "answer the sender 'failed' if a Deliver is not acknowledged within this")
+	fs.DurationVar(&c.sweep, "sweep-interval", time.Second, "how often each loop checks deadlines")
+	fs.DurationVar(&c.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long to wait for clients to move before closing them")
+	fs.IntVar(&c.drainRate, "drain-rate", 1000, "on SIGTERM, clients asked to move (GoAway) per second")
+	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), "Usage: accessnode [flags]\n\nEvery flag can also be set by the environment variable shown.\n\n")
+		fs.VisitAll(func(f *flag.Flag) {
+			env := "IMGATE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
+			fmt.Fprintf(fs.Output(), "  --%s (%s, default %q)\n    \t%s\n", f.Name, env, f.DefValue, f.Usage)
+		})
+	}
+	if err := ff.Parse(fs, args, ff.WithEnvVarPrefix("IMGATE")); err != nil {
+		return c, err
+	}
+	if c.clientAdvertise == "" {
+		c.clientAdvertise = c.clientAddr
+	}
+	if c.grpcAdvertise == "" {
+		c.grpcAdvertise = c.grpcAddr
+	}
+	if c.id == "" {
+		host, _ := os.Hostname()
+		_, port, _ := net.SplitHostPort(c.clientAddr)
+		c.id = regexp.MustCompile(`[^A-Za-z0-9_.-]`).ReplaceAllString(host, "-") + "-" + port
+	}
+	if !etcdkeys.ValidNodeID(c.id) {
+		return c, fmt.Errorf("--id %q: use 1-64 letters, digits, '-', '_' or '.'", c.id)
+	}
+	if c.maxConns <= 0 {
+		var rl unix.Rlimit
+		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil {
+			// Go raises the soft limit to the hard one at start.
+			c.maxConns = max(int64(rl.Cur)-256, 1)
+		}
+	}
+	return c, nil
+}
+
+func main() {
+	cfg, err := parseFlags(os.Args[1:])
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "accessnode:", err)
+		os.Exit(2)
+	}
+	level, err := zerolog.ParseLevel(cfg.logLevel)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "accessnode: --log-level:", err)
+		os.Exit(2)
+	}
+	log := zerolog.New(os.Stderr).Level(level).With().Timestamp().Str("node", cfg.id).Logger()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, cfg, log); err != nil {
+		log.Error().Err(err).Msg("accessnode stopped")
+		os.Exit(1)
+	}
+}
+
+func run(ctx context.Context, cfg config, log zerolog.Logger) error {
+	keys, err := token.ParseKeys(cfg.tokenKeys)
+	if err != nil {
+		return err
+	}
+	if cfg.tokenKeys == devTokenKeys {
+		log.Warn().Msg("USING THE BUILT-IN DEVELOPMENT TOKEN KEY: anyone can mint tokens for this node. Set --token-keys / IMGATE_TOKEN_KEYS in production.")
+	}
+	started := time.Now()
+
+	// Listen synchronously so a taken port fails at once.
+	clientLn, err := net.Listen("tcp", cfg.clientAddr)
+	if err != nil {
+		return fmt.Errorf("client listener: %w", err)
+	}
+	defer clientLn.Close()
+	grpcLn, err := net.Listen("tcp", cfg.grpcAddr)
+	if err != nil {
+		return fmt.Errorf("grpc listener: %w", err)
+	}
+	httpLn, err := net.Listen("tcp", cfg.httpAddr)
+	if err != nil {
+		grpcLn.Close()
+		return fmt.Errorf("http listener: %w", err)
+	}
+
+	gw, err := gateway.New(gateway.Config{
+		NodeID:            cfg.id,
+		LoginTimeout:      cfg.loginTimeout,
+		HeartbeatInterval: cfg.heartbeatInterval,
+		IdleTimeout:       cfg.idleTimeout,
+		DeliverRetry:      cfg.deliverRetry,
+		DeliverTimeout:    cfg.deliverTimeout,
+		Engine:            evloop.Config{Loops: cfg.loops, MaxFrame: cfg.maxFrame, MaxConns: cfg.maxConns, Tick: cfg.sweep},
+	}, token.NewVerifier(keys, cfg.id, nil), log)
+	if err != nil {
+		return err
+	}
+	defer gw.Close()
+	if err := gw.Serve(clientLn.(*net.TCPListener)); err != nil {
+		return err
+	}
+
+	cli, err := clientv3.New(clientv3.Config{
+		Endpoints:   strings.Split(cfg.etcdEndpoints, ","),
+		DialTimeout: cfg.etcdDialTimeout,
+	})
+	if err != nil {
+		return fmt.Errorf("etcd client: %w", err)
+	}
+	defer cli.Close()
+	reg, err := registry.New(cli, etcdkeys.New(cfg.etcdPrefix), etcdkeys.Registration{
+		ID:        cfg.id,
+		Addrs:     map[string]string{"tcp": cfg.clientAdvertise},
+		GRPCAddr:  cfg.grpcAdvertise,
+		Region:    cfg.region,
+		Version:   version,
+		StartedAt: started.UnixMilli(),
+	}, cfg.leaseTTL, log)
+	if err != nil {
+		return err
+	}
+
+	sys := sysstat.New()
+	grpcSrv := grpc.NewServer()
+	nodepb.RegisterNodeServiceServer(grpcSrv, &nodeapi.Service{NodeID: cfg.id, Version: version, Started: started, GW: gw, Sys: sys})
+	healthSrv := health.NewServer()
+	healthpb.RegisterHealthServer(grpcSrv, healthSrv)
+	ready := func() (bool, string) {
+		switch {
+		case gw.Draining():
+			return false, "draining"
+		case !reg.Registered():
+			return false, "not registered in etcd"
+		}
+		return true, ""
+	}
+	httpSrv := &http.Server{Handler: nodeapi.Handler(gw, ready, cfg.id), ReadHeaderTimeout: 5 * time.Second}
+
+	log.Info().Str("client", clientLn.Addr().String()).Str("grpc", grpcLn.Addr().String()).
+		Str("http", httpLn.Addr().String()).Int64("max_conns", cfg.maxConns).Msg("access node up")
+
+	runCtx, cancelRun := context.WithCancel(context.Background())
+	defer cancelRun()
+	g, gctx := errgroup.WithContext(runCtx)
+	g.Go(func() error { sys.Run(gctx, time.Second); return nil })
+	g.Go(func() error { return reg.Run(gctx) })
+	g.Go(func() error {
+		if err := grpcSrv.Serve(grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+			return fmt.Errorf("grpc: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := httpSrv.Serve(httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http: %w", err)
+		}
+		return nil
+	})
+
+	select {
+	case <-ctx.Done():
+		log.Info().Dur("deadline", cfg.drainTimeout).Msg("shutting down: draining clients")
+	case <-gctx.Done():
+		log.Error().Msg("a server failed; shutting down")
+	}
+
+	// Drain: report draining (the dispatcher stops handing us out on its
+	// next pull), move clients off at a bounded pace, then leave etcd.
+	healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	dctx, dcancel := context.WithTimeout(context.Background(), cfg.drainTimeout)
+	gw.Drain(dctx, cfg.drainRate)
+	dcancel()
+	reg.Deregister()
+	gw.Close()
+
+	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer scancel()
+	_ = httpSrv.Shutdown(sctx)
+	stopped := make(chan struct{})
+	go func() { grpcSrv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-sctx.Done():
+		grpcSrv.Stop()
+	}
+	cancelRun()
+	err = g.Wait()
+	log.Info().Msg("access node stopped")
+	return err
+}
