@@ -91,7 +91,7 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&c.loops, "loops", 0, "event loops (0: one per CPU)")
 	fs.DurationVar(&c.loginTimeout, "login-timeout", 10*time.Second, "a connection must log in within this")
 	fs.DurationVar(&c.heartbeatInterval, "heartbeat-interval", 30*time.Second, "ping interval told to clients")
-	fs.DurationVar(&c.idleTimeout, "idle-timeout", 90*time.Second, "close a connection silent this long")
+	fs.DurationVar(&c.idleTimeout, "idle-timeout", 0, "close a connection silent this long (0: 3 × heartbeat-interval)")
 	fs.DurationVar(&c.deliverRetry, "deliver-retry", 2*time.Second, "re-send an unacknowledged Deliver after this")
 	fs.DurationVar(&c.deliverTimeout, "deliver-timeout", 10*time.Second, "answer the sender 'failed' if a Deliver is not acknowledged within this")
 	fs.DurationVar(&c.sweep, "sweep-interval", time.Second, "how often each loop checks deadlines")
@@ -265,6 +265,9 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 	// Drain: report draining (the dispatcher stops handing us out on its
 	// next pull), move clients off at a bounded pace, then leave etcd.
 	healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+	// Close our copy of the listening socket: with the engine's copy gone
+	// too, new connects are refused at once instead of hanging unserved.
+	clientLn.Close()
 	dctx, dcancel := context.WithTimeout(context.Background(), cfg.drainTimeout)
 	gw.Drain(dctx, cfg.drainRate)
 	dcancel()

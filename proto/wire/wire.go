@@ -29,6 +29,9 @@ var (
 	ErrFrameTooLarge = errors.New("wire: frame too large")
 	// ErrBadFrame is returned when a frame body is not a valid Frame.
 	ErrBadFrame = errors.New("wire: malformed frame")
+	// ErrUnknownFrame is returned for a well-formed Frame whose body type this
+	// side does not know (a newer peer). Peers must not treat it as fatal.
+	ErrUnknownFrame = errors.New("wire: unknown frame type")
 )
 
 // Split looks at buffered bytes b. When b starts with a whole frame it returns
@@ -52,13 +55,13 @@ func Split(b []byte, max int) (body, rest []byte, need int, err error) {
 }
 
 // Decode unmarshals one frame body into f. A body that decodes but carries no
-// known frame type is a bad frame too.
+// frame type this side knows returns ErrUnknownFrame.
 func Decode(body []byte, f *wirepb.Frame) error {
 	if err := proto.Unmarshal(body, f); err != nil {
 		return fmt.Errorf("%w: %v", ErrBadFrame, err)
 	}
 	if f.Body == nil {
-		return fmt.Errorf("%w: no frame type set", ErrBadFrame)
+		return ErrUnknownFrame
 	}
 	return nil
 }

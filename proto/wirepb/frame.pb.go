@@ -556,8 +556,11 @@ type LoginAck struct {
 	IdleTimeoutMs uint32 `protobuf:"varint,4,opt,name=idle_timeout_ms,json=idleTimeoutMs,proto3" json:"idle_timeout_ms,omitempty"`
 	MaxFrameBytes uint32 `protobuf:"varint,5,opt,name=max_frame_bytes,json=maxFrameBytes,proto3" json:"max_frame_bytes,omitempty"`
 	ServerTimeMs  int64  `protobuf:"varint,6,opt,name=server_time_ms,json=serverTimeMs,proto3" json:"server_time_ms,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The latest a SendAck can come after its Send, give or take one sweep:
+	// after this long without a DeliverAck a device counts as failed.
+	DeliverTimeoutMs uint32 `protobuf:"varint,7,opt,name=deliver_timeout_ms,json=deliverTimeoutMs,proto3" json:"deliver_timeout_ms,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *LoginAck) Reset() {
@@ -628,6 +631,13 @@ func (x *LoginAck) GetMaxFrameBytes() uint32 {
 func (x *LoginAck) GetServerTimeMs() int64 {
 	if x != nil {
 		return x.ServerTimeMs
+	}
+	return 0
+}
+
+func (x *LoginAck) GetDeliverTimeoutMs() uint32 {
+	if x != nil {
+		return x.DeliverTimeoutMs
 	}
 	return 0
 }
@@ -1088,7 +1098,8 @@ func (x *Kick) GetDetail() string {
 }
 
 // GoAway asks the client to reconnect through the dispatcher (excluding this
-// node) after reconnect_after_ms. The node keeps serving the connection until
+// node) after reconnect_after_ms (spread by the node so its clients do not
+// all come back at once). The node keeps serving the connection until
 // the client closes it or the node's drain deadline passes.
 type GoAway struct {
 	state            protoimpl.MessageState `protogen:"open.v1"`
@@ -1228,7 +1239,7 @@ const file_wirepb_frame_proto_rawDesc = "" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x10\n" +
 	"\x03uid\x18\x02 \x01(\tR\x03uid\x12\x16\n" +
 	"\x06device\x18\x03 \x01(\tR\x06device\x12%\n" +
-	"\x0eclient_version\x18\x04 \x01(\tR\rclientVersion\"\xec\x01\n" +
+	"\x0eclient_version\x18\x04 \x01(\tR\rclientVersion\"\x9a\x02\n" +
 	"\bLoginAck\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12\x17\n" +
@@ -1236,7 +1247,8 @@ const file_wirepb_frame_proto_rawDesc = "" +
 	"\x15heartbeat_interval_ms\x18\x03 \x01(\rR\x13heartbeatIntervalMs\x12&\n" +
 	"\x0fidle_timeout_ms\x18\x04 \x01(\rR\ridleTimeoutMs\x12&\n" +
 	"\x0fmax_frame_bytes\x18\x05 \x01(\rR\rmaxFrameBytes\x12$\n" +
-	"\x0eserver_time_ms\x18\x06 \x01(\x03R\fserverTimeMs\"\x18\n" +
+	"\x0eserver_time_ms\x18\x06 \x01(\x03R\fserverTimeMs\x12,\n" +
+	"\x12deliver_timeout_ms\x18\a \x01(\rR\x10deliverTimeoutMs\"\x18\n" +
 	"\x04Ping\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\">\n" +
 	"\x04Pong\x12\x10\n" +

@@ -68,6 +68,20 @@ func (c *Conn) Write(b []byte) error {
 	return c.writeLocked(b)
 }
 
+// PublishThenWrite runs publish and then writes b, with no other writer in
+// between: a writer that learned of c through what publish did (an index of
+// sessions, say) writes only after b. publish must be short and must not
+// touch another Conn. When c is already closing, publish does not run.
+func (c *Conn) PublishThenWrite(publish func(), b []byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != stateOpen {
+		return ErrClosed
+	}
+	publish()
+	return c.writeLocked(b)
+}
+
 func (c *Conn) writeLocked(b []byte) error {
 	if len(c.out) == 0 {
 		for len(b) > 0 {

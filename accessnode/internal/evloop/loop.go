@@ -265,7 +265,7 @@ func (l *loop) readable(c *Conn) {
 		return
 	}
 	c.lastRead = l.now
-	if c.lingerUntil != 0 || c.badStream {
+	if c.lingerUntil != 0 || c.badStream || c.closing() {
 		return // closing: discard input so our close does not reset the peer
 	}
 	data := l.buf[:n]
@@ -350,7 +350,13 @@ func (l *loop) flush(c *Conn) {
 func (l *loop) beginClose(c *Conn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state != stateClosing || len(c.out) > 0 || c.lingerUntil != 0 {
+	if c.state != stateClosing || c.lingerUntil != 0 {
+		return
+	}
+	if len(c.out) > 0 {
+		// Still flushing: flush lingers once the queue is empty, and a
+		// peer that never reads is closed at this deadline anyway.
+		c.lingerUntil = l.e.Now() + int64(l.e.cfg.Linger)
 		return
 	}
 	l.lingerLocked(c)

@@ -10,6 +10,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
 	"net"
 	"strconv"
 	"sync"
@@ -136,7 +137,7 @@ var encPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }
 // send encodes f and writes it to c; a closed conn is not an error here.
 func (s *Server) send(c *evloop.Conn, f *wirepb.Frame) {
 	bp := encPool.Get().(*[]byte)
-	b, err := wire.Append((*bp)[:0], f, s.cfg.Engine.MaxFrame+64)
+	b, err := wire.Append((*bp)[:0], f, s.cfg.Engine.MaxFrame)
 	if err == nil {
 		_ = c.Write(b)
 	} else {
@@ -147,10 +148,29 @@ func (s *Server) send(c *evloop.Conn, f *wirepb.Frame) {
 	encPool.Put(bp)
 }
 
-// fail answers c with a fatal Error and closes it gracefully.
+// fail answers c with a fatal Error and closes it gracefully. It runs in
+// c's loop.
 func (s *Server) fail(c *evloop.Conn, code wirepb.ErrorCode, msg string) {
+	if sess, _ := c.Data.(*session); sess != nil {
+		s.endSession(sess)
+	}
 	b, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Error{Error: &wirepb.Error{Code: code, Message: msg, Fatal: true}}}, s.cfg.Engine.MaxFrame)
 	c.CloseAfter(b)
+}
+
+// endSession takes sess out of the user index and fails its pending
+// Delivers at once, so senders are answered without waiting for the
+// connection's graceful close. Safe from any goroutine, idempotent.
+func (s *Server) endSession(sess *session) {
+	s.hub.remove(sess)
+	sess.close()
+}
+
+// kick sends Kick and closes sess's connection; safe from any goroutine.
+func (s *Server) kick(sess *session, reason wirepb.KickReason, detail string) {
+	s.endSession(sess)
+	b, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Kick{Kick: &wirepb.Kick{Reason: reason, Detail: detail}}}, s.cfg.Engine.MaxFrame)
+	sess.c.CloseAfter(b)
 }
 
 func (s *Server) errorFrame(c *evloop.Conn, code wirepb.ErrorCode, msg string) {
@@ -176,6 +196,11 @@ func (s *Server) OnFrame(c *evloop.Conn, body []byte) {
 	var f wirepb.Frame
 	if err := wire.Decode(body, &f); err != nil {
 		s.protocolErrors.Add(1)
+		if errors.Is(err, wire.ErrUnknownFrame) {
+			// A newer client: say so, keep the connection.
+			s.errorFrame(c, wirepb.ErrorCode_ERROR_CODE_BAD_REQUEST, "unknown frame type")
+			return
+		}
 		s.fail(c, wirepb.ErrorCode_ERROR_CODE_BAD_FRAME, err.Error())
 		return
 	}
@@ -240,23 +265,30 @@ func (s *Server) login(c *evloop.Conn, l *wirepb.Login) {
 		s.fail(c, wirepb.ErrorCode_ERROR_CODE_TOKEN_MISMATCH, "uid or device differ from the token")
 		return
 	}
-	sess := &session{c: c, uid: claims.UID, device: claims.Device}
-	c.Data = sess
-	if old := s.hub.add(sess); old != nil {
-		s.replaced.Add(1)
-		b, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Kick{Kick: &wirepb.Kick{
-			Reason: wirepb.KickReason_KICK_REASON_REPLACED, Detail: "logged in again on another connection"}}}, s.cfg.Engine.MaxFrame)
-		old.c.CloseAfter(b)
-	}
-	s.logins.Add(1)
-	s.send(c, &wirepb.Frame{Body: &wirepb.Frame_LoginAck{LoginAck: &wirepb.LoginAck{
+	// The session becomes visible to senders and LoginAck is written under
+	// the connection's write lock: LoginAck is always the first frame the
+	// client reads, once it has it the client is reachable, and a later
+	// login of the same device always replaces this one, never the reverse.
+	ack, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_LoginAck{LoginAck: &wirepb.LoginAck{
 		SessionId:           strconv.FormatUint(c.ID(), 36),
 		NodeId:              s.cfg.NodeID,
 		HeartbeatIntervalMs: uint32(s.cfg.HeartbeatInterval / time.Millisecond),
 		IdleTimeoutMs:       uint32(s.cfg.IdleTimeout / time.Millisecond),
 		MaxFrameBytes:       uint32(s.cfg.Engine.MaxFrame),
 		ServerTimeMs:        time.Now().UnixMilli(),
-	}}})
+		DeliverTimeoutMs:    uint32(s.cfg.DeliverTimeout / time.Millisecond),
+	}}}, s.cfg.Engine.MaxFrame)
+	sess := &session{c: c, uid: claims.UID, device: claims.Device}
+	var old *session
+	c.Data = sess // OnClose ends the session if the write below fails
+	if err := c.PublishThenWrite(func() { old = s.hub.add(sess) }, ack); err != nil {
+		return
+	}
+	if old != nil {
+		s.replaced.Add(1)
+		s.kick(old, wirepb.KickReason_KICK_REASON_REPLACED, "logged in again on another connection")
+	}
+	s.logins.Add(1)
 }
 
 func (s *Server) handleSend(from *session, m *wirepb.Send) {
@@ -291,7 +323,8 @@ func (s *Server) handleSend(from *session, m *wirepb.Send) {
 		Payload: m.Payload, ContentType: m.ContentType,
 		SentAtMs: time.Now().UnixMilli(), Attempt: 1,
 	}
-	frame, err := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Deliver{Deliver: d}}, s.cfg.Engine.MaxFrame)
+	// Headroom so a re-send with a larger attempt number still fits.
+	frame, err := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Deliver{Deliver: d}}, s.cfg.Engine.MaxFrame-8)
 	if err != nil {
 		ack(wirepb.Outcome_OUTCOME_FAILED, wirepb.ErrorCode_ERROR_CODE_PAYLOAD_TOO_LARGE, err.Error())
 		return
@@ -329,8 +362,7 @@ func (s *Server) OnTick(c *evloop.Conn, now int64) {
 // OnClose implements evloop.Handler.
 func (s *Server) OnClose(c *evloop.Conn) {
 	if sess, _ := c.Data.(*session); sess != nil {
-		s.hub.remove(sess)
-		sess.close()
+		s.endSession(sess)
 	}
 }
 
@@ -343,10 +375,7 @@ func (s *Server) Kick(uid, device, detail string) int {
 		if device != "" && t.device != device {
 			continue
 		}
-		b, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Kick{Kick: &wirepb.Kick{
-			Reason: wirepb.KickReason_KICK_REASON_ADMIN, Detail: detail}}}, s.cfg.Engine.MaxFrame)
-		t.c.CloseAfter(b)
-		s.hub.remove(t)
+		s.kick(t, wirepb.KickReason_KICK_REASON_ADMIN, detail)
 		n++
 	}
 	s.kicks.Add(uint64(n))
@@ -376,7 +405,13 @@ func (s *Server) Drain(ctx context.Context, perSecond int) {
 		conns = append(conns, c)
 		mu.Unlock()
 	})
-	goAway, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_GoAway{GoAway: &wirepb.GoAway{Reason: "node draining"}}}, s.cfg.Engine.MaxFrame)
+	// Each client waits a random 0–1 s before it reconnects, so even a batch
+	// does not arrive at the dispatcher at one instant.
+	goAway := func() []byte {
+		b, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_GoAway{GoAway: &wirepb.GoAway{
+			Reason: "node draining", ReconnectAfterMs: rand.Uint32N(1000)}}}, s.cfg.Engine.MaxFrame)
+		return b
+	}
 	const step = 100 * time.Millisecond
 	batch := max(1, perSecond/10)
 	t := time.NewTicker(step)
@@ -384,7 +419,7 @@ func (s *Server) Drain(ctx context.Context, perSecond int) {
 	for len(conns) > 0 {
 		n := min(batch, len(conns))
 		for _, c := range conns[:n] {
-			_ = c.Write(goAway)
+			_ = c.Write(goAway())
 		}
 		conns = conns[n:]
 		select {
