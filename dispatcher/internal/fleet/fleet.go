@@ -1,0 +1,312 @@
+package fleet
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+
+	"github.com/imgate/imgate/dispatcher/internal/balance"
+	"github.com/imgate/imgate/proto/etcdkeys"
+	"github.com/imgate/imgate/proto/nodepb"
+)
+
+// Config tunes a Fleet.
+type Config struct {
+	// Prefix is the etcd key prefix ("" means etcdkeys.DefaultPrefix).
+	Prefix string
+	// PullInterval is how often every node's Stats is pulled.
+	PullInterval time.Duration
+	// PullTimeout bounds one Stats call.
+	PullTimeout time.Duration
+	// MaxFails consecutive failed pulls eject a healthy node.
+	MaxFails int
+	// Policy is the name of the selection policy the balancer runs; a
+	// different value in <prefix>/config/policy is rejected.
+	Policy string
+}
+
+// Publisher receives every rebuilt snapshot; *balance.Balancer is one.
+type Publisher interface {
+	Publish(*balance.Snapshot)
+}
+
+// Health of a node as seen by the puller.
+type Health string
+
+// Health values.
+const (
+	HealthPending Health = "pending" // no successful pull yet: no clients
+	HealthHealthy Health = "healthy"
+	HealthEjected Health = "ejected" // MaxFails failed pulls in a row: no clients
+)
+
+// Fleet watches etcd, pulls the nodes and publishes snapshots.
+type Fleet struct {
+	cfg  Config
+	keys etcdkeys.Schema
+	etcd *clientv3.Client
+	pub  Publisher
+	log  zerolog.Logger
+	m    *metrics
+	now  func() time.Time
+
+	listTimeout time.Duration // bounds one etcd listing
+
+	// kick asks the puller for an early round (a node registered); it holds
+	// at most one request, extra ones coalesce.
+	kick chan struct{}
+
+	mu      sync.Mutex // guards everything below; never held across I/O
+	synced  bool       // the first full etcd listing has been applied
+	closed  bool       // Run has returned; no new gRPC connections
+	nodes   map[string]*node
+	configs map[string]*nodeConfig
+	policy  *Rejected // a rejected <prefix>/config/policy value, or nil
+}
+
+// node is one entry of the table. All fields are guarded by Fleet.mu.
+type node struct {
+	id          string
+	reg         etcdkeys.Registration // last good registration
+	hasReg      bool
+	regRejected *Rejected
+
+	conn    *grpc.ClientConn // towards reg.GRPCAddr; nil if dialing failed
+	client  nodepb.NodeServiceClient
+	dialErr string
+
+	health  Health
+	fails   int // consecutive failed pulls
+	lastErr string
+	stats   *nodepb.StatsResponse // last successful pull
+	statsAt time.Time
+	load    *balance.Load // nil before the first successful pull
+}
+
+// nodeConfig is what ops set under <prefix>/config/nodes/<id>/. Guarded by
+// Fleet.mu.
+type nodeConfig struct {
+	weight   int
+	state    etcdkeys.State
+	maxConns int64
+	rejected map[string]Rejected // field → the rejected value
+}
+
+func defaultConfig() *nodeConfig {
+	return &nodeConfig{weight: etcdkeys.DefaultWeight, state: etcdkeys.StateActive}
+}
+
+func (c *nodeConfig) isDefault() bool {
+	return c.weight == etcdkeys.DefaultWeight && c.state == etcdkeys.StateActive &&
+		c.maxConns == 0 && len(c.rejected) == 0
+}
+
+// Rejected is a value found in etcd and refused.
+type Rejected struct {
+	Value    string `json:"value"`
+	Error    string `json:"error"`
+	Revision int64  `json:"revision"` // etcd mod revision of the value
+}
+
+// New returns a Fleet. It does no I/O until Run.
+func New(cfg Config, etcd *clientv3.Client, pub Publisher, log zerolog.Logger, reg prometheus.Registerer) (*Fleet, error) {
+	if cfg.PullInterval <= 0 || cfg.PullTimeout <= 0 {
+		return nil, errors.New("fleet: pull interval and timeout must be > 0")
+	}
+	if cfg.MaxFails < 1 {
+		return nil, errors.New("fleet: max fails must be >= 1")
+	}
+	if cfg.Policy == "" {
+		cfg.Policy = balance.PolicyLeastConn
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: metrics: %w", err)
+	}
+	return &Fleet{
+		cfg:         cfg,
+		keys:        etcdkeys.New(cfg.Prefix),
+		etcd:        etcd,
+		pub:         pub,
+		log:         log,
+		m:           m,
+		now:         time.Now,
+		listTimeout: defaultListTimeout,
+		kick:        make(chan struct{}, 1),
+		nodes:       map[string]*node{},
+		configs:     map[string]*nodeConfig{},
+	}, nil
+}
+
+// Run watches etcd and pulls the nodes until ctx is done, then closes every
+// gRPC connection. It returns nil after ctx is done; it starts (and keeps
+// retrying) even when etcd is not reachable.
+func (f *Fleet) Run(ctx context.Context) error {
+	var wg sync.WaitGroup
+	wg.Go(func() { f.watchLoop(ctx) })
+	wg.Go(func() { f.pullLoop(ctx) })
+	wg.Wait()
+
+	f.mu.Lock()
+	f.closed = true
+	var conns []*grpc.ClientConn
+	for _, n := range f.nodes {
+		if n.conn != nil {
+			conns = append(conns, n.conn)
+			n.conn, n.client = nil, nil
+		}
+	}
+	f.mu.Unlock()
+	closeConns(conns)
+	return nil
+}
+
+// Ready reports whether the dispatcher can hand out nodes: the etcd listing
+// is applied and at least one node is eligible. When not, why says why.
+func (f *Fleet) Ready() (ok bool, why string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.synced {
+		return false, "etcd not synced yet"
+	}
+	for _, n := range f.nodes {
+		if f.reason(n, f.configOf(n.id)) == "" {
+			return true, ""
+		}
+	}
+	return false, "no eligible node"
+}
+
+// configOf returns the config of node id, defaults if none. Requires f.mu.
+func (f *Fleet) configOf(id string) *nodeConfig {
+	if c := f.configs[id]; c != nil {
+		return c
+	}
+	return defaultNodeConfig
+}
+
+var defaultNodeConfig = defaultConfig()
+
+// staticReason is why n must get no client regardless of its load, or "".
+// Requires f.mu.
+func (f *Fleet) staticReason(n *node, c *nodeConfig) string {
+	switch {
+	case !n.hasReg:
+		return "no valid registration"
+	case n.health == HealthPending:
+		if n.fails > 0 {
+			return fmt.Sprintf("no successful stats pull yet (%d failed)", n.fails)
+		}
+		return "no stats pulled yet"
+	case n.health == HealthEjected:
+		return fmt.Sprintf("ejected: %d consecutive failed pulls", n.fails)
+	case c.weight == 0:
+		return "weight 0"
+	case c.state == etcdkeys.StateDown || c.state == etcdkeys.StateDrain:
+		return "state " + string(c.state)
+	case n.stats != nil && n.stats.Draining:
+		return "node reports draining"
+	}
+	return ""
+}
+
+// reason is staticReason plus the load limit. Requires f.mu.
+func (f *Fleet) reason(n *node, c *nodeConfig) string {
+	if r := f.staticReason(n, c); r != "" {
+		return r
+	}
+	if l := limit(n, c); l > 0 && n.load.Estimate() >= l {
+		return fmt.Sprintf("full: estimate %d >= limit %d", n.load.Estimate(), l)
+	}
+	return ""
+}
+
+// maxCount keeps counts from the wire far from int64 overflow in est*weight.
+const maxCount = 1 << 40
+
+func clampCount(v uint64) int64 {
+	if v > maxCount {
+		return maxCount
+	}
+	return int64(v)
+}
+
+// limit is the estimate n must stay below: the smaller of the ops max_conns
+// and the node's own reported capacity; 0 means none. Requires f.mu.
+func limit(n *node, c *nodeConfig) int64 {
+	l := c.maxConns
+	if l > maxCount {
+		l = maxCount
+	}
+	if n.stats != nil && n.stats.Capacity > 0 {
+		if capa := clampCount(n.stats.Capacity); l == 0 || capa < l {
+			l = capa
+		}
+	}
+	return l
+}
+
+// rebuild publishes a new snapshot of the eligible nodes, in id order.
+// Requires f.mu.
+func (f *Fleet) rebuild() {
+	ids := make([]string, 0, len(f.nodes))
+	for id := range f.nodes {
+		ids = append(ids, id)
+	}
+	slices.Sort(ids)
+	cands := make([]balance.Candidate, 0, len(ids))
+	counts := map[Health]int{}
+	for _, id := range ids {
+		n := f.nodes[id]
+		counts[n.health]++
+		c := f.configOf(id)
+		if f.staticReason(n, c) != "" {
+			continue
+		}
+		cands = append(cands, balance.Candidate{
+			ID:     id,
+			Addr:   n.reg.Addrs["tcp"],
+			Region: n.reg.Region,
+			Weight: int64(c.weight),
+			Backup: c.state == etcdkeys.StateBackup,
+			Limit:  limit(n, c),
+			Load:   n.load,
+		})
+	}
+	f.pub.Publish(balance.NewSnapshot(cands))
+	for _, h := range []Health{HealthPending, HealthHealthy, HealthEjected} {
+		f.m.nodes.WithLabelValues(string(h)).Set(float64(counts[h]))
+	}
+	f.m.candidates.Set(float64(len(cands)))
+}
+
+// poke asks the puller for an early round without blocking.
+func (f *Fleet) poke() {
+	select {
+	case f.kick <- struct{}{}:
+	default:
+	}
+}
+
+func closeConns(conns []*grpc.ClientConn) {
+	for _, c := range conns {
+		_ = c.Close()
+	}
+}
+
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

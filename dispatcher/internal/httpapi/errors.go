@@ -1,0 +1,75 @@
+package httpapi
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+
+	"github.com/imgate/imgate/dispatcher/internal/balance"
+	"github.com/imgate/imgate/proto/api"
+)
+
+// codeMethodNotAllowed is not in proto/api (yet): only routing produces it.
+const codeMethodNotAllowed = "method_not_allowed"
+
+// Error is the one coded error of the HTTP API.
+type Error struct {
+	Code    string // one of the api.Code* constants
+	Message string // safe to show to the client
+}
+
+func (e *Error) Error() string { return e.Code + ": " + e.Message }
+
+// badParam is a 400 naming the parameter.
+func badParam(name, format string, args ...any) *Error {
+	return &Error{Code: api.CodeBadParameter, Message: name + ": " + fmt.Sprintf(format, args...)}
+}
+
+// statusOf is the one place where an error code becomes an HTTP status.
+func statusOf(code string) int {
+	switch code {
+	case api.CodeBadParameter:
+		return http.StatusBadRequest
+	case api.CodeUnauthorized:
+		return http.StatusUnauthorized
+	case api.CodeNotFound:
+		return http.StatusNotFound
+	case codeMethodNotAllowed:
+		return http.StatusMethodNotAllowed
+	case api.CodeRateLimited:
+		return http.StatusTooManyRequests
+	case api.CodeNoNode:
+		return http.StatusServiceUnavailable
+	default:
+		return http.StatusInternalServerError
+	}
+}
+
+// asError turns any error into the API's coded error. Errors it does not
+// know become "internal" without their text (which may be anything).
+func asError(err error) (e *Error, known bool) {
+	switch {
+	case errors.As(err, &e):
+		return e, true
+	case errors.Is(err, balance.ErrNoNode):
+		return &Error{Code: api.CodeNoNode, Message: "no access node is available, retry later"}, true
+	}
+	return &Error{Code: api.CodeInternal, Message: "internal error"}, false
+}
+
+// retryAfterSeconds is the Retry-After of a 429 or 503.
+const retryAfterSeconds = "1"
+
+// fail writes err as an api.ErrorResponse and returns the status written.
+func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) int {
+	e, known := asError(err)
+	if !known {
+		s.log.Error().Err(err).Str("path", r.URL.Path).Msg("internal error")
+	}
+	status := statusOf(e.Code)
+	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
+		w.Header().Set("Retry-After", retryAfterSeconds)
+	}
+	writeJSON(w, status, api.ErrorResponse{Error: api.ErrorBody{Code: e.Code, Message: e.Message}})
+	return status
+}

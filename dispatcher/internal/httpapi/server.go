@@ -1,0 +1,146 @@
+package httpapi
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/go-chi/chi/v5"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/rs/zerolog"
+
+	"github.com/imgate/imgate/dispatcher/internal/balance"
+	"github.com/imgate/imgate/dispatcher/internal/fleet"
+	"github.com/imgate/imgate/proto/api"
+	"github.com/imgate/imgate/proto/token"
+)
+
+// Picker chooses a node for a client; *balance.Balancer is one.
+type Picker interface {
+	Pick(q *balance.Query) (*balance.Candidate, error)
+}
+
+// Fleet is what the dispatcher sees; *fleet.Fleet is one.
+type Fleet interface {
+	Status() fleet.Status
+	Ready() (ok bool, why string)
+}
+
+// Signer signs access tokens; *token.Keys is one.
+type Signer interface {
+	Sign(token.Claims) (string, error)
+}
+
+// Config tunes the API.
+type Config struct {
+	TokenTTL          time.Duration
+	HeartbeatInterval time.Duration // hint returned to clients
+	IdleTimeout       time.Duration // hint returned to clients
+	Reconnect         api.BackoffHints
+	// Metrics is served at /metrics (nil: 404).
+	Metrics http.Handler
+}
+
+// DefaultReconnect is the reconnect backoff hint clients get.
+var DefaultReconnect = api.BackoffHints{BaseMS: 500, Factor: 2, Jitter: 0.2, MaxMS: 30_000}
+
+// Server is the HTTP handler of the dispatcher.
+type Server struct {
+	cfg    Config
+	picker Picker
+	fleet  Fleet
+	signer Signer
+	log    zerolog.Logger
+	noNode zerolog.Logger // sampled: a fleet outage must not flood the log
+	m      *metrics
+	now    func() time.Time
+	router chi.Router
+}
+
+// New returns the handler.
+func New(cfg Config, p Picker, f Fleet, s Signer, log zerolog.Logger, reg prometheus.Registerer) (*Server, error) {
+	if cfg.TokenTTL <= 0 {
+		return nil, errors.New("httpapi: token TTL must be > 0")
+	}
+	m, err := newMetrics(reg)
+	if err != nil {
+		return nil, fmt.Errorf("httpapi: metrics: %w", err)
+	}
+	srv := &Server{
+		cfg: cfg, picker: p, fleet: f, signer: s, log: log, m: m, now: time.Now,
+		noNode: log.Sample(&zerolog.BurstSampler{Burst: 1, Period: 10 * time.Second}),
+	}
+	r := chi.NewRouter()
+	r.Use(srv.recoverer)
+	r.Get("/v1/endpoint", srv.endpoint)
+	r.Get("/get-tcp-ip", srv.endpoint)
+	r.Get("/v1/nodes", srv.nodes)
+	r.Get("/healthz", srv.healthz)
+	r.Get("/readyz", srv.readyz)
+	if cfg.Metrics != nil {
+		r.Method(http.MethodGet, "/metrics", cfg.Metrics)
+	}
+	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
+		srv.fail(w, r, &Error{Code: api.CodeNotFound, Message: "no such path"})
+	})
+	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
+		srv.fail(w, r, &Error{Code: codeMethodNotAllowed, Message: "method not allowed"})
+	})
+	srv.router = r
+	return srv, nil
+}
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.router.ServeHTTP(w, r) }
+
+func (s *Server) nodes(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, s.fleet.Status())
+}
+
+type probe struct {
+	OK     bool   `json:"ok"`
+	Reason string `json:"reason,omitempty"`
+}
+
+// healthz: the process serves HTTP. It does not depend on etcd or nodes.
+func (s *Server) healthz(w http.ResponseWriter, _ *http.Request) {
+	writeJSON(w, http.StatusOK, probe{OK: true})
+}
+
+// readyz: the etcd view is synced and at least one node is eligible.
+func (s *Server) readyz(w http.ResponseWriter, _ *http.Request) {
+	if ok, why := s.fleet.Ready(); !ok {
+		writeJSON(w, http.StatusServiceUnavailable, probe{Reason: why})
+		return
+	}
+	writeJSON(w, http.StatusOK, probe{OK: true})
+}
+
+// recoverer turns a panic into a logged 500 with the usual JSON body.
+func (s *Server) recoverer(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if v := recover(); v != nil {
+				if v == http.ErrAbortHandler {
+					panic(v)
+				}
+				s.fail(w, r, fmt.Errorf("panic: %v", v))
+			}
+		}()
+		next.ServeHTTP(w, r)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		b = []byte(`{"error":{"code":"internal","message":"internal error"}}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_, _ = w.Write(append(b, '\n'))
+}

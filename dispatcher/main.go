@@ -1,0 +1,154 @@
+// Command dispatcher is imgate's stateless HTTP front door: a client asks
+// GET /v1/endpoint where to connect and gets ONE access node and a signed,
+// short-lived token for it.
+//
+// main only wires the pieces: fleet (etcd watch + gRPC Stats pulls) publishes
+// snapshots to balance (the pick), which httpapi serves. It must never hold
+// business logic, read flags anywhere but config.go, or keep global state.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	stdlog "log"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/rs/zerolog"
+	clientv3 "go.etcd.io/etcd/client/v3"
+	"go.uber.org/zap"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/imgate/imgate/dispatcher/internal/balance"
+	"github.com/imgate/imgate/dispatcher/internal/fleet"
+	"github.com/imgate/imgate/dispatcher/internal/httpapi"
+	"github.com/imgate/imgate/proto/token"
+)
+
+func main() {
+	cfg, err := parseConfig(os.Args[1:], os.Stderr)
+	if errors.Is(err, flag.ErrHelp) {
+		os.Exit(0)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "dispatcher: %v\n", err)
+		os.Exit(2)
+	}
+	log := newLogger(os.Stderr, cfg.LogLevel)
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err = run(ctx, cfg, log, nil)
+	stop()
+	if err != nil {
+		log.Error().Err(err).Msg("dispatcher failed")
+		os.Exit(1)
+	}
+}
+
+func newLogger(w io.Writer, level zerolog.Level) zerolog.Logger {
+	return zerolog.New(w).Level(level).With().Timestamp().Str("svc", "dispatcher").Logger()
+}
+
+// run builds the dispatcher, serves until ctx is done, then shuts down:
+// HTTP first (in-flight requests get ShutdownTimeout), then the fleet's
+// pulls and watch, then the etcd client. listening, if set, learns the HTTP
+// address once it is bound (tests use port 0).
+func run(ctx context.Context, cfg config, log zerolog.Logger, listening func(net.Addr)) error {
+	keys, err := token.ParseKeys(cfg.TokenKeys)
+	if err != nil {
+		return fmt.Errorf("--token-keys: %w", err)
+	}
+	if cfg.TokenKeys == defaultTokenKeys {
+		log.Warn().Msg("!!! --token-keys is the built-in DEV key: anyone can mint tokens for your nodes. " +
+			"Set IMGATE_TOKEN_KEYS to a secret shared with the access nodes before production. !!!")
+	}
+
+	etcd, err := clientv3.New(clientv3.Config{
+		Endpoints:            cfg.EtcdEndpoints,
+		DialTimeout:          5 * time.Second,
+		DialKeepAliveTime:    10 * time.Second,
+		DialKeepAliveTimeout: 5 * time.Second,
+		Logger:               zap.NewNop(), // fleet logs what matters
+	})
+	if err != nil {
+		return fmt.Errorf("etcd client: %w", err)
+	}
+	defer etcd.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	bal := balance.New(balance.LeastConn{})
+	fl, err := fleet.New(fleet.Config{
+		Prefix:       cfg.EtcdPrefix,
+		PullInterval: cfg.PullInterval,
+		PullTimeout:  cfg.PullTimeout,
+		MaxFails:     cfg.MaxFails,
+		Policy:       bal.Policy().Name(),
+	}, etcd, bal, log.With().Str("part", "fleet").Logger(), reg)
+	if err != nil {
+		return err
+	}
+	httpLog := log.With().Str("part", "http").Logger()
+	api, err := httpapi.New(httpapi.Config{
+		TokenTTL:          cfg.TokenTTL,
+		HeartbeatInterval: cfg.HeartbeatInterval,
+		IdleTimeout:       cfg.IdleTimeout,
+		Reconnect:         httpapi.DefaultReconnect,
+		Metrics:           promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+	}, bal, fl, keys, httpLog, reg)
+	if err != nil {
+		return err
+	}
+
+	// Listen synchronously so that a busy port fails the start at once.
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("listen: %w", err)
+	}
+	if listening != nil {
+		listening(ln.Addr())
+	}
+	srv := &http.Server{
+		Handler:           api,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    32 << 10,
+		ErrorLog:          stdlog.New(httpLog, "", 0),
+	}
+	log.Info().Str("http", ln.Addr().String()).Strs("etcd", cfg.EtcdEndpoints).Str("prefix", cfg.EtcdPrefix).
+		Dur("pull_interval", cfg.PullInterval).Str("policy", bal.Policy().Name()).Msg("dispatcher started")
+
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return fl.Run(gctx) })
+	g.Go(func() error {
+		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		// A fresh context: the parent one is already cancelled.
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+		defer cancel()
+		if err := srv.Shutdown(sctx); err != nil {
+			return fmt.Errorf("http shutdown: %w", err)
+		}
+		return nil
+	})
+	err = g.Wait()
+	log.Info().Msg("dispatcher stopped")
+	return err
+}
