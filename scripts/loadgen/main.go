@@ -1,0 +1,404 @@
+// Command loadgen opens many logged-in client connections through the
+// dispatcher, exactly as an SDK does (GET /v1/endpoint → TCP connect → Login),
+// keeps them alive with heartbeats, and measures what they cost the access
+// nodes: RSS and Go heap read from each node's /metrics before and after.
+//
+// It is bounded: it opens --conns connections at --rate per second, holds
+// them for --hold, then closes them and exits. Only loopback targets are
+// meant for it here.
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"os/signal"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/imgate/imgate/proto/api"
+	"github.com/imgate/imgate/proto/wire"
+	"github.com/imgate/imgate/proto/wirepb"
+)
+
+type config struct {
+	dispatcher  string
+	conns       int
+	rate        int
+	hold        time.Duration
+	heartbeat   time.Duration
+	settle      time.Duration
+	metrics     string
+	srcIPs      int
+	concurrency int
+	jsonOut     string
+}
+
+func main() {
+	var c config
+	flag.StringVar(&c.dispatcher, "dispatcher", "http://127.0.0.1:8080", "dispatcher base URL")
+	flag.IntVar(&c.conns, "conns", 1000, "connections to open and log in")
+	flag.IntVar(&c.rate, "rate", 2000, "logins started per second")
+	flag.DurationVar(&c.hold, "hold", 10*time.Second, "how long to hold the connections after the last login")
+	flag.DurationVar(&c.heartbeat, "heartbeat", 30*time.Second, "ping interval per connection")
+	flag.DurationVar(&c.settle, "settle", 20*time.Second, "at most this long waiting for node RSS to settle before each reading")
+	flag.StringVar(&c.metrics, "node-metrics", "", "comma-separated /metrics URLs of the access nodes to measure")
+	flag.IntVar(&c.srcIPs, "src-ips", 1, "spread source addresses over 127.0.0.1..127.0.0.N")
+	flag.IntVar(&c.concurrency, "concurrency", 64, "logins in flight at once")
+	flag.StringVar(&c.jsonOut, "json", "", "also write the report as JSON to this file")
+	flag.Parse()
+	if c.conns <= 0 || c.rate <= 0 || c.srcIPs < 1 || c.srcIPs > 254 {
+		fmt.Fprintln(os.Stderr, "loadgen: --conns, --rate must be > 0 and --src-ips 1..254")
+		os.Exit(2)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	rep, err := run(ctx, c)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "loadgen:", err)
+		os.Exit(1)
+	}
+	rep.print(os.Stdout)
+	if c.jsonOut != "" {
+		b, _ := json.MarshalIndent(rep, "", "  ")
+		if err := os.WriteFile(c.jsonOut, b, 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "loadgen:", err)
+			os.Exit(1)
+		}
+	}
+}
+
+type report struct {
+	Conns            int            `json:"conns_requested"`
+	LoggedIn         int64          `json:"logged_in"`
+	Errors           map[string]int `json:"errors"`
+	LoginSeconds     float64        `json:"login_phase_seconds"`
+	LoginsPerSecond  float64        `json:"logins_per_second"`
+	EndpointP50MS    float64        `json:"endpoint_p50_ms"`
+	EndpointP99MS    float64        `json:"endpoint_p99_ms"`
+	LoginP50MS       float64        `json:"login_p50_ms"`
+	LoginP99MS       float64        `json:"login_p99_ms"`
+	NodeRSSBefore    float64        `json:"node_rss_before_bytes"`
+	NodeRSSAfter     float64        `json:"node_rss_after_bytes"`
+	NodeHeapBefore   float64        `json:"node_heap_before_bytes"`
+	NodeHeapAfter    float64        `json:"node_heap_after_bytes"`
+	NodeConns        float64        `json:"node_connections"`
+	RSSPerConnKiB    float64        `json:"rss_per_conn_kib"`
+	HeapPerConnKiB   float64        `json:"heap_per_conn_kib"`
+	ClientRSSAfterMB float64        `json:"loadgen_rss_mib"`
+}
+
+func (r *report) print(w io.Writer) {
+	fmt.Fprintf(w, "\nlogged in        %d of %d in %.2fs (%.0f logins/s)\n", r.LoggedIn, r.Conns, r.LoginSeconds, r.LoginsPerSecond)
+	fmt.Fprintf(w, "endpoint call    p50 %.2f ms  p99 %.2f ms\n", r.EndpointP50MS, r.EndpointP99MS)
+	fmt.Fprintf(w, "connect+login    p50 %.2f ms  p99 %.2f ms\n", r.LoginP50MS, r.LoginP99MS)
+	if len(r.Errors) > 0 {
+		fmt.Fprintf(w, "errors           %v\n", r.Errors)
+	}
+	if r.NodeConns > 0 {
+		fmt.Fprintf(w, "node RSS         %.1f MiB -> %.1f MiB with %.0f connections: %.2f KiB per connection\n",
+			r.NodeRSSBefore/(1<<20), r.NodeRSSAfter/(1<<20), r.NodeConns, r.RSSPerConnKiB)
+		fmt.Fprintf(w, "node Go heap     %.1f MiB -> %.1f MiB: %.2f KiB per connection\n",
+			r.NodeHeapBefore/(1<<20), r.NodeHeapAfter/(1<<20), r.HeapPerConnKiB)
+	}
+	fmt.Fprintf(w, "loadgen RSS      %.1f MiB\n", r.ClientRSSAfterMB)
+}
+
+// conn is one simulated client; the load tool keeps a goroutine per
+// connection only to read Pongs.
+type conn struct {
+	c   net.Conn
+	seq atomic.Uint64
+}
+
+func run(ctx context.Context, c config) (*report, error) {
+	rep := &report{Conns: c.conns, Errors: map[string]int{}}
+	urls := splitNonEmpty(c.metrics)
+	if len(urls) > 0 {
+		rss, heap, _, err := settle(ctx, urls, c.settle)
+		if err != nil {
+			return nil, err
+		}
+		rep.NodeRSSBefore, rep.NodeHeapBefore = rss, heap
+	}
+	httpc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: c.concurrency}}
+	var (
+		mu        sync.Mutex
+		conns     []*conn
+		endpointL []time.Duration
+		loginL    []time.Duration
+		loggedIn  atomic.Int64
+		wg        sync.WaitGroup
+	)
+	fail := func(kind string) {
+		mu.Lock()
+		rep.Errors[kind]++
+		mu.Unlock()
+	}
+	sem := make(chan struct{}, c.concurrency)
+	interval := time.Second / time.Duration(c.rate)
+	start := time.Now()
+	progressDone := make(chan struct{})
+	go func() {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-progressDone:
+				return
+			case <-t.C:
+				fmt.Fprintf(os.Stderr, "\r%d/%d logged in, %.0f/s   ", loggedIn.Load(), c.conns, float64(loggedIn.Load())/time.Since(start).Seconds())
+			}
+		}
+	}()
+	for i := 0; i < c.conns && ctx.Err() == nil; i++ {
+		if next := start.Add(time.Duration(i) * interval); time.Until(next) > 0 {
+			time.Sleep(time.Until(next))
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func(i int) {
+			defer wg.Done()
+			defer func() { <-sem }()
+			uid := "load-" + strconv.Itoa(i)
+			t0 := time.Now()
+			ep, err := endpoint(ctx, httpc, c.dispatcher, uid)
+			if err != nil {
+				fail("endpoint")
+				return
+			}
+			t1 := time.Now()
+			cn, err := connect(ep, i%c.srcIPs)
+			if err != nil {
+				fail(err.Error())
+				return
+			}
+			t2 := time.Now()
+			mu.Lock()
+			conns = append(conns, cn)
+			endpointL = append(endpointL, t1.Sub(t0))
+			loginL = append(loginL, t2.Sub(t1))
+			mu.Unlock()
+			loggedIn.Add(1)
+		}(i)
+	}
+	wg.Wait()
+	close(progressDone)
+	rep.LoginSeconds = time.Since(start).Seconds()
+	rep.LoggedIn = loggedIn.Load()
+	rep.LoginsPerSecond = float64(rep.LoggedIn) / rep.LoginSeconds
+	rep.EndpointP50MS, rep.EndpointP99MS = pct(endpointL, 0.5), pct(endpointL, 0.99)
+	rep.LoginP50MS, rep.LoginP99MS = pct(loginL, 0.5), pct(loginL, 0.99)
+	fmt.Fprintln(os.Stderr)
+
+	// Hold: heartbeats from one goroutine, Pongs read per connection.
+	hctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var readers sync.WaitGroup
+	var lost atomic.Int64
+	for _, cn := range conns {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			r := wire.NewReader(cn.c, wire.DefaultMaxFrame)
+			var f wirepb.Frame
+			for r.Read(&f) == nil {
+			}
+			if hctx.Err() == nil {
+				lost.Add(1)
+			}
+		}()
+	}
+	go heartbeats(hctx, conns, c.heartbeat)
+	if len(urls) > 0 {
+		rss, heap, n, err := settle(ctx, urls, c.settle)
+		if err == nil {
+			rep.NodeRSSAfter, rep.NodeHeapAfter, rep.NodeConns = rss, heap, n
+			if n > 0 {
+				rep.RSSPerConnKiB = (rss - rep.NodeRSSBefore) / n / 1024
+				rep.HeapPerConnKiB = (heap - rep.NodeHeapBefore) / n / 1024
+			}
+		}
+	}
+	select {
+	case <-ctx.Done():
+	case <-time.After(c.hold):
+	}
+	rep.ClientRSSAfterMB = selfRSS() / (1 << 20)
+	cancel()
+	for _, cn := range conns {
+		cn.c.Close()
+	}
+	readers.Wait()
+	if n := lost.Load(); n > 0 {
+		rep.Errors["closed_by_node_during_hold"] = int(n)
+	}
+	return rep, nil
+}
+
+func splitNonEmpty(s string) []string {
+	var out []string
+	for _, p := range strings.Split(s, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func endpoint(ctx context.Context, hc *http.Client, base, uid string) (*api.EndpointResponse, error) {
+	q := url.Values{"uid": {uid}, "device": {"load"}}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/endpoint?"+q.Encode(), nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		_, _ = io.Copy(io.Discard, resp.Body)
+		return nil, fmt.Errorf("endpoint: HTTP %d", resp.StatusCode)
+	}
+	var ep api.EndpointResponse
+	return &ep, json.NewDecoder(resp.Body).Decode(&ep)
+}
+
+func connect(ep *api.EndpointResponse, src int) (*conn, error) {
+	d := net.Dialer{Timeout: 10 * time.Second, KeepAlive: -1}
+	if src > 0 {
+		d.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+src))}
+	}
+	c, err := d.Dial("tcp", ep.Addr)
+	if err != nil {
+		return nil, errors.New("connect")
+	}
+	b, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Login{Login: &wirepb.Login{Token: ep.Token, ClientVersion: "loadgen"}}}, wire.DefaultMaxFrame)
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(b); err != nil {
+		c.Close()
+		return nil, errors.New("login_write")
+	}
+	var f wirepb.Frame
+	if err := wire.NewReader(c, wire.DefaultMaxFrame).Read(&f); err != nil || f.GetLoginAck() == nil {
+		c.Close()
+		if e := f.GetError(); e != nil {
+			return nil, errors.New("login_" + strings.ToLower(strings.TrimPrefix(e.Code.String(), "ERROR_CODE_")))
+		}
+		return nil, errors.New("login_read")
+	}
+	_ = c.SetDeadline(time.Time{})
+	return &conn{c: c}, nil
+}
+
+// heartbeats pings every connection once per interval, spread evenly.
+func heartbeats(ctx context.Context, conns []*conn, every time.Duration) {
+	if len(conns) == 0 {
+		return
+	}
+	step := every / time.Duration(len(conns))
+	if step <= 0 {
+		step = time.Microsecond
+	}
+	t := time.NewTicker(step)
+	defer t.Stop()
+	for i := 0; ; i = (i + 1) % len(conns) {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cn := conns[i]
+		b, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Ping{Ping: &wirepb.Ping{Seq: cn.seq.Add(1)}}}, wire.DefaultMaxFrame)
+		_ = cn.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		_, _ = cn.c.Write(b)
+	}
+}
+
+func pct(ds []time.Duration, p float64) float64 {
+	if len(ds) == 0 {
+		return 0
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return float64(s[int(math.Min(float64(len(s)-1), p*float64(len(s))))]) / 1e6
+}
+
+// settle samples the nodes' metrics until RSS is stable (two readings 1 s
+// apart within 1%) or max passes, and returns the sums.
+func settle(ctx context.Context, urls []string, max time.Duration) (rss, heap, conns float64, err error) {
+	deadline := time.Now().Add(max)
+	prev := -1.0
+	for {
+		rss, heap, conns, err = scrape(urls)
+		if err != nil {
+			return
+		}
+		if prev > 0 && math.Abs(rss-prev) <= prev*0.01 || time.Now().After(deadline) {
+			return
+		}
+		prev = rss
+		select {
+		case <-ctx.Done():
+			return rss, heap, conns, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func scrape(urls []string) (rss, heap, conns float64, err error) {
+	for _, u := range urls {
+		resp, err := http.Get(u)
+		if err != nil {
+			return 0, 0, 0, fmt.Errorf("metrics %s: %w", u, err)
+		}
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			name, val, ok := strings.Cut(line, " ")
+			if !ok || strings.HasPrefix(line, "#") {
+				continue
+			}
+			v, _ := strconv.ParseFloat(val, 64)
+			switch {
+			case name == "process_resident_memory_bytes":
+				rss += v
+			case name == "go_memstats_heap_inuse_bytes":
+				heap += v
+			case strings.HasPrefix(name, "imgate_node_connections{"):
+				conns += v
+			}
+		}
+		resp.Body.Close()
+	}
+	return rss, heap, conns, nil
+}
+
+func selfRSS() float64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 2 {
+		return 0
+	}
+	pages, _ := strconv.ParseFloat(f[1], 64)
+	return pages * float64(os.Getpagesize())
+}
