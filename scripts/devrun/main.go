@@ -1,0 +1,379 @@
+// Command devrun is `make run`: the whole system on one machine. It starts a
+// real etcd in-process, the dispatcher and N access nodes as their own
+// processes, runs a short demo exchange between SDK clients, prints where
+// everything is, and keeps it all up until Ctrl-C or SIGTERM, then stops
+// every process it started.
+//
+// It is a development tool; production runs the two binaries against an
+// etcd cluster.
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"syscall"
+	"time"
+
+	"github.com/imgate/imgate/proto/client"
+	"github.com/imgate/imgate/proto/wirepb"
+	"github.com/imgate/imgate/scripts/devetcd"
+)
+
+type config struct {
+	bin        string
+	dir        string
+	etcdClient string
+	etcdPeer   string
+	dispatcher string
+	nodes      int
+	basePort   int
+	demo       bool
+}
+
+func main() {
+	var c config
+	flag.StringVar(&c.bin, "bin", "bin", "directory holding the dispatcher and accessnode binaries")
+	flag.StringVar(&c.dir, "dir", ".run", "directory for etcd data and process logs (wiped at start)")
+	flag.StringVar(&c.etcdClient, "etcd", "127.0.0.1:2379", "etcd client address")
+	flag.StringVar(&c.etcdPeer, "etcd-peer", "127.0.0.1:2380", "etcd peer address")
+	flag.StringVar(&c.dispatcher, "dispatcher", "127.0.0.1:8080", "dispatcher HTTP address")
+	flag.IntVar(&c.nodes, "nodes", 2, "access nodes to start")
+	flag.IntVar(&c.basePort, "base-port", 7000, "node i uses client port base+i, gRPC base+100+i, HTTP base+200+i")
+	flag.BoolVar(&c.demo, "demo", true, "run the demo exchange once the fleet is ready")
+	flag.Parse()
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, c); err != nil {
+		fmt.Fprintln(os.Stderr, "devrun:", err)
+		os.Exit(1)
+	}
+}
+
+type proc struct {
+	name string
+	cmd  *exec.Cmd
+	done chan struct{}
+}
+
+func (c config) nodeAddrs(i int) (client, grpc, http string) {
+	p := c.basePort + i
+	return "127.0.0.1:" + strconv.Itoa(p), "127.0.0.1:" + strconv.Itoa(p+100), "127.0.0.1:" + strconv.Itoa(p+200)
+}
+
+func run(ctx context.Context, c config) error {
+	if c.nodes < 1 || c.nodes > 50 {
+		return errors.New("--nodes must be 1..50")
+	}
+	// Every port must be free before anything starts.
+	addrs := []string{c.etcdClient, c.etcdPeer, c.dispatcher}
+	for i := 1; i <= c.nodes; i++ {
+		a, b, h := c.nodeAddrs(i)
+		addrs = append(addrs, a, b, h)
+	}
+	for _, a := range addrs {
+		ln, err := net.Listen("tcp", a)
+		if err != nil {
+			return fmt.Errorf("address %s is taken (is another `make run` up?): %w", a, err)
+		}
+		ln.Close()
+	}
+	for _, b := range []string{"dispatcher", "accessnode"} {
+		if _, err := os.Stat(filepath.Join(c.bin, b)); err != nil {
+			return fmt.Errorf("binary %s missing in %s: run `make build` first", b, c.bin)
+		}
+	}
+	if err := os.RemoveAll(c.dir); err != nil {
+		return err
+	}
+	logDir := filepath.Join(c.dir, "logs")
+	if err := os.MkdirAll(logDir, 0o755); err != nil {
+		return err
+	}
+
+	say("starting etcd (embedded, in this process) on %s", c.etcdClient)
+	etcd, err := devetcd.Start(filepath.Join(c.dir, "etcd"), c.etcdClient, c.etcdPeer)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		etcd.Close()
+		say("etcd stopped")
+	}()
+
+	common := []string{"--etcd-endpoints", c.etcdClient, "--log-level", "info"}
+	var procs []*proc
+	defer func() { stopAll(procs) }()
+	start := func(name string, args ...string) error {
+		p, err := spawn(filepath.Join(logDir, name+".log"), name, args...)
+		if err != nil {
+			return err
+		}
+		procs = append(procs, p)
+		return nil
+	}
+	if err := start("dispatcher", append([]string{filepath.Join(c.bin, "dispatcher"), "--http-addr", c.dispatcher}, common...)...); err != nil {
+		return err
+	}
+	regions := []string{"east", "west"}
+	for i := 1; i <= c.nodes; i++ {
+		cl, gr, ht := c.nodeAddrs(i)
+		args := append([]string{filepath.Join(c.bin, "accessnode"),
+			"--id", fmt.Sprintf("node-%d", i), "--client-addr", cl, "--grpc-addr", gr, "--http-addr", ht,
+			"--region", regions[(i-1)%len(regions)], "--drain-timeout", "5s"}, common...)
+		if err := start(fmt.Sprintf("node-%d", i), args...); err != nil {
+			return err
+		}
+	}
+
+	base := "http://" + c.dispatcher
+	say("waiting for the dispatcher to see %d healthy nodes ...", c.nodes)
+	if err := waitEligible(ctx, base, c.nodes, procs); err != nil {
+		return err
+	}
+	banner(c, base, logDir)
+
+	var clients []*client.Client
+	defer func() {
+		for _, cl := range clients {
+			cl.Close()
+		}
+	}()
+	if c.demo {
+		var err error
+		if clients, err = demo(ctx, base); err != nil {
+			say("demo failed: %v", err)
+		}
+	}
+	say("up; Ctrl-C stops everything")
+
+	t := time.NewTicker(15 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			say("stopping ...")
+			return nil
+		case <-t.C:
+			status(base)
+		case p := <-exited(procs):
+			return fmt.Errorf("%s exited unexpectedly; see %s", p.name, filepath.Join(logDir, p.name+".log"))
+		}
+	}
+}
+
+func say(format string, args ...any) {
+	fmt.Printf("[devrun] "+format+"\n", args...)
+}
+
+func spawn(logPath, name string, argv ...string) (*proc, error) {
+	f, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(argv[0], argv[1:]...)
+	cmd.Stdout, cmd.Stderr = f, f
+	// Own process group: Ctrl-C reaches devrun only, which then stops the
+	// children in order (nodes drain first).
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		_ = cmd.Wait()
+		f.Close()
+		close(p.done)
+	}()
+	say("started %-10s pid %d", name, cmd.Process.Pid)
+	return p, nil
+}
+
+// exited returns a channel that yields the first process to exit.
+func exited(procs []*proc) <-chan *proc {
+	ch := make(chan *proc, len(procs))
+	for _, p := range procs {
+		go func() {
+			<-p.done
+			ch <- p
+		}()
+	}
+	return ch
+}
+
+// stopAll stops access nodes first (they drain), then the dispatcher.
+func stopAll(procs []*proc) {
+	for i := len(procs) - 1; i >= 0; i-- {
+		p := procs[i]
+		select {
+		case <-p.done:
+			continue
+		default:
+		}
+		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		select {
+		case <-p.done:
+			say("stopped %s", p.name)
+		case <-time.After(10 * time.Second):
+			_ = p.cmd.Process.Kill()
+			<-p.done
+			say("killed %s (did not stop within 10 s)", p.name)
+		}
+	}
+}
+
+type nodeView struct {
+	ID       string `json:"id"`
+	Eligible bool   `json:"eligible"`
+	Stats    *struct {
+		Connections uint64 `json:"connections"`
+		Sessions    uint64 `json:"sessions"`
+	} `json:"stats"`
+}
+
+func nodes(base string) ([]nodeView, error) {
+	resp, err := http.Get(base + "/v1/nodes")
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return nil, err
+	}
+	var out struct {
+		Nodes []nodeView `json:"nodes"`
+	}
+	if err := json.Unmarshal(b, &out); err != nil {
+		return nil, fmt.Errorf("/v1/nodes: %w", err)
+	}
+	return out.Nodes, nil
+}
+
+func waitEligible(ctx context.Context, base string, want int, procs []*proc) error {
+	deadline := time.Now().Add(60 * time.Second)
+	ex := exited(procs)
+	for {
+		ns, err := nodes(base)
+		n := 0
+		for _, v := range ns {
+			if v.Eligible {
+				n++
+			}
+		}
+		if err == nil && n >= want {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("only %d of %d nodes eligible after 60 s (last error: %v); see .run/logs", n, want, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case p := <-ex:
+			return fmt.Errorf("%s exited during start-up; see its log in .run/logs", p.name)
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+func banner(c config, base, logDir string) {
+	fmt.Printf(`
+================================================================
+ imgate is running
+   etcd        %[1]s  (embedded; etcdctl --endpoints=%[1]s get --prefix /imgate/)
+   dispatcher  %[2]s
+`, c.etcdClient, base)
+	for i := 1; i <= c.nodes; i++ {
+		cl, gr, ht := c.nodeAddrs(i)
+		fmt.Printf("   node-%d      clients %s  gRPC %s  ops http://%s/metrics\n", i, cl, gr, ht)
+	}
+	fmt.Printf(`
+ try:
+   curl -s '%[1]s/v1/endpoint?uid=alice&device=phone'
+   curl -s '%[1]s/v1/nodes'
+   etcdctl --endpoints=%[2]s put /imgate/config/nodes/node-1/weight 50
+   bin/imchat --uid alice     (in another terminal; type "bob: hi")
+ logs: %[3]s
+================================================================
+
+`, base, c.etcdClient, logDir)
+}
+
+// demo logs in four users through the dispatcher — alice and bob in region
+// east, carol and dave in region west — and has each pair exchange messages
+// with acknowledgements. The clients stay connected while devrun runs.
+func demo(ctx context.Context, base string) ([]*client.Client, error) {
+	users := []struct{ uid, region string }{{"alice", "east"}, {"bob", "east"}, {"carol", "west"}, {"dave", "west"}}
+	var cls []*client.Client
+	for _, u := range users {
+		dctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		cl, err := client.Dial(dctx, client.Config{Dispatcher: base, UID: u.uid, Device: "demo", Region: u.region})
+		cancel()
+		if err != nil {
+			return cls, fmt.Errorf("%s: %w", u.uid, err)
+		}
+		say("demo: %-5s logged in through the dispatcher -> %s", u.uid, cl.NodeID())
+		cls = append(cls, cl)
+	}
+	exchange := func(from, to *client.Client, toUID, text string) error {
+		sctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		t0 := time.Now()
+		res, err := from.Send(sctx, toUID, []byte(text))
+		if err != nil {
+			return err
+		}
+		if res.Outcome != wirepb.Outcome_OUTCOME_DELIVERED {
+			return fmt.Errorf("send to %s: %v %v", toUID, res.Outcome, res.Reason)
+		}
+		select {
+		case m := <-to.Messages():
+			say("demo: %s -> %s %q: delivered and acknowledged (%d/%d devices, %s)", m.From, toUID, m.Payload, res.Acked, res.Devices, time.Since(t0).Round(10*time.Microsecond))
+		case <-sctx.Done():
+			return sctx.Err()
+		}
+		return nil
+	}
+	pairs := []struct {
+		a, b       int
+		text, back string
+	}{{0, 1, "hi bob", "hi alice"}, {2, 3, "hello dave", "hello carol"}}
+	for _, p := range pairs {
+		if err := exchange(cls[p.a], cls[p.b], users[p.b].uid, p.text); err != nil {
+			return cls, err
+		}
+		if err := exchange(cls[p.b], cls[p.a], users[p.a].uid, p.back); err != nil {
+			return cls, err
+		}
+	}
+	return cls, nil
+}
+
+func status(base string) {
+	ns, err := nodes(base)
+	if err != nil {
+		say("status: %v", err)
+		return
+	}
+	line := ""
+	for _, n := range ns {
+		conns := uint64(0)
+		if n.Stats != nil {
+			conns = n.Stats.Connections
+		}
+		line += fmt.Sprintf("  %s: %d conns (eligible=%v)", n.ID, conns, n.Eligible)
+	}
+	say("fleet:%s", line)
+}
