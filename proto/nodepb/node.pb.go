@@ -224,6 +224,51 @@ func (x *StatsResponse) GetMessagesOutTotal() uint64 {
 	return 0
 }
 
+// ForwardBatch is one write on a Forward stream.
+type ForwardBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Frames        []*ForwardFrame        `protobuf:"bytes,1,rep,name=frames,proto3" json:"frames,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ForwardBatch) Reset() {
+	*x = ForwardBatch{}
+	mi := &file_nodepb_node_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ForwardBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ForwardBatch) ProtoMessage() {}
+
+func (x *ForwardBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ForwardBatch.ProtoReflect.Descriptor instead.
+func (*ForwardBatch) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *ForwardBatch) GetFrames() []*ForwardFrame {
+	if x != nil {
+		return x.Frames
+	}
+	return nil
+}
+
 // ForwardFrame is one item on a Forward stream.
 type ForwardFrame struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -231,6 +276,12 @@ type ForwardFrame struct {
 	//
 	//	*ForwardFrame_Deliver
 	//	*ForwardFrame_Result
+	//	*ForwardFrame_Presence
+	//	*ForwardFrame_Lookup
+	//	*ForwardFrame_LookupResult
+	//	*ForwardFrame_SyncDone
+	//	*ForwardFrame_Kick
+	//	*ForwardFrame_Hello
 	Body          isForwardFrame_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -238,7 +289,7 @@ type ForwardFrame struct {
 
 func (x *ForwardFrame) Reset() {
 	*x = ForwardFrame{}
-	mi := &file_nodepb_node_proto_msgTypes[2]
+	mi := &file_nodepb_node_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -250,7 +301,7 @@ func (x *ForwardFrame) String() string {
 func (*ForwardFrame) ProtoMessage() {}
 
 func (x *ForwardFrame) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[2]
+	mi := &file_nodepb_node_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -263,7 +314,7 @@ func (x *ForwardFrame) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardFrame.ProtoReflect.Descriptor instead.
 func (*ForwardFrame) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{2}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *ForwardFrame) GetBody() isForwardFrame_Body {
@@ -291,21 +342,156 @@ func (x *ForwardFrame) GetResult() *ForwardResult {
 	return nil
 }
 
+func (x *ForwardFrame) GetPresence() *PresenceUpdate {
+	if x != nil {
+		if x, ok := x.Body.(*ForwardFrame_Presence); ok {
+			return x.Presence
+		}
+	}
+	return nil
+}
+
+func (x *ForwardFrame) GetLookup() *LookupRequest {
+	if x != nil {
+		if x, ok := x.Body.(*ForwardFrame_Lookup); ok {
+			return x.Lookup
+		}
+	}
+	return nil
+}
+
+func (x *ForwardFrame) GetLookupResult() *LookupResponse {
+	if x != nil {
+		if x, ok := x.Body.(*ForwardFrame_LookupResult); ok {
+			return x.LookupResult
+		}
+	}
+	return nil
+}
+
+func (x *ForwardFrame) GetSyncDone() *SyncDone {
+	if x != nil {
+		if x, ok := x.Body.(*ForwardFrame_SyncDone); ok {
+			return x.SyncDone
+		}
+	}
+	return nil
+}
+
+func (x *ForwardFrame) GetKick() *KickSession {
+	if x != nil {
+		if x, ok := x.Body.(*ForwardFrame_Kick); ok {
+			return x.Kick
+		}
+	}
+	return nil
+}
+
+func (x *ForwardFrame) GetHello() *Hello {
+	if x != nil {
+		if x, ok := x.Body.(*ForwardFrame_Hello); ok {
+			return x.Hello
+		}
+	}
+	return nil
+}
+
 type isForwardFrame_Body interface {
 	isForwardFrame_Body()
 }
 
 type ForwardFrame_Deliver struct {
-	Deliver *ForwardDeliver `protobuf:"bytes,1,opt,name=deliver,proto3,oneof"`
+	Deliver *ForwardDeliver `protobuf:"bytes,1,opt,name=deliver,proto3,oneof"` // request: deliver to local devices
 }
 
 type ForwardFrame_Result struct {
-	Result *ForwardResult `protobuf:"bytes,2,opt,name=result,proto3,oneof"`
+	Result *ForwardResult `protobuf:"bytes,2,opt,name=result,proto3,oneof"` // answer to deliver
+}
+
+type ForwardFrame_Presence struct {
+	Presence *PresenceUpdate `protobuf:"bytes,3,opt,name=presence,proto3,oneof"` // holder -> home: sessions up/down
+}
+
+type ForwardFrame_Lookup struct {
+	Lookup *LookupRequest `protobuf:"bytes,4,opt,name=lookup,proto3,oneof"` // sender -> home: who holds uid?
+}
+
+type ForwardFrame_LookupResult struct {
+	LookupResult *LookupResponse `protobuf:"bytes,5,opt,name=lookup_result,json=lookupResult,proto3,oneof"`
+}
+
+type ForwardFrame_SyncDone struct {
+	SyncDone *SyncDone `protobuf:"bytes,6,opt,name=sync_done,json=syncDone,proto3,oneof"` // holder -> every peer: re-registration done
+}
+
+type ForwardFrame_Kick struct {
+	Kick *KickSession `protobuf:"bytes,7,opt,name=kick,proto3,oneof"` // home -> holder: a newer login replaced this one
+}
+
+type ForwardFrame_Hello struct {
+	Hello *Hello `protobuf:"bytes,8,opt,name=hello,proto3,oneof"` // first frame from the dialer
 }
 
 func (*ForwardFrame_Deliver) isForwardFrame_Body() {}
 
 func (*ForwardFrame_Result) isForwardFrame_Body() {}
+
+func (*ForwardFrame_Presence) isForwardFrame_Body() {}
+
+func (*ForwardFrame_Lookup) isForwardFrame_Body() {}
+
+func (*ForwardFrame_LookupResult) isForwardFrame_Body() {}
+
+func (*ForwardFrame_SyncDone) isForwardFrame_Body() {}
+
+func (*ForwardFrame_Kick) isForwardFrame_Body() {}
+
+func (*ForwardFrame_Hello) isForwardFrame_Body() {}
+
+// Hello names the dialing node.
+type Hello struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Hello) Reset() {
+	*x = Hello{}
+	mi := &file_nodepb_node_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Hello) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Hello) ProtoMessage() {}
+
+func (x *Hello) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Hello.ProtoReflect.Descriptor instead.
+func (*Hello) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Hello) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
 
 // ForwardDeliver asks the receiving node to deliver a message to the devices
 // of to_uid it holds.
@@ -325,7 +511,7 @@ type ForwardDeliver struct {
 
 func (x *ForwardDeliver) Reset() {
 	*x = ForwardDeliver{}
-	mi := &file_nodepb_node_proto_msgTypes[3]
+	mi := &file_nodepb_node_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -337,7 +523,7 @@ func (x *ForwardDeliver) String() string {
 func (*ForwardDeliver) ProtoMessage() {}
 
 func (x *ForwardDeliver) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[3]
+	mi := &file_nodepb_node_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -350,7 +536,7 @@ func (x *ForwardDeliver) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardDeliver.ProtoReflect.Descriptor instead.
 func (*ForwardDeliver) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{3}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ForwardDeliver) GetSeq() uint64 {
@@ -410,18 +596,19 @@ func (x *ForwardDeliver) GetSentAtMs() int64 {
 }
 
 type ForwardResult struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
-	Devices       uint32                 `protobuf:"varint,2,opt,name=devices,proto3" json:"devices,omitempty"`
-	Acked         uint32                 `protobuf:"varint,3,opt,name=acked,proto3" json:"acked,omitempty"`
-	Reason        int32                  `protobuf:"varint,4,opt,name=reason,proto3" json:"reason,omitempty"` // imgate.wire.v1.ErrorCode
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// Devices of to_uid the node held (0: "not here") and how many acked.
+	Devices       uint32 `protobuf:"varint,2,opt,name=devices,proto3" json:"devices,omitempty"`
+	Acked         uint32 `protobuf:"varint,3,opt,name=acked,proto3" json:"acked,omitempty"`
+	Reason        int32  `protobuf:"varint,4,opt,name=reason,proto3" json:"reason,omitempty"` // imgate.wire.v1.ErrorCode
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ForwardResult) Reset() {
 	*x = ForwardResult{}
-	mi := &file_nodepb_node_proto_msgTypes[4]
+	mi := &file_nodepb_node_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -433,7 +620,7 @@ func (x *ForwardResult) String() string {
 func (*ForwardResult) ProtoMessage() {}
 
 func (x *ForwardResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[4]
+	mi := &file_nodepb_node_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -446,7 +633,7 @@ func (x *ForwardResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardResult.ProtoReflect.Descriptor instead.
 func (*ForwardResult) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{4}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ForwardResult) GetSeq() uint64 {
@@ -477,6 +664,359 @@ func (x *ForwardResult) GetReason() int32 {
 	return 0
 }
 
+// PresenceEntry says one device of uid is (up) or is no longer (!up) held
+// by holder, logged in at login_at_ns (the holder's clock).
+type PresenceEntry struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Uid           string                 `protobuf:"bytes,1,opt,name=uid,proto3" json:"uid,omitempty"`
+	Device        string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	Holder        string                 `protobuf:"bytes,3,opt,name=holder,proto3" json:"holder,omitempty"`
+	LoginAtNs     int64                  `protobuf:"varint,4,opt,name=login_at_ns,json=loginAtNs,proto3" json:"login_at_ns,omitempty"`
+	Up            bool                   `protobuf:"varint,5,opt,name=up,proto3" json:"up,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PresenceEntry) Reset() {
+	*x = PresenceEntry{}
+	mi := &file_nodepb_node_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PresenceEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PresenceEntry) ProtoMessage() {}
+
+func (x *PresenceEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PresenceEntry.ProtoReflect.Descriptor instead.
+func (*PresenceEntry) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *PresenceEntry) GetUid() string {
+	if x != nil {
+		return x.Uid
+	}
+	return ""
+}
+
+func (x *PresenceEntry) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *PresenceEntry) GetHolder() string {
+	if x != nil {
+		return x.Holder
+	}
+	return ""
+}
+
+func (x *PresenceEntry) GetLoginAtNs() int64 {
+	if x != nil {
+		return x.LoginAtNs
+	}
+	return 0
+}
+
+func (x *PresenceEntry) GetUp() bool {
+	if x != nil {
+		return x.Up
+	}
+	return false
+}
+
+type PresenceUpdate struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Entries []*PresenceEntry       `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
+	// Forget every entry held by the sender before applying entries: sent
+	// first on every new stream, so a restarted holder leaves nothing stale.
+	ResetHolder   bool `protobuf:"varint,2,opt,name=reset_holder,json=resetHolder,proto3" json:"reset_holder,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PresenceUpdate) Reset() {
+	*x = PresenceUpdate{}
+	mi := &file_nodepb_node_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PresenceUpdate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PresenceUpdate) ProtoMessage() {}
+
+func (x *PresenceUpdate) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PresenceUpdate.ProtoReflect.Descriptor instead.
+func (*PresenceUpdate) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *PresenceUpdate) GetEntries() []*PresenceEntry {
+	if x != nil {
+		return x.Entries
+	}
+	return nil
+}
+
+func (x *PresenceUpdate) GetResetHolder() bool {
+	if x != nil {
+		return x.ResetHolder
+	}
+	return false
+}
+
+type LookupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Uid           string                 `protobuf:"bytes,2,opt,name=uid,proto3" json:"uid,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LookupRequest) Reset() {
+	*x = LookupRequest{}
+	mi := &file_nodepb_node_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LookupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LookupRequest) ProtoMessage() {}
+
+func (x *LookupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LookupRequest.ProtoReflect.Descriptor instead.
+func (*LookupRequest) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *LookupRequest) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *LookupRequest) GetUid() string {
+	if x != nil {
+		return x.Uid
+	}
+	return ""
+}
+
+type LookupResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// Node ids holding at least one device of uid.
+	Holders []string `protobuf:"bytes,2,rep,name=holders,proto3" json:"holders,omitempty"`
+	// The receiver is not uid's home in its view of the membership: ask again
+	// once views agree.
+	NotHome       bool `protobuf:"varint,3,opt,name=not_home,json=notHome,proto3" json:"not_home,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LookupResponse) Reset() {
+	*x = LookupResponse{}
+	mi := &file_nodepb_node_proto_msgTypes[10]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LookupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LookupResponse) ProtoMessage() {}
+
+func (x *LookupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[10]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LookupResponse.ProtoReflect.Descriptor instead.
+func (*LookupResponse) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{10}
+}
+
+func (x *LookupResponse) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *LookupResponse) GetHolders() []string {
+	if x != nil {
+		return x.Holders
+	}
+	return nil
+}
+
+func (x *LookupResponse) GetNotHome() bool {
+	if x != nil {
+		return x.NotHome
+	}
+	return false
+}
+
+// SyncDone: the sender has re-registered, with the receiver, every session
+// whose home is the receiver in membership epoch (an etcd revision).
+type SyncDone struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Epoch         int64                  `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SyncDone) Reset() {
+	*x = SyncDone{}
+	mi := &file_nodepb_node_proto_msgTypes[11]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SyncDone) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SyncDone) ProtoMessage() {}
+
+func (x *SyncDone) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[11]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SyncDone.ProtoReflect.Descriptor instead.
+func (*SyncDone) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{11}
+}
+
+func (x *SyncDone) GetEpoch() int64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+type KickSession struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Uid           string                 `protobuf:"bytes,1,opt,name=uid,proto3" json:"uid,omitempty"`
+	Device        string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	LoginAtNs     int64                  `protobuf:"varint,3,opt,name=login_at_ns,json=loginAtNs,proto3" json:"login_at_ns,omitempty"` // only the session with this login time is kicked
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *KickSession) Reset() {
+	*x = KickSession{}
+	mi := &file_nodepb_node_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KickSession) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KickSession) ProtoMessage() {}
+
+func (x *KickSession) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KickSession.ProtoReflect.Descriptor instead.
+func (*KickSession) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *KickSession) GetUid() string {
+	if x != nil {
+		return x.Uid
+	}
+	return ""
+}
+
+func (x *KickSession) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *KickSession) GetLoginAtNs() int64 {
+	if x != nil {
+		return x.LoginAtNs
+	}
+	return 0
+}
+
 type PushRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Uids        []string               `protobuf:"bytes,1,rep,name=uids,proto3" json:"uids,omitempty"`
@@ -492,7 +1032,7 @@ type PushRequest struct {
 
 func (x *PushRequest) Reset() {
 	*x = PushRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[5]
+	mi := &file_nodepb_node_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -504,7 +1044,7 @@ func (x *PushRequest) String() string {
 func (*PushRequest) ProtoMessage() {}
 
 func (x *PushRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[5]
+	mi := &file_nodepb_node_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -517,7 +1057,7 @@ func (x *PushRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushRequest.ProtoReflect.Descriptor instead.
 func (*PushRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{5}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PushRequest) GetUids() []string {
@@ -569,7 +1109,7 @@ type PushResult struct {
 
 func (x *PushResult) Reset() {
 	*x = PushResult{}
-	mi := &file_nodepb_node_proto_msgTypes[6]
+	mi := &file_nodepb_node_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -581,7 +1121,7 @@ func (x *PushResult) String() string {
 func (*PushResult) ProtoMessage() {}
 
 func (x *PushResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[6]
+	mi := &file_nodepb_node_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -594,7 +1134,7 @@ func (x *PushResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushResult.ProtoReflect.Descriptor instead.
 func (*PushResult) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{6}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PushResult) GetUid() string {
@@ -641,7 +1181,7 @@ type PushResponse struct {
 
 func (x *PushResponse) Reset() {
 	*x = PushResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[7]
+	mi := &file_nodepb_node_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -653,7 +1193,7 @@ func (x *PushResponse) String() string {
 func (*PushResponse) ProtoMessage() {}
 
 func (x *PushResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[7]
+	mi := &file_nodepb_node_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -666,7 +1206,7 @@ func (x *PushResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushResponse.ProtoReflect.Descriptor instead.
 func (*PushResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{7}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PushResponse) GetResults() []*PushResult {
@@ -688,7 +1228,7 @@ type KickRequest struct {
 
 func (x *KickRequest) Reset() {
 	*x = KickRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[8]
+	mi := &file_nodepb_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -700,7 +1240,7 @@ func (x *KickRequest) String() string {
 func (*KickRequest) ProtoMessage() {}
 
 func (x *KickRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[8]
+	mi := &file_nodepb_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -713,7 +1253,7 @@ func (x *KickRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickRequest.ProtoReflect.Descriptor instead.
 func (*KickRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{8}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *KickRequest) GetUid() string {
@@ -746,7 +1286,7 @@ type KickResponse struct {
 
 func (x *KickResponse) Reset() {
 	*x = KickResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[9]
+	mi := &file_nodepb_node_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -758,7 +1298,7 @@ func (x *KickResponse) String() string {
 func (*KickResponse) ProtoMessage() {}
 
 func (x *KickResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[9]
+	mi := &file_nodepb_node_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -771,7 +1311,7 @@ func (x *KickResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickResponse.ProtoReflect.Descriptor instead.
 func (*KickResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{9}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *KickResponse) GetKicked() uint32 {
@@ -803,11 +1343,21 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\aversion\x18\f \x01(\tR\aversion\x12!\n" +
 	"\flogins_total\x18\r \x01(\x04R\vloginsTotal\x12*\n" +
 	"\x11messages_in_total\x18\x0e \x01(\x04R\x0fmessagesInTotal\x12,\n" +
-	"\x12messages_out_total\x18\x0f \x01(\x04R\x10messagesOutTotal\"\x8b\x01\n" +
+	"\x12messages_out_total\x18\x0f \x01(\x04R\x10messagesOutTotal\"D\n" +
+	"\fForwardBatch\x124\n" +
+	"\x06frames\x18\x01 \x03(\v2\x1c.imgate.node.v1.ForwardFrameR\x06frames\"\xe4\x03\n" +
 	"\fForwardFrame\x12:\n" +
 	"\adeliver\x18\x01 \x01(\v2\x1e.imgate.node.v1.ForwardDeliverH\x00R\adeliver\x127\n" +
-	"\x06result\x18\x02 \x01(\v2\x1d.imgate.node.v1.ForwardResultH\x00R\x06resultB\x06\n" +
-	"\x04body\"\xe7\x01\n" +
+	"\x06result\x18\x02 \x01(\v2\x1d.imgate.node.v1.ForwardResultH\x00R\x06result\x12<\n" +
+	"\bpresence\x18\x03 \x01(\v2\x1e.imgate.node.v1.PresenceUpdateH\x00R\bpresence\x127\n" +
+	"\x06lookup\x18\x04 \x01(\v2\x1d.imgate.node.v1.LookupRequestH\x00R\x06lookup\x12E\n" +
+	"\rlookup_result\x18\x05 \x01(\v2\x1e.imgate.node.v1.LookupResponseH\x00R\flookupResult\x127\n" +
+	"\tsync_done\x18\x06 \x01(\v2\x18.imgate.node.v1.SyncDoneH\x00R\bsyncDone\x121\n" +
+	"\x04kick\x18\a \x01(\v2\x1b.imgate.node.v1.KickSessionH\x00R\x04kick\x12-\n" +
+	"\x05hello\x18\b \x01(\v2\x15.imgate.node.v1.HelloH\x00R\x05helloB\x06\n" +
+	"\x04body\" \n" +
+	"\x05Hello\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"\xe7\x01\n" +
 	"\x0eForwardDeliver\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x15\n" +
 	"\x06to_uid\x18\x02 \x01(\tR\x05toUid\x12\x15\n" +
@@ -823,7 +1373,29 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x18\n" +
 	"\adevices\x18\x02 \x01(\rR\adevices\x12\x14\n" +
 	"\x05acked\x18\x03 \x01(\rR\x05acked\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\x05R\x06reason\"\x91\x01\n" +
+	"\x06reason\x18\x04 \x01(\x05R\x06reason\"\x81\x01\n" +
+	"\rPresenceEntry\x12\x10\n" +
+	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x16\n" +
+	"\x06device\x18\x02 \x01(\tR\x06device\x12\x16\n" +
+	"\x06holder\x18\x03 \x01(\tR\x06holder\x12\x1e\n" +
+	"\vlogin_at_ns\x18\x04 \x01(\x03R\tloginAtNs\x12\x0e\n" +
+	"\x02up\x18\x05 \x01(\bR\x02up\"l\n" +
+	"\x0ePresenceUpdate\x127\n" +
+	"\aentries\x18\x01 \x03(\v2\x1d.imgate.node.v1.PresenceEntryR\aentries\x12!\n" +
+	"\freset_holder\x18\x02 \x01(\bR\vresetHolder\"3\n" +
+	"\rLookupRequest\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x10\n" +
+	"\x03uid\x18\x02 \x01(\tR\x03uid\"W\n" +
+	"\x0eLookupResponse\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x18\n" +
+	"\aholders\x18\x02 \x03(\tR\aholders\x12\x19\n" +
+	"\bnot_home\x18\x03 \x01(\bR\anotHome\" \n" +
+	"\bSyncDone\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x03R\x05epoch\"W\n" +
+	"\vKickSession\x12\x10\n" +
+	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x16\n" +
+	"\x06device\x18\x02 \x01(\tR\x06device\x12\x1e\n" +
+	"\vlogin_at_ns\x18\x03 \x01(\x03R\tloginAtNs\"\x91\x01\n" +
 	"\vPushRequest\x12\x12\n" +
 	"\x04uids\x18\x01 \x03(\tR\x04uids\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12!\n" +
@@ -848,7 +1420,7 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x06kicked\x18\x01 \x01(\rR\x06kicked2\xa4\x02\n" +
 	"\vNodeService\x12D\n" +
 	"\x05Stats\x12\x1c.imgate.node.v1.StatsRequest\x1a\x1d.imgate.node.v1.StatsResponse\x12I\n" +
-	"\aForward\x12\x1c.imgate.node.v1.ForwardFrame\x1a\x1c.imgate.node.v1.ForwardFrame(\x010\x01\x12A\n" +
+	"\aForward\x12\x1c.imgate.node.v1.ForwardBatch\x1a\x1c.imgate.node.v1.ForwardBatch(\x010\x01\x12A\n" +
 	"\x04Push\x12\x1b.imgate.node.v1.PushRequest\x1a\x1c.imgate.node.v1.PushResponse\x12A\n" +
 	"\x04Kick\x12\x1b.imgate.node.v1.KickRequest\x1a\x1c.imgate.node.v1.KickResponseB'Z%github.com/imgate/imgate/proto/nodepbb\x06proto3"
 
@@ -864,36 +1436,52 @@ func file_nodepb_node_proto_rawDescGZIP() []byte {
 	return file_nodepb_node_proto_rawDescData
 }
 
-var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 10)
+var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
 var file_nodepb_node_proto_goTypes = []any{
 	(*StatsRequest)(nil),   // 0: imgate.node.v1.StatsRequest
 	(*StatsResponse)(nil),  // 1: imgate.node.v1.StatsResponse
-	(*ForwardFrame)(nil),   // 2: imgate.node.v1.ForwardFrame
-	(*ForwardDeliver)(nil), // 3: imgate.node.v1.ForwardDeliver
-	(*ForwardResult)(nil),  // 4: imgate.node.v1.ForwardResult
-	(*PushRequest)(nil),    // 5: imgate.node.v1.PushRequest
-	(*PushResult)(nil),     // 6: imgate.node.v1.PushResult
-	(*PushResponse)(nil),   // 7: imgate.node.v1.PushResponse
-	(*KickRequest)(nil),    // 8: imgate.node.v1.KickRequest
-	(*KickResponse)(nil),   // 9: imgate.node.v1.KickResponse
+	(*ForwardBatch)(nil),   // 2: imgate.node.v1.ForwardBatch
+	(*ForwardFrame)(nil),   // 3: imgate.node.v1.ForwardFrame
+	(*Hello)(nil),          // 4: imgate.node.v1.Hello
+	(*ForwardDeliver)(nil), // 5: imgate.node.v1.ForwardDeliver
+	(*ForwardResult)(nil),  // 6: imgate.node.v1.ForwardResult
+	(*PresenceEntry)(nil),  // 7: imgate.node.v1.PresenceEntry
+	(*PresenceUpdate)(nil), // 8: imgate.node.v1.PresenceUpdate
+	(*LookupRequest)(nil),  // 9: imgate.node.v1.LookupRequest
+	(*LookupResponse)(nil), // 10: imgate.node.v1.LookupResponse
+	(*SyncDone)(nil),       // 11: imgate.node.v1.SyncDone
+	(*KickSession)(nil),    // 12: imgate.node.v1.KickSession
+	(*PushRequest)(nil),    // 13: imgate.node.v1.PushRequest
+	(*PushResult)(nil),     // 14: imgate.node.v1.PushResult
+	(*PushResponse)(nil),   // 15: imgate.node.v1.PushResponse
+	(*KickRequest)(nil),    // 16: imgate.node.v1.KickRequest
+	(*KickResponse)(nil),   // 17: imgate.node.v1.KickResponse
 }
 var file_nodepb_node_proto_depIdxs = []int32{
-	3, // 0: imgate.node.v1.ForwardFrame.deliver:type_name -> imgate.node.v1.ForwardDeliver
-	4, // 1: imgate.node.v1.ForwardFrame.result:type_name -> imgate.node.v1.ForwardResult
-	6, // 2: imgate.node.v1.PushResponse.results:type_name -> imgate.node.v1.PushResult
-	0, // 3: imgate.node.v1.NodeService.Stats:input_type -> imgate.node.v1.StatsRequest
-	2, // 4: imgate.node.v1.NodeService.Forward:input_type -> imgate.node.v1.ForwardFrame
-	5, // 5: imgate.node.v1.NodeService.Push:input_type -> imgate.node.v1.PushRequest
-	8, // 6: imgate.node.v1.NodeService.Kick:input_type -> imgate.node.v1.KickRequest
-	1, // 7: imgate.node.v1.NodeService.Stats:output_type -> imgate.node.v1.StatsResponse
-	2, // 8: imgate.node.v1.NodeService.Forward:output_type -> imgate.node.v1.ForwardFrame
-	7, // 9: imgate.node.v1.NodeService.Push:output_type -> imgate.node.v1.PushResponse
-	9, // 10: imgate.node.v1.NodeService.Kick:output_type -> imgate.node.v1.KickResponse
-	7, // [7:11] is the sub-list for method output_type
-	3, // [3:7] is the sub-list for method input_type
-	3, // [3:3] is the sub-list for extension type_name
-	3, // [3:3] is the sub-list for extension extendee
-	0, // [0:3] is the sub-list for field type_name
+	3,  // 0: imgate.node.v1.ForwardBatch.frames:type_name -> imgate.node.v1.ForwardFrame
+	5,  // 1: imgate.node.v1.ForwardFrame.deliver:type_name -> imgate.node.v1.ForwardDeliver
+	6,  // 2: imgate.node.v1.ForwardFrame.result:type_name -> imgate.node.v1.ForwardResult
+	8,  // 3: imgate.node.v1.ForwardFrame.presence:type_name -> imgate.node.v1.PresenceUpdate
+	9,  // 4: imgate.node.v1.ForwardFrame.lookup:type_name -> imgate.node.v1.LookupRequest
+	10, // 5: imgate.node.v1.ForwardFrame.lookup_result:type_name -> imgate.node.v1.LookupResponse
+	11, // 6: imgate.node.v1.ForwardFrame.sync_done:type_name -> imgate.node.v1.SyncDone
+	12, // 7: imgate.node.v1.ForwardFrame.kick:type_name -> imgate.node.v1.KickSession
+	4,  // 8: imgate.node.v1.ForwardFrame.hello:type_name -> imgate.node.v1.Hello
+	7,  // 9: imgate.node.v1.PresenceUpdate.entries:type_name -> imgate.node.v1.PresenceEntry
+	14, // 10: imgate.node.v1.PushResponse.results:type_name -> imgate.node.v1.PushResult
+	0,  // 11: imgate.node.v1.NodeService.Stats:input_type -> imgate.node.v1.StatsRequest
+	2,  // 12: imgate.node.v1.NodeService.Forward:input_type -> imgate.node.v1.ForwardBatch
+	13, // 13: imgate.node.v1.NodeService.Push:input_type -> imgate.node.v1.PushRequest
+	16, // 14: imgate.node.v1.NodeService.Kick:input_type -> imgate.node.v1.KickRequest
+	1,  // 15: imgate.node.v1.NodeService.Stats:output_type -> imgate.node.v1.StatsResponse
+	2,  // 16: imgate.node.v1.NodeService.Forward:output_type -> imgate.node.v1.ForwardBatch
+	15, // 17: imgate.node.v1.NodeService.Push:output_type -> imgate.node.v1.PushResponse
+	17, // 18: imgate.node.v1.NodeService.Kick:output_type -> imgate.node.v1.KickResponse
+	15, // [15:19] is the sub-list for method output_type
+	11, // [11:15] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_nodepb_node_proto_init() }
@@ -901,9 +1489,15 @@ func file_nodepb_node_proto_init() {
 	if File_nodepb_node_proto != nil {
 		return
 	}
-	file_nodepb_node_proto_msgTypes[2].OneofWrappers = []any{
+	file_nodepb_node_proto_msgTypes[3].OneofWrappers = []any{
 		(*ForwardFrame_Deliver)(nil),
 		(*ForwardFrame_Result)(nil),
+		(*ForwardFrame_Presence)(nil),
+		(*ForwardFrame_Lookup)(nil),
+		(*ForwardFrame_LookupResult)(nil),
+		(*ForwardFrame_SyncDone)(nil),
+		(*ForwardFrame_Kick)(nil),
+		(*ForwardFrame_Hello)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -911,7 +1505,7 @@ func file_nodepb_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nodepb_node_proto_rawDesc), len(file_nodepb_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   10,
+			NumMessages:   18,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

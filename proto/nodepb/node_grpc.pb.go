@@ -34,9 +34,11 @@ const (
 type NodeServiceClient interface {
 	// Stats is what the dispatcher pulls, every 500 ms by default.
 	Stats(ctx context.Context, in *StatsRequest, opts ...grpc.CallOption) (*StatsResponse, error)
-	// Forward is the long-lived stream between two access nodes that carries
-	// client-to-client messages and their results.
-	Forward(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardFrame, ForwardFrame], error)
+	// Forward is the long-lived stream between two access nodes. The dialing
+	// node sends its requests (deliveries, presence updates, lookups, sync
+	// markers) and the other answers on the same stream; each batch carries
+	// as many frames as were queued, so a busy stream sends few, large writes.
+	Forward(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardBatch, ForwardBatch], error)
 	// Push delivers one message to each listed user (server-to-client).
 	Push(ctx context.Context, in *PushRequest, opts ...grpc.CallOption) (*PushResponse, error)
 	// Kick closes a user's sessions on this node.
@@ -61,18 +63,18 @@ func (c *nodeServiceClient) Stats(ctx context.Context, in *StatsRequest, opts ..
 	return out, nil
 }
 
-func (c *nodeServiceClient) Forward(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardFrame, ForwardFrame], error) {
+func (c *nodeServiceClient) Forward(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardBatch, ForwardBatch], error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	stream, err := c.cc.NewStream(ctx, &NodeService_ServiceDesc.Streams[0], NodeService_Forward_FullMethodName, cOpts...)
 	if err != nil {
 		return nil, err
 	}
-	x := &grpc.GenericClientStream[ForwardFrame, ForwardFrame]{ClientStream: stream}
+	x := &grpc.GenericClientStream[ForwardBatch, ForwardBatch]{ClientStream: stream}
 	return x, nil
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type NodeService_ForwardClient = grpc.BidiStreamingClient[ForwardFrame, ForwardFrame]
+type NodeService_ForwardClient = grpc.BidiStreamingClient[ForwardBatch, ForwardBatch]
 
 func (c *nodeServiceClient) Push(ctx context.Context, in *PushRequest, opts ...grpc.CallOption) (*PushResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
@@ -100,9 +102,11 @@ func (c *nodeServiceClient) Kick(ctx context.Context, in *KickRequest, opts ...g
 type NodeServiceServer interface {
 	// Stats is what the dispatcher pulls, every 500 ms by default.
 	Stats(context.Context, *StatsRequest) (*StatsResponse, error)
-	// Forward is the long-lived stream between two access nodes that carries
-	// client-to-client messages and their results.
-	Forward(grpc.BidiStreamingServer[ForwardFrame, ForwardFrame]) error
+	// Forward is the long-lived stream between two access nodes. The dialing
+	// node sends its requests (deliveries, presence updates, lookups, sync
+	// markers) and the other answers on the same stream; each batch carries
+	// as many frames as were queued, so a busy stream sends few, large writes.
+	Forward(grpc.BidiStreamingServer[ForwardBatch, ForwardBatch]) error
 	// Push delivers one message to each listed user (server-to-client).
 	Push(context.Context, *PushRequest) (*PushResponse, error)
 	// Kick closes a user's sessions on this node.
@@ -120,7 +124,7 @@ type UnimplementedNodeServiceServer struct{}
 func (UnimplementedNodeServiceServer) Stats(context.Context, *StatsRequest) (*StatsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Stats not implemented")
 }
-func (UnimplementedNodeServiceServer) Forward(grpc.BidiStreamingServer[ForwardFrame, ForwardFrame]) error {
+func (UnimplementedNodeServiceServer) Forward(grpc.BidiStreamingServer[ForwardBatch, ForwardBatch]) error {
 	return status.Errorf(codes.Unimplemented, "method Forward not implemented")
 }
 func (UnimplementedNodeServiceServer) Push(context.Context, *PushRequest) (*PushResponse, error) {
@@ -169,11 +173,11 @@ func _NodeService_Stats_Handler(srv interface{}, ctx context.Context, dec func(i
 }
 
 func _NodeService_Forward_Handler(srv interface{}, stream grpc.ServerStream) error {
-	return srv.(NodeServiceServer).Forward(&grpc.GenericServerStream[ForwardFrame, ForwardFrame]{ServerStream: stream})
+	return srv.(NodeServiceServer).Forward(&grpc.GenericServerStream[ForwardBatch, ForwardBatch]{ServerStream: stream})
 }
 
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
-type NodeService_ForwardServer = grpc.BidiStreamingServer[ForwardFrame, ForwardFrame]
+type NodeService_ForwardServer = grpc.BidiStreamingServer[ForwardBatch, ForwardBatch]
 
 func _NodeService_Push_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(PushRequest)

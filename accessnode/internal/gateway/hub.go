@@ -58,8 +58,8 @@ func (h *hub) add(s *session) (replaced *session) {
 	return replaced
 }
 
-// remove unregisters s if it is still registered.
-func (h *hub) remove(s *session) {
+// remove unregisters s and reports whether it was still registered.
+func (h *hub) remove(s *session) bool {
 	sh := h.shard(s.uid)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -72,12 +72,30 @@ func (h *hub) remove(s *session) {
 		if len(old) == 1 {
 			delete(sh.users, s.uid)
 			h.users.Add(-1)
-			return
+			return true
 		}
 		next := make([]*session, 0, len(old)-1)
 		next = append(next, old[:i]...)
 		sh.users[s.uid] = append(next, old[i+1:]...)
-		return
+		return true
+	}
+	return false
+}
+
+// each calls fn for every session, one shard at a time, outside the lock.
+func (h *hub) each(fn func(*session)) {
+	var batch []*session
+	for i := range h.shards {
+		sh := &h.shards[i]
+		batch = batch[:0]
+		sh.mu.RLock()
+		for _, ss := range sh.users {
+			batch = append(batch, ss...)
+		}
+		sh.mu.RUnlock()
+		for _, s := range batch {
+			fn(s)
+		}
 	}
 }
 

@@ -60,6 +60,20 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// Router reaches the devices of users held by other nodes (the relay). All
+// methods must return without blocking.
+type Router interface {
+	// SessionUp and SessionDown report a local session appearing and going.
+	SessionUp(uid, device string, loginAt int64)
+	SessionDown(uid, device string, loginAt int64)
+	// Forward delivers d to uid's devices on other nodes and calls done
+	// exactly once with what they reported.
+	Forward(uid string, d *wirepb.Deliver, done Done)
+}
+
+// SetRouter connects the relay; call before Serve.
+func (s *Server) SetRouter(r Router) { s.router = r }
+
 // Server is the client-facing side of an access node.
 type Server struct {
 	cfg    Config
@@ -71,6 +85,7 @@ type Server struct {
 	msgPrefix string
 	msgSeq    atomic.Uint64
 	draining  atomic.Bool
+	router    Router // nil: single node, nothing beyond local devices
 
 	// Counters, exported through Stats.
 	logins, loginFailures                  atomic.Uint64
@@ -162,7 +177,9 @@ func (s *Server) fail(c *evloop.Conn, code wirepb.ErrorCode, msg string) {
 // Delivers at once, so senders are answered without waiting for the
 // connection's graceful close. Safe from any goroutine, idempotent.
 func (s *Server) endSession(sess *session) {
-	s.hub.remove(sess)
+	if s.hub.remove(sess) && s.router != nil {
+		s.router.SessionDown(sess.uid, sess.device, sess.loginAt)
+	}
 	sess.close()
 }
 
@@ -278,11 +295,14 @@ func (s *Server) login(c *evloop.Conn, l *wirepb.Login) {
 		ServerTimeMs:        time.Now().UnixMilli(),
 		DeliverTimeoutMs:    uint32(s.cfg.DeliverTimeout / time.Millisecond),
 	}}}, s.cfg.Engine.MaxFrame)
-	sess := &session{c: c, uid: claims.UID, device: claims.Device}
+	sess := &session{c: c, uid: claims.UID, device: claims.Device, loginAt: time.Now().UnixNano()}
 	var old *session
 	c.Data = sess // OnClose ends the session if the write below fails
 	if err := c.PublishThenWrite(func() { old = s.hub.add(sess) }, ack); err != nil {
 		return
+	}
+	if s.router != nil {
+		s.router.SessionUp(sess.uid, sess.device, sess.loginAt)
 	}
 	if old != nil {
 		s.replaced.Add(1)
@@ -293,28 +313,10 @@ func (s *Server) login(c *evloop.Conn, l *wirepb.Login) {
 
 func (s *Server) handleSend(from *session, m *wirepb.Send) {
 	s.sends.Add(1)
-	ack := func(o wirepb.Outcome, reason wirepb.ErrorCode, detail string) {
-		s.send(from.c, &wirepb.Frame{Body: &wirepb.Frame_SendAck{SendAck: &wirepb.SendAck{
-			ClientMsgId: m.ClientMsgId, Outcome: o, Reason: reason, Detail: detail}}})
-	}
 	if m.ToUid == "" {
-		ack(wirepb.Outcome_OUTCOME_FAILED, wirepb.ErrorCode_ERROR_CODE_BAD_REQUEST, "to_uid is required")
-		return
-	}
-	var buf [8]*session
-	targets := s.hub.lookup(m.ToUid, buf[:0])
-	// A user writing to themself reaches their other devices, not this one.
-	n := 0
-	for _, t := range targets {
-		if t != from {
-			targets[n] = t
-			n++
-		}
-	}
-	targets = targets[:n]
-	if len(targets) == 0 {
-		s.offline.Add(1)
-		ack(wirepb.Outcome_OUTCOME_OFFLINE, 0, "")
+		s.send(from.c, &wirepb.Frame{Body: &wirepb.Frame_SendAck{SendAck: &wirepb.SendAck{
+			ClientMsgId: m.ClientMsgId, Outcome: wirepb.Outcome_OUTCOME_FAILED,
+			Reason: wirepb.ErrorCode_ERROR_CODE_BAD_REQUEST, Detail: "to_uid is required"}}})
 		return
 	}
 	msgID := s.msgPrefix + strconv.FormatUint(s.msgSeq.Add(1), 36)
@@ -323,13 +325,50 @@ func (s *Server) handleSend(from *session, m *wirepb.Send) {
 		Payload: m.Payload, ContentType: m.ContentType,
 		SentAtMs: time.Now().UnixMilli(), Attempt: 1,
 	}
+	op := &sendOp{srv: s, sender: from, clientMsgID: m.ClientMsgId, msgID: msgID, parts: 1}
+	if s.router != nil {
+		op.parts = 2
+	}
+	// A user writing to themself reaches their other devices, not this one.
+	s.deliverLocal(m.ToUid, d, from, op.part)
+	if s.router != nil {
+		s.router.Forward(m.ToUid, d, op.part)
+	}
+}
+
+// Done is how one part of a delivery reports: the devices it found, how many
+// acknowledged, and why the others did not.
+type Done func(devices, acked uint32, reason wirepb.ErrorCode)
+
+// DeliverLocal delivers d to every device of uid held by this node and calls
+// done once when each has acknowledged or failed (devices 0: none here). It
+// never blocks. The relay calls it for messages forwarded from other nodes.
+func (s *Server) DeliverLocal(uid string, d *wirepb.Deliver, done Done) {
+	s.deliverLocal(uid, d, nil, done)
+}
+
+func (s *Server) deliverLocal(uid string, d *wirepb.Deliver, skip *session, done Done) {
+	var buf [8]*session
+	targets := s.hub.lookup(uid, buf[:0])
+	n := 0
+	for _, t := range targets {
+		if t != skip {
+			targets[n] = t
+			n++
+		}
+	}
+	targets = targets[:n]
+	if len(targets) == 0 {
+		done(0, 0, 0)
+		return
+	}
 	// Headroom so a re-send with a larger attempt number still fits.
 	frame, err := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Deliver{Deliver: d}}, s.cfg.Engine.MaxFrame-8)
 	if err != nil {
-		ack(wirepb.Outcome_OUTCOME_FAILED, wirepb.ErrorCode_ERROR_CODE_PAYLOAD_TOO_LARGE, err.Error())
+		done(uint32(len(targets)), 0, wirepb.ErrorCode_ERROR_CODE_PAYLOAD_TOO_LARGE)
 		return
 	}
-	f := &flight{srv: s, sender: from, clientMsgID: m.ClientMsgId, msgID: msgID, devices: uint32(len(targets))}
+	f := &flight{done: done, devices: uint32(len(targets))}
 	now := s.eng.Now()
 	for _, t := range targets {
 		s.delivers.Add(1)
@@ -337,6 +376,27 @@ func (s *Server) handleSend(from *session, m *wirepb.Send) {
 			f.fail(wirepb.ErrorCode_ERROR_CODE_RECIPIENT_GONE)
 		}
 	}
+}
+
+// KickSession kicks the session of uid and device if it logged in at
+// loginAt (a newer login elsewhere replaced it). It reports whether one was
+// kicked.
+func (s *Server) KickSession(uid, device string, loginAt int64) bool {
+	var buf [8]*session
+	for _, t := range s.hub.lookup(uid, buf[:0]) {
+		if t.device == device && t.loginAt == loginAt {
+			s.replaced.Add(1)
+			s.kick(t, wirepb.KickReason_KICK_REASON_REPLACED, "logged in again on another node")
+			return true
+		}
+	}
+	return false
+}
+
+// Sessions calls fn for every logged-in session (uid, device, login time).
+// The relay uses it to register sessions again when homes move.
+func (s *Server) Sessions(fn func(uid, device string, loginAt int64)) {
+	s.hub.each(func(ss *session) { fn(ss.uid, ss.device, ss.loginAt) })
 }
 
 // OnTick implements evloop.Handler: login deadline, idle timeout, re-delivery.

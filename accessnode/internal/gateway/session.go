@@ -10,9 +10,10 @@ import (
 
 // session is one logged-in device on one connection.
 type session struct {
-	c      *evloop.Conn
-	uid    string
-	device string
+	c       *evloop.Conn
+	uid     string
+	device  string
+	loginAt int64 // unix nanoseconds; orders logins of one device across nodes
 
 	npending atomic.Int32 // len(pending), read without the lock by the sweep
 
@@ -30,13 +31,10 @@ type outbound struct {
 	f         *flight
 }
 
-// flight is one Send on its way to every online device of the recipient; it
-// answers the sender once every device has acknowledged or failed.
+// flight is one message on its way to the devices of one user held by this
+// node; once every device has acknowledged or failed it calls done once.
 type flight struct {
-	srv         *Server
-	sender      *session
-	clientMsgID uint64
-	msgID       string
+	done func(devices, acked uint32, reason wirepb.ErrorCode)
 
 	mu      sync.Mutex // guards the counts
 	devices uint32
@@ -60,30 +58,66 @@ func (f *flight) resolve(ok bool, reason wirepb.ErrorCode) {
 		}
 	}
 	done := f.acked+f.failed == f.devices
+	acked, reason := f.acked, f.reason
 	f.mu.Unlock()
+	if done {
+		f.done(f.devices, acked, reason)
+	}
+}
+
+// sendOp is one Send: a local part (the devices on this node) and a remote
+// part (the devices on other nodes). When both are resolved it answers the
+// sender with exactly one SendAck.
+type sendOp struct {
+	srv         *Server
+	sender      *session
+	clientMsgID uint64
+	msgID       string
+
+	mu      sync.Mutex // guards the fields below
+	parts   int        // not yet resolved
+	devices uint32
+	acked   uint32
+	reason  wirepb.ErrorCode
+}
+
+// part resolves one part of the send.
+func (o *sendOp) part(devices, acked uint32, reason wirepb.ErrorCode) {
+	o.mu.Lock()
+	o.parts--
+	o.devices += devices
+	o.acked += acked
+	if reason != 0 && (o.reason == 0 || o.reason == wirepb.ErrorCode_ERROR_CODE_DELIVERY_TIMEOUT) {
+		o.reason = reason
+	}
+	done := o.parts == 0
+	devices, acked, reason = o.devices, o.acked, o.reason
+	o.mu.Unlock()
 	if !done {
 		return
 	}
-	ack := &wirepb.SendAck{
-		ClientMsgId: f.clientMsgID,
-		MsgId:       f.msgID,
-		Devices:     f.devices,
-		Acked:       f.acked,
-	}
+	s := o.srv
+	ack := &wirepb.SendAck{ClientMsgId: o.clientMsgID, Devices: devices, Acked: acked}
 	switch {
-	case f.acked == f.devices:
+	case devices == 0 && reason == 0:
+		ack.Outcome = wirepb.Outcome_OUTCOME_OFFLINE
+		s.offline.Add(1)
+	case devices > 0 && acked == devices:
 		ack.Outcome = wirepb.Outcome_OUTCOME_DELIVERED
-		f.srv.delivered.Add(1)
-	case f.acked > 0:
+		ack.MsgId = o.msgID
+		s.delivered.Add(1)
+	case acked > 0:
 		ack.Outcome = wirepb.Outcome_OUTCOME_PARTIAL
-		ack.Reason = f.reason
-		f.srv.partial.Add(1)
+		ack.MsgId = o.msgID
+		ack.Reason = reason
+		s.partial.Add(1)
 	default:
 		ack.Outcome = wirepb.Outcome_OUTCOME_FAILED
-		ack.Reason = f.reason
-		f.srv.failed.Add(1)
+		ack.MsgId = o.msgID
+		ack.Reason = reason
+		s.failed.Add(1)
 	}
-	f.srv.send(f.sender.c, &wirepb.Frame{Body: &wirepb.Frame_SendAck{SendAck: ack}})
+	s.send(o.sender.c, &wirepb.Frame{Body: &wirepb.Frame_SendAck{SendAck: ack}})
 }
 
 // deliver hands msg (already encoded as frame) to this session and tracks
