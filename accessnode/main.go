@@ -33,6 +33,7 @@ import (
 	"github.com/imgate/imgate/accessnode/internal/gateway"
 	"github.com/imgate/imgate/accessnode/internal/nodeapi"
 	"github.com/imgate/imgate/accessnode/internal/registry"
+	"github.com/imgate/imgate/accessnode/internal/relay"
 	"github.com/imgate/imgate/accessnode/internal/sysstat"
 	"github.com/imgate/imgate/proto/etcdkeys"
 	"github.com/imgate/imgate/proto/nodepb"
@@ -194,9 +195,6 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 		return err
 	}
 	defer gw.Close()
-	if err := gw.Serve(clientLn.(*net.TCPListener)); err != nil {
-		return err
-	}
 
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   strings.Split(cfg.etcdEndpoints, ","),
@@ -218,9 +216,19 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 		return err
 	}
 
+	// The relay (presence directory + Forward streams to other nodes) is
+	// connected before the node registers, so no session escapes it.
+	rl := relay.New(relay.Config{NodeID: cfg.id, Schema: etcdkeys.New(cfg.etcdPrefix),
+		CallTimeout: cfg.deliverTimeout + 2*time.Second}, cli, gw, log)
+	defer rl.Close()
+	gw.SetRouter(rl)
+	if err := gw.Serve(clientLn.(*net.TCPListener)); err != nil {
+		return err
+	}
+
 	sys := sysstat.New()
-	grpcSrv := grpc.NewServer()
-	nodepb.RegisterNodeServiceServer(grpcSrv, &nodeapi.Service{NodeID: cfg.id, Version: version, Started: started, GW: gw, Sys: sys})
+	grpcSrv := grpc.NewServer(grpc.MaxRecvMsgSize(relay.MaxMsgSize), grpc.MaxSendMsgSize(relay.MaxMsgSize))
+	nodepb.RegisterNodeServiceServer(grpcSrv, &nodeapi.Service{NodeID: cfg.id, Version: version, Started: started, GW: gw, Sys: sys, Relay: rl})
 	healthSrv := health.NewServer()
 	healthpb.RegisterHealthServer(grpcSrv, healthSrv)
 	ready := func() (bool, string) {
@@ -242,6 +250,7 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error { sys.Run(gctx, time.Second); return nil })
 	g.Go(func() error { return reg.Run(gctx) })
+	g.Go(func() error { return rl.Run(gctx) })
 	g.Go(func() error {
 		if err := grpcSrv.Serve(grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("grpc: %w", err)

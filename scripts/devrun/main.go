@@ -312,8 +312,8 @@ func banner(c config, base, logDir string) {
 }
 
 // demo logs in four users through the dispatcher — alice and bob in region
-// east, carol and dave in region west — and has each pair exchange messages
-// with acknowledgements. The clients stay connected while devrun runs.
+// east, carol and dave in region west — and has pairs exchange messages with
+// acknowledgements, on one node and across nodes. The clients stay connected while devrun runs.
 func demo(ctx context.Context, base string) ([]*client.Client, error) {
 	users := []struct{ uid, region string }{{"alice", "east"}, {"bob", "east"}, {"carol", "west"}, {"dave", "west"}}
 	var cls []*client.Client
@@ -340,7 +340,7 @@ func demo(ctx context.Context, base string) ([]*client.Client, error) {
 		}
 		select {
 		case m := <-to.Messages():
-			say("demo: %s -> %s %q: delivered and acknowledged (%d/%d devices, %s)", m.From, toUID, m.Payload, res.Acked, res.Devices, time.Since(t0).Round(10*time.Microsecond))
+			say("demo: %s@%s -> %s@%s %q: delivered and acknowledged (%d/%d devices, %s)", m.From, from.NodeID(), toUID, to.NodeID(), m.Payload, res.Acked, res.Devices, time.Since(t0).Round(10*time.Microsecond))
 		case <-sctx.Done():
 			return sctx.Err()
 		}
@@ -349,7 +349,7 @@ func demo(ctx context.Context, base string) ([]*client.Client, error) {
 	pairs := []struct {
 		a, b       int
 		text, back string
-	}{{0, 1, "hi bob", "hi alice"}, {2, 3, "hello dave", "hello carol"}}
+	}{{0, 1, "hi bob", "hi alice"}, {2, 3, "hello dave", "hello carol"}, {0, 2, "hi carol, from the other node", "hi alice, across nodes"}}
 	for _, p := range pairs {
 		if err := exchange(cls[p.a], cls[p.b], users[p.b].uid, p.text); err != nil {
 			return cls, err

@@ -378,6 +378,37 @@ func (s *Server) deliverLocal(uid string, d *wirepb.Deliver, skip *session, done
 	}
 }
 
+// Push delivers a server message to every online device of uid, on this
+// node and, through the router, on others; done is called once.
+func (s *Server) Push(uid, from string, payload []byte, contentType string, done Done) string {
+	msgID := s.msgPrefix + strconv.FormatUint(s.msgSeq.Add(1), 36)
+	d := &wirepb.Deliver{MsgId: msgID, FromUid: from, Payload: payload, ContentType: contentType,
+		SentAtMs: time.Now().UnixMilli(), Attempt: 1}
+	if s.router == nil {
+		s.deliverLocal(uid, d, nil, done)
+		return msgID
+	}
+	var mu sync.Mutex
+	parts, devices, acked, reason := 2, uint32(0), uint32(0), wirepb.ErrorCode(0)
+	part := func(dv, ak uint32, r wirepb.ErrorCode) {
+		mu.Lock()
+		parts--
+		devices += dv
+		acked += ak
+		if r != 0 && reason == 0 {
+			reason = r
+		}
+		last := parts == 0
+		mu.Unlock()
+		if last {
+			done(devices, acked, reason)
+		}
+	}
+	s.deliverLocal(uid, d, nil, part)
+	s.router.Forward(uid, d, part)
+	return msgID
+}
+
 // KickSession kicks the session of uid and device if it logged in at
 // loginAt (a newer login elsewhere replaced it). It reports whether one was
 // kicked.

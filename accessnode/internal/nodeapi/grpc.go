@@ -17,12 +17,19 @@ import (
 	"github.com/imgate/imgate/accessnode/internal/gateway"
 	"github.com/imgate/imgate/accessnode/internal/sysstat"
 	"github.com/imgate/imgate/proto/nodepb"
+	"github.com/imgate/imgate/proto/wirepb"
 )
 
 // Gateway is what the service needs from the client side.
 type Gateway interface {
 	Stats() gateway.Stats
 	Kick(uid, device, detail string) int
+	Push(uid, from string, payload []byte, contentType string, done gateway.Done) string
+}
+
+// Streams serves the Forward streams between nodes (the relay).
+type Streams interface {
+	ServeStream(nodepb.NodeService_ForwardServer) error
 }
 
 // Service implements nodepb.NodeServiceServer.
@@ -33,6 +40,97 @@ type Service struct {
 	Started time.Time
 	GW      Gateway
 	Sys     *sysstat.Sampler
+	Relay   Streams // nil: Forward is unimplemented (single node)
+	// MaxPushUsers bounds the uids of one Push (default 10,000).
+	MaxPushUsers int
+	// PushTimeout bounds a Push when the request sets none (default 15 s).
+	PushTimeout time.Duration
+}
+
+// Forward hands an incoming node-to-node stream to the relay.
+func (s *Service) Forward(st nodepb.NodeService_ForwardServer) error {
+	if s.Relay == nil {
+		return status.Error(codes.Unimplemented, "this node runs without a relay")
+	}
+	return s.Relay.ServeStream(st)
+}
+
+// Push delivers one message to each listed user and answers each user's
+// outcome once every device acknowledged or failed (or the timeout passed).
+func (s *Service) Push(ctx context.Context, req *nodepb.PushRequest) (*nodepb.PushResponse, error) {
+	maxUsers := s.MaxPushUsers
+	if maxUsers <= 0 {
+		maxUsers = 10_000
+	}
+	switch {
+	case len(req.GetUids()) == 0:
+		return nil, status.Error(codes.InvalidArgument, "uids is empty")
+	case len(req.GetUids()) > maxUsers:
+		return nil, status.Errorf(codes.InvalidArgument, "at most %d uids per push", maxUsers)
+	case len(req.GetPayload()) > 60<<10:
+		return nil, status.Error(codes.InvalidArgument, "payload above 60 KiB")
+	}
+	for _, u := range req.GetUids() {
+		if u == "" || len(u) > 128 {
+			return nil, status.Error(codes.InvalidArgument, "every uid must be 1-128 bytes")
+		}
+	}
+	timeout := s.PushTimeout
+	if timeout <= 0 {
+		timeout = 15 * time.Second
+	}
+	if req.GetTimeoutMs() > 0 {
+		timeout = time.Duration(req.GetTimeoutMs()) * time.Millisecond
+	}
+	type result struct {
+		i   int
+		res *nodepb.PushResult
+	}
+	results := make(chan result, len(req.GetUids()))
+	out := make([]*nodepb.PushResult, len(req.GetUids()))
+	for i, uid := range req.GetUids() {
+		r := &nodepb.PushResult{Uid: uid}
+		out[i] = r
+		r.MsgId = s.GW.Push(uid, req.GetFrom(), req.GetPayload(), req.GetContentType(), func(devices, acked uint32, reason wirepb.ErrorCode) {
+			results <- result{i, &nodepb.PushResult{Uid: uid, Devices: devices, Acked: acked, Outcome: int32(outcome(devices, acked, reason))}}
+		})
+	}
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	for n := 0; n < len(out); n++ {
+		select {
+		case r := <-results:
+			r.res.MsgId = out[r.i].MsgId
+			out[r.i] = r.res
+		case <-t.C:
+			return &nodepb.PushResponse{Results: pending(out)}, nil
+		case <-ctx.Done():
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+	}
+	return &nodepb.PushResponse{Results: out}, nil
+}
+
+// pending marks results that had no answer yet as failed (timeout).
+func pending(out []*nodepb.PushResult) []*nodepb.PushResult {
+	for _, r := range out {
+		if r.Outcome == 0 {
+			r.Outcome = int32(wirepb.Outcome_OUTCOME_FAILED)
+		}
+	}
+	return out
+}
+
+func outcome(devices, acked uint32, reason wirepb.ErrorCode) wirepb.Outcome {
+	switch {
+	case devices == 0 && reason == 0:
+		return wirepb.Outcome_OUTCOME_OFFLINE
+	case devices > 0 && acked == devices:
+		return wirepb.Outcome_OUTCOME_DELIVERED
+	case acked > 0:
+		return wirepb.Outcome_OUTCOME_PARTIAL
+	}
+	return wirepb.Outcome_OUTCOME_FAILED
 }
 
 // Stats answers the dispatcher's pull.

@@ -1,0 +1,106 @@
+package relay
+
+import (
+	"fmt"
+	"testing"
+
+	"github.com/imgate/imgate/proto/nodepb"
+)
+
+func TestHomeMovesOnlyItsShare(t *testing.T) {
+	addrs := map[string]string{}
+	for i := 0; i < 10; i++ {
+		addrs[fmt.Sprintf("node-%d", i)] = "x"
+	}
+	before := newView(1, addrs)
+	grown := map[string]string{"node-new": "x"}
+	for k, v := range addrs {
+		grown[k] = v
+	}
+	after := newView(2, grown)
+	const users = 100_000
+	moved, counts := 0, map[string]int{}
+	for i := 0; i < users; i++ {
+		uid := fmt.Sprintf("user-%d", i)
+		a, b := before.home(uid), after.home(uid)
+		counts[b]++
+		if a != b {
+			moved++
+			if b != "node-new" {
+				t.Fatalf("%s moved from %s to %s, not to the new node", uid, a, b)
+			}
+		}
+	}
+	share := float64(moved) / users
+	if share > 1.0/11+0.01 || share < 1.0/11-0.01 {
+		t.Fatalf("a join moved %.3f of users, want ~%.3f", share, 1.0/11)
+	}
+	for id, n := range counts {
+		if f := float64(n) / users; f < 0.08 || f > 0.10 {
+			t.Errorf("%s homes %.3f of users, want ~0.091", id, f)
+		}
+	}
+}
+
+func entry(uid, device, holder string, at int64, up bool) *nodepb.PresenceEntry {
+	return &nodepb.PresenceEntry{Uid: uid, Device: device, Holder: holder, LoginAtNs: at, Up: up}
+}
+
+func TestDirectoryApply(t *testing.T) {
+	d := newDirectory()
+	if k := d.apply(entry("u", "phone", "a", 10, true)); k != nil {
+		t.Fatal("first login kicked someone")
+	}
+	d.apply(entry("u", "laptop", "b", 11, true))
+	if hs := d.holders("u"); len(hs) != 2 {
+		t.Fatalf("holders %v", hs)
+	}
+	// A newer login of the phone on c replaces a's.
+	k := d.apply(entry("u", "phone", "c", 20, true))
+	if k == nil || k.holder != "a" || k.loginAt != 10 {
+		t.Fatalf("kick %+v", k)
+	}
+	// a's session then goes down: the newer entry stays.
+	d.apply(entry("u", "phone", "a", 10, false))
+	if hs := d.holders("u"); len(hs) != 2 || !contains(hs, "c") || contains(hs, "a") {
+		t.Fatalf("holders %v", hs)
+	}
+	// A late registration of an older login never wins: it is the one kicked.
+	k = d.apply(entry("u", "phone", "a", 15, true))
+	if k == nil || k.holder != "a" || k.loginAt != 15 {
+		t.Fatalf("stale login: kick %+v", k)
+	}
+	if hs := d.holders("u"); contains(hs, "a") {
+		t.Fatalf("stale login registered: %v", hs)
+	}
+	// The same session registering again (resync) is idempotent.
+	if k := d.apply(entry("u", "phone", "c", 20, true)); k != nil {
+		t.Fatalf("resync kicked %+v", k)
+	}
+	d.dropHolder("b")
+	d.apply(entry("u", "phone", "c", 20, false))
+	if hs := d.holders("u"); len(hs) != 0 || d.size() != 0 {
+		t.Fatalf("left %v, size %d", hs, d.size())
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func BenchmarkHome100Nodes(b *testing.B) {
+	addrs := map[string]string{}
+	for i := 0; i < 100; i++ {
+		addrs[fmt.Sprintf("node-%d", i)] = "x"
+	}
+	v := newView(1, addrs)
+	b.ReportAllocs()
+	for i := 0; b.Loop(); i++ {
+		_ = v.home("user-123456")
+	}
+}
