@@ -46,6 +46,12 @@ type config struct {
 	srcIPs      int
 	concurrency int
 	jsonOut     string
+	// c2c traffic: connection 2k sends to connection 2k+1.
+	msgRate     int
+	msgDuration time.Duration
+	regionA     string
+	regionB     string
+	payload     int
 }
 
 func main() {
@@ -60,6 +66,11 @@ func main() {
 	flag.IntVar(&c.srcIPs, "src-ips", 1, "spread source addresses over 127.0.0.1..127.0.0.N")
 	flag.IntVar(&c.concurrency, "concurrency", 64, "logins in flight at once")
 	flag.StringVar(&c.jsonOut, "json", "", "also write the report as JSON to this file")
+	flag.IntVar(&c.msgRate, "msg-rate", 0, "c2c messages per second in total, connection 2k to 2k+1 (0: no traffic)")
+	flag.DurationVar(&c.msgDuration, "msg-duration", 10*time.Second, "how long the c2c traffic runs")
+	flag.StringVar(&c.regionA, "region-a", "", "region asked for by even connections (senders)")
+	flag.StringVar(&c.regionB, "region-b", "", "region asked for by odd connections (recipients); differ from region-a for cross-node traffic")
+	flag.IntVar(&c.payload, "payload", 100, "c2c payload bytes")
 	flag.Parse()
 	if c.conns <= 0 || c.rate <= 0 || c.srcIPs < 1 || c.srcIPs > 254 {
 		fmt.Fprintln(os.Stderr, "loadgen: --conns, --rate must be > 0 and --src-ips 1..254")
@@ -100,6 +111,22 @@ type report struct {
 	RSSPerConnKiB    float64        `json:"rss_per_conn_kib"`
 	HeapPerConnKiB   float64        `json:"heap_per_conn_kib"`
 	ClientRSSAfterMB float64        `json:"loadgen_rss_mib"`
+	Msgs             *msgReport     `json:"c2c,omitempty"`
+}
+
+type msgReport struct {
+	Rate       int            `json:"target_rate"`
+	Sent       int64          `json:"sent"`
+	Outcomes   map[string]int `json:"outcomes"`
+	Unanswered int64          `json:"unanswered"`
+	Seconds    float64        `json:"seconds"`
+	PerSecond  float64        `json:"acked_per_second"`
+	P50MS      float64        `json:"rtt_p50_ms"`
+	P90MS      float64        `json:"rtt_p90_ms"`
+	P99MS      float64        `json:"rtt_p99_ms"`
+	MaxMS      float64        `json:"rtt_max_ms"`
+	SameNode   int            `json:"pairs_same_node"`
+	CrossNode  int            `json:"pairs_cross_node"`
 }
 
 func (r *report) print(w io.Writer) {
@@ -116,13 +143,29 @@ func (r *report) print(w io.Writer) {
 			r.NodeHeapBefore/(1<<20), r.NodeHeapAfter/(1<<20), r.HeapPerConnKiB)
 	}
 	fmt.Fprintf(w, "loadgen RSS      %.1f MiB\n", r.ClientRSSAfterMB)
+	if m := r.Msgs; m != nil {
+		fmt.Fprintf(w, "c2c              %d pairs same-node, %d cross-node; target %d/s\n", m.SameNode, m.CrossNode, m.Rate)
+		fmt.Fprintf(w, "c2c sent         %d in %.1fs: %.0f SendAcks/s, outcomes %v, unanswered %d\n", m.Sent, m.Seconds, m.PerSecond, m.Outcomes, m.Unanswered)
+		fmt.Fprintf(w, "c2c send->ack    p50 %.2f ms  p90 %.2f ms  p99 %.2f ms  max %.2f ms\n", m.P50MS, m.P90MS, m.P99MS, m.MaxMS)
+	}
 }
 
 // conn is one simulated client; the load tool keeps a goroutine per
 // connection only to read Pongs.
 type conn struct {
-	c   net.Conn
-	seq atomic.Uint64
+	c    net.Conn
+	uid  string
+	node string
+	seq  atomic.Uint64
+	wmu  sync.Mutex // one writer at a time: heartbeats, sends, acks
+}
+
+func (cn *conn) write(f *wirepb.Frame) {
+	b, _ := wire.Append(nil, f, wire.DefaultMaxFrame)
+	cn.wmu.Lock()
+	_ = cn.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+	_, _ = cn.c.Write(b)
+	cn.wmu.Unlock()
 }
 
 func run(ctx context.Context, c config) (*report, error) {
@@ -138,7 +181,7 @@ func run(ctx context.Context, c config) (*report, error) {
 	httpc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: c.concurrency}}
 	var (
 		mu        sync.Mutex
-		conns     []*conn
+		conns     = make([]*conn, c.conns)
 		endpointL []time.Duration
 		loginL    []time.Duration
 		loggedIn  atomic.Int64
@@ -176,7 +219,11 @@ func run(ctx context.Context, c config) (*report, error) {
 			defer func() { <-sem }()
 			uid := "load-" + strconv.Itoa(i)
 			t0 := time.Now()
-			ep, err := endpoint(ctx, httpc, c.dispatcher, uid)
+			region := c.regionA
+			if i%2 == 1 {
+				region = c.regionB
+			}
+			ep, err := endpoint(ctx, httpc, c.dispatcher, uid, region)
 			if err != nil {
 				fail("endpoint")
 				return
@@ -187,9 +234,10 @@ func run(ctx context.Context, c config) (*report, error) {
 				fail(err.Error())
 				return
 			}
+			cn.uid, cn.node = uid, ep.NodeID
 			t2 := time.Now()
 			mu.Lock()
-			conns = append(conns, cn)
+			conns[i] = cn
 			endpointL = append(endpointL, t1.Sub(t0))
 			loginL = append(loginL, t2.Sub(t1))
 			mu.Unlock()
@@ -210,20 +258,35 @@ func run(ctx context.Context, c config) (*report, error) {
 	defer cancel()
 	var readers sync.WaitGroup
 	var lost atomic.Int64
+	mt := newMsgTracker()
+	var live []*conn
 	for _, cn := range conns {
+		if cn == nil {
+			continue
+		}
+		live = append(live, cn)
 		readers.Add(1)
 		go func() {
 			defer readers.Done()
 			r := wire.NewReader(cn.c, wire.DefaultMaxFrame)
 			var f wirepb.Frame
 			for r.Read(&f) == nil {
+				switch b := f.Body.(type) {
+				case *wirepb.Frame_Deliver:
+					cn.write(&wirepb.Frame{Body: &wirepb.Frame_DeliverAck{DeliverAck: &wirepb.DeliverAck{MsgId: b.Deliver.MsgId}}})
+				case *wirepb.Frame_SendAck:
+					mt.acked(b.SendAck)
+				}
 			}
 			if hctx.Err() == nil {
 				lost.Add(1)
 			}
 		}()
 	}
-	go heartbeats(hctx, conns, c.heartbeat)
+	go heartbeats(hctx, live, c.heartbeat)
+	if c.msgRate > 0 {
+		rep.Msgs = traffic(ctx, c, conns, mt)
+	}
 	if len(urls) > 0 {
 		rss, heap, n, err := settle(ctx, urls, c.settle)
 		if err == nil {
@@ -240,7 +303,7 @@ func run(ctx context.Context, c config) (*report, error) {
 	}
 	rep.ClientRSSAfterMB = selfRSS() / (1 << 20)
 	cancel()
-	for _, cn := range conns {
+	for _, cn := range live {
 		cn.c.Close()
 	}
 	readers.Wait()
@@ -260,8 +323,11 @@ func splitNonEmpty(s string) []string {
 	return out
 }
 
-func endpoint(ctx context.Context, hc *http.Client, base, uid string) (*api.EndpointResponse, error) {
+func endpoint(ctx context.Context, hc *http.Client, base, uid, region string) (*api.EndpointResponse, error) {
 	q := url.Values{"uid": {uid}, "device": {"load"}}
+	if region != "" {
+		q.Set("region", region)
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/endpoint?"+q.Encode(), nil)
 	if err != nil {
 		return nil, err
@@ -324,9 +390,7 @@ func heartbeats(ctx context.Context, conns []*conn, every time.Duration) {
 		case <-t.C:
 		}
 		cn := conns[i]
-		b, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Ping{Ping: &wirepb.Ping{Seq: cn.seq.Add(1)}}}, wire.DefaultMaxFrame)
-		_ = cn.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
-		_, _ = cn.c.Write(b)
+		cn.write(&wirepb.Frame{Body: &wirepb.Frame_Ping{Ping: &wirepb.Ping{Seq: cn.seq.Add(1)}}})
 	}
 }
 
@@ -401,4 +465,88 @@ func selfRSS() float64 {
 	}
 	pages, _ := strconv.ParseFloat(f[1], 64)
 	return pages * float64(os.Getpagesize())
+}
+
+// msgTracker matches SendAcks to send times (client_msg_id carries the send
+// time in nanoseconds since start, unique per connection).
+type msgTracker struct {
+	start time.Time
+	mu    sync.Mutex
+	rtts  []time.Duration
+	outc  map[string]int
+	acks  atomic.Int64
+}
+
+func newMsgTracker() *msgTracker { return &msgTracker{start: time.Now(), outc: map[string]int{}} }
+
+func (m *msgTracker) id() uint64 { return uint64(time.Since(m.start)) }
+
+func (m *msgTracker) acked(a *wirepb.SendAck) {
+	rtt := time.Since(m.start) - time.Duration(a.ClientMsgId)
+	name := strings.ToLower(strings.TrimPrefix(a.Outcome.String(), "OUTCOME_"))
+	m.mu.Lock()
+	m.rtts = append(m.rtts, rtt)
+	m.outc[name]++
+	m.mu.Unlock()
+	m.acks.Add(1)
+}
+
+// traffic sends msgRate messages a second for msgDuration, connection 2k to
+// 2k+1, then waits (bounded) for the last SendAcks.
+func traffic(ctx context.Context, c config, conns []*conn, mt *msgTracker) *msgReport {
+	type pair struct{ from, to *conn }
+	var pairs []pair
+	rep := &msgReport{Rate: c.msgRate}
+	for i := 0; i+1 < len(conns); i += 2 {
+		if conns[i] == nil || conns[i+1] == nil {
+			continue
+		}
+		pairs = append(pairs, pair{conns[i], conns[i+1]})
+		if conns[i].node == conns[i+1].node {
+			rep.SameNode++
+		} else {
+			rep.CrossNode++
+		}
+	}
+	if len(pairs) == 0 {
+		return rep
+	}
+	payload := make([]byte, c.payload)
+	const tick = 5 * time.Millisecond
+	perTick := float64(c.msgRate) * tick.Seconds()
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	start := time.Now()
+	var owed float64
+	next := 0
+	var lastID = make(map[*conn]uint64, len(pairs))
+	for time.Since(start) < c.msgDuration && ctx.Err() == nil {
+		<-t.C
+		owed += perTick
+		for ; owed >= 1; owed-- {
+			p := pairs[next]
+			next = (next + 1) % len(pairs)
+			id := mt.id()
+			if id <= lastID[p.from] {
+				id = lastID[p.from] + 1
+			}
+			lastID[p.from] = id
+			p.from.write(&wirepb.Frame{Body: &wirepb.Frame_Send{Send: &wirepb.Send{ClientMsgId: id, ToUid: p.to.uid, Payload: payload}}})
+			rep.Sent++
+		}
+	}
+	sendEnd := time.Since(start)
+	deadline := time.Now().Add(15 * time.Second)
+	for mt.acks.Load() < rep.Sent && time.Now().Before(deadline) && ctx.Err() == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	rep.Seconds = sendEnd.Seconds()
+	mt.mu.Lock()
+	defer mt.mu.Unlock()
+	rep.Outcomes = mt.outc
+	rep.Unanswered = rep.Sent - int64(len(mt.rtts))
+	rep.PerSecond = float64(len(mt.rtts)) / time.Since(start).Seconds()
+	rep.P50MS, rep.P90MS, rep.P99MS = pct(mt.rtts, 0.5), pct(mt.rtts, 0.9), pct(mt.rtts, 0.99)
+	rep.MaxMS = pct(mt.rtts, 1)
+	return rep
 }

@@ -2,6 +2,7 @@ package nodeapi
 
 import (
 	"net/http"
+	"net/http/pprof"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -14,7 +15,8 @@ import (
 // not draining.
 type Ready func() (ok bool, why string)
 
-// Handler serves /healthz (the process is up), /readyz and /metrics.
+// Handler serves /healthz (the process is up), /readyz, /metrics and
+// /debug/pprof/ (the ops listener must not be exposed to clients).
 func Handler(gw Gateway, ready Ready, nodeID string) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -32,6 +34,10 @@ func Handler(gw Gateway, ready Ready, nodeID string) http.Handler {
 		_, _ = w.Write([]byte("ready\n"))
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	// Profiles, on the ops listener only (never the client port).
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	return mux
 }
 
