@@ -39,6 +39,8 @@ race:
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./proto/wire
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME) ./proto/token
+	$(GO) test -run '^$$' -fuzz '^FuzzParseDispatcherError$$' -fuzztime $(FUZZTIME) ./proto/client
+	$(GO) test -run '^$$' -fuzz '^FuzzEndpointQuery$$' -fuzztime $(FUZZTIME) ./dispatcher/internal/httpapi
 
 ## bench: the Go benchmarks (see docs/benchmarks.md for the load-tool scenarios)
 bench:
