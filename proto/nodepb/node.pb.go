@@ -282,6 +282,7 @@ type ForwardFrame struct {
 	//	*ForwardFrame_SyncDone
 	//	*ForwardFrame_Kick
 	//	*ForwardFrame_Hello
+	//	*ForwardFrame_Invalidate
 	Body          isForwardFrame_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -396,6 +397,15 @@ func (x *ForwardFrame) GetHello() *Hello {
 	return nil
 }
 
+func (x *ForwardFrame) GetInvalidate() *Invalidate {
+	if x != nil {
+		if x, ok := x.Body.(*ForwardFrame_Invalidate); ok {
+			return x.Invalidate
+		}
+	}
+	return nil
+}
+
 type isForwardFrame_Body interface {
 	isForwardFrame_Body()
 }
@@ -432,6 +442,10 @@ type ForwardFrame_Hello struct {
 	Hello *Hello `protobuf:"bytes,8,opt,name=hello,proto3,oneof"` // first frame from the dialer
 }
 
+type ForwardFrame_Invalidate struct {
+	Invalidate *Invalidate `protobuf:"bytes,9,opt,name=invalidate,proto3,oneof"` // home -> a node that looked uids up: they changed
+}
+
 func (*ForwardFrame_Deliver) isForwardFrame_Body() {}
 
 func (*ForwardFrame_Result) isForwardFrame_Body() {}
@@ -448,6 +462,53 @@ func (*ForwardFrame_Kick) isForwardFrame_Body() {}
 
 func (*ForwardFrame_Hello) isForwardFrame_Body() {}
 
+func (*ForwardFrame_Invalidate) isForwardFrame_Body() {}
+
+// Invalidate tells a node that cached lookups of these uids are stale.
+type Invalidate struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Uids          []string               `protobuf:"bytes,1,rep,name=uids,proto3" json:"uids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Invalidate) Reset() {
+	*x = Invalidate{}
+	mi := &file_nodepb_node_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Invalidate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Invalidate) ProtoMessage() {}
+
+func (x *Invalidate) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Invalidate.ProtoReflect.Descriptor instead.
+func (*Invalidate) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Invalidate) GetUids() []string {
+	if x != nil {
+		return x.Uids
+	}
+	return nil
+}
+
 // Hello names the dialing node.
 type Hello struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -458,7 +519,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_nodepb_node_proto_msgTypes[4]
+	mi := &file_nodepb_node_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -470,7 +531,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[4]
+	mi := &file_nodepb_node_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -483,7 +544,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{4}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Hello) GetNodeId() string {
@@ -511,7 +572,7 @@ type ForwardDeliver struct {
 
 func (x *ForwardDeliver) Reset() {
 	*x = ForwardDeliver{}
-	mi := &file_nodepb_node_proto_msgTypes[5]
+	mi := &file_nodepb_node_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -523,7 +584,7 @@ func (x *ForwardDeliver) String() string {
 func (*ForwardDeliver) ProtoMessage() {}
 
 func (x *ForwardDeliver) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[5]
+	mi := &file_nodepb_node_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -536,7 +597,7 @@ func (x *ForwardDeliver) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardDeliver.ProtoReflect.Descriptor instead.
 func (*ForwardDeliver) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{5}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *ForwardDeliver) GetSeq() uint64 {
@@ -608,7 +669,7 @@ type ForwardResult struct {
 
 func (x *ForwardResult) Reset() {
 	*x = ForwardResult{}
-	mi := &file_nodepb_node_proto_msgTypes[6]
+	mi := &file_nodepb_node_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -620,7 +681,7 @@ func (x *ForwardResult) String() string {
 func (*ForwardResult) ProtoMessage() {}
 
 func (x *ForwardResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[6]
+	mi := &file_nodepb_node_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -633,7 +694,7 @@ func (x *ForwardResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardResult.ProtoReflect.Descriptor instead.
 func (*ForwardResult) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{6}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *ForwardResult) GetSeq() uint64 {
@@ -679,7 +740,7 @@ type PresenceEntry struct {
 
 func (x *PresenceEntry) Reset() {
 	*x = PresenceEntry{}
-	mi := &file_nodepb_node_proto_msgTypes[7]
+	mi := &file_nodepb_node_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -691,7 +752,7 @@ func (x *PresenceEntry) String() string {
 func (*PresenceEntry) ProtoMessage() {}
 
 func (x *PresenceEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[7]
+	mi := &file_nodepb_node_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -704,7 +765,7 @@ func (x *PresenceEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceEntry.ProtoReflect.Descriptor instead.
 func (*PresenceEntry) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{7}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *PresenceEntry) GetUid() string {
@@ -754,7 +815,7 @@ type PresenceUpdate struct {
 
 func (x *PresenceUpdate) Reset() {
 	*x = PresenceUpdate{}
-	mi := &file_nodepb_node_proto_msgTypes[8]
+	mi := &file_nodepb_node_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -766,7 +827,7 @@ func (x *PresenceUpdate) String() string {
 func (*PresenceUpdate) ProtoMessage() {}
 
 func (x *PresenceUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[8]
+	mi := &file_nodepb_node_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -779,7 +840,7 @@ func (x *PresenceUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceUpdate.ProtoReflect.Descriptor instead.
 func (*PresenceUpdate) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{8}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *PresenceUpdate) GetEntries() []*PresenceEntry {
@@ -806,7 +867,7 @@ type LookupRequest struct {
 
 func (x *LookupRequest) Reset() {
 	*x = LookupRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[9]
+	mi := &file_nodepb_node_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -818,7 +879,7 @@ func (x *LookupRequest) String() string {
 func (*LookupRequest) ProtoMessage() {}
 
 func (x *LookupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[9]
+	mi := &file_nodepb_node_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -831,7 +892,7 @@ func (x *LookupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupRequest.ProtoReflect.Descriptor instead.
 func (*LookupRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{9}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *LookupRequest) GetSeq() uint64 {
@@ -862,7 +923,7 @@ type LookupResponse struct {
 
 func (x *LookupResponse) Reset() {
 	*x = LookupResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[10]
+	mi := &file_nodepb_node_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -874,7 +935,7 @@ func (x *LookupResponse) String() string {
 func (*LookupResponse) ProtoMessage() {}
 
 func (x *LookupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[10]
+	mi := &file_nodepb_node_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -887,7 +948,7 @@ func (x *LookupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupResponse.ProtoReflect.Descriptor instead.
 func (*LookupResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{10}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *LookupResponse) GetSeq() uint64 {
@@ -922,7 +983,7 @@ type SyncDone struct {
 
 func (x *SyncDone) Reset() {
 	*x = SyncDone{}
-	mi := &file_nodepb_node_proto_msgTypes[11]
+	mi := &file_nodepb_node_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -934,7 +995,7 @@ func (x *SyncDone) String() string {
 func (*SyncDone) ProtoMessage() {}
 
 func (x *SyncDone) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[11]
+	mi := &file_nodepb_node_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -947,7 +1008,7 @@ func (x *SyncDone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncDone.ProtoReflect.Descriptor instead.
 func (*SyncDone) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{11}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *SyncDone) GetEpoch() int64 {
@@ -968,7 +1029,7 @@ type KickSession struct {
 
 func (x *KickSession) Reset() {
 	*x = KickSession{}
-	mi := &file_nodepb_node_proto_msgTypes[12]
+	mi := &file_nodepb_node_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -980,7 +1041,7 @@ func (x *KickSession) String() string {
 func (*KickSession) ProtoMessage() {}
 
 func (x *KickSession) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[12]
+	mi := &file_nodepb_node_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -993,7 +1054,7 @@ func (x *KickSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickSession.ProtoReflect.Descriptor instead.
 func (*KickSession) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{12}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *KickSession) GetUid() string {
@@ -1032,7 +1093,7 @@ type PushRequest struct {
 
 func (x *PushRequest) Reset() {
 	*x = PushRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[13]
+	mi := &file_nodepb_node_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1044,7 +1105,7 @@ func (x *PushRequest) String() string {
 func (*PushRequest) ProtoMessage() {}
 
 func (x *PushRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[13]
+	mi := &file_nodepb_node_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1057,7 +1118,7 @@ func (x *PushRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushRequest.ProtoReflect.Descriptor instead.
 func (*PushRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{13}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *PushRequest) GetUids() []string {
@@ -1109,7 +1170,7 @@ type PushResult struct {
 
 func (x *PushResult) Reset() {
 	*x = PushResult{}
-	mi := &file_nodepb_node_proto_msgTypes[14]
+	mi := &file_nodepb_node_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1121,7 +1182,7 @@ func (x *PushResult) String() string {
 func (*PushResult) ProtoMessage() {}
 
 func (x *PushResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[14]
+	mi := &file_nodepb_node_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1134,7 +1195,7 @@ func (x *PushResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushResult.ProtoReflect.Descriptor instead.
 func (*PushResult) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{14}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *PushResult) GetUid() string {
@@ -1181,7 +1242,7 @@ type PushResponse struct {
 
 func (x *PushResponse) Reset() {
 	*x = PushResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[15]
+	mi := &file_nodepb_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1193,7 +1254,7 @@ func (x *PushResponse) String() string {
 func (*PushResponse) ProtoMessage() {}
 
 func (x *PushResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[15]
+	mi := &file_nodepb_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1206,7 +1267,7 @@ func (x *PushResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushResponse.ProtoReflect.Descriptor instead.
 func (*PushResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{15}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PushResponse) GetResults() []*PushResult {
@@ -1228,7 +1289,7 @@ type KickRequest struct {
 
 func (x *KickRequest) Reset() {
 	*x = KickRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[16]
+	mi := &file_nodepb_node_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1240,7 +1301,7 @@ func (x *KickRequest) String() string {
 func (*KickRequest) ProtoMessage() {}
 
 func (x *KickRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[16]
+	mi := &file_nodepb_node_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1253,7 +1314,7 @@ func (x *KickRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickRequest.ProtoReflect.Descriptor instead.
 func (*KickRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{16}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *KickRequest) GetUid() string {
@@ -1286,7 +1347,7 @@ type KickResponse struct {
 
 func (x *KickResponse) Reset() {
 	*x = KickResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[17]
+	mi := &file_nodepb_node_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1298,7 +1359,7 @@ func (x *KickResponse) String() string {
 func (*KickResponse) ProtoMessage() {}
 
 func (x *KickResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[17]
+	mi := &file_nodepb_node_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1311,12 +1372,118 @@ func (x *KickResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickResponse.ProtoReflect.Descriptor instead.
 func (*KickResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *KickResponse) GetKicked() uint32 {
 	if x != nil {
 		return x.Kicked
+	}
+	return 0
+}
+
+type ShedRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Count     uint32                 `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
+	PerSecond uint32                 `protobuf:"varint,2,opt,name=per_second,json=perSecond,proto3" json:"per_second,omitempty"`
+	// Shown to the clients as GoAway.reason and in the node's log.
+	Reason        string `protobuf:"bytes,3,opt,name=reason,proto3" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShedRequest) Reset() {
+	*x = ShedRequest{}
+	mi := &file_nodepb_node_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShedRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShedRequest) ProtoMessage() {}
+
+func (x *ShedRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShedRequest.ProtoReflect.Descriptor instead.
+func (*ShedRequest) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ShedRequest) GetCount() uint32 {
+	if x != nil {
+		return x.Count
+	}
+	return 0
+}
+
+func (x *ShedRequest) GetPerSecond() uint32 {
+	if x != nil {
+		return x.PerSecond
+	}
+	return 0
+}
+
+func (x *ShedRequest) GetReason() string {
+	if x != nil {
+		return x.Reason
+	}
+	return ""
+}
+
+type ShedResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// How many logged-in clients will be asked to move (at most count).
+	Accepted      uint32 `protobuf:"varint,1,opt,name=accepted,proto3" json:"accepted,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ShedResponse) Reset() {
+	*x = ShedResponse{}
+	mi := &file_nodepb_node_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ShedResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ShedResponse) ProtoMessage() {}
+
+func (x *ShedResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ShedResponse.ProtoReflect.Descriptor instead.
+func (*ShedResponse) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *ShedResponse) GetAccepted() uint32 {
+	if x != nil {
+		return x.Accepted
 	}
 	return 0
 }
@@ -1345,7 +1512,7 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x11messages_in_total\x18\x0e \x01(\x04R\x0fmessagesInTotal\x12,\n" +
 	"\x12messages_out_total\x18\x0f \x01(\x04R\x10messagesOutTotal\"D\n" +
 	"\fForwardBatch\x124\n" +
-	"\x06frames\x18\x01 \x03(\v2\x1c.imgate.node.v1.ForwardFrameR\x06frames\"\xe4\x03\n" +
+	"\x06frames\x18\x01 \x03(\v2\x1c.imgate.node.v1.ForwardFrameR\x06frames\"\xa2\x04\n" +
 	"\fForwardFrame\x12:\n" +
 	"\adeliver\x18\x01 \x01(\v2\x1e.imgate.node.v1.ForwardDeliverH\x00R\adeliver\x127\n" +
 	"\x06result\x18\x02 \x01(\v2\x1d.imgate.node.v1.ForwardResultH\x00R\x06result\x12<\n" +
@@ -1354,8 +1521,14 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\rlookup_result\x18\x05 \x01(\v2\x1e.imgate.node.v1.LookupResponseH\x00R\flookupResult\x127\n" +
 	"\tsync_done\x18\x06 \x01(\v2\x18.imgate.node.v1.SyncDoneH\x00R\bsyncDone\x121\n" +
 	"\x04kick\x18\a \x01(\v2\x1b.imgate.node.v1.KickSessionH\x00R\x04kick\x12-\n" +
-	"\x05hello\x18\b \x01(\v2\x15.imgate.node.v1.HelloH\x00R\x05helloB\x06\n" +
+	"\x05hello\x18\b \x01(\v2\x15.imgate.node.v1.HelloH\x00R\x05hello\x12<\n" +
+	"\n" +
+	"invalidate\x18\t \x01(\v2\x1a.imgate.node.v1.InvalidateH\x00R\n" +
+	"invalidateB\x06\n" +
 	"\x04body\" \n" +
+	"\n" +
+	"Invalidate\x12\x12\n" +
+	"\x04uids\x18\x01 \x03(\tR\x04uids\" \n" +
 	"\x05Hello\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"\xe7\x01\n" +
 	"\x0eForwardDeliver\x12\x10\n" +
@@ -1417,12 +1590,20 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x16\n" +
 	"\x06detail\x18\x03 \x01(\tR\x06detail\"&\n" +
 	"\fKickResponse\x12\x16\n" +
-	"\x06kicked\x18\x01 \x01(\rR\x06kicked2\xa4\x02\n" +
+	"\x06kicked\x18\x01 \x01(\rR\x06kicked\"Z\n" +
+	"\vShedRequest\x12\x14\n" +
+	"\x05count\x18\x01 \x01(\rR\x05count\x12\x1d\n" +
+	"\n" +
+	"per_second\x18\x02 \x01(\rR\tperSecond\x12\x16\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"*\n" +
+	"\fShedResponse\x12\x1a\n" +
+	"\baccepted\x18\x01 \x01(\rR\baccepted2\xe7\x02\n" +
 	"\vNodeService\x12D\n" +
 	"\x05Stats\x12\x1c.imgate.node.v1.StatsRequest\x1a\x1d.imgate.node.v1.StatsResponse\x12I\n" +
 	"\aForward\x12\x1c.imgate.node.v1.ForwardBatch\x1a\x1c.imgate.node.v1.ForwardBatch(\x010\x01\x12A\n" +
 	"\x04Push\x12\x1b.imgate.node.v1.PushRequest\x1a\x1c.imgate.node.v1.PushResponse\x12A\n" +
-	"\x04Kick\x12\x1b.imgate.node.v1.KickRequest\x1a\x1c.imgate.node.v1.KickResponseB'Z%github.com/imgate/imgate/proto/nodepbb\x06proto3"
+	"\x04Kick\x12\x1b.imgate.node.v1.KickRequest\x1a\x1c.imgate.node.v1.KickResponse\x12A\n" +
+	"\x04Shed\x12\x1b.imgate.node.v1.ShedRequest\x1a\x1c.imgate.node.v1.ShedResponseB'Z%github.com/imgate/imgate/proto/nodepbb\x06proto3"
 
 var (
 	file_nodepb_node_proto_rawDescOnce sync.Once
@@ -1436,52 +1617,58 @@ func file_nodepb_node_proto_rawDescGZIP() []byte {
 	return file_nodepb_node_proto_rawDescData
 }
 
-var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 18)
+var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_nodepb_node_proto_goTypes = []any{
 	(*StatsRequest)(nil),   // 0: imgate.node.v1.StatsRequest
 	(*StatsResponse)(nil),  // 1: imgate.node.v1.StatsResponse
 	(*ForwardBatch)(nil),   // 2: imgate.node.v1.ForwardBatch
 	(*ForwardFrame)(nil),   // 3: imgate.node.v1.ForwardFrame
-	(*Hello)(nil),          // 4: imgate.node.v1.Hello
-	(*ForwardDeliver)(nil), // 5: imgate.node.v1.ForwardDeliver
-	(*ForwardResult)(nil),  // 6: imgate.node.v1.ForwardResult
-	(*PresenceEntry)(nil),  // 7: imgate.node.v1.PresenceEntry
-	(*PresenceUpdate)(nil), // 8: imgate.node.v1.PresenceUpdate
-	(*LookupRequest)(nil),  // 9: imgate.node.v1.LookupRequest
-	(*LookupResponse)(nil), // 10: imgate.node.v1.LookupResponse
-	(*SyncDone)(nil),       // 11: imgate.node.v1.SyncDone
-	(*KickSession)(nil),    // 12: imgate.node.v1.KickSession
-	(*PushRequest)(nil),    // 13: imgate.node.v1.PushRequest
-	(*PushResult)(nil),     // 14: imgate.node.v1.PushResult
-	(*PushResponse)(nil),   // 15: imgate.node.v1.PushResponse
-	(*KickRequest)(nil),    // 16: imgate.node.v1.KickRequest
-	(*KickResponse)(nil),   // 17: imgate.node.v1.KickResponse
+	(*Invalidate)(nil),     // 4: imgate.node.v1.Invalidate
+	(*Hello)(nil),          // 5: imgate.node.v1.Hello
+	(*ForwardDeliver)(nil), // 6: imgate.node.v1.ForwardDeliver
+	(*ForwardResult)(nil),  // 7: imgate.node.v1.ForwardResult
+	(*PresenceEntry)(nil),  // 8: imgate.node.v1.PresenceEntry
+	(*PresenceUpdate)(nil), // 9: imgate.node.v1.PresenceUpdate
+	(*LookupRequest)(nil),  // 10: imgate.node.v1.LookupRequest
+	(*LookupResponse)(nil), // 11: imgate.node.v1.LookupResponse
+	(*SyncDone)(nil),       // 12: imgate.node.v1.SyncDone
+	(*KickSession)(nil),    // 13: imgate.node.v1.KickSession
+	(*PushRequest)(nil),    // 14: imgate.node.v1.PushRequest
+	(*PushResult)(nil),     // 15: imgate.node.v1.PushResult
+	(*PushResponse)(nil),   // 16: imgate.node.v1.PushResponse
+	(*KickRequest)(nil),    // 17: imgate.node.v1.KickRequest
+	(*KickResponse)(nil),   // 18: imgate.node.v1.KickResponse
+	(*ShedRequest)(nil),    // 19: imgate.node.v1.ShedRequest
+	(*ShedResponse)(nil),   // 20: imgate.node.v1.ShedResponse
 }
 var file_nodepb_node_proto_depIdxs = []int32{
 	3,  // 0: imgate.node.v1.ForwardBatch.frames:type_name -> imgate.node.v1.ForwardFrame
-	5,  // 1: imgate.node.v1.ForwardFrame.deliver:type_name -> imgate.node.v1.ForwardDeliver
-	6,  // 2: imgate.node.v1.ForwardFrame.result:type_name -> imgate.node.v1.ForwardResult
-	8,  // 3: imgate.node.v1.ForwardFrame.presence:type_name -> imgate.node.v1.PresenceUpdate
-	9,  // 4: imgate.node.v1.ForwardFrame.lookup:type_name -> imgate.node.v1.LookupRequest
-	10, // 5: imgate.node.v1.ForwardFrame.lookup_result:type_name -> imgate.node.v1.LookupResponse
-	11, // 6: imgate.node.v1.ForwardFrame.sync_done:type_name -> imgate.node.v1.SyncDone
-	12, // 7: imgate.node.v1.ForwardFrame.kick:type_name -> imgate.node.v1.KickSession
-	4,  // 8: imgate.node.v1.ForwardFrame.hello:type_name -> imgate.node.v1.Hello
-	7,  // 9: imgate.node.v1.PresenceUpdate.entries:type_name -> imgate.node.v1.PresenceEntry
-	14, // 10: imgate.node.v1.PushResponse.results:type_name -> imgate.node.v1.PushResult
-	0,  // 11: imgate.node.v1.NodeService.Stats:input_type -> imgate.node.v1.StatsRequest
-	2,  // 12: imgate.node.v1.NodeService.Forward:input_type -> imgate.node.v1.ForwardBatch
-	13, // 13: imgate.node.v1.NodeService.Push:input_type -> imgate.node.v1.PushRequest
-	16, // 14: imgate.node.v1.NodeService.Kick:input_type -> imgate.node.v1.KickRequest
-	1,  // 15: imgate.node.v1.NodeService.Stats:output_type -> imgate.node.v1.StatsResponse
-	2,  // 16: imgate.node.v1.NodeService.Forward:output_type -> imgate.node.v1.ForwardBatch
-	15, // 17: imgate.node.v1.NodeService.Push:output_type -> imgate.node.v1.PushResponse
-	17, // 18: imgate.node.v1.NodeService.Kick:output_type -> imgate.node.v1.KickResponse
-	15, // [15:19] is the sub-list for method output_type
-	11, // [11:15] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	6,  // 1: imgate.node.v1.ForwardFrame.deliver:type_name -> imgate.node.v1.ForwardDeliver
+	7,  // 2: imgate.node.v1.ForwardFrame.result:type_name -> imgate.node.v1.ForwardResult
+	9,  // 3: imgate.node.v1.ForwardFrame.presence:type_name -> imgate.node.v1.PresenceUpdate
+	10, // 4: imgate.node.v1.ForwardFrame.lookup:type_name -> imgate.node.v1.LookupRequest
+	11, // 5: imgate.node.v1.ForwardFrame.lookup_result:type_name -> imgate.node.v1.LookupResponse
+	12, // 6: imgate.node.v1.ForwardFrame.sync_done:type_name -> imgate.node.v1.SyncDone
+	13, // 7: imgate.node.v1.ForwardFrame.kick:type_name -> imgate.node.v1.KickSession
+	5,  // 8: imgate.node.v1.ForwardFrame.hello:type_name -> imgate.node.v1.Hello
+	4,  // 9: imgate.node.v1.ForwardFrame.invalidate:type_name -> imgate.node.v1.Invalidate
+	8,  // 10: imgate.node.v1.PresenceUpdate.entries:type_name -> imgate.node.v1.PresenceEntry
+	15, // 11: imgate.node.v1.PushResponse.results:type_name -> imgate.node.v1.PushResult
+	0,  // 12: imgate.node.v1.NodeService.Stats:input_type -> imgate.node.v1.StatsRequest
+	2,  // 13: imgate.node.v1.NodeService.Forward:input_type -> imgate.node.v1.ForwardBatch
+	14, // 14: imgate.node.v1.NodeService.Push:input_type -> imgate.node.v1.PushRequest
+	17, // 15: imgate.node.v1.NodeService.Kick:input_type -> imgate.node.v1.KickRequest
+	19, // 16: imgate.node.v1.NodeService.Shed:input_type -> imgate.node.v1.ShedRequest
+	1,  // 17: imgate.node.v1.NodeService.Stats:output_type -> imgate.node.v1.StatsResponse
+	2,  // 18: imgate.node.v1.NodeService.Forward:output_type -> imgate.node.v1.ForwardBatch
+	16, // 19: imgate.node.v1.NodeService.Push:output_type -> imgate.node.v1.PushResponse
+	18, // 20: imgate.node.v1.NodeService.Kick:output_type -> imgate.node.v1.KickResponse
+	20, // 21: imgate.node.v1.NodeService.Shed:output_type -> imgate.node.v1.ShedResponse
+	17, // [17:22] is the sub-list for method output_type
+	12, // [12:17] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_nodepb_node_proto_init() }
@@ -1498,6 +1685,7 @@ func file_nodepb_node_proto_init() {
 		(*ForwardFrame_SyncDone)(nil),
 		(*ForwardFrame_Kick)(nil),
 		(*ForwardFrame_Hello)(nil),
+		(*ForwardFrame_Invalidate)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1505,7 +1693,7 @@ func file_nodepb_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nodepb_node_proto_rawDesc), len(file_nodepb_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   18,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -26,6 +26,7 @@ const (
 	NodeService_Forward_FullMethodName = "/imgate.node.v1.NodeService/Forward"
 	NodeService_Push_FullMethodName    = "/imgate.node.v1.NodeService/Push"
 	NodeService_Kick_FullMethodName    = "/imgate.node.v1.NodeService/Kick"
+	NodeService_Shed_FullMethodName    = "/imgate.node.v1.NodeService/Shed"
 )
 
 // NodeServiceClient is the client API for NodeService service.
@@ -43,6 +44,10 @@ type NodeServiceClient interface {
 	Push(ctx context.Context, in *PushRequest, opts ...grpc.CallOption) (*PushResponse, error)
 	// Kick closes a user's sessions on this node.
 	Kick(ctx context.Context, in *KickRequest, opts ...grpc.CallOption) (*KickResponse, error)
+	// Shed asks the node to move count of its clients elsewhere, sending
+	// GoAway to at most per_second of them a second (rebalancing; one elected
+	// dispatcher sends it). It answers at once; a new Shed replaces a running one.
+	Shed(ctx context.Context, in *ShedRequest, opts ...grpc.CallOption) (*ShedResponse, error)
 }
 
 type nodeServiceClient struct {
@@ -96,6 +101,16 @@ func (c *nodeServiceClient) Kick(ctx context.Context, in *KickRequest, opts ...g
 	return out, nil
 }
 
+func (c *nodeServiceClient) Shed(ctx context.Context, in *ShedRequest, opts ...grpc.CallOption) (*ShedResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ShedResponse)
+	err := c.cc.Invoke(ctx, NodeService_Shed_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServiceServer is the server API for NodeService service.
 // All implementations must embed UnimplementedNodeServiceServer
 // for forward compatibility.
@@ -111,6 +126,10 @@ type NodeServiceServer interface {
 	Push(context.Context, *PushRequest) (*PushResponse, error)
 	// Kick closes a user's sessions on this node.
 	Kick(context.Context, *KickRequest) (*KickResponse, error)
+	// Shed asks the node to move count of its clients elsewhere, sending
+	// GoAway to at most per_second of them a second (rebalancing; one elected
+	// dispatcher sends it). It answers at once; a new Shed replaces a running one.
+	Shed(context.Context, *ShedRequest) (*ShedResponse, error)
 	mustEmbedUnimplementedNodeServiceServer()
 }
 
@@ -132,6 +151,9 @@ func (UnimplementedNodeServiceServer) Push(context.Context, *PushRequest) (*Push
 }
 func (UnimplementedNodeServiceServer) Kick(context.Context, *KickRequest) (*KickResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Kick not implemented")
+}
+func (UnimplementedNodeServiceServer) Shed(context.Context, *ShedRequest) (*ShedResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Shed not implemented")
 }
 func (UnimplementedNodeServiceServer) mustEmbedUnimplementedNodeServiceServer() {}
 func (UnimplementedNodeServiceServer) testEmbeddedByValue()                     {}
@@ -215,6 +237,24 @@ func _NodeService_Kick_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_Shed_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ShedRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).Shed(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_Shed_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).Shed(ctx, req.(*ShedRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NodeService_ServiceDesc is the grpc.ServiceDesc for NodeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -233,6 +273,10 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Kick",
 			Handler:    _NodeService_Kick_Handler,
+		},
+		{
+			MethodName: "Shed",
+			Handler:    _NodeService_Shed_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

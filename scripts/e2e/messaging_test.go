@@ -53,6 +53,18 @@ func (in *inbox) count(id string) int {
 	return in.ids[id]
 }
 
+// reachable sends probes from prober until uid's devices online anywhere
+// number want: a login reaches the directory one hop after its LoginAck.
+func reachable(t *testing.T, prober *client.Client, uid string, want uint32) {
+	t.Helper()
+	waitFor(t, fmt.Sprintf("%s reachable on %d devices", uid, want), 15*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		res, err := prober.Send(ctx, uid, []byte("probe"))
+		return err == nil && res.Devices == want && res.Acked == want
+	})
+}
+
 func dialDevice(t *testing.T, base, uid, device string) *client.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
@@ -84,6 +96,10 @@ func TestCrossNodeMessaging(t *testing.T) {
 	}
 	if len(nodes) != 3 {
 		t.Fatalf("clients on %d nodes, want all 3", len(nodes))
+	}
+	prober := dialDevice(t, f.base, "prober", "phone")
+	for i := range clients {
+		reachable(t, prober, fmt.Sprintf("user-%d", i), 1)
 	}
 	const perPair = 5
 	var wg sync.WaitGroup
@@ -131,6 +147,7 @@ func TestCrossNodeMessaging(t *testing.T) {
 	// Two devices of one user on different nodes both get a message.
 	laptop := dialDevice(t, f.base, "user-0", "laptop")
 	laptopIn := collect(laptop)
+	reachable(t, prober, "user-0", 2)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	res, err := clients[1].Send(ctx, "user-0", []byte("to both"))
@@ -172,6 +189,10 @@ func TestChaosKillNode(t *testing.T) {
 		ms[i] = member{c, collect(c)}
 	}
 	victim := ms[0].c.NodeID()
+	prober := dialDevice(t, f.base, "prober", "phone")
+	for i := range ms {
+		reachable(t, prober, fmt.Sprintf("chaos-%d", i), 1)
+	}
 
 	var (
 		sent, delivered, partial, offline, failed, unknown atomic.Int64

@@ -3,6 +3,7 @@ package relay
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/imgate/imgate/proto/nodepb"
 )
@@ -102,5 +103,22 @@ func BenchmarkHome100Nodes(b *testing.B) {
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
 		_ = v.home("user-123456")
+	}
+}
+
+func TestLookupCacheTombstone(t *testing.T) {
+	c := newLookupCache()
+	start := time.Now()
+	c.drop("u") // an Invalidate overtook the lookup that started at start
+	c.put("u", []string{"b"}, 1, start)
+	if _, ok := c.get("u", 1, time.Now()); ok {
+		t.Fatal("a lookup older than the invalidation was cached")
+	}
+	c.put("u", []string{"b"}, 1, time.Now())
+	if hs, ok := c.get("u", 1, time.Now()); !ok || hs[0] != "b" {
+		t.Fatal("a fresh lookup was not cached")
+	}
+	if _, ok := c.get("u", 2, time.Now()); ok {
+		t.Fatal("an entry of an older membership epoch was used")
 	}
 }

@@ -75,11 +75,13 @@ func (c *Config) setDefaults() {
 // Relay is one node's side of the mesh. It implements gateway.Router and
 // nodepb.NodeService's Forward.
 type Relay struct {
-	cfg   Config
-	log   zerolog.Logger
-	cli   *clientv3.Client
-	local Local
-	dir   *directory
+	cfg      Config
+	log      zerolog.Logger
+	cli      *clientv3.Client
+	local    Local
+	dir      *directory
+	cache    *lookupCache // sender side: uid -> holders
+	watchers *watchers    // home side: who caches which uid
 
 	view atomic.Pointer[view]
 
@@ -95,7 +97,7 @@ type Relay struct {
 	wg     sync.WaitGroup
 
 	// Counters.
-	forwards, forwardFailures, lookups, notHome, remoteKicks atomic.Uint64
+	forwards, forwardFailures, lookups, notHome, remoteKicks, cacheHits atomic.Uint64
 }
 
 // New builds a relay; Run watches membership, Close stops it.
@@ -104,11 +106,27 @@ func New(cfg Config, cli *clientv3.Client, local Local, log zerolog.Logger) *Rel
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Relay{
 		cfg: cfg, log: log, cli: cli, local: local, dir: newDirectory(),
+		cache: newLookupCache(), watchers: newWatchers(),
 		peers: map[string]*peer{}, syncFrom: map[string]int64{},
 		settled: make(chan struct{}), epochAt: time.Now(),
 		ctx: ctx, cancel: cancel,
 	}
 	r.view.Store(newView(0, map[string]string{}))
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		t := time.NewTicker(10 * time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case now := <-t.C:
+				r.watchers.sweep(now)
+				r.cache.sweep(now, r.cfg.LookupTimeout)
+			}
+		}
+	}()
 	return r
 }
 
@@ -119,6 +137,7 @@ type Stats struct {
 	Settled                        bool
 	Forwards, ForwardFailures      uint64
 	Lookups, NotHome, RemoteKicks  uint64
+	CacheHits                      uint64
 }
 
 // Stats returns the counters.
@@ -140,6 +159,7 @@ func (r *Relay) Stats() Stats {
 	st.DirectoryUsers = r.dir.size()
 	st.Forwards, st.ForwardFailures = r.forwards.Load(), r.forwardFailures.Load()
 	st.Lookups, st.NotHome, st.RemoteKicks = r.lookups.Load(), r.notHome.Load(), r.remoteKicks.Load()
+	st.CacheHits = r.cacheHits.Load()
 	return st
 }
 
@@ -346,6 +366,12 @@ func (r *Relay) settledChan() <-chan struct{} {
 // newer login replaced.
 func (r *Relay) applyPresence(e *nodepb.PresenceEntry) {
 	k := r.dir.apply(e)
+	// Whoever cached this uid's holders must look again.
+	for _, n := range r.watchers.take(e.Uid, time.Now()) {
+		if p := r.peer(n); p != nil {
+			p.enqueue(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Invalidate{Invalidate: &nodepb.Invalidate{Uids: []string{e.Uid}}}})
+		}
+	}
 	if k == nil {
 		return
 	}
@@ -390,45 +416,88 @@ func (r *Relay) presenceChange(e *nodepb.PresenceEntry) {
 	}
 }
 
-// Forward implements gateway.Router: ask uid's home who holds it, then
-// deliver through each holder but this node.
+// Forward implements gateway.Router: find who holds uid (from the cache, or
+// by asking its home), then deliver through each holder but this node.
 func (r *Relay) Forward(uid string, d *wirepb.Deliver, done gateway.Done) {
 	r.forwards.Add(1)
-	deadline := time.Now().Add(r.cfg.LookupTimeout)
+	now := time.Now()
+	if hs, ok := r.cache.get(uid, r.view.Load().epoch, now); ok {
+		r.cacheHits.Add(1)
+		r.forwardTo(uid, d, hs, true, done)
+		return
+	}
+	r.forwardLookup(uid, d, done)
+}
+
+func (r *Relay) forwardLookup(uid string, d *wirepb.Deliver, done gateway.Done) {
+	v := r.view.Load()
+	epoch := v.epoch
+	// Only answers from a remote home are cached: that home then knows to
+	// invalidate us. A local lookup costs no round trip anyway.
+	cacheable := v.home(uid) != r.cfg.NodeID
+	started := time.Now()
+	deadline := started.Add(r.cfg.LookupTimeout)
 	r.lookup(uid, deadline, func(holders []string, reason wirepb.ErrorCode) {
-		remote := holders[:0:0]
-		for _, h := range holders {
-			if h != r.cfg.NodeID {
-				remote = append(remote, h)
-			}
-		}
-		if reason != 0 || len(remote) == 0 {
-			if reason != 0 {
-				r.forwardFailures.Add(1)
-			}
+		if reason != 0 {
+			r.forwardFailures.Add(1)
 			done(0, 0, reason)
 			return
 		}
-		agg := &aggregate{parts: len(remote), done: done}
-		for _, h := range remote {
-			p := r.peer(h)
-			if p == nil {
-				agg.part(0, 0, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
-				continue
-			}
-			p.call(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Deliver{Deliver: &nodepb.ForwardDeliver{
-				ToUid: uid, MsgId: d.MsgId, FromUid: d.FromUid, FromDevice: d.FromDevice,
-				Payload: d.Payload, ContentType: d.ContentType, SentAtMs: d.SentAtMs,
-			}}}, time.Now().Add(r.cfg.CallTimeout), func(res *nodepb.ForwardFrame, reason wirepb.ErrorCode) {
-				if reason != 0 {
-					agg.part(0, 0, reason)
-					return
-				}
-				fr := res.GetResult()
-				agg.part(fr.GetDevices(), fr.GetAcked(), wirepb.ErrorCode(fr.GetReason()))
-			})
+		if len(holders) > 0 && cacheable {
+			r.cache.put(uid, holders, epoch, started)
 		}
+		r.forwardTo(uid, d, holders, false, done)
 	})
+}
+
+// forwardTo delivers through the given holders. When they came from the
+// cache and turn out wrong ("not here", or unreachable), the entry is
+// dropped, and if no device got the message the lookup is done afresh.
+func (r *Relay) forwardTo(uid string, d *wirepb.Deliver, holders []string, cached bool, done gateway.Done) {
+	remote := holders[:0:0]
+	for _, h := range holders {
+		if h != r.cfg.NodeID {
+			remote = append(remote, h)
+		}
+	}
+	if len(remote) == 0 {
+		done(0, 0, 0)
+		return
+	}
+	var stale atomic.Bool
+	agg := &aggregate{parts: len(remote), done: func(devices, acked uint32, reason wirepb.ErrorCode) {
+		if cached && stale.Load() {
+			r.cache.drop(uid)
+			if devices == 0 {
+				r.forwardLookup(uid, d, done) // nobody got it: ask the home
+				return
+			}
+		}
+		done(devices, acked, reason)
+	}}
+	for _, h := range remote {
+		p := r.peer(h)
+		if p == nil {
+			stale.Store(true)
+			agg.part(0, 0, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
+			continue
+		}
+		p.call(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Deliver{Deliver: &nodepb.ForwardDeliver{
+			ToUid: uid, MsgId: d.MsgId, FromUid: d.FromUid, FromDevice: d.FromDevice,
+			Payload: d.Payload, ContentType: d.ContentType, SentAtMs: d.SentAtMs,
+		}}}, time.Now().Add(r.cfg.CallTimeout), func(res *nodepb.ForwardFrame, reason wirepb.ErrorCode) {
+			if reason != 0 {
+				stale.Store(true)
+				agg.part(0, 0, reason)
+				return
+			}
+			fr := res.GetResult()
+			if fr.GetDevices() == 0 {
+				stale.Store(true) // "not here"
+			}
+			agg.part(fr.GetDevices(), fr.GetAcked(), wirepb.ErrorCode(fr.GetReason()))
+		})
+	}
 }
 
 // aggregate combines the answers of several holders into one Done.
@@ -478,7 +547,7 @@ func (r *Relay) lookup(uid string, deadline time.Time, cb func(holders []string,
 	case h == "":
 		retry() // no membership yet
 	case h == r.cfg.NodeID:
-		r.localLookup(uid, deadline, func(res *nodepb.LookupResponse) { cb(res.Holders, 0) })
+		r.localLookup(uid, "", deadline, func(res *nodepb.LookupResponse) { cb(res.Holders, 0) })
 	default:
 		p := r.peer(h)
 		if p == nil {
@@ -506,10 +575,14 @@ func (r *Relay) lookup(uid string, deadline time.Time, cb func(holders []string,
 
 // localLookup answers a lookup for a uid this node may be home for. A miss
 // waits until the current epoch is settled (or deadline), then looks again.
-func (r *Relay) localLookup(uid string, deadline time.Time, answer func(*nodepb.LookupResponse)) {
+func (r *Relay) localLookup(uid, from string, deadline time.Time, answer func(*nodepb.LookupResponse)) {
 	if r.view.Load().home(uid) != r.cfg.NodeID {
 		answer(&nodepb.LookupResponse{NotHome: true})
 		return
+	}
+	if from != "" {
+		// Before reading: any change after this point invalidates from's cache.
+		r.watchers.add(uid, from, time.Now())
 	}
 	if hs := r.dir.holders(uid); len(hs) > 0 {
 		answer(&nodepb.LookupResponse{Holders: hs})

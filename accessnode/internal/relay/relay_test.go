@@ -187,6 +187,21 @@ func (c *cluster) settled(want int) {
 	})
 }
 
+// registered waits until uid's home lists holders distinct holder nodes.
+// A login reaches its home one stream hop after LoginAck.
+func (c *cluster) registered(uid string, holders int) {
+	c.t.Helper()
+	waitFor(c.t, uid+" registered at its home", func() bool {
+		c.mu.Lock()
+		defer c.mu.Unlock()
+		for _, n := range c.nodes {
+			home := c.nodes[n.rl.view.Load().home(uid)]
+			return home != nil && len(home.rl.dir.holders(uid)) == holders
+		}
+		return false
+	})
+}
+
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
@@ -305,6 +320,7 @@ func TestCrossNodeDeliveryMultiDeviceAndReplace(t *testing.T) {
 	alice := c.login("a", "alice", "phone")
 	bobPhone := c.login("b", "bob", "phone")
 	bobLaptop := c.login("c", "bob", "laptop")
+	c.registered("bob", 2)
 
 	ack := alice.send(t, "bob", "hi bob")
 	if ack.Outcome != wirepb.Outcome_OUTCOME_DELIVERED || ack.Devices != 2 || ack.Acked != 2 {
@@ -349,6 +365,9 @@ func TestMembershipChangesLoseNothing(t *testing.T) {
 	for i := 0; i < 16; i++ {
 		node := []string{"n1", "n2"}[i%2]
 		users = append(users, c.login(node, fmt.Sprintf("user-%d", i), "d"))
+	}
+	for _, u := range users {
+		c.registered(u.uid, 1)
 	}
 
 	var (

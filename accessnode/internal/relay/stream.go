@@ -417,12 +417,16 @@ func (r *Relay) handle(from string, frames []*nodepb.ForwardFrame, out *sendQueu
 			}
 		case *nodepb.ForwardFrame_Lookup:
 			seq := body.Lookup.Seq
-			r.localLookup(body.Lookup.Uid, time.Now().Add(r.cfg.LookupTimeout), func(res *nodepb.LookupResponse) {
+			r.localLookup(body.Lookup.Uid, from, time.Now().Add(r.cfg.LookupTimeout), func(res *nodepb.LookupResponse) {
 				res.Seq = seq
 				out.push(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_LookupResult{LookupResult: res}})
 			})
 		case *nodepb.ForwardFrame_SyncDone:
 			r.noteSync(from, body.SyncDone.Epoch)
+		case *nodepb.ForwardFrame_Invalidate:
+			for _, uid := range body.Invalidate.Uids {
+				r.cache.drop(uid)
+			}
 		}
 	}
 }
