@@ -32,6 +32,7 @@ import (
 	"github.com/imgate/imgate/accessnode/internal/evloop"
 	"github.com/imgate/imgate/accessnode/internal/gateway"
 	"github.com/imgate/imgate/accessnode/internal/nodeapi"
+	"github.com/imgate/imgate/accessnode/internal/opsconfig"
 	"github.com/imgate/imgate/accessnode/internal/registry"
 	"github.com/imgate/imgate/accessnode/internal/relay"
 	"github.com/imgate/imgate/accessnode/internal/sysstat"
@@ -70,6 +71,9 @@ type config struct {
 	drainTimeout      time.Duration
 	drainRate         int
 	logLevel          string
+	upstreamAddr      string
+	upstreamTimeout   time.Duration
+	upstreamStore     bool
 }
 
 func parseFlags(args []string) (config, error) {
@@ -99,6 +103,9 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long to wait for clients to move before closing them")
 	fs.IntVar(&c.drainRate, "drain-rate", 1000, "on SIGTERM, clients asked to move (GoAway) per second")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
+	fs.StringVar(&c.upstreamAddr, "upstream-addr", "", "gRPC address of the app's backend (Upstream service) for client requests; empty: requests are answered UNAVAILABLE")
+	fs.DurationVar(&c.upstreamTimeout, "upstream-timeout", 5*time.Second, "timeout of one backend call")
+	fs.BoolVar(&c.upstreamStore, "upstream-store-offline", false, "hand messages to users with no device online to the backend's Store (the sender hears STORED)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: accessnode [flags]\n\nEvery flag can also be set by the environment variable shown.\n\n")
 		fs.VisitAll(func(f *flag.Flag) {
@@ -182,7 +189,19 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 		return fmt.Errorf("http listener: %w", err)
 	}
 
+	var up gateway.Upstream
+	if cfg.upstreamAddr != "" {
+		u, err := nodeapi.DialUpstream(cfg.upstreamAddr)
+		if err != nil {
+			return err
+		}
+		defer u.Close()
+		up = u
+	}
 	gw, err := gateway.New(gateway.Config{
+		Upstream:          up,
+		UpstreamTimeout:   cfg.upstreamTimeout,
+		StoreOffline:      cfg.upstreamStore,
 		NodeID:            cfg.id,
 		LoginTimeout:      cfg.loginTimeout,
 		HeartbeatInterval: cfg.heartbeatInterval,
@@ -250,6 +269,10 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 	g, gctx := errgroup.WithContext(runCtx)
 	g.Go(func() error { sys.Run(gctx, time.Second); return nil })
 	g.Go(func() error { return reg.Run(gctx) })
+	// state "drain" in etcd: move the clients off at --drain-rate, node stays up.
+	g.Go(func() error {
+		return opsconfig.New(cli, etcdkeys.New(cfg.etcdPrefix), cfg.id, gw, cfg.drainRate, log).Run(gctx)
+	})
 	g.Go(func() error { return rl.Run(gctx) })
 	g.Go(func() error {
 		if err := grpcSrv.Serve(grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {

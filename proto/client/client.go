@@ -54,7 +54,8 @@ type Config struct {
 	Backoff Backoff
 	// SendAckTimeout is how long a Send waits for its SendAck while the
 	// connection stays up; then it fails with ErrSendAckTimeout. Default:
-	// LoginAck.deliver_timeout_ms + 5 s, or 15 s when the node does not say.
+	// LoginAck.deliver_timeout_ms + 15 s (the node's cross-node worst case
+	// plus a margin), or 25 s when the node does not say.
 	SendAckTimeout time.Duration
 	// DrainTimeout is how long a connection the node sent GoAway on may keep
 	// running after the new one is up, to collect outstanding SendAcks.
@@ -311,6 +312,76 @@ func (c *Client) Send(ctx context.Context, to string, payload []byte, opts ...Se
 	}
 }
 
+// Request calls the app's backend through the node (client-to-server) and
+// returns its answer. Errors: *RequestError when the node answered without
+// the backend's answer (no backend, backend failed or slow, too many
+// requests); ErrOutcomeUnknown-wrapped errors when the connection was lost
+// or no Response came in time (the backend may have acted); ctx and Close
+// errors as for Send.
+func (c *Client) Request(ctx context.Context, method string, payload []byte) ([]byte, error) {
+	id := c.nextID.Add(1)
+	frame := &wirepb.Frame{Body: &wirepb.Frame_Request{Request: &wirepb.Request{RequestId: id, Method: method, Payload: payload}}}
+	select {
+	case c.slots <- struct{}{}:
+		defer func() { <-c.slots }()
+	case <-ctx.Done():
+		return nil, fmt.Errorf("client: request: waiting for a pending slot: %w", ctx.Err())
+	case <-c.done:
+		return nil, c.Err()
+	}
+	for {
+		cn, err := c.waitConn(ctx)
+		if err != nil {
+			return nil, err
+		}
+		b, err := wire.Append(nil, frame, cn.maxFrame)
+		if err != nil {
+			return nil, fmt.Errorf("client: request: %w", err)
+		}
+		reply, ok := cn.register(id)
+		if !ok {
+			continue
+		}
+		select {
+		case cn.out <- b:
+		case <-cn.done:
+			continue // not queued: try the next connection
+		case <-ctx.Done():
+			cn.unregister(id)
+			return nil, fmt.Errorf("client: request: %w", ctx.Err())
+		}
+		timer := time.NewTimer(cn.sendAckTimeout)
+		defer timer.Stop()
+		select {
+		case r := <-reply:
+			if r.err != nil {
+				return nil, r.err
+			}
+			if r.resp.GetCode() != 0 {
+				return nil, &RequestError{Code: r.resp.GetCode(), Message: r.resp.GetMessage()}
+			}
+			return r.resp.GetPayload(), nil
+		case <-timer.C:
+			cn.unregister(id)
+			return nil, fmt.Errorf("client: request: %w (after %v)", ErrSendAckTimeout, cn.sendAckTimeout)
+		case <-ctx.Done():
+			cn.unregister(id)
+			return nil, fmt.Errorf("client: request: %w: %w", ErrOutcomeUnknown, ctx.Err())
+		}
+	}
+}
+
+// RequestError is the node's answer to a Request when the backend's answer
+// is not there: Code says why (UNAVAILABLE, DELIVERY_TIMEOUT, RATE_LIMITED).
+type RequestError struct {
+	Code    wirepb.ErrorCode
+	Message string
+}
+
+func (e *RequestError) Error() string {
+	return fmt.Sprintf("client: request: %s: %s", e.Code, e.Message)
+}
+
 // deliverRoom is what a payload leaves of max_frame_bytes for the rest of
 // the Deliver the node builds from it (ids, content type, framing); the
 // protocol asks SDKs to refuse larger payloads locally.
@@ -319,7 +390,7 @@ const deliverRoom = 1024
 func knownOutcome(o wirepb.Outcome) bool {
 	switch o {
 	case wirepb.Outcome_OUTCOME_DELIVERED, wirepb.Outcome_OUTCOME_PARTIAL,
-		wirepb.Outcome_OUTCOME_OFFLINE, wirepb.Outcome_OUTCOME_FAILED:
+		wirepb.Outcome_OUTCOME_OFFLINE, wirepb.Outcome_OUTCOME_FAILED, wirepb.Outcome_OUTCOME_STORED:
 		return true
 	}
 	return false

@@ -62,10 +62,12 @@ type conn struct {
 	wg sync.WaitGroup // readLoop, writeLoop
 }
 
-// sendReply resolves one Send: the SendAck, or why there will be none.
+// sendReply resolves one Send (the SendAck) or one Request (the Response),
+// or says why there will be none.
 type sendReply struct {
-	ack *wirepb.SendAck
-	err error
+	ack  *wirepb.SendAck
+	resp *wirepb.Response
+	err  error
 }
 
 // dialNode connects to the node the dispatcher named and logs in. On success
@@ -101,13 +103,14 @@ func (c *Client) dialNode(ctx context.Context, ep *api.EndpointResponse) (*conn,
 	if readTimeout <= 0 {
 		readTimeout = 2*hb + 5*time.Second
 	}
-	// No SendAck comes later than the node's deliver timeout (+ a sweep,
-	// + a linger in the worst case), so that bounds both waits.
+	// No SendAck comes later than the node's worst case: a directory lookup
+	// that waits out a dead home (up to 8 s) plus a forward bounded by the
+	// deliver timeout + 2 s. That bounds both waits, with a margin.
 	sendAck := c.cfg.SendAckTimeout
 	if sendAck <= 0 {
-		sendAck = 15 * time.Second
+		sendAck = 25 * time.Second
 		if dt := ack.GetDeliverTimeoutMs(); dt > 0 {
-			sendAck = time.Duration(dt)*time.Millisecond + 5*time.Second
+			sendAck = time.Duration(dt)*time.Millisecond + 15*time.Second
 		}
 	}
 	drain := c.cfg.DrainTimeout
@@ -256,6 +259,8 @@ func (cn *conn) readLoop(rd *wire.Reader, early []*wirepb.Deliver) {
 			cn.log.Trace().Uint64("seq", b.Pong.GetSeq()).Msg("pong")
 		case *wirepb.Frame_SendAck:
 			cn.resolve(b.SendAck)
+		case *wirepb.Frame_Response:
+			cn.resolveResponse(b.Response)
 		case *wirepb.Frame_Deliver:
 			if !cn.deliver(b.Deliver) {
 				return // closed while handing it over
@@ -437,6 +442,18 @@ func (cn *conn) resolve(a *wirepb.SendAck) {
 		return
 	}
 	ch <- sendReply{ack: a}
+}
+
+// resolveResponse hands a Response to its Request.
+func (cn *conn) resolveResponse(r *wirepb.Response) {
+	cn.mu.Lock()
+	ch, ok := cn.pending[r.GetRequestId()]
+	delete(cn.pending, r.GetRequestId())
+	cn.checkDrainedLocked()
+	cn.mu.Unlock()
+	if ok {
+		ch <- sendReply{resp: r}
+	}
 }
 
 // startDraining returns a channel closed once no Send waits on cn.

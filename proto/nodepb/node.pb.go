@@ -1488,6 +1488,254 @@ func (x *ShedResponse) GetAccepted() uint32 {
 	return 0
 }
 
+type UpstreamRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Uid           string                 `protobuf:"bytes,1,opt,name=uid,proto3" json:"uid,omitempty"` // the caller, as its token says
+	Device        string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	NodeId        string                 `protobuf:"bytes,3,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"` // the access node it came through
+	Method        string                 `protobuf:"bytes,4,opt,name=method,proto3" json:"method,omitempty"`
+	Payload       []byte                 `protobuf:"bytes,5,opt,name=payload,proto3" json:"payload,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpstreamRequest) Reset() {
+	*x = UpstreamRequest{}
+	mi := &file_nodepb_node_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpstreamRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpstreamRequest) ProtoMessage() {}
+
+func (x *UpstreamRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpstreamRequest.ProtoReflect.Descriptor instead.
+func (*UpstreamRequest) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *UpstreamRequest) GetUid() string {
+	if x != nil {
+		return x.Uid
+	}
+	return ""
+}
+
+func (x *UpstreamRequest) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *UpstreamRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *UpstreamRequest) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *UpstreamRequest) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+type UpstreamResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Payload       []byte                 `protobuf:"bytes,1,opt,name=payload,proto3" json:"payload,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpstreamResponse) Reset() {
+	*x = UpstreamResponse{}
+	mi := &file_nodepb_node_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpstreamResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpstreamResponse) ProtoMessage() {}
+
+func (x *UpstreamResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpstreamResponse.ProtoReflect.Descriptor instead.
+func (*UpstreamResponse) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *UpstreamResponse) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+type StoreRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	MsgId         string                 `protobuf:"bytes,1,opt,name=msg_id,json=msgId,proto3" json:"msg_id,omitempty"`
+	FromUid       string                 `protobuf:"bytes,2,opt,name=from_uid,json=fromUid,proto3" json:"from_uid,omitempty"`
+	FromDevice    string                 `protobuf:"bytes,3,opt,name=from_device,json=fromDevice,proto3" json:"from_device,omitempty"`
+	ToUid         string                 `protobuf:"bytes,4,opt,name=to_uid,json=toUid,proto3" json:"to_uid,omitempty"`
+	Payload       []byte                 `protobuf:"bytes,5,opt,name=payload,proto3" json:"payload,omitempty"`
+	ContentType   string                 `protobuf:"bytes,6,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	SentAtMs      int64                  `protobuf:"varint,7,opt,name=sent_at_ms,json=sentAtMs,proto3" json:"sent_at_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StoreRequest) Reset() {
+	*x = StoreRequest{}
+	mi := &file_nodepb_node_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StoreRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StoreRequest) ProtoMessage() {}
+
+func (x *StoreRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StoreRequest.ProtoReflect.Descriptor instead.
+func (*StoreRequest) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *StoreRequest) GetMsgId() string {
+	if x != nil {
+		return x.MsgId
+	}
+	return ""
+}
+
+func (x *StoreRequest) GetFromUid() string {
+	if x != nil {
+		return x.FromUid
+	}
+	return ""
+}
+
+func (x *StoreRequest) GetFromDevice() string {
+	if x != nil {
+		return x.FromDevice
+	}
+	return ""
+}
+
+func (x *StoreRequest) GetToUid() string {
+	if x != nil {
+		return x.ToUid
+	}
+	return ""
+}
+
+func (x *StoreRequest) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+func (x *StoreRequest) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
+func (x *StoreRequest) GetSentAtMs() int64 {
+	if x != nil {
+		return x.SentAtMs
+	}
+	return 0
+}
+
+type StoreResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StoreResponse) Reset() {
+	*x = StoreResponse{}
+	mi := &file_nodepb_node_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StoreResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StoreResponse) ProtoMessage() {}
+
+func (x *StoreResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StoreResponse.ProtoReflect.Descriptor instead.
+func (*StoreResponse) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{24}
+}
+
 var File_nodepb_node_proto protoreflect.FileDescriptor
 
 const file_nodepb_node_proto_rawDesc = "" +
@@ -1597,13 +1845,35 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"per_second\x18\x02 \x01(\rR\tperSecond\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"*\n" +
 	"\fShedResponse\x12\x1a\n" +
-	"\baccepted\x18\x01 \x01(\rR\baccepted2\xe7\x02\n" +
+	"\baccepted\x18\x01 \x01(\rR\baccepted\"\x86\x01\n" +
+	"\x0fUpstreamRequest\x12\x10\n" +
+	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x16\n" +
+	"\x06device\x18\x02 \x01(\tR\x06device\x12\x17\n" +
+	"\anode_id\x18\x03 \x01(\tR\x06nodeId\x12\x16\n" +
+	"\x06method\x18\x04 \x01(\tR\x06method\x12\x18\n" +
+	"\apayload\x18\x05 \x01(\fR\apayload\",\n" +
+	"\x10UpstreamResponse\x12\x18\n" +
+	"\apayload\x18\x01 \x01(\fR\apayload\"\xd3\x01\n" +
+	"\fStoreRequest\x12\x15\n" +
+	"\x06msg_id\x18\x01 \x01(\tR\x05msgId\x12\x19\n" +
+	"\bfrom_uid\x18\x02 \x01(\tR\afromUid\x12\x1f\n" +
+	"\vfrom_device\x18\x03 \x01(\tR\n" +
+	"fromDevice\x12\x15\n" +
+	"\x06to_uid\x18\x04 \x01(\tR\x05toUid\x12\x18\n" +
+	"\apayload\x18\x05 \x01(\fR\apayload\x12!\n" +
+	"\fcontent_type\x18\x06 \x01(\tR\vcontentType\x12\x1c\n" +
+	"\n" +
+	"sent_at_ms\x18\a \x01(\x03R\bsentAtMs\"\x0f\n" +
+	"\rStoreResponse2\xe7\x02\n" +
 	"\vNodeService\x12D\n" +
 	"\x05Stats\x12\x1c.imgate.node.v1.StatsRequest\x1a\x1d.imgate.node.v1.StatsResponse\x12I\n" +
 	"\aForward\x12\x1c.imgate.node.v1.ForwardBatch\x1a\x1c.imgate.node.v1.ForwardBatch(\x010\x01\x12A\n" +
 	"\x04Push\x12\x1b.imgate.node.v1.PushRequest\x1a\x1c.imgate.node.v1.PushResponse\x12A\n" +
 	"\x04Kick\x12\x1b.imgate.node.v1.KickRequest\x1a\x1c.imgate.node.v1.KickResponse\x12A\n" +
-	"\x04Shed\x12\x1b.imgate.node.v1.ShedRequest\x1a\x1c.imgate.node.v1.ShedResponseB'Z%github.com/imgate/imgate/proto/nodepbb\x06proto3"
+	"\x04Shed\x12\x1b.imgate.node.v1.ShedRequest\x1a\x1c.imgate.node.v1.ShedResponse2\x9d\x01\n" +
+	"\bUpstream\x12K\n" +
+	"\x06Handle\x12\x1f.imgate.node.v1.UpstreamRequest\x1a .imgate.node.v1.UpstreamResponse\x12D\n" +
+	"\x05Store\x12\x1c.imgate.node.v1.StoreRequest\x1a\x1d.imgate.node.v1.StoreResponseB'Z%github.com/imgate/imgate/proto/nodepbb\x06proto3"
 
 var (
 	file_nodepb_node_proto_rawDescOnce sync.Once
@@ -1617,29 +1887,33 @@ func file_nodepb_node_proto_rawDescGZIP() []byte {
 	return file_nodepb_node_proto_rawDescData
 }
 
-var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_nodepb_node_proto_goTypes = []any{
-	(*StatsRequest)(nil),   // 0: imgate.node.v1.StatsRequest
-	(*StatsResponse)(nil),  // 1: imgate.node.v1.StatsResponse
-	(*ForwardBatch)(nil),   // 2: imgate.node.v1.ForwardBatch
-	(*ForwardFrame)(nil),   // 3: imgate.node.v1.ForwardFrame
-	(*Invalidate)(nil),     // 4: imgate.node.v1.Invalidate
-	(*Hello)(nil),          // 5: imgate.node.v1.Hello
-	(*ForwardDeliver)(nil), // 6: imgate.node.v1.ForwardDeliver
-	(*ForwardResult)(nil),  // 7: imgate.node.v1.ForwardResult
-	(*PresenceEntry)(nil),  // 8: imgate.node.v1.PresenceEntry
-	(*PresenceUpdate)(nil), // 9: imgate.node.v1.PresenceUpdate
-	(*LookupRequest)(nil),  // 10: imgate.node.v1.LookupRequest
-	(*LookupResponse)(nil), // 11: imgate.node.v1.LookupResponse
-	(*SyncDone)(nil),       // 12: imgate.node.v1.SyncDone
-	(*KickSession)(nil),    // 13: imgate.node.v1.KickSession
-	(*PushRequest)(nil),    // 14: imgate.node.v1.PushRequest
-	(*PushResult)(nil),     // 15: imgate.node.v1.PushResult
-	(*PushResponse)(nil),   // 16: imgate.node.v1.PushResponse
-	(*KickRequest)(nil),    // 17: imgate.node.v1.KickRequest
-	(*KickResponse)(nil),   // 18: imgate.node.v1.KickResponse
-	(*ShedRequest)(nil),    // 19: imgate.node.v1.ShedRequest
-	(*ShedResponse)(nil),   // 20: imgate.node.v1.ShedResponse
+	(*StatsRequest)(nil),     // 0: imgate.node.v1.StatsRequest
+	(*StatsResponse)(nil),    // 1: imgate.node.v1.StatsResponse
+	(*ForwardBatch)(nil),     // 2: imgate.node.v1.ForwardBatch
+	(*ForwardFrame)(nil),     // 3: imgate.node.v1.ForwardFrame
+	(*Invalidate)(nil),       // 4: imgate.node.v1.Invalidate
+	(*Hello)(nil),            // 5: imgate.node.v1.Hello
+	(*ForwardDeliver)(nil),   // 6: imgate.node.v1.ForwardDeliver
+	(*ForwardResult)(nil),    // 7: imgate.node.v1.ForwardResult
+	(*PresenceEntry)(nil),    // 8: imgate.node.v1.PresenceEntry
+	(*PresenceUpdate)(nil),   // 9: imgate.node.v1.PresenceUpdate
+	(*LookupRequest)(nil),    // 10: imgate.node.v1.LookupRequest
+	(*LookupResponse)(nil),   // 11: imgate.node.v1.LookupResponse
+	(*SyncDone)(nil),         // 12: imgate.node.v1.SyncDone
+	(*KickSession)(nil),      // 13: imgate.node.v1.KickSession
+	(*PushRequest)(nil),      // 14: imgate.node.v1.PushRequest
+	(*PushResult)(nil),       // 15: imgate.node.v1.PushResult
+	(*PushResponse)(nil),     // 16: imgate.node.v1.PushResponse
+	(*KickRequest)(nil),      // 17: imgate.node.v1.KickRequest
+	(*KickResponse)(nil),     // 18: imgate.node.v1.KickResponse
+	(*ShedRequest)(nil),      // 19: imgate.node.v1.ShedRequest
+	(*ShedResponse)(nil),     // 20: imgate.node.v1.ShedResponse
+	(*UpstreamRequest)(nil),  // 21: imgate.node.v1.UpstreamRequest
+	(*UpstreamResponse)(nil), // 22: imgate.node.v1.UpstreamResponse
+	(*StoreRequest)(nil),     // 23: imgate.node.v1.StoreRequest
+	(*StoreResponse)(nil),    // 24: imgate.node.v1.StoreResponse
 }
 var file_nodepb_node_proto_depIdxs = []int32{
 	3,  // 0: imgate.node.v1.ForwardBatch.frames:type_name -> imgate.node.v1.ForwardFrame
@@ -1659,13 +1933,17 @@ var file_nodepb_node_proto_depIdxs = []int32{
 	14, // 14: imgate.node.v1.NodeService.Push:input_type -> imgate.node.v1.PushRequest
 	17, // 15: imgate.node.v1.NodeService.Kick:input_type -> imgate.node.v1.KickRequest
 	19, // 16: imgate.node.v1.NodeService.Shed:input_type -> imgate.node.v1.ShedRequest
-	1,  // 17: imgate.node.v1.NodeService.Stats:output_type -> imgate.node.v1.StatsResponse
-	2,  // 18: imgate.node.v1.NodeService.Forward:output_type -> imgate.node.v1.ForwardBatch
-	16, // 19: imgate.node.v1.NodeService.Push:output_type -> imgate.node.v1.PushResponse
-	18, // 20: imgate.node.v1.NodeService.Kick:output_type -> imgate.node.v1.KickResponse
-	20, // 21: imgate.node.v1.NodeService.Shed:output_type -> imgate.node.v1.ShedResponse
-	17, // [17:22] is the sub-list for method output_type
-	12, // [12:17] is the sub-list for method input_type
+	21, // 17: imgate.node.v1.Upstream.Handle:input_type -> imgate.node.v1.UpstreamRequest
+	23, // 18: imgate.node.v1.Upstream.Store:input_type -> imgate.node.v1.StoreRequest
+	1,  // 19: imgate.node.v1.NodeService.Stats:output_type -> imgate.node.v1.StatsResponse
+	2,  // 20: imgate.node.v1.NodeService.Forward:output_type -> imgate.node.v1.ForwardBatch
+	16, // 21: imgate.node.v1.NodeService.Push:output_type -> imgate.node.v1.PushResponse
+	18, // 22: imgate.node.v1.NodeService.Kick:output_type -> imgate.node.v1.KickResponse
+	20, // 23: imgate.node.v1.NodeService.Shed:output_type -> imgate.node.v1.ShedResponse
+	22, // 24: imgate.node.v1.Upstream.Handle:output_type -> imgate.node.v1.UpstreamResponse
+	24, // 25: imgate.node.v1.Upstream.Store:output_type -> imgate.node.v1.StoreResponse
+	19, // [19:26] is the sub-list for method output_type
+	12, // [12:19] is the sub-list for method input_type
 	12, // [12:12] is the sub-list for extension type_name
 	12, // [12:12] is the sub-list for extension extendee
 	0,  // [0:12] is the sub-list for field type_name
@@ -1693,9 +1971,9 @@ func file_nodepb_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nodepb_node_proto_rawDesc), len(file_nodepb_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   25,
 			NumExtensions: 0,
-			NumServices:   1,
+			NumServices:   2,
 		},
 		GoTypes:           file_nodepb_node_proto_goTypes,
 		DependencyIndexes: file_nodepb_node_proto_depIdxs,

@@ -289,3 +289,151 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 	},
 	Metadata: "nodepb/node.proto",
 }
+
+const (
+	Upstream_Handle_FullMethodName = "/imgate.node.v1.Upstream/Handle"
+	Upstream_Store_FullMethodName  = "/imgate.node.v1.Upstream/Store"
+)
+
+// UpstreamClient is the client API for Upstream service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+//
+// Upstream is served by the app's backend, not by imgate: access nodes call
+// it for client-to-server requests and, when configured, to store messages
+// whose recipient has no device online.
+type UpstreamClient interface {
+	Handle(ctx context.Context, in *UpstreamRequest, opts ...grpc.CallOption) (*UpstreamResponse, error)
+	Store(ctx context.Context, in *StoreRequest, opts ...grpc.CallOption) (*StoreResponse, error)
+}
+
+type upstreamClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewUpstreamClient(cc grpc.ClientConnInterface) UpstreamClient {
+	return &upstreamClient{cc}
+}
+
+func (c *upstreamClient) Handle(ctx context.Context, in *UpstreamRequest, opts ...grpc.CallOption) (*UpstreamResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpstreamResponse)
+	err := c.cc.Invoke(ctx, Upstream_Handle_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *upstreamClient) Store(ctx context.Context, in *StoreRequest, opts ...grpc.CallOption) (*StoreResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StoreResponse)
+	err := c.cc.Invoke(ctx, Upstream_Store_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// UpstreamServer is the server API for Upstream service.
+// All implementations must embed UnimplementedUpstreamServer
+// for forward compatibility.
+//
+// Upstream is served by the app's backend, not by imgate: access nodes call
+// it for client-to-server requests and, when configured, to store messages
+// whose recipient has no device online.
+type UpstreamServer interface {
+	Handle(context.Context, *UpstreamRequest) (*UpstreamResponse, error)
+	Store(context.Context, *StoreRequest) (*StoreResponse, error)
+	mustEmbedUnimplementedUpstreamServer()
+}
+
+// UnimplementedUpstreamServer must be embedded to have
+// forward compatible implementations.
+//
+// NOTE: this should be embedded by value instead of pointer to avoid a nil
+// pointer dereference when methods are called.
+type UnimplementedUpstreamServer struct{}
+
+func (UnimplementedUpstreamServer) Handle(context.Context, *UpstreamRequest) (*UpstreamResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Handle not implemented")
+}
+func (UnimplementedUpstreamServer) Store(context.Context, *StoreRequest) (*StoreResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Store not implemented")
+}
+func (UnimplementedUpstreamServer) mustEmbedUnimplementedUpstreamServer() {}
+func (UnimplementedUpstreamServer) testEmbeddedByValue()                  {}
+
+// UnsafeUpstreamServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to UpstreamServer will
+// result in compilation errors.
+type UnsafeUpstreamServer interface {
+	mustEmbedUnimplementedUpstreamServer()
+}
+
+func RegisterUpstreamServer(s grpc.ServiceRegistrar, srv UpstreamServer) {
+	// If the following call pancis, it indicates UnimplementedUpstreamServer was
+	// embedded by pointer and is nil.  This will cause panics if an
+	// unimplemented method is ever invoked, so we test this at initialization
+	// time to prevent it from happening at runtime later due to I/O.
+	if t, ok := srv.(interface{ testEmbeddedByValue() }); ok {
+		t.testEmbeddedByValue()
+	}
+	s.RegisterService(&Upstream_ServiceDesc, srv)
+}
+
+func _Upstream_Handle_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpstreamRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UpstreamServer).Handle(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Upstream_Handle_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UpstreamServer).Handle(ctx, req.(*UpstreamRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Upstream_Store_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StoreRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UpstreamServer).Store(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Upstream_Store_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UpstreamServer).Store(ctx, req.(*StoreRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+// Upstream_ServiceDesc is the grpc.ServiceDesc for Upstream service.
+// It's only intended for direct use with grpc.RegisterService,
+// and not to be introspected or modified (even as a copy)
+var Upstream_ServiceDesc = grpc.ServiceDesc{
+	ServiceName: "imgate.node.v1.Upstream",
+	HandlerType: (*UpstreamServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "Handle",
+			Handler:    _Upstream_Handle_Handler,
+		},
+		{
+			MethodName: "Store",
+			Handler:    _Upstream_Store_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "nodepb/node.proto",
+}

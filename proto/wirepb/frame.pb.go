@@ -39,6 +39,9 @@ const (
 	Outcome_OUTCOME_OFFLINE Outcome = 3
 	// Not delivered; SendAck.reason says why.
 	Outcome_OUTCOME_FAILED Outcome = 4
+	// No device was online; the message was handed to the app's backend
+	// (Upstream.Store) to keep for later.
+	Outcome_OUTCOME_STORED Outcome = 5
 )
 
 // Enum value maps for Outcome.
@@ -49,6 +52,7 @@ var (
 		2: "OUTCOME_PARTIAL",
 		3: "OUTCOME_OFFLINE",
 		4: "OUTCOME_FAILED",
+		5: "OUTCOME_STORED",
 	}
 	Outcome_value = map[string]int32{
 		"OUTCOME_UNSPECIFIED": 0,
@@ -56,6 +60,7 @@ var (
 		"OUTCOME_PARTIAL":     2,
 		"OUTCOME_OFFLINE":     3,
 		"OUTCOME_FAILED":      4,
+		"OUTCOME_STORED":      5,
 	}
 )
 
@@ -263,6 +268,8 @@ type Frame struct {
 	//	*Frame_Kick
 	//	*Frame_GoAway
 	//	*Frame_Error
+	//	*Frame_Request
+	//	*Frame_Response
 	Body          isFrame_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -404,6 +411,24 @@ func (x *Frame) GetError() *Error {
 	return nil
 }
 
+func (x *Frame) GetRequest() *Request {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_Request); ok {
+			return x.Request
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetResponse() *Response {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_Response); ok {
+			return x.Response
+		}
+	}
+	return nil
+}
+
 type isFrame_Body interface {
 	isFrame_Body()
 }
@@ -452,6 +477,14 @@ type Frame_Error struct {
 	Error *Error `protobuf:"bytes,11,opt,name=error,proto3,oneof"` // node -> client
 }
 
+type Frame_Request struct {
+	Request *Request `protobuf:"bytes,12,opt,name=request,proto3,oneof"` // client -> node: a call to the app's backend (c2s)
+}
+
+type Frame_Response struct {
+	Response *Response `protobuf:"bytes,13,opt,name=response,proto3,oneof"` // node -> client: the backend's answer
+}
+
 func (*Frame_Login) isFrame_Body() {}
 
 func (*Frame_LoginAck) isFrame_Body() {}
@@ -474,6 +507,144 @@ func (*Frame_GoAway) isFrame_Body() {}
 
 func (*Frame_Error) isFrame_Body() {}
 
+func (*Frame_Request) isFrame_Body() {}
+
+func (*Frame_Response) isFrame_Body() {}
+
+// Request is a client-to-server call: the node passes it to the app's
+// backend (the Upstream gRPC service) with the caller's uid and device, and
+// answers exactly one Response with the same request_id.
+type Request struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestId     uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"` // chosen by the client, unique per connection
+	Method        string                 `protobuf:"bytes,2,opt,name=method,proto3" json:"method,omitempty"`                         // the app's own name for the call
+	Payload       []byte                 `protobuf:"bytes,3,opt,name=payload,proto3" json:"payload,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Request) Reset() {
+	*x = Request{}
+	mi := &file_wirepb_frame_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Request) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Request) ProtoMessage() {}
+
+func (x *Request) ProtoReflect() protoreflect.Message {
+	mi := &file_wirepb_frame_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Request.ProtoReflect.Descriptor instead.
+func (*Request) Descriptor() ([]byte, []int) {
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Request) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+func (x *Request) GetMethod() string {
+	if x != nil {
+		return x.Method
+	}
+	return ""
+}
+
+func (x *Request) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+type Response struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	// 0 when the backend answered; otherwise why there is no answer
+	// (UNAVAILABLE: no backend configured or reachable; DELIVERY_TIMEOUT: it
+	// did not answer in time; RATE_LIMITED; BAD_REQUEST).
+	Code          ErrorCode `protobuf:"varint,2,opt,name=code,proto3,enum=imgate.wire.v1.ErrorCode" json:"code,omitempty"`
+	Message       string    `protobuf:"bytes,3,opt,name=message,proto3" json:"message,omitempty"`
+	Payload       []byte    `protobuf:"bytes,4,opt,name=payload,proto3" json:"payload,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Response) Reset() {
+	*x = Response{}
+	mi := &file_wirepb_frame_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Response) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Response) ProtoMessage() {}
+
+func (x *Response) ProtoReflect() protoreflect.Message {
+	mi := &file_wirepb_frame_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Response.ProtoReflect.Descriptor instead.
+func (*Response) Descriptor() ([]byte, []int) {
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Response) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+func (x *Response) GetCode() ErrorCode {
+	if x != nil {
+		return x.Code
+	}
+	return ErrorCode_ERROR_CODE_UNSPECIFIED
+}
+
+func (x *Response) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
+func (x *Response) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
 // Login must be the first frame, sent within the node's login deadline.
 type Login struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -490,7 +661,7 @@ type Login struct {
 
 func (x *Login) Reset() {
 	*x = Login{}
-	mi := &file_wirepb_frame_proto_msgTypes[1]
+	mi := &file_wirepb_frame_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -502,7 +673,7 @@ func (x *Login) String() string {
 func (*Login) ProtoMessage() {}
 
 func (x *Login) ProtoReflect() protoreflect.Message {
-	mi := &file_wirepb_frame_proto_msgTypes[1]
+	mi := &file_wirepb_frame_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -515,7 +686,7 @@ func (x *Login) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Login.ProtoReflect.Descriptor instead.
 func (*Login) Descriptor() ([]byte, []int) {
-	return file_wirepb_frame_proto_rawDescGZIP(), []int{1}
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Login) GetToken() string {
@@ -565,7 +736,7 @@ type LoginAck struct {
 
 func (x *LoginAck) Reset() {
 	*x = LoginAck{}
-	mi := &file_wirepb_frame_proto_msgTypes[2]
+	mi := &file_wirepb_frame_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -577,7 +748,7 @@ func (x *LoginAck) String() string {
 func (*LoginAck) ProtoMessage() {}
 
 func (x *LoginAck) ProtoReflect() protoreflect.Message {
-	mi := &file_wirepb_frame_proto_msgTypes[2]
+	mi := &file_wirepb_frame_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -590,7 +761,7 @@ func (x *LoginAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoginAck.ProtoReflect.Descriptor instead.
 func (*LoginAck) Descriptor() ([]byte, []int) {
-	return file_wirepb_frame_proto_rawDescGZIP(), []int{2}
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *LoginAck) GetSessionId() string {
@@ -651,7 +822,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_wirepb_frame_proto_msgTypes[3]
+	mi := &file_wirepb_frame_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -663,7 +834,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_wirepb_frame_proto_msgTypes[3]
+	mi := &file_wirepb_frame_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -676,7 +847,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_wirepb_frame_proto_rawDescGZIP(), []int{3}
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Ping) GetSeq() uint64 {
@@ -696,7 +867,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_wirepb_frame_proto_msgTypes[4]
+	mi := &file_wirepb_frame_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -708,7 +879,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_wirepb_frame_proto_msgTypes[4]
+	mi := &file_wirepb_frame_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -721,7 +892,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_wirepb_frame_proto_rawDescGZIP(), []int{4}
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Pong) GetSeq() uint64 {
@@ -752,7 +923,7 @@ type Send struct {
 
 func (x *Send) Reset() {
 	*x = Send{}
-	mi := &file_wirepb_frame_proto_msgTypes[5]
+	mi := &file_wirepb_frame_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -764,7 +935,7 @@ func (x *Send) String() string {
 func (*Send) ProtoMessage() {}
 
 func (x *Send) ProtoReflect() protoreflect.Message {
-	mi := &file_wirepb_frame_proto_msgTypes[5]
+	mi := &file_wirepb_frame_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -777,7 +948,7 @@ func (x *Send) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Send.ProtoReflect.Descriptor instead.
 func (*Send) Descriptor() ([]byte, []int) {
-	return file_wirepb_frame_proto_rawDescGZIP(), []int{5}
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Send) GetClientMsgId() uint64 {
@@ -827,7 +998,7 @@ type SendAck struct {
 
 func (x *SendAck) Reset() {
 	*x = SendAck{}
-	mi := &file_wirepb_frame_proto_msgTypes[6]
+	mi := &file_wirepb_frame_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -839,7 +1010,7 @@ func (x *SendAck) String() string {
 func (*SendAck) ProtoMessage() {}
 
 func (x *SendAck) ProtoReflect() protoreflect.Message {
-	mi := &file_wirepb_frame_proto_msgTypes[6]
+	mi := &file_wirepb_frame_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -852,7 +1023,7 @@ func (x *SendAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendAck.ProtoReflect.Descriptor instead.
 func (*SendAck) Descriptor() ([]byte, []int) {
-	return file_wirepb_frame_proto_rawDescGZIP(), []int{6}
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *SendAck) GetClientMsgId() uint64 {
@@ -922,7 +1093,7 @@ type Deliver struct {
 
 func (x *Deliver) Reset() {
 	*x = Deliver{}
-	mi := &file_wirepb_frame_proto_msgTypes[7]
+	mi := &file_wirepb_frame_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -934,7 +1105,7 @@ func (x *Deliver) String() string {
 func (*Deliver) ProtoMessage() {}
 
 func (x *Deliver) ProtoReflect() protoreflect.Message {
-	mi := &file_wirepb_frame_proto_msgTypes[7]
+	mi := &file_wirepb_frame_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -947,7 +1118,7 @@ func (x *Deliver) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Deliver.ProtoReflect.Descriptor instead.
 func (*Deliver) Descriptor() ([]byte, []int) {
-	return file_wirepb_frame_proto_rawDescGZIP(), []int{7}
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Deliver) GetMsgId() string {
@@ -1008,7 +1179,7 @@ type DeliverAck struct {
 
 func (x *DeliverAck) Reset() {
 	*x = DeliverAck{}
-	mi := &file_wirepb_frame_proto_msgTypes[8]
+	mi := &file_wirepb_frame_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1020,7 +1191,7 @@ func (x *DeliverAck) String() string {
 func (*DeliverAck) ProtoMessage() {}
 
 func (x *DeliverAck) ProtoReflect() protoreflect.Message {
-	mi := &file_wirepb_frame_proto_msgTypes[8]
+	mi := &file_wirepb_frame_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1033,7 +1204,7 @@ func (x *DeliverAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeliverAck.ProtoReflect.Descriptor instead.
 func (*DeliverAck) Descriptor() ([]byte, []int) {
-	return file_wirepb_frame_proto_rawDescGZIP(), []int{8}
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *DeliverAck) GetMsgId() string {
@@ -1055,7 +1226,7 @@ type Kick struct {
 
 func (x *Kick) Reset() {
 	*x = Kick{}
-	mi := &file_wirepb_frame_proto_msgTypes[9]
+	mi := &file_wirepb_frame_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1067,7 +1238,7 @@ func (x *Kick) String() string {
 func (*Kick) ProtoMessage() {}
 
 func (x *Kick) ProtoReflect() protoreflect.Message {
-	mi := &file_wirepb_frame_proto_msgTypes[9]
+	mi := &file_wirepb_frame_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1080,7 +1251,7 @@ func (x *Kick) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kick.ProtoReflect.Descriptor instead.
 func (*Kick) Descriptor() ([]byte, []int) {
-	return file_wirepb_frame_proto_rawDescGZIP(), []int{9}
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *Kick) GetReason() KickReason {
@@ -1111,7 +1282,7 @@ type GoAway struct {
 
 func (x *GoAway) Reset() {
 	*x = GoAway{}
-	mi := &file_wirepb_frame_proto_msgTypes[10]
+	mi := &file_wirepb_frame_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1123,7 +1294,7 @@ func (x *GoAway) String() string {
 func (*GoAway) ProtoMessage() {}
 
 func (x *GoAway) ProtoReflect() protoreflect.Message {
-	mi := &file_wirepb_frame_proto_msgTypes[10]
+	mi := &file_wirepb_frame_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1136,7 +1307,7 @@ func (x *GoAway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GoAway.ProtoReflect.Descriptor instead.
 func (*GoAway) Descriptor() ([]byte, []int) {
-	return file_wirepb_frame_proto_rawDescGZIP(), []int{10}
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GoAway) GetReconnectAfterMs() uint32 {
@@ -1166,7 +1337,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_wirepb_frame_proto_msgTypes[11]
+	mi := &file_wirepb_frame_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1178,7 +1349,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_wirepb_frame_proto_msgTypes[11]
+	mi := &file_wirepb_frame_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1191,7 +1362,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_wirepb_frame_proto_rawDescGZIP(), []int{11}
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -1219,7 +1390,7 @@ var File_wirepb_frame_proto protoreflect.FileDescriptor
 
 const file_wirepb_frame_proto_rawDesc = "" +
 	"\n" +
-	"\x12wirepb/frame.proto\x12\x0eimgate.wire.v1\"\xb3\x04\n" +
+	"\x12wirepb/frame.proto\x12\x0eimgate.wire.v1\"\xa0\x05\n" +
 	"\x05Frame\x12-\n" +
 	"\x05login\x18\x01 \x01(\v2\x15.imgate.wire.v1.LoginH\x00R\x05login\x127\n" +
 	"\tlogin_ack\x18\x02 \x01(\v2\x18.imgate.wire.v1.LoginAckH\x00R\bloginAck\x12*\n" +
@@ -1233,8 +1404,21 @@ const file_wirepb_frame_proto_rawDesc = "" +
 	"\x04kick\x18\t \x01(\v2\x14.imgate.wire.v1.KickH\x00R\x04kick\x121\n" +
 	"\ago_away\x18\n" +
 	" \x01(\v2\x16.imgate.wire.v1.GoAwayH\x00R\x06goAway\x12-\n" +
-	"\x05error\x18\v \x01(\v2\x15.imgate.wire.v1.ErrorH\x00R\x05errorB\x06\n" +
-	"\x04body\"n\n" +
+	"\x05error\x18\v \x01(\v2\x15.imgate.wire.v1.ErrorH\x00R\x05error\x123\n" +
+	"\arequest\x18\f \x01(\v2\x17.imgate.wire.v1.RequestH\x00R\arequest\x126\n" +
+	"\bresponse\x18\r \x01(\v2\x18.imgate.wire.v1.ResponseH\x00R\bresponseB\x06\n" +
+	"\x04body\"Z\n" +
+	"\aRequest\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x16\n" +
+	"\x06method\x18\x02 \x01(\tR\x06method\x12\x18\n" +
+	"\apayload\x18\x03 \x01(\fR\apayload\"\x8c\x01\n" +
+	"\bResponse\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\x04R\trequestId\x12-\n" +
+	"\x04code\x18\x02 \x01(\x0e2\x19.imgate.wire.v1.ErrorCodeR\x04code\x12\x18\n" +
+	"\amessage\x18\x03 \x01(\tR\amessage\x12\x18\n" +
+	"\apayload\x18\x04 \x01(\fR\apayload\"n\n" +
 	"\x05Login\x12\x14\n" +
 	"\x05token\x18\x01 \x01(\tR\x05token\x12\x10\n" +
 	"\x03uid\x18\x02 \x01(\tR\x03uid\x12\x16\n" +
@@ -1289,13 +1473,14 @@ const file_wirepb_frame_proto_rawDesc = "" +
 	"\x05Error\x12-\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x19.imgate.wire.v1.ErrorCodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x14\n" +
-	"\x05fatal\x18\x03 \x01(\bR\x05fatal*w\n" +
+	"\x05fatal\x18\x03 \x01(\bR\x05fatal*\x8b\x01\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11OUTCOME_DELIVERED\x10\x01\x12\x13\n" +
 	"\x0fOUTCOME_PARTIAL\x10\x02\x12\x13\n" +
 	"\x0fOUTCOME_OFFLINE\x10\x03\x12\x12\n" +
-	"\x0eOUTCOME_FAILED\x10\x04*Z\n" +
+	"\x0eOUTCOME_FAILED\x10\x04\x12\x12\n" +
+	"\x0eOUTCOME_STORED\x10\x05*Z\n" +
 	"\n" +
 	"KickReason\x12\x1b\n" +
 	"\x17KICK_REASON_UNSPECIFIED\x10\x00\x12\x18\n" +
@@ -1339,45 +1524,50 @@ func file_wirepb_frame_proto_rawDescGZIP() []byte {
 }
 
 var file_wirepb_frame_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_wirepb_frame_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
+var file_wirepb_frame_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
 var file_wirepb_frame_proto_goTypes = []any{
 	(Outcome)(0),       // 0: imgate.wire.v1.Outcome
 	(KickReason)(0),    // 1: imgate.wire.v1.KickReason
 	(ErrorCode)(0),     // 2: imgate.wire.v1.ErrorCode
 	(*Frame)(nil),      // 3: imgate.wire.v1.Frame
-	(*Login)(nil),      // 4: imgate.wire.v1.Login
-	(*LoginAck)(nil),   // 5: imgate.wire.v1.LoginAck
-	(*Ping)(nil),       // 6: imgate.wire.v1.Ping
-	(*Pong)(nil),       // 7: imgate.wire.v1.Pong
-	(*Send)(nil),       // 8: imgate.wire.v1.Send
-	(*SendAck)(nil),    // 9: imgate.wire.v1.SendAck
-	(*Deliver)(nil),    // 10: imgate.wire.v1.Deliver
-	(*DeliverAck)(nil), // 11: imgate.wire.v1.DeliverAck
-	(*Kick)(nil),       // 12: imgate.wire.v1.Kick
-	(*GoAway)(nil),     // 13: imgate.wire.v1.GoAway
-	(*Error)(nil),      // 14: imgate.wire.v1.Error
+	(*Request)(nil),    // 4: imgate.wire.v1.Request
+	(*Response)(nil),   // 5: imgate.wire.v1.Response
+	(*Login)(nil),      // 6: imgate.wire.v1.Login
+	(*LoginAck)(nil),   // 7: imgate.wire.v1.LoginAck
+	(*Ping)(nil),       // 8: imgate.wire.v1.Ping
+	(*Pong)(nil),       // 9: imgate.wire.v1.Pong
+	(*Send)(nil),       // 10: imgate.wire.v1.Send
+	(*SendAck)(nil),    // 11: imgate.wire.v1.SendAck
+	(*Deliver)(nil),    // 12: imgate.wire.v1.Deliver
+	(*DeliverAck)(nil), // 13: imgate.wire.v1.DeliverAck
+	(*Kick)(nil),       // 14: imgate.wire.v1.Kick
+	(*GoAway)(nil),     // 15: imgate.wire.v1.GoAway
+	(*Error)(nil),      // 16: imgate.wire.v1.Error
 }
 var file_wirepb_frame_proto_depIdxs = []int32{
-	4,  // 0: imgate.wire.v1.Frame.login:type_name -> imgate.wire.v1.Login
-	5,  // 1: imgate.wire.v1.Frame.login_ack:type_name -> imgate.wire.v1.LoginAck
-	6,  // 2: imgate.wire.v1.Frame.ping:type_name -> imgate.wire.v1.Ping
-	7,  // 3: imgate.wire.v1.Frame.pong:type_name -> imgate.wire.v1.Pong
-	8,  // 4: imgate.wire.v1.Frame.send:type_name -> imgate.wire.v1.Send
-	9,  // 5: imgate.wire.v1.Frame.send_ack:type_name -> imgate.wire.v1.SendAck
-	10, // 6: imgate.wire.v1.Frame.deliver:type_name -> imgate.wire.v1.Deliver
-	11, // 7: imgate.wire.v1.Frame.deliver_ack:type_name -> imgate.wire.v1.DeliverAck
-	12, // 8: imgate.wire.v1.Frame.kick:type_name -> imgate.wire.v1.Kick
-	13, // 9: imgate.wire.v1.Frame.go_away:type_name -> imgate.wire.v1.GoAway
-	14, // 10: imgate.wire.v1.Frame.error:type_name -> imgate.wire.v1.Error
-	0,  // 11: imgate.wire.v1.SendAck.outcome:type_name -> imgate.wire.v1.Outcome
-	2,  // 12: imgate.wire.v1.SendAck.reason:type_name -> imgate.wire.v1.ErrorCode
-	1,  // 13: imgate.wire.v1.Kick.reason:type_name -> imgate.wire.v1.KickReason
-	2,  // 14: imgate.wire.v1.Error.code:type_name -> imgate.wire.v1.ErrorCode
-	15, // [15:15] is the sub-list for method output_type
-	15, // [15:15] is the sub-list for method input_type
-	15, // [15:15] is the sub-list for extension type_name
-	15, // [15:15] is the sub-list for extension extendee
-	0,  // [0:15] is the sub-list for field type_name
+	6,  // 0: imgate.wire.v1.Frame.login:type_name -> imgate.wire.v1.Login
+	7,  // 1: imgate.wire.v1.Frame.login_ack:type_name -> imgate.wire.v1.LoginAck
+	8,  // 2: imgate.wire.v1.Frame.ping:type_name -> imgate.wire.v1.Ping
+	9,  // 3: imgate.wire.v1.Frame.pong:type_name -> imgate.wire.v1.Pong
+	10, // 4: imgate.wire.v1.Frame.send:type_name -> imgate.wire.v1.Send
+	11, // 5: imgate.wire.v1.Frame.send_ack:type_name -> imgate.wire.v1.SendAck
+	12, // 6: imgate.wire.v1.Frame.deliver:type_name -> imgate.wire.v1.Deliver
+	13, // 7: imgate.wire.v1.Frame.deliver_ack:type_name -> imgate.wire.v1.DeliverAck
+	14, // 8: imgate.wire.v1.Frame.kick:type_name -> imgate.wire.v1.Kick
+	15, // 9: imgate.wire.v1.Frame.go_away:type_name -> imgate.wire.v1.GoAway
+	16, // 10: imgate.wire.v1.Frame.error:type_name -> imgate.wire.v1.Error
+	4,  // 11: imgate.wire.v1.Frame.request:type_name -> imgate.wire.v1.Request
+	5,  // 12: imgate.wire.v1.Frame.response:type_name -> imgate.wire.v1.Response
+	2,  // 13: imgate.wire.v1.Response.code:type_name -> imgate.wire.v1.ErrorCode
+	0,  // 14: imgate.wire.v1.SendAck.outcome:type_name -> imgate.wire.v1.Outcome
+	2,  // 15: imgate.wire.v1.SendAck.reason:type_name -> imgate.wire.v1.ErrorCode
+	1,  // 16: imgate.wire.v1.Kick.reason:type_name -> imgate.wire.v1.KickReason
+	2,  // 17: imgate.wire.v1.Error.code:type_name -> imgate.wire.v1.ErrorCode
+	18, // [18:18] is the sub-list for method output_type
+	18, // [18:18] is the sub-list for method input_type
+	18, // [18:18] is the sub-list for extension type_name
+	18, // [18:18] is the sub-list for extension extendee
+	0,  // [0:18] is the sub-list for field type_name
 }
 
 func init() { file_wirepb_frame_proto_init() }
@@ -1397,6 +1587,8 @@ func file_wirepb_frame_proto_init() {
 		(*Frame_Kick)(nil),
 		(*Frame_GoAway)(nil),
 		(*Frame_Error)(nil),
+		(*Frame_Request)(nil),
+		(*Frame_Response)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1404,7 +1596,7 @@ func file_wirepb_frame_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wirepb_frame_proto_rawDesc), len(file_wirepb_frame_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   12,
+			NumMessages:   14,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -144,6 +144,12 @@ type fleet struct {
 
 func startFleet(t *testing.T, regions ...string) *fleet {
 	t.Helper()
+	return startFleetArgs(t, nil, regions...)
+}
+
+// startFleetArgs is startFleet with extra flags for every access node.
+func startFleetArgs(t *testing.T, nodeArgs []string, regions ...string) *fleet {
+	t.Helper()
 	bin := buildBinaries(t)
 	e, err := devetcd.Start(t.TempDir(), "127.0.0.1:0", "127.0.0.1:0")
 	if err != nil {
@@ -158,10 +164,11 @@ func startFleet(t *testing.T, regions ...string) *fleet {
 		"--pull-interval", "200ms", "--log-level", "debug")
 	for i, region := range regions {
 		id := fmt.Sprintf("node-%d", i+1)
-		f.nodes[id] = start(t, id, bin+"/accessnode", "--id", id,
+		args := []string{bin + "/accessnode", "--id", id,
 			"--client-addr", freeAddr(t), "--grpc-addr", freeAddr(t), "--http-addr", freeAddr(t),
 			"--etcd-endpoints", endpoint, "--region", region, "--drain-timeout", "5s", "--lease-ttl", "2s",
-			"--sweep-interval", "100ms", "--log-level", "debug")
+			"--sweep-interval", "100ms", "--log-level", "debug"}
+		f.nodes[id] = start(t, id, append(args, nodeArgs...)...)
 	}
 	waitFor(t, "every node eligible at the dispatcher", 60*time.Second, func() bool {
 		return len(eligible(f.base)) == len(regions)

@@ -5,13 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"net"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+
 	"github.com/imgate/imgate/proto/client"
+	"github.com/imgate/imgate/proto/nodepb"
 	"github.com/imgate/imgate/proto/wirepb"
 )
 
@@ -283,5 +287,59 @@ func TestChaosKillNode(t *testing.T) {
 	t.Logf("lost %d, duplicates %d", lost, dups)
 	if lost != 0 || dups != 0 {
 		t.Fatalf("lost %d delivered messages, %d duplicates", lost, dups)
+	}
+}
+
+// backend is the app's Upstream service, served by the test over real gRPC.
+type backend struct {
+	nodepb.UnimplementedUpstreamServer
+	mu     sync.Mutex
+	stored []*nodepb.StoreRequest
+}
+
+func (b *backend) Handle(ctx context.Context, req *nodepb.UpstreamRequest) (*nodepb.UpstreamResponse, error) {
+	return &nodepb.UpstreamResponse{Payload: []byte(req.Uid + " asked " + req.Method + ": " + string(req.Payload))}, nil
+}
+
+func (b *backend) Store(ctx context.Context, req *nodepb.StoreRequest) (*nodepb.StoreResponse, error) {
+	b.mu.Lock()
+	b.stored = append(b.stored, req)
+	b.mu.Unlock()
+	return &nodepb.StoreResponse{}, nil
+}
+
+// TestRequestsAndStorageThroughTheBackend: a client's Request reaches the
+// app's backend with the caller's identity and the answer comes back; a
+// message to a user with no device online is handed to the backend.
+func TestRequestsAndStorageThroughTheBackend(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &backend{}
+	gs := grpc.NewServer()
+	nodepb.RegisterUpstreamServer(gs, b)
+	go func() { _ = gs.Serve(ln) }()
+	t.Cleanup(gs.Stop)
+
+	f := startFleetArgs(t, []string{"--upstream-addr", ln.Addr().String(), "--upstream-store-offline"}, "", "")
+	alice := dialDevice(t, f.base, "alice", "phone")
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	answer, err := alice.Request(ctx, "profile.get", []byte("me"))
+	if err != nil || string(answer) != "alice asked profile.get: me" {
+		t.Fatalf("request: %q %v", answer, err)
+	}
+	res, err := alice.Send(ctx, "nobody-online", []byte("keep this"))
+	if err != nil || res.Outcome != wirepb.Outcome_OUTCOME_STORED {
+		t.Fatalf("send to an offline user: %+v %v", res, err)
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.stored) != 1 || b.stored[0].ToUid != "nobody-online" || b.stored[0].FromUid != "alice" || b.stored[0].MsgId != res.MsgID {
+		t.Fatalf("stored %v", b.stored)
 	}
 }

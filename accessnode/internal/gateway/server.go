@@ -20,6 +20,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/imgate/imgate/accessnode/internal/evloop"
+	"github.com/imgate/imgate/proto/nodepb"
 	"github.com/imgate/imgate/proto/token"
 	"github.com/imgate/imgate/proto/wire"
 	"github.com/imgate/imgate/proto/wirepb"
@@ -34,6 +35,22 @@ type Config struct {
 	DeliverRetry      time.Duration // re-send an unacknowledged Deliver; default 2 s
 	DeliverTimeout    time.Duration // give up and answer the sender; default 10 s
 	Engine            evloop.Config
+	// Upstream: the app's backend for client-to-server requests (nil: none).
+	Upstream Upstream
+	// UpstreamTimeout bounds one backend call (default 5 s).
+	UpstreamTimeout time.Duration
+	// UpstreamInFlight bounds concurrent backend calls (default 1024); more
+	// are answered RATE_LIMITED at once.
+	UpstreamInFlight int
+	// StoreOffline hands messages whose recipient has no device online to
+	// Upstream.Store; the sender then hears STORED instead of OFFLINE.
+	StoreOffline bool
+}
+
+// Upstream is the app's backend (the nodepb.Upstream gRPC service).
+type Upstream interface {
+	Handle(ctx context.Context, req *nodepb.UpstreamRequest) (*nodepb.UpstreamResponse, error)
+	Store(ctx context.Context, req *nodepb.StoreRequest) error
 }
 
 func (c *Config) setDefaults() {
@@ -57,6 +74,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.Engine.Tick <= 0 {
 		c.Engine.Tick = time.Second
+	}
+	if c.UpstreamTimeout <= 0 {
+		c.UpstreamTimeout = 5 * time.Second
+	}
+	if c.UpstreamInFlight <= 0 {
+		c.UpstreamInFlight = 1024
 	}
 }
 
@@ -87,11 +110,21 @@ type Server struct {
 	draining  atomic.Bool
 	router    Router // nil: single node, nothing beyond local devices
 
+	// Backend calls run on their own goroutines, bounded by upSlots and
+	// stopped by ctx; Close waits for them.
+	upSlots chan struct{}
+	ctx     context.Context
+	cancel  context.CancelFunc
+	upWG    sync.WaitGroup
+
+	shed shedder // Shed and the ops drain (shed.go)
+
 	// Counters, exported through Stats.
 	logins, loginFailures                  atomic.Uint64
 	framesIn, sends, delivers, retries     atomic.Uint64
 	delivered, partial, failed, offline    atomic.Uint64
 	protocolErrors, idleClosed, kicks      atomic.Uint64
+	requests, stored                       atomic.Uint64
 	loginTimeouts, replaced, framesDropped atomic.Uint64
 }
 
@@ -104,7 +137,9 @@ func New(cfg Config, verify *token.Verifier, log zerolog.Logger) (*Server, error
 		log:       log,
 		hub:       newHub(),
 		msgPrefix: cfg.NodeID + "-" + strconv.FormatInt(time.Now().UnixMilli(), 36) + "-",
+		upSlots:   make(chan struct{}, cfg.UpstreamInFlight),
 	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
 	eng, err := evloop.New(cfg.Engine, s, log)
 	if err != nil {
 		return nil, err
@@ -117,8 +152,62 @@ func New(cfg Config, verify *token.Verifier, log zerolog.Logger) (*Server, error
 // Serve accepts client connections from ln (the caller keeps ownership).
 func (s *Server) Serve(ln *net.TCPListener) error { return s.eng.Serve(ln) }
 
-// Close closes every connection and stops the loops.
-func (s *Server) Close() { s.eng.Close() }
+// Close closes every connection, stops the loops and waits for backend
+// calls in flight to end.
+func (s *Server) Close() {
+	s.stopShedding()
+	s.eng.Close()
+	s.cancel()
+	s.upWG.Wait()
+}
+
+// upstream runs fn on its own goroutine if a slot is free; it reports false
+// when all slots are taken.
+func (s *Server) upstream(fn func(ctx context.Context)) bool {
+	select {
+	case s.upSlots <- struct{}{}:
+	default:
+		return false
+	}
+	s.upWG.Add(1)
+	go func() {
+		defer s.upWG.Done()
+		defer func() { <-s.upSlots }()
+		ctx, cancel := context.WithTimeout(s.ctx, s.cfg.UpstreamTimeout)
+		defer cancel()
+		fn(ctx)
+	}()
+	return true
+}
+
+// handleRequest passes a client's Request to the backend and answers one
+// Response.
+func (s *Server) handleRequest(from *session, m *wirepb.Request) {
+	s.requests.Add(1)
+	answer := func(code wirepb.ErrorCode, msg string, payload []byte) {
+		s.send(from.c, &wirepb.Frame{Body: &wirepb.Frame_Response{Response: &wirepb.Response{
+			RequestId: m.RequestId, Code: code, Message: msg, Payload: payload}}})
+	}
+	up := s.cfg.Upstream
+	if up == nil {
+		answer(wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE, "no backend is configured for requests", nil)
+		return
+	}
+	req := &nodepb.UpstreamRequest{Uid: from.uid, Device: from.device, NodeId: s.cfg.NodeID, Method: m.Method, Payload: m.Payload}
+	if !s.upstream(func(ctx context.Context) {
+		resp, err := up.Handle(ctx, req)
+		switch {
+		case err == nil:
+			answer(0, "", resp.GetPayload())
+		case errors.Is(ctx.Err(), context.DeadlineExceeded):
+			answer(wirepb.ErrorCode_ERROR_CODE_DELIVERY_TIMEOUT, "the backend did not answer in time", nil)
+		default:
+			answer(wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE, "backend: "+err.Error(), nil)
+		}
+	}) {
+		answer(wirepb.ErrorCode_ERROR_CODE_RATE_LIMITED, "too many backend requests in flight on this node", nil)
+	}
+}
 
 // Stats is a snapshot of the node's client side.
 type Stats struct {
@@ -131,6 +220,7 @@ type Stats struct {
 	Delivered, Partial, Failed, Offline  uint64
 	ProtocolErrors, IdleClosed, Kicks    uint64
 	Replaced, FramesDropped              uint64
+	Requests, Stored                     uint64
 }
 
 // Stats returns the counters.
@@ -144,6 +234,7 @@ func (s *Server) Stats() Stats {
 		Delivered: s.delivered.Load(), Partial: s.partial.Load(), Failed: s.failed.Load(), Offline: s.offline.Load(),
 		ProtocolErrors: s.protocolErrors.Load(), IdleClosed: s.idleClosed.Load(), Kicks: s.kicks.Load(),
 		Replaced: s.replaced.Load(), FramesDropped: s.framesDropped.Load(),
+		Requests: s.requests.Load(), Stored: s.stored.Load(),
 	}
 }
 
@@ -243,6 +334,8 @@ func (s *Server) OnFrame(c *evloop.Conn, body []byte) {
 		s.handleSend(sess, b.Send)
 	case *wirepb.Frame_DeliverAck:
 		sess.acked(b.DeliverAck.MsgId)
+	case *wirepb.Frame_Request:
+		s.handleRequest(sess, b.Request)
 	default:
 		s.protocolErrors.Add(1)
 		s.errorFrame(c, wirepb.ErrorCode_ERROR_CODE_BAD_REQUEST, "frame type not accepted from clients")
@@ -325,7 +418,7 @@ func (s *Server) handleSend(from *session, m *wirepb.Send) {
 		Payload: m.Payload, ContentType: m.ContentType,
 		SentAtMs: time.Now().UnixMilli(), Attempt: 1,
 	}
-	op := &sendOp{srv: s, sender: from, clientMsgID: m.ClientMsgId, msgID: msgID, parts: 1}
+	op := &sendOp{srv: s, sender: from, clientMsgID: m.ClientMsgId, msgID: msgID, parts: 1, to: m.ToUid, msg: d}
 	if s.router != nil {
 		op.parts = 2
 	}

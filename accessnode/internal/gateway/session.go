@@ -1,10 +1,12 @@
 package gateway
 
 import (
+	"context"
 	"sync"
 	"sync/atomic"
 
 	"github.com/imgate/imgate/accessnode/internal/evloop"
+	"github.com/imgate/imgate/proto/nodepb"
 	"github.com/imgate/imgate/proto/wirepb"
 )
 
@@ -73,6 +75,8 @@ type sendOp struct {
 	sender      *session
 	clientMsgID uint64
 	msgID       string
+	to          string
+	msg         *wirepb.Deliver
 
 	mu      sync.Mutex // guards the fields below
 	parts   int        // not yet resolved
@@ -99,14 +103,19 @@ func (o *sendOp) part(devices, acked uint32, reason wirepb.ErrorCode) {
 	s := o.srv
 	ack := &wirepb.SendAck{ClientMsgId: o.clientMsgID, Devices: devices, Acked: acked}
 	switch {
+	case devices == 0 && reason == 0 && s.cfg.StoreOffline && s.cfg.Upstream != nil:
+		o.store(ack)
+		return
 	case devices == 0 && reason == 0:
 		ack.Outcome = wirepb.Outcome_OUTCOME_OFFLINE
 		s.offline.Add(1)
-	case devices > 0 && acked == devices:
+	case devices > 0 && acked == devices && reason == 0:
 		ack.Outcome = wirepb.Outcome_OUTCOME_DELIVERED
 		ack.MsgId = o.msgID
 		s.delivered.Add(1)
 	case acked > 0:
+		// Some devices acked; others failed, or a node that may hold more
+		// devices could not be reached (reason says which).
 		ack.Outcome = wirepb.Outcome_OUTCOME_PARTIAL
 		ack.MsgId = o.msgID
 		ack.Reason = reason
@@ -197,5 +206,27 @@ func (s *session) close() {
 	s.mu.Unlock()
 	for _, ob := range pending {
 		ob.f.fail(wirepb.ErrorCode_ERROR_CODE_RECIPIENT_GONE)
+	}
+}
+
+// store hands a message nobody was online for to the backend, then answers
+// the sender STORED, or OFFLINE when the backend could not take it.
+func (o *sendOp) store(ack *wirepb.SendAck) {
+	s, m := o.srv, o.msg
+	req := &nodepb.StoreRequest{MsgId: o.msgID, FromUid: m.FromUid, FromDevice: m.FromDevice, ToUid: o.to,
+		Payload: m.Payload, ContentType: m.ContentType, SentAtMs: m.SentAtMs}
+	finish := func(ok bool) {
+		if ok {
+			ack.Outcome = wirepb.Outcome_OUTCOME_STORED
+			ack.MsgId = o.msgID
+			s.stored.Add(1)
+		} else {
+			ack.Outcome = wirepb.Outcome_OUTCOME_OFFLINE
+			s.offline.Add(1)
+		}
+		s.send(o.sender.c, &wirepb.Frame{Body: &wirepb.Frame_SendAck{SendAck: ack}})
+	}
+	if !s.upstream(func(ctx context.Context) { finish(s.cfg.Upstream.Store(ctx, req) == nil) }) {
+		finish(false)
 	}
 }

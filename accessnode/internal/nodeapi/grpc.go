@@ -125,7 +125,7 @@ func outcome(devices, acked uint32, reason wirepb.ErrorCode) wirepb.Outcome {
 	switch {
 	case devices == 0 && reason == 0:
 		return wirepb.Outcome_OUTCOME_OFFLINE
-	case devices > 0 && acked == devices:
+	case devices > 0 && acked == devices && reason == 0:
 		return wirepb.Outcome_OUTCOME_DELIVERED
 	case acked > 0:
 		return wirepb.Outcome_OUTCOME_PARTIAL

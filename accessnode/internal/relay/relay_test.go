@@ -350,6 +350,35 @@ func TestCrossNodeDeliveryMultiDeviceAndReplace(t *testing.T) {
 	}
 }
 
+// TestReplaceKickFromAThirdNode: the uid's home is neither the node of the
+// older login nor the node of the newer one; the kick travels home -> old
+// holder on the home's own stream.
+func TestReplaceKickFromAThirdNode(t *testing.T) {
+	c := newCluster(t)
+	for _, id := range []string{"a", "b", "c"} {
+		c.start(id)
+	}
+	c.settled(3)
+	v := c.nodes["a"].rl.view.Load()
+	uid := ""
+	for i := 0; uid == ""; i++ {
+		if u := fmt.Sprintf("carol-%d", i); v.home(u) == "a" {
+			uid = u
+		}
+	}
+	old := c.login("b", uid, "phone")
+	c.registered(uid, 1)
+	c.login("c", uid, "phone")
+	select {
+	case k := <-old.kicked:
+		if k.Reason != wirepb.KickReason_KICK_REASON_REPLACED {
+			t.Fatalf("kick %v", k)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the older login on b was not kicked by home a")
+	}
+}
+
 // TestMembershipChangesLoseNothing runs steady traffic between users on the
 // nodes that stay, while a node joins, another leaves cleanly and a third
 // crashes. Every message to a user who stayed connected is delivered exactly

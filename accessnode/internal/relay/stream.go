@@ -423,6 +423,11 @@ func (r *Relay) handle(from string, frames []*nodepb.ForwardFrame, out *sendQueu
 			})
 		case *nodepb.ForwardFrame_SyncDone:
 			r.noteSync(from, body.SyncDone.Epoch)
+		case *nodepb.ForwardFrame_Kick:
+			// A home tells us (on its own stream) that a newer login
+			// replaced one of our sessions.
+			k := body.Kick
+			r.local.KickSession(k.Uid, k.Device, k.LoginAtNs)
 		case *nodepb.ForwardFrame_Invalidate:
 			for _, uid := range body.Invalidate.Uids {
 				r.cache.drop(uid)

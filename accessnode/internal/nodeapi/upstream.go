@@ -1,0 +1,41 @@
+package nodeapi
+
+import (
+	"context"
+	"fmt"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/imgate/imgate/proto/nodepb"
+)
+
+// Upstream calls the app's backend (the nodepb.Upstream service) for
+// client-to-server requests and offline storage.
+type Upstream struct {
+	conn *grpc.ClientConn
+	c    nodepb.UpstreamClient
+}
+
+// DialUpstream connects lazily to the backend at addr.
+func DialUpstream(addr string) (*Upstream, error) {
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, fmt.Errorf("upstream %s: %w", addr, err)
+	}
+	return &Upstream{conn: conn, c: nodepb.NewUpstreamClient(conn)}, nil
+}
+
+// Handle forwards one client request.
+func (u *Upstream) Handle(ctx context.Context, req *nodepb.UpstreamRequest) (*nodepb.UpstreamResponse, error) {
+	return u.c.Handle(ctx, req)
+}
+
+// Store hands over a message nobody was online for.
+func (u *Upstream) Store(ctx context.Context, req *nodepb.StoreRequest) error {
+	_, err := u.c.Store(ctx, req)
+	return err
+}
+
+// Close closes the connection.
+func (u *Upstream) Close() error { return u.conn.Close() }
