@@ -5,12 +5,16 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
+	"os"
 	"strings"
 	"text/tabwriter"
 	"time"
 
 	"github.com/peterbourgon/ff/v3"
 	"github.com/rs/zerolog"
+
+	"github.com/imgate/imgate/dispatcher/internal/balance"
 )
 
 // envPrefix: --http-addr is also IMGATE_HTTP_ADDR.
@@ -33,6 +37,28 @@ type config struct {
 	IdleTimeout       time.Duration
 	ShutdownTimeout   time.Duration
 	LogLevel          zerolog.Level
+
+	// Selection.
+	Policy          string
+	LoadAware       bool
+	OverloadCPU     float64
+	OverloadMemory  float64
+	SlowStart       time.Duration
+	MaxEjectPercent int
+
+	// Rebalancing.
+	Rebalance          bool
+	RebalanceInterval  time.Duration
+	RebalanceThreshold float64
+	RebalanceRate      int
+	RebalanceMin       int64
+	ID                 string // this replica's name in the rebalancer election
+
+	// Reconnect backoff hints for clients.
+	ReconnectBase   time.Duration
+	ReconnectMax    time.Duration
+	ReconnectFactor float64
+	ReconnectJitter float64
 }
 
 // parseConfig reads flags, then IMGATE_* environment variables for the
@@ -55,6 +81,23 @@ func parseConfig(args []string, out io.Writer) (config, error) {
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", 90*time.Second, "idle timeout hint returned to clients")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight HTTP requests get at shutdown")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&c.Policy, "policy", balance.PolicyP2C,
+		"selection policy while <prefix>/config/policy is unset: "+strings.Join(balance.Names(), ", "))
+	fs.BoolVar(&c.LoadAware, "load-aware", true, "effective weights follow each node's pulled CPU use and connection headroom")
+	fs.Float64Var(&c.OverloadCPU, "overload-cpu", 0.9, "a node above this CPU use (share of its machine) gets no new clients until below it minus 0.1 (1: off)")
+	fs.Float64Var(&c.OverloadMemory, "overload-memory", 0.9, "a node above this memory use (share of its limit) gets no new clients until below it minus 0.1 (1: off)")
+	fs.DurationVar(&c.SlowStart, "slow-start", 30*time.Second, "a fresh or re-admitted node's weight and cap ramp from 10% to full over this (0: off)")
+	fs.IntVar(&c.MaxEjectPercent, "max-eject-percent", 50, "most of the registered nodes that failed pulls alone may eject, in percent (at least one)")
+	fs.BoolVar(&c.Rebalance, "rebalance", true, "shed clients from nodes above their weighted share (one replica, elected in etcd, does it)")
+	fs.DurationVar(&c.RebalanceInterval, "rebalance-interval", 5*time.Second, "how often the elected rebalancer looks at the loads")
+	fs.Float64Var(&c.RebalanceThreshold, "rebalance-threshold", 0.2, "shed when a node holds more than (1+this) × its weighted share")
+	fs.IntVar(&c.RebalanceRate, "rebalance-rate", 100, "most clients one node is asked to move per second when rebalancing")
+	fs.Int64Var(&c.RebalanceMin, "rebalance-min", 100, "excess connections below this are not worth moving")
+	fs.StringVar(&c.ID, "id", "", "this replica's name in the rebalancer election (default: <hostname>-<http port>)")
+	fs.DurationVar(&c.ReconnectBase, "reconnect-base", 500*time.Millisecond, "reconnect backoff hint for clients: first delay")
+	fs.DurationVar(&c.ReconnectMax, "reconnect-max", 30*time.Second, "reconnect backoff hint for clients: longest delay")
+	fs.Float64Var(&c.ReconnectFactor, "reconnect-factor", 2, "reconnect backoff hint for clients: growth per attempt")
+	fs.Float64Var(&c.ReconnectJitter, "reconnect-jitter", 0.2, "reconnect backoff hint for clients: ± share of the delay")
 	fs.Usage = func() { usage(fs) }
 
 	if err := ff.Parse(fs, args, ff.WithEnvVarPrefix(envPrefix)); err != nil {
@@ -80,6 +123,26 @@ func parseConfig(args []string, out io.Writer) (config, error) {
 		return c, errors.New("durations must be > 0")
 	case c.MaxFails < 1:
 		return c, errors.New("--max-fails: must be >= 1")
+	case c.OverloadCPU <= 0 || c.OverloadMemory <= 0:
+		return c, errors.New("--overload-cpu, --overload-memory: must be > 0 (1 or more: off)")
+	case c.SlowStart < 0:
+		return c, errors.New("--slow-start: must be >= 0")
+	case c.MaxEjectPercent < 1 || c.MaxEjectPercent > 100:
+		return c, errors.New("--max-eject-percent: 1..100")
+	case c.RebalanceInterval <= 0 || c.RebalanceThreshold <= 0 || c.RebalanceRate <= 0 || c.RebalanceMin < 0:
+		return c, errors.New("--rebalance-interval, -threshold, -rate must be > 0 and --rebalance-min >= 0")
+	case c.ReconnectBase <= 0 || c.ReconnectMax < c.ReconnectBase || c.ReconnectFactor < 1 ||
+		c.ReconnectJitter < 0 || c.ReconnectJitter > 1:
+		return c, errors.New("--reconnect-*: base > 0, max >= base, factor >= 1, jitter 0..1")
+	}
+	if _, err := balance.ByName(c.Policy); err != nil {
+		return c, fmt.Errorf("--policy: %w", err)
+	}
+	c.Policy = strings.TrimSpace(c.Policy)
+	if c.ID == "" {
+		host, _ := os.Hostname()
+		_, port, _ := net.SplitHostPort(c.HTTPAddr)
+		c.ID = host + "-" + port
 	}
 	return c, nil
 }

@@ -3,8 +3,10 @@
 // short-lived token for it.
 //
 // main only wires the pieces: fleet (etcd watch + gRPC Stats pulls) publishes
-// snapshots to balance (the pick), which httpapi serves. It must never hold
-// business logic, read flags anywhere but config.go, or keep global state.
+// snapshots to balance (the pick), which httpapi serves; rebalance (one
+// replica, elected in etcd) asks overloaded nodes to shed. It must never
+// hold business logic, read flags anywhere but config.go, or keep global
+// state.
 package main
 
 import (
@@ -32,6 +34,9 @@ import (
 	"github.com/imgate/imgate/dispatcher/internal/balance"
 	"github.com/imgate/imgate/dispatcher/internal/fleet"
 	"github.com/imgate/imgate/dispatcher/internal/httpapi"
+	"github.com/imgate/imgate/dispatcher/internal/rebalance"
+	"github.com/imgate/imgate/proto/api"
+	"github.com/imgate/imgate/proto/etcdkeys"
 	"github.com/imgate/imgate/proto/token"
 )
 
@@ -87,24 +92,49 @@ func run(ctx context.Context, cfg config, log zerolog.Logger, listening func(net
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 
-	bal := balance.New(balance.LeastConn{})
+	policy, err := balance.ByName(cfg.Policy)
+	if err != nil {
+		return fmt.Errorf("--policy: %w", err)
+	}
+	bal := balance.New(policy)
 	fl, err := fleet.New(fleet.Config{
-		Prefix:       cfg.EtcdPrefix,
-		PullInterval: cfg.PullInterval,
-		PullTimeout:  cfg.PullTimeout,
-		MaxFails:     cfg.MaxFails,
-		Policy:       bal.Policy().Name(),
+		Prefix:          cfg.EtcdPrefix,
+		PullInterval:    cfg.PullInterval,
+		PullTimeout:     cfg.PullTimeout,
+		MaxFails:        cfg.MaxFails,
+		MaxEjectPercent: cfg.MaxEjectPercent,
+		Policy:          cfg.Policy,
+		LoadAware:       cfg.LoadAware,
+		OverloadCPU:     cfg.OverloadCPU,
+		OverloadMemory:  cfg.OverloadMemory,
+		SlowStart:       cfg.SlowStart,
 	}, etcd, bal, log.With().Str("part", "fleet").Logger(), reg)
 	if err != nil {
 		return err
+	}
+	var rb *rebalance.Rebalancer
+	if cfg.Rebalance {
+		rb, err = rebalance.New(rebalance.Config{
+			Interval:    cfg.RebalanceInterval,
+			Threshold:   cfg.RebalanceThreshold,
+			Rate:        cfg.RebalanceRate,
+			MinExcess:   cfg.RebalanceMin,
+			ElectionKey: etcdkeys.New(cfg.EtcdPrefix).Prefix + "/election/rebalancer",
+			Identity:    cfg.ID,
+			SessionTTL:  5 * time.Second,
+		}, etcd, fl, log.With().Str("part", "rebalance").Logger(), reg)
+		if err != nil {
+			return err
+		}
 	}
 	httpLog := log.With().Str("part", "http").Logger()
 	api, err := httpapi.New(httpapi.Config{
 		TokenTTL:          cfg.TokenTTL,
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		IdleTimeout:       cfg.IdleTimeout,
-		Reconnect:         httpapi.DefaultReconnect,
-		Metrics:           promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+		Reconnect: api.BackoffHints{BaseMS: cfg.ReconnectBase.Milliseconds(), Factor: cfg.ReconnectFactor,
+			Jitter: cfg.ReconnectJitter, MaxMS: cfg.ReconnectMax.Milliseconds()},
+		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
 	}, bal, fl, keys, httpLog, reg)
 	if err != nil {
 		return err
@@ -128,10 +158,14 @@ func run(ctx context.Context, cfg config, log zerolog.Logger, listening func(net
 		ErrorLog:          stdlog.New(httpLog, "", 0),
 	}
 	log.Info().Str("http", ln.Addr().String()).Strs("etcd", cfg.EtcdEndpoints).Str("prefix", cfg.EtcdPrefix).
-		Dur("pull_interval", cfg.PullInterval).Str("policy", bal.Policy().Name()).Msg("dispatcher started")
+		Dur("pull_interval", cfg.PullInterval).Str("policy", bal.Policy().Name()).Bool("load_aware", cfg.LoadAware).
+		Dur("slow_start", cfg.SlowStart).Bool("rebalance", cfg.Rebalance).Str("id", cfg.ID).Msg("dispatcher started")
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return fl.Run(gctx) })
+	if rb != nil {
+		g.Go(func() error { return rb.Run(gctx) })
+	}
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http: %w", err)

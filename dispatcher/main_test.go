@@ -76,12 +76,25 @@ func TestParseConfigEnvAndFlags(t *testing.T) {
 		c.MaxFails != 3 || c.PullInterval != time.Second || c.LogLevel != zerolog.DebugLevel {
 		t.Fatalf("%+v", c)
 	}
+	t.Setenv("IMGATE_POLICY", "consistent_hash")
+	t.Setenv("IMGATE_LOAD_AWARE", "false")
+	c, err = parseConfig([]string{"--slow-start", "0s", "--id", "d-1"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Policy != "consistent_hash" || c.LoadAware || c.SlowStart != 0 || c.ID != "d-1" || !c.Rebalance ||
+		c.ReconnectBase != 500*time.Millisecond || c.MaxEjectPercent != 50 || c.OverloadCPU != 0.9 {
+		t.Fatalf("%+v", c)
+	}
 }
 
 func TestParseConfigRejects(t *testing.T) {
 	for _, args := range [][]string{
 		{"--max-fails", "0"}, {"--pull-interval", "0s"}, {"--pull-timeout", "-1s"}, {"--token-ttl", "0"},
 		{"--etcd-endpoints", " , "}, {"--log-level", "loud"}, {"--nope"}, {"extra"},
+		{"--policy", "round_robin"}, {"--overload-cpu", "0"}, {"--slow-start", "-1s"}, {"--max-eject-percent", "0"},
+		{"--max-eject-percent", "101"}, {"--rebalance-threshold", "0"}, {"--rebalance-rate", "0"},
+		{"--reconnect-base", "0s"}, {"--reconnect-max", "1ms"}, {"--reconnect-factor", "0.5"}, {"--reconnect-jitter", "2"},
 	} {
 		if _, err := parseConfig(args, io.Discard); err == nil {
 			t.Errorf("%q accepted", args)
@@ -95,7 +108,10 @@ func TestHelpListsEveryFlagWithItsEnvVar(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 	for _, name := range []string{"http-addr", "etcd-endpoints", "etcd-prefix", "token-keys", "token-ttl",
-		"pull-interval", "pull-timeout", "max-fails", "heartbeat-interval", "idle-timeout", "log-level", "shutdown-timeout"} {
+		"pull-interval", "pull-timeout", "max-fails", "heartbeat-interval", "idle-timeout", "log-level", "shutdown-timeout",
+		"policy", "load-aware", "overload-cpu", "overload-memory", "slow-start", "max-eject-percent", "rebalance",
+		"rebalance-interval", "rebalance-threshold", "rebalance-rate", "rebalance-min", "id", "reconnect-base",
+		"reconnect-max", "reconnect-factor", "reconnect-jitter"} {
 		line := ""
 		for l := range strings.Lines(out.String()) {
 			if strings.Contains(l, "--"+name+" ") {
@@ -121,14 +137,19 @@ type statsNode struct {
 }
 
 func (n *statsNode) Stats(context.Context, *nodepb.StatsRequest) (*nodepb.StatsResponse, error) {
-	return &nodepb.StatsResponse{NodeId: "node-1", Connections: n.conns.Load(), Capacity: 19000, Version: "test"}, nil
+	return &nodepb.StatsResponse{NodeId: "node-1", Connections: n.conns.Load(), Capacity: 19000, Version: "test",
+		UptimeMs: 3_600_000}, nil
 }
 
 func testConfig(etcd string) config {
-	return config{HTTPAddr: "127.0.0.1:0", EtcdEndpoints: []string{etcd}, EtcdPrefix: "/imgate",
-		TokenKeys: "k1=0123456789abcdef0123", TokenTTL: time.Minute, PullInterval: 50 * time.Millisecond,
-		PullTimeout: time.Second, MaxFails: 2, HeartbeatInterval: 30 * time.Second, IdleTimeout: 90 * time.Second,
-		ShutdownTimeout: 5 * time.Second, LogLevel: zerolog.InfoLevel}
+	c, err := parseConfig(nil, io.Discard) // the defaults
+	if err != nil {
+		panic(err)
+	}
+	c.HTTPAddr, c.EtcdEndpoints, c.EtcdPrefix = "127.0.0.1:0", []string{etcd}, "/imgate"
+	c.TokenKeys, c.PullInterval, c.PullTimeout = "k1=0123456789abcdef0123", 50*time.Millisecond, time.Second
+	c.ShutdownTimeout, c.RebalanceInterval = 5*time.Second, 100*time.Millisecond
+	return c
 }
 
 // start runs the dispatcher and returns its base URL; it is stopped, and
@@ -237,6 +258,12 @@ func TestDispatcher(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitFor(t, "readyz 200", func() bool { code, _, _ := get(t, base+"/readyz"); return code == http.StatusOK })
+	// Nodes and config are two watches: the bad weight may land after the
+	// node is ready.
+	waitFor(t, "bad weight shown", func() bool {
+		_, body, _ := get(t, base+"/v1/nodes")
+		return strings.Contains(string(body), `"rejected":{"weight"`)
+	})
 
 	code, body, _ := get(t, base+"/v1/endpoint?uid=alice&device=phone&region=east")
 	if code != http.StatusOK {
@@ -267,7 +294,7 @@ func TestDispatcher(t *testing.T) {
 		t.Fatalf("%s", body)
 	}
 	n := st.Nodes[0]
-	if !st.Synced || st.Policy != "least_conn" || st.Eligible != 1 || n.ID != "node-1" || !n.Eligible ||
+	if !st.Synced || st.Policy != "p2c" || st.Eligible != 1 || n.ID != "node-1" || !n.Eligible ||
 		n.Health != fleet.HealthHealthy || n.Registration == nil || n.Registration.Region != "east" ||
 		n.Stats == nil || n.Stats.Connections != 10 || n.Limit != 19000 || n.StatsAgeMS == nil ||
 		n.Config.Rejected["weight"].Value != "abc" || n.Config.Weight != 100 || n.EffectiveWeight != 100 {
@@ -276,6 +303,9 @@ func TestDispatcher(t *testing.T) {
 
 	_, body, _ = get(t, base+"/metrics")
 	for _, want := range []string{`imgate_dispatcher_assignments_total{node="node-1"} 1`,
+		`imgate_dispatcher_policy{policy="p2c"} 1`, `imgate_dispatcher_policy{policy="random"} 0`,
+		`imgate_dispatcher_effective_weight{node="node-1"} 100`, "imgate_dispatcher_rebalance_leader",
+		"imgate_dispatcher_slow_start_nodes 0", "imgate_dispatcher_ejections_suppressed_total 0",
 		`imgate_dispatcher_endpoint_requests_total{code="200"} 1`, `imgate_dispatcher_endpoint_requests_total{code="400"} 1`,
 		"imgate_dispatcher_pulls_total", "imgate_dispatcher_pull_duration_seconds_bucket",
 		`imgate_dispatcher_config_rejections_total{kind="weight"} 1`, "go_goroutines"} {

@@ -2,9 +2,7 @@ package balance
 
 import (
 	"errors"
-	"fmt"
 	"math"
-	"sync"
 	"testing"
 )
 
@@ -30,8 +28,10 @@ func snap(nodes ...node) *Snapshot {
 	return NewSnapshot(cs)
 }
 
-func newBalancer(nodes ...node) *Balancer {
-	b := New(LeastConn{})
+func newBalancer(nodes ...node) *Balancer { return newPolicyBalancer(LeastConn{}, nodes...) }
+
+func newPolicyBalancer(p Policy, nodes ...node) *Balancer {
+	b := New(p)
 	b.Publish(snap(nodes...))
 	return b
 }
@@ -95,99 +95,6 @@ func TestTiesGoRoundRobin(t *testing.T) {
 	}
 }
 
-func TestLimit(t *testing.T) {
-	b := newBalancer(node{id: "a", limit: 10, conns: 7}, node{id: "b", limit: 5, conns: 5})
-	got := counts(t, b, &Query{}, 3)
-	if got["a"] != 3 {
-		t.Fatalf("b is full, a has 3 slots: %v", got)
-	}
-	if c, err := b.Pick(&Query{}); !errors.Is(err, ErrNoNode) {
-		t.Fatalf("all full, got %v %v", c, err)
-	}
-}
-
-func TestLimitUnderConcurrency(t *testing.T) {
-	b := newBalancer(node{id: "a", limit: 100}, node{id: "b", limit: 50})
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	got := map[string]int{}
-	for range 8 {
-		wg.Go(func() {
-			for range 100 {
-				c, err := b.Pick(&Query{})
-				if err != nil {
-					continue
-				}
-				mu.Lock()
-				got[c.ID]++
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	if got["a"] != 100 || got["b"] != 50 {
-		t.Fatalf("800 concurrent picks against limits 100 and 50: %v", got)
-	}
-}
-
-func TestExclude(t *testing.T) {
-	b := newBalancer(node{id: "a"}, node{id: "b"}, node{id: "c"})
-	got := counts(t, b, &Query{Exclude: []string{"a", "c", "zz"}}, 10)
-	if got["b"] != 10 {
-		t.Fatalf("exclude a,c: %v", got)
-	}
-	b = newBalancer(node{id: "a"}, node{id: "b"}, node{id: "c"})
-	got = counts(t, b, &Query{Exclude: []string{"a", "b", "c"}}, 9)
-	if got["a"] != 3 || got["b"] != 3 || got["c"] != 3 {
-		t.Fatalf("all excluded: still served by all three: %v", got)
-	}
-}
-
-func TestExcludeIsWeakerThanNothingElse(t *testing.T) {
-	// The only non-excluded node is full: the excluded one is better than no answer.
-	b := newBalancer(node{id: "a"}, node{id: "b", limit: 1, conns: 1})
-	c, err := b.Pick(&Query{Exclude: []string{"a"}})
-	if err != nil || c.ID != "a" {
-		t.Fatalf("got %v %v", c, err)
-	}
-}
-
-func TestRegion(t *testing.T) {
-	b := newBalancer(node{id: "a", region: "eu"}, node{id: "b", region: "us", conns: 1000},
-		node{id: "c", region: "us", conns: 1000})
-	got := counts(t, b, &Query{Region: "us"}, 10)
-	if got["a"] != 0 {
-		t.Fatalf("region us must prefer loaded us nodes over an empty eu node: %v", got)
-	}
-	got = counts(t, b, &Query{Region: "ap"}, 10)
-	if got["a"] != 10 {
-		t.Fatalf("unknown region: any node, least loaded: %v", got)
-	}
-	got = counts(t, b, &Query{Region: "us", Exclude: []string{"b", "c"}}, 3)
-	if got["a"] != 3 {
-		t.Fatalf("exclusion beats region: %v", got)
-	}
-}
-
-func TestBackup(t *testing.T) {
-	b := newBalancer(node{id: "a", conns: 500}, node{id: "bk", backup: true})
-	got := counts(t, b, &Query{}, 10)
-	if got["bk"] != 0 {
-		t.Fatalf("backup used while an active node is eligible: %v", got)
-	}
-	b = newBalancer(node{id: "a", limit: 1, conns: 1}, node{id: "bk", backup: true, region: "eu"})
-	if c, err := b.Pick(&Query{Region: "us"}); err != nil || c.ID != "bk" {
-		t.Fatalf("active full: want backup, got %v %v", c, err)
-	}
-	b = newBalancer(node{id: "a", region: "eu"}, node{id: "bk", backup: true, region: "us"})
-	if c, err := b.Pick(&Query{Region: "us"}); err != nil || c.ID != "a" {
-		t.Fatalf("active in another region beats a backup in the region: %v %v", c, err)
-	}
-	if c, err := b.Pick(&Query{Exclude: []string{"a"}}); err != nil || c.ID != "bk" {
-		t.Fatalf("backup beats an excluded active node: %v %v", c, err)
-	}
-}
-
 func TestHandoutsResetWithNewLoad(t *testing.T) {
 	s := snap(node{id: "a"})
 	b := New(LeastConn{})
@@ -209,21 +116,4 @@ func TestNoOverflowAtMaxValues(t *testing.T) {
 	if c, err := b.Pick(&Query{}); err != nil || c.ID != "b" {
 		t.Fatalf("%v %v", c, err)
 	}
-}
-
-func TestPickDoesNotAllocate(t *testing.T) {
-	b := newBenchBalancer(100)
-	q := &Query{Region: "r1", Exclude: []string{"n1", "n2"}}
-	if n := testing.AllocsPerRun(1000, func() { _, _ = b.Pick(q) }); n != 0 {
-		t.Fatalf("pick allocates %v times", n)
-	}
-}
-
-func newBenchBalancer(n int) *Balancer {
-	nodes := make([]node, n)
-	for i := range nodes {
-		nodes[i] = node{id: fmt.Sprintf("n%d", i), region: fmt.Sprintf("r%d", i%3),
-			weight: int64(50 + i%100), conns: int64(1000 + i*7%500)}
-	}
-	return newBalancer(nodes...)
 }

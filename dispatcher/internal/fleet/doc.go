@@ -17,11 +17,33 @@
 // re-admitted by its next successful pull. When the registration key goes
 // away (lease end or delete), the node and its gRPC connection are removed.
 //
-// A bad value in etcd (weight "abc", state "paused", registration that does
-// not parse) is rejected with a WARN log and shown by Status; the last good
-// value stays in force.
+// Pull failures alone never eject more than MaxEjectPercent of the
+// registered nodes (a dispatcher whose own network broke must not empty
+// the fleet); a node that fails beyond that stays in with
+// ejection_suppressed. A registration that vanishes while its node still
+// answers is decided at the next pull round: if etcd then shows under half
+// of the nodes known lately, it is a registry flap and such nodes are held
+// (see flap.go).
+//
+// Effective weight (weights.go) = ops weight × load factor × slow-start
+// ramp. The load factor (LoadAware) is the EWMA of the node's headroom,
+// 1 − max(cpu, conns/capacity); a node without valid, fresh stats gets the
+// fleet's mean. Slow start ramps a fresh process's (uptime < SlowStart) or
+// a re-admitted node's weight AND cap from 10% to full. A node above
+// OverloadCPU/OverloadMemory gets no client until it is back below the
+// threshold minus the hysteresis.
+//
+// The selection policy comes from <prefix>/config/policy (Config.Policy
+// while unset) and is set on the balancer at once.
+//
+// A bad value in etcd (weight "abc", state "paused", policy "fastest",
+// registration that does not parse) is rejected with a WARN log and shown
+// by Status; the last good value stays in force. Every state change of a
+// node (registered, admitted, ejected, re-admitted, overloaded, recovered,
+// held, removed, config applied) is logged with the node's id.
 //
 // This package must never write to etcd, must never block a pick (the
 // balancer only sees immutable snapshots published here), and must never
-// hold Fleet.mu across network I/O.
+// hold Fleet.mu across network I/O (Shed and the pulls call nodes with
+// the lock released).
 package fleet

@@ -28,14 +28,54 @@ type Config struct {
 	PullTimeout time.Duration
 	// MaxFails consecutive failed pulls eject a healthy node.
 	MaxFails int
-	// Policy is the name of the selection policy the balancer runs; a
-	// different value in <prefix>/config/policy is rejected.
+	// MaxEjectPercent caps the share of the registered nodes that pull
+	// failures alone may eject (at least one node may always be ejected);
+	// 0 means 50.
+	MaxEjectPercent int
+	// Policy is the selection policy while <prefix>/config/policy is unset
+	// ("" means p2c).
 	Policy string
+	// LoadAware makes effective weights follow each node's pulled CPU use
+	// and connection headroom.
+	LoadAware bool
+	// OverloadCPU and OverloadMemory: a node whose pulled CPU use (share of
+	// the machine) or memory use (share of its limit) goes above gets no
+	// new clients until it is back below the threshold minus
+	// OverloadHysteresis. 0 means 0.9 each; 1 or more switches the check off.
+	OverloadCPU, OverloadMemory float64
+	// OverloadHysteresis: 0 means 0.1.
+	OverloadHysteresis float64
+	// SlowStart is how long a fresh or re-admitted node's weight and
+	// connection cap ramp from SlowStartFloor to full; 0 switches it off.
+	SlowStart time.Duration
+	// FlapHold is the longest a node whose registration vanished in a
+	// registry flap is kept while its pulls still answer; 0 means 60 s.
+	FlapHold time.Duration
 }
 
-// Publisher receives every rebuilt snapshot; *balance.Balancer is one.
+// Defaults of Config.
+const (
+	DefaultMaxEjectPercent    = 50
+	DefaultOverload           = 0.9
+	DefaultOverloadHysteresis = 0.1
+	DefaultFlapHold           = 60 * time.Second
+	// SlowStartFloor is where a slow start begins, as a share of the full
+	// weight and cap.
+	SlowStartFloor = 0.1
+	// flapWindow: the registered count a flap is measured against is the
+	// highest seen within this window.
+	flapWindow = 30 * time.Second
+)
+
+// Publisher receives every rebuilt snapshot and the policy in force;
+// *balance.Balancer is one.
 type Publisher interface {
 	Publish(*balance.Snapshot)
+	SetPolicy(balance.Policy)
+	Policy() balance.Policy
+	// LastSecond is how many clients were handed to the node of t in the
+	// last second.
+	LastSecond(t *balance.Tracker) int64
 }
 
 // Health of a node as seen by the puller.
@@ -64,12 +104,17 @@ type Fleet struct {
 	// at most one request, extra ones coalesce.
 	kick chan struct{}
 
-	mu      sync.Mutex // guards everything below; never held across I/O
-	synced  bool       // the first full etcd listing has been applied
-	closed  bool       // Run has returned; no new gRPC connections
-	nodes   map[string]*node
-	configs map[string]*nodeConfig
-	policy  *Rejected // a rejected <prefix>/config/policy value, or nil
+	mu        sync.Mutex // guards everything below; never held across I/O
+	synced    bool       // the first full etcd listing has been applied
+	closed    bool       // Run has returned; no new gRPC connections
+	nodes     map[string]*node
+	configs   map[string]*nodeConfig
+	policy    string    // the policy in force
+	policyRej *Rejected // a rejected <prefix>/config/policy value, or nil
+	meanLoad  float64   // mean load factor of the nodes with valid stats (1 if none)
+	regPeak   int       // most registered nodes seen lately (see flapWindow)
+	regPeakAt time.Time
+	flapping  bool // the last settle found a registry flap
 }
 
 // node is one entry of the table. All fields are guarded by Fleet.mu.
@@ -89,6 +134,18 @@ type node struct {
 	stats   *nodepb.StatsResponse // last successful pull
 	statsAt time.Time
 	load    *balance.Load // nil before the first successful pull
+
+	tracker    *balance.Tracker // lives as long as the node
+	slowSince  time.Time        // slow start began; zero: none
+	loadFactor float64          // EWMA of the headroom, 0 before valid stats
+	overloaded bool             // above an overload threshold (with hysteresis)
+	suppressed bool             // failing, but max-eject-percent kept it in
+	// unregistered: the registration vanished while the node still
+	// answered; it is removed at the next pull round unless that finds a
+	// registry flap, which makes it held.
+	unregistered bool
+	unregAt      time.Time
+	held         bool
 }
 
 // nodeConfig is what ops set under <prefix>/config/nodes/<id>/. Guarded by
@@ -125,12 +182,38 @@ func New(cfg Config, etcd *clientv3.Client, pub Publisher, log zerolog.Logger, r
 		return nil, errors.New("fleet: max fails must be >= 1")
 	}
 	if cfg.Policy == "" {
-		cfg.Policy = balance.PolicyLeastConn
+		cfg.Policy = balance.PolicyP2C
+	}
+	if _, err := balance.ByName(cfg.Policy); err != nil {
+		return nil, fmt.Errorf("fleet: %w", err)
+	}
+	if cfg.MaxEjectPercent <= 0 {
+		cfg.MaxEjectPercent = DefaultMaxEjectPercent
+	}
+	if cfg.OverloadCPU <= 0 {
+		cfg.OverloadCPU = DefaultOverload
+	}
+	if cfg.OverloadMemory <= 0 {
+		cfg.OverloadMemory = DefaultOverload
+	}
+	if cfg.OverloadHysteresis <= 0 {
+		cfg.OverloadHysteresis = DefaultOverloadHysteresis
+	}
+	if cfg.FlapHold <= 0 {
+		cfg.FlapHold = DefaultFlapHold
+	}
+	if cfg.SlowStart < 0 {
+		return nil, errors.New("fleet: slow start must be >= 0")
 	}
 	m, err := newMetrics(reg)
 	if err != nil {
 		return nil, fmt.Errorf("fleet: metrics: %w", err)
 	}
+	if pub.Policy() == nil || pub.Policy().Name() != cfg.Policy {
+		p, _ := balance.ByName(cfg.Policy)
+		pub.SetPolicy(p)
+	}
+	m.setPolicy(cfg.Policy)
 	return &Fleet{
 		cfg:         cfg,
 		keys:        etcdkeys.New(cfg.Prefix),
@@ -143,6 +226,8 @@ func New(cfg Config, etcd *clientv3.Client, pub Publisher, log zerolog.Logger, r
 		kick:        make(chan struct{}, 1),
 		nodes:       map[string]*node{},
 		configs:     map[string]*nodeConfig{},
+		policy:      cfg.Policy,
+		meanLoad:    1,
 	}, nil
 }
 
@@ -214,6 +299,9 @@ func (f *Fleet) staticReason(n *node, c *nodeConfig) string {
 		return "state " + string(c.state)
 	case n.stats != nil && n.stats.Draining:
 		return "node reports draining"
+	case n.overloaded:
+		return fmt.Sprintf("overloaded: cpu %.2f, memory %.2f (thresholds %.2f, %.2f; back below −%.2f)",
+			n.stats.GetCpuUsage(), n.stats.GetMemoryUsage(), f.cfg.OverloadCPU, f.cfg.OverloadMemory, f.cfg.OverloadHysteresis)
 	}
 	return ""
 }
@@ -223,13 +311,14 @@ func (f *Fleet) reason(n *node, c *nodeConfig) string {
 	if r := f.staticReason(n, c); r != "" {
 		return r
 	}
-	if l := limit(n, c); l > 0 && n.load.Estimate() >= l {
+	if l := f.effectiveLimit(n, c, f.now()); l > 0 && n.load.Estimate() >= l {
 		return fmt.Sprintf("full: estimate %d >= limit %d", n.load.Estimate(), l)
 	}
 	return ""
 }
 
-// maxCount keeps counts from the wire far from int64 overflow in est*weight.
+// maxCount keeps counts from the wire far from int64 overflow in
+// est*weight (weights stay below 1<<20, see weightScale).
 const maxCount = 1 << 40
 
 func clampCount(v uint64) int64 {
@@ -257,6 +346,7 @@ func limit(n *node, c *nodeConfig) int64 {
 // rebuild publishes a new snapshot of the eligible nodes, in id order.
 // Requires f.mu.
 func (f *Fleet) rebuild() {
+	now := f.now()
 	ids := make([]string, 0, len(f.nodes))
 	for id := range f.nodes {
 		ids = append(ids, id)
@@ -264,21 +354,39 @@ func (f *Fleet) rebuild() {
 	slices.Sort(ids)
 	cands := make([]balance.Candidate, 0, len(ids))
 	counts := map[Health]int{}
+	slow, overloaded, held := 0, 0, 0
 	for _, id := range ids {
 		n := f.nodes[id]
 		counts[n.health]++
+		if n.overloaded {
+			overloaded++
+		}
+		if n.held {
+			held++
+		}
 		c := f.configOf(id)
 		if f.staticReason(n, c) != "" {
+			f.m.effWeight.DeleteLabelValues(id)
 			continue
 		}
+		if f.ramp(n, now) < 1 {
+			slow++
+		} else if !n.slowSince.IsZero() {
+			n.slowSince = time.Time{}
+			f.log.Info().Str("node", id).Msg("slow start finished: full weight and cap")
+		}
+		w := f.effectiveWeight(n, c, now)
+		f.m.effWeight.WithLabelValues(id).Set(float64(w) / weightScale)
 		cands = append(cands, balance.Candidate{
-			ID:     id,
-			Addr:   n.reg.Addrs["tcp"],
-			Region: n.reg.Region,
-			Weight: int64(c.weight),
-			Backup: c.state == etcdkeys.StateBackup,
-			Limit:  limit(n, c),
-			Load:   n.load,
+			ID:         id,
+			Addr:       n.reg.Addrs["tcp"],
+			Region:     n.reg.Region,
+			Weight:     w,
+			RingWeight: int64(c.weight),
+			Backup:     c.state == etcdkeys.StateBackup,
+			Limit:      f.effectiveLimit(n, c, now),
+			Load:       n.load,
+			Tracker:    n.tracker,
 		})
 	}
 	f.pub.Publish(balance.NewSnapshot(cands))
@@ -286,6 +394,9 @@ func (f *Fleet) rebuild() {
 		f.m.nodes.WithLabelValues(string(h)).Set(float64(counts[h]))
 	}
 	f.m.candidates.Set(float64(len(cands)))
+	f.m.slowStart.Set(float64(slow))
+	f.m.overloaded.Set(float64(overloaded))
+	f.m.held.Set(float64(held))
 }
 
 // poke asks the puller for an early round without blocking.

@@ -380,11 +380,34 @@ func TestRegionAndExcludeThroughTheFleet(t *testing.T) {
 
 func TestPolicyKey(t *testing.T) {
 	t.Parallel()
-	h := newHarness(t, Config{})
-	h.put(h.keys.Policy(), "p2c")
+	h := newHarness(t, Config{Policy: balance.PolicyLeastConn})
+	waitFor(t, "synced", func() bool { return h.fleet.Status().Synced })
+	if got := h.bal.Policy().Name(); got != balance.PolicyLeastConn {
+		t.Fatalf("policy from the config = %q", got)
+	}
+	for _, name := range balance.Names() {
+		h.put(h.keys.Policy(), name)
+		waitForWithin(t, time.Second, "policy "+name+" in force", func() bool {
+			return h.bal.Policy().Name() == name && h.fleet.Status().Policy == name
+		})
+	}
+	h.put(h.keys.Policy(), "round_robin")
 	waitFor(t, "policy rejected", func() bool { return h.fleet.Status().PolicyRejected != nil })
-	h.put(h.keys.Policy(), balance.PolicyLeastConn)
-	waitFor(t, "policy accepted", func() bool { return h.fleet.Status().PolicyRejected == nil })
+	if st := h.fleet.Status(); st.Policy != balance.PolicyRandom || h.bal.Policy().Name() != balance.PolicyRandom {
+		t.Fatalf("a rejected policy must keep the last good one: %+v", st)
+	}
+	if h.counter("imgate_dispatcher_policy", "policy", balance.PolicyRandom) != 1 ||
+		h.counter("imgate_dispatcher_policy", "policy", balance.PolicyP2C) != 0 {
+		t.Fatal("policy gauge")
+	}
+	h.del(h.keys.Policy())
+	waitFor(t, "back to the default", func() bool {
+		st := h.fleet.Status()
+		return st.PolicyRejected == nil && st.Policy == balance.PolicyLeastConn && h.bal.Policy().Name() == balance.PolicyLeastConn
+	})
+	if !h.logged("bad policy rejected") || !h.logged("selection policy in force") {
+		t.Fatalf("logs:\n%s", h.logs)
+	}
 }
 
 func TestResyncMatchesEtcd(t *testing.T) {

@@ -57,6 +57,9 @@ type fakeNode struct {
 	draining atomic.Bool
 	fail     atomic.Bool
 	pulls    atomic.Int64
+	cpu      atomic.Uint64 // per mille
+	mem      atomic.Uint64 // per mille
+	uptimeMS atomic.Int64  // -1: a long-running node (default)
 
 	mu  sync.Mutex
 	srv *grpc.Server
@@ -67,13 +70,19 @@ func (n *fakeNode) Stats(context.Context, *nodepb.StatsRequest) (*nodepb.StatsRe
 	if n.fail.Load() {
 		return nil, status.Error(codes.Unavailable, "test node told to fail")
 	}
+	up := n.uptimeMS.Load()
+	if up < 0 {
+		up = int64(time.Hour / time.Millisecond)
+	}
 	return &nodepb.StatsResponse{NodeId: n.id, Connections: n.conns.Load(),
-		Capacity: n.capacity.Load(), Draining: n.draining.Load(), Version: "test"}, nil
+		Capacity: n.capacity.Load(), Draining: n.draining.Load(), Version: "test",
+		CpuUsage: float64(n.cpu.Load()) / 1000, MemoryUsage: float64(n.mem.Load()) / 1000, UptimeMs: up}, nil
 }
 
 func startNode(t *testing.T, id string) *fakeNode {
 	t.Helper()
 	n := &fakeNode{id: id}
+	n.uptimeMS.Store(-1)
 	n.serve(t, "127.0.0.1:0")
 	t.Cleanup(n.stop)
 	return n

@@ -71,16 +71,25 @@ func (f *Fleet) pullOnce(ctx context.Context) {
 		return // shutting down: a cancelled call says nothing about the node
 	}
 
+	// One allocation for every fresh Load: a least_conn scan then reads
+	// adjacent memory.
+	loads := balance.NewLoads(len(results), func(i int) int64 {
+		return clampCount(results[i].resp.GetConnections())
+	})
 	now := f.now()
+	var toClose []*grpc.ClientConn
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	for i, tg := range targets {
 		if f.nodes[tg.n.id] != tg.n || tg.n.conn != tg.conn {
 			continue // removed or re-registered meanwhile
 		}
-		f.applyPull(tg.n, results[i], now)
+		toClose = append(toClose, f.applyPull(tg.n, results[i], &loads[i], now)...)
 	}
+	f.refreshMeanLoad(now)
+	toClose = append(toClose, f.settleRegistry(now)...)
 	f.rebuild()
+	f.mu.Unlock()
+	closeConns(toClose)
 }
 
 func (f *Fleet) pull(ctx context.Context, tg target) pullResult {
@@ -96,30 +105,63 @@ func (f *Fleet) pull(ctx context.Context, tg target) pullResult {
 	return pullResult{resp: resp, err: err}
 }
 
-// applyPull records one pull's outcome and moves the node's health.
-// Requires f.mu.
-func (f *Fleet) applyPull(n *node, r pullResult, now time.Time) {
+// applyPull records one pull's outcome and moves the node's health; load
+// becomes the node's Load when the pull succeeded. It returns connections
+// to close when the node had to go. Requires f.mu.
+func (f *Fleet) applyPull(n *node, r pullResult, load *balance.Load, now time.Time) []*grpc.ClientConn {
 	f.m.pulls.Inc()
 	if r.err == nil {
 		n.stats, n.statsAt = r.resp, now
 		// A fresh Load resets this dispatcher's handouts for the node.
-		n.load = balance.NewLoad(clampCount(r.resp.GetConnections()))
+		n.load = load
+		f.observeLoad(n, r.resp)
 		switch n.health {
 		case HealthEjected:
 			f.m.readmissions.WithLabelValues(n.id).Inc()
-			f.log.Info().Str("node", n.id).Int("failed_pulls", n.fails).Msg("node re-admitted: stats pull answered")
+			if f.cfg.SlowStart > 0 {
+				n.slowSince = now
+			}
+			f.log.Info().Str("node", n.id).Int("failed_pulls", n.fails).Dur("slow_start", f.cfg.SlowStart).
+				Msg("node re-admitted: stats pull answered")
 		case HealthPending:
-			f.log.Info().Str("node", n.id).Uint64("conns", r.resp.GetConnections()).Msg("node admitted: first stats pull answered")
+			up := time.Duration(r.resp.GetUptimeMs()) * time.Millisecond
+			ev := f.log.Info().Str("node", n.id).Uint64("conns", r.resp.GetConnections()).Dur("uptime", up)
+			if f.cfg.SlowStart > 0 && up < f.cfg.SlowStart {
+				// From the node's start, so that every replica ramps alike.
+				n.slowSince = now.Add(-up)
+				ev = ev.Dur("slow_start_left", f.cfg.SlowStart-up)
+			}
+			ev.Msg("node admitted: first stats pull answered")
+		}
+		if n.suppressed {
+			n.suppressed = false
+			f.log.Info().Str("node", n.id).Msg("suppressed ejection cleared: stats pull answered")
 		}
 		n.health, n.fails, n.lastErr = HealthHealthy, 0, ""
-		return
+		return nil
 	}
 	n.fails++
 	n.lastErr = errText(r.err)
 	f.m.pullFailures.WithLabelValues(n.id).Inc()
+	if n.unregistered || n.held {
+		f.log.Warn().Str("node", n.id).Str("last_error", n.lastErr).
+			Msg("node removed: registration gone and stats pull failed")
+		return f.removeNode(n.id)
+	}
 	switch {
 	case n.health == HealthHealthy && n.fails >= f.cfg.MaxFails:
-		n.health = HealthEjected
+		if !f.mayEject() {
+			if !n.suppressed {
+				n.suppressed = true
+				f.m.suppressed.Inc()
+				f.log.Warn().Str("node", n.id).Int("failed_pulls", n.fails).Str("last_error", n.lastErr).
+					Int("max_eject_percent", f.cfg.MaxEjectPercent).
+					Msg("node not ejected: too much of the fleet is ejected already (is this dispatcher's network broken?)")
+			}
+			return nil
+		}
+		n.health, n.suppressed = HealthEjected, false
+		n.slowSince = time.Time{}
 		f.m.ejections.WithLabelValues(n.id).Inc()
 		f.log.Warn().Str("node", n.id).Int("failed_pulls", n.fails).Str("last_error", n.lastErr).
 			Msg("node ejected: no new clients until a stats pull answers")
@@ -129,6 +171,23 @@ func (f *Fleet) applyPull(n *node, r pullResult, now time.Time) {
 	default:
 		f.log.Debug().Str("node", n.id).Int("failed_pulls", n.fails).Str("error", n.lastErr).Msg("stats pull failed")
 	}
+	return nil
+}
+
+// mayEject reports whether one more node may be ejected: at most
+// MaxEjectPercent of the registered nodes, but always at least one.
+// Requires f.mu.
+func (f *Fleet) mayEject() bool {
+	registered, ejected := 0, 0
+	for _, n := range f.nodes {
+		if n.hasReg {
+			registered++
+			if n.health == HealthEjected {
+				ejected++
+			}
+		}
+	}
+	return ejected+1 <= max(1, registered*f.cfg.MaxEjectPercent/100)
 }
 
 // errText is a short error for Status: the gRPC status message when there

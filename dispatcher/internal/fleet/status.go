@@ -1,6 +1,7 @@
 package fleet
 
 import (
+	"math"
 	"slices"
 	"time"
 
@@ -10,11 +11,18 @@ import (
 
 // Status is what the dispatcher sees, for GET /v1/nodes.
 type Status struct {
-	Synced         bool         `json:"synced"`
-	Policy         string       `json:"policy"`
-	PolicyRejected *Rejected    `json:"policy_rejected,omitempty"`
-	Eligible       int          `json:"eligible"`
-	Nodes          []NodeStatus `json:"nodes"`
+	Synced         bool      `json:"synced"`
+	Policy         string    `json:"policy"`
+	PolicyDefault  string    `json:"policy_default"` // in force while <prefix>/config/policy is unset
+	PolicyRejected *Rejected `json:"policy_rejected,omitempty"`
+	LoadAware      bool      `json:"load_aware"`
+	// MeanLoadFactor is what a node without valid stats is weighted by.
+	MeanLoadFactor float64 `json:"mean_load_factor"`
+	// RegistryFlap: etcd shows under half of the nodes known lately; the
+	// nodes whose pulls still answer are held.
+	RegistryFlap bool         `json:"registry_flap"`
+	Eligible     int          `json:"eligible"`
+	Nodes        []NodeStatus `json:"nodes"`
 }
 
 // NodeStatus is one node: registered nodes, nodes whose registration was
@@ -29,12 +37,34 @@ type NodeStatus struct {
 	Health               Health                 `json:"health"`
 	ConsecutiveFailures  int                    `json:"consecutive_failures"`
 	LastError            string                 `json:"last_error,omitempty"`
-	HandoutsSincePull    int64                  `json:"handouts_since_pull"`
-	Estimate             int64                  `json:"estimate"`
-	Limit                int64                  `json:"limit"` // 0: none
-	EffectiveWeight      int                    `json:"effective_weight"`
-	Eligible             bool                   `json:"eligible"`
-	Reason               string                 `json:"reason,omitempty"`
+	// HandoutsSincePull: clients this dispatcher assigned to the node since
+	// its last pull (they are in Estimate, not yet in Stats).
+	HandoutsSincePull int64 `json:"handouts_since_pull"`
+	// AssignmentsLastSecond: clients this dispatcher assigned to the node in
+	// the last second.
+	AssignmentsLastSecond int64 `json:"assignments_last_second"`
+	Estimate              int64 `json:"estimate"`
+	// Limit is the estimate the node must stay below now: the smaller of
+	// max_conns and the reported capacity, ramped by slow start. 0: none.
+	Limit int64 `json:"limit"`
+	// EffectiveWeight is what the node is weighed by among the others, in
+	// the units of the ops weight: weight × load factor × slow-start ramp.
+	// 0 when the node is not eligible.
+	EffectiveWeight float64 `json:"effective_weight"`
+	// LoadFactor is the smoothed headroom (1 − max(cpu, conns/capacity)),
+	// or the fleet mean when the node's stats are missing or stale; 1 when
+	// load-aware weights are off.
+	LoadFactor float64 `json:"load_factor"`
+	// SlowStart is the ramp in [0.1, 1]; below 1 the node is ramping up.
+	SlowStart          float64 `json:"slow_start"`
+	SlowStartLeftMS    int64   `json:"slow_start_left_ms,omitempty"`
+	Overloaded         bool    `json:"overloaded,omitempty"`
+	EjectionSuppressed bool    `json:"ejection_suppressed,omitempty"`
+	// RegistrationHeld: the registration vanished in a registry flap; the
+	// node is kept while its pulls answer.
+	RegistrationHeld bool   `json:"registration_held,omitempty"`
+	Eligible         bool   `json:"eligible"`
+	Reason           string `json:"reason,omitempty"`
 }
 
 // ConfigStatus is the config in force and the values rejected.
@@ -83,9 +113,10 @@ func (f *Fleet) Status() Status {
 	now := f.now()
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	st := Status{Synced: f.synced, Policy: f.cfg.Policy, Nodes: []NodeStatus{}}
-	if f.policy != nil {
-		p := *f.policy
+	st := Status{Synced: f.synced, Policy: f.policy, PolicyDefault: f.cfg.Policy, LoadAware: f.cfg.LoadAware,
+		MeanLoadFactor: round3(quantize(f.meanLoad)), RegistryFlap: f.flapping, Nodes: []NodeStatus{}}
+	if f.policyRej != nil {
+		p := *f.policyRej
 		st.PolicyRejected = &p
 	}
 	for id, n := range f.nodes {
@@ -152,13 +183,23 @@ func (f *Fleet) nodeStatus(id string, n *node, now time.Time) NodeStatus {
 	if n.load != nil {
 		ns.HandoutsSincePull, ns.Estimate = n.load.Handouts(), n.load.Estimate()
 	}
-	ns.Limit = limit(n, c)
+	ns.AssignmentsLastSecond = f.pub.LastSecond(n.tracker)
+	ns.Limit = f.effectiveLimit(n, c, now)
+	ns.LoadFactor = round3(f.loadFactor(n, now))
+	ns.SlowStart = round3(f.ramp(n, now))
+	if ns.SlowStart < 1 {
+		ns.SlowStartLeftMS = (f.cfg.SlowStart - now.Sub(n.slowSince)).Milliseconds()
+	}
+	ns.Overloaded, ns.EjectionSuppressed, ns.RegistrationHeld = n.overloaded, n.suppressed, n.held
 	ns.Reason = f.reason(n, c)
 	if ns.Reason == "" {
-		ns.Eligible, ns.EffectiveWeight = true, c.weight
+		ns.Eligible = true
+		ns.EffectiveWeight = round3(float64(f.effectiveWeight(n, c, now)) / weightScale)
 		if c.state == etcdkeys.StateBackup {
 			ns.Reason = "backup: used only when no active node is eligible"
 		}
 	}
 	return ns
 }
+
+func round3(x float64) float64 { return math.Round(x*1000) / 1000 }

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials/insecure"
 
+	"github.com/imgate/imgate/dispatcher/internal/balance"
 	"github.com/imgate/imgate/proto/etcdkeys"
 	"github.com/imgate/imgate/proto/nodepb"
 )
@@ -78,9 +79,10 @@ func (f *Fleet) resync(ctx context.Context) (int64, error) {
 		}
 		toClose = append(toClose, f.applyNodeEvent(mvccpb.PUT, kv)...)
 	}
+	now := f.now()
 	for id := range f.nodes {
 		if !seenNodes[id] {
-			toClose = append(toClose, f.removeNode(id)...)
+			toClose = append(toClose, f.unregister(id, now)...)
 		}
 	}
 	type cfgKey struct{ id, field string }
@@ -96,7 +98,8 @@ func (f *Fleet) resync(ctx context.Context) (int64, error) {
 		f.applyConfigEvent(mvccpb.PUT, kv)
 	}
 	if !seenPolicy {
-		f.policy = nil
+		f.setPolicy(f.cfg.Policy, "default")
+		f.policyRej = nil
 	}
 	for id, c := range f.configs {
 		fields := []string{string(etcdkeys.FieldWeight), string(etcdkeys.FieldState), string(etcdkeys.FieldMaxConns)}
@@ -173,11 +176,11 @@ func (f *Fleet) applyNodeEvent(typ mvccpb.Event_EventType, kv *mvccpb.KeyValue) 
 		return nil
 	}
 	if typ == mvccpb.DELETE {
-		return f.removeNode(id)
+		return f.unregister(id, f.now())
 	}
 	n := f.nodes[id]
 	if n == nil {
-		n = &node{id: id, health: HealthPending}
+		n = &node{id: id, health: HealthPending, tracker: balance.NewTracker()}
 		f.nodes[id] = n
 	}
 	if n.regRejected != nil && n.regRejected.Revision == kv.ModRevision {
@@ -199,6 +202,9 @@ func (f *Fleet) applyNodeEvent(typ mvccpb.Event_EventType, kv *mvccpb.KeyValue) 
 		return nil
 	}
 	n.regRejected = nil
+	if n.unregistered {
+		f.reregistered(n)
+	}
 	old, had := n.reg, n.hasReg
 	n.reg, n.hasReg = reg, true
 	switch {
@@ -212,6 +218,7 @@ func (f *Fleet) applyNodeEvent(typ mvccpb.Event_EventType, kv *mvccpb.KeyValue) 
 	}
 	// A new process: forget what the old one said until it answers.
 	n.health, n.fails, n.lastErr, n.stats, n.load = HealthPending, 0, "", nil, nil
+	n.loadFactor, n.overloaded, n.suppressed, n.slowSince = 0, false, false, time.Time{}
 	var toClose []*grpc.ClientConn
 	if had && old.GRPCAddr == reg.GRPCAddr && n.conn != nil {
 		f.poke()
@@ -257,7 +264,7 @@ func (f *Fleet) removeNode(id string) []*grpc.ClientConn {
 	}
 	delete(f.nodes, id)
 	f.m.forget(id)
-	f.log.Info().Str("node", id).Msg("node removed (registration gone)")
+	f.log.Info().Str("node", id).Str("health", string(n.health)).Msg("node removed (registration gone)")
 	if n.conn != nil {
 		return []*grpc.ClientConn{n.conn}
 	}
@@ -349,18 +356,44 @@ func (f *Fleet) deleteConfigField(id string, field etcdkeys.Field) {
 	}
 }
 
-// applyPolicy checks <prefix>/config/policy against the policy this
-// dispatcher runs. Requires f.mu.
+// applyPolicy applies <prefix>/config/policy: a known policy is put in
+// force on the balancer at once; an unknown one is rejected and the last
+// good one stays; a delete returns to the flag's default. Requires f.mu.
 func (f *Fleet) applyPolicy(typ mvccpb.Event_EventType, kv *mvccpb.KeyValue) {
 	v := strings.TrimSpace(string(kv.Value))
-	if typ == mvccpb.DELETE || v == "" || v == f.cfg.Policy {
-		f.policy = nil
+	if typ == mvccpb.DELETE || v == "" {
+		f.policyRej = nil
+		f.setPolicy(f.cfg.Policy, "default")
 		return
 	}
-	err := fmt.Errorf("policy %q: this dispatcher supports only %q", v, f.cfg.Policy)
-	f.policy = &Rejected{Value: shown(kv.Value), Error: err.Error(), Revision: kv.ModRevision}
-	f.m.rejections.WithLabelValues("policy").Inc()
-	f.log.Warn().Err(err).Msg("etcd: policy rejected")
+	if r := f.policyRej; r != nil && r.Revision == kv.ModRevision {
+		return // the same bad value again (a re-list): already reported
+	}
+	if _, err := balance.ByName(v); err != nil {
+		f.policyRej = &Rejected{Value: shown(kv.Value), Error: err.Error(), Revision: kv.ModRevision}
+		f.m.rejections.WithLabelValues("policy").Inc()
+		f.log.Warn().Err(err).Str("value", shown(kv.Value)).Str("in_force", f.policy).
+			Msg("etcd: bad policy rejected, keeping the one in force")
+		return
+	}
+	f.policyRej = nil
+	f.setPolicy(v, "etcd")
+}
+
+// setPolicy puts policy name in force. Requires f.mu.
+func (f *Fleet) setPolicy(name, source string) {
+	if name == f.policy && f.pub.Policy().Name() == name {
+		return
+	}
+	p, err := balance.ByName(name)
+	if err != nil {
+		return // checked by callers
+	}
+	prev := f.policy
+	f.policy = name
+	f.pub.SetPolicy(p)
+	f.m.setPolicy(name)
+	f.log.Info().Str("policy", name).Str("previous", prev).Str("source", source).Msg("selection policy in force")
 }
 
 // shown is a value as kept for logs and Status: valid UTF-8, bounded.

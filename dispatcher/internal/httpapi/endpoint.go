@@ -23,6 +23,8 @@ const (
 	DefaultDevice   = "default"
 	TransportTCP    = "tcp"
 	maxExcludeItems = balance.MaxExclude
+	// RegionHeader carries the client's region when the query does not.
+	RegionHeader = "X-Imgate-Region"
 )
 
 // endpointQuery is a validated /v1/endpoint query.
@@ -41,6 +43,12 @@ func (s *Server) endpoint(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) serveEndpoint(w http.ResponseWriter, r *http.Request) int {
 	q, err := parseEndpointQuery(r.URL.RawQuery)
+	if err == nil && q.pick.Region == "" {
+		if h := r.Header.Get(RegionHeader); h != "" {
+			q.pick.Region = h
+			err = checkText("region", h, MaxRegionLen)
+		}
+	}
 	if err != nil {
 		s.log.Debug().Err(err).Msg("endpoint: bad request")
 		return s.fail(w, r, err)
@@ -87,6 +95,7 @@ func parseEndpointQuery(raw string) (endpointQuery, error) {
 	if q.uid == "" {
 		return q, badParam("uid", "required")
 	}
+	q.pick.Key = q.uid // consistent_hash: sticky by user
 	if err := checkText("uid", q.uid, MaxUIDLen); err != nil {
 		return q, err
 	}

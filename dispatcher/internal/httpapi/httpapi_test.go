@@ -46,7 +46,7 @@ func newFixture(t testing.TB, nodes ...balance.Candidate) *fixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{bal: balance.New(balance.LeastConn{}), fleet: &fakeFleet{}, keys: keys, reg: prometheus.NewRegistry()}
+	f := &fixture{bal: balance.New(balance.P2C{}), fleet: &fakeFleet{}, keys: keys, reg: prometheus.NewRegistry()}
 	for i := range nodes {
 		if nodes[i].Weight == 0 {
 			nodes[i].Weight = 100
@@ -294,4 +294,41 @@ func FuzzEndpointQuery(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestEndpointRegionHeaderAndStickiness(t *testing.T) {
+	f := newFixture(t, balance.Candidate{ID: "1", Region: "eu"}, balance.Candidate{ID: "2", Region: "us"},
+		balance.Candidate{ID: "3", Region: "us"})
+	hdr := func(target, region string) *httptest.ResponseRecorder {
+		w := httptest.NewRecorder()
+		r := httptest.NewRequest(http.MethodGet, target, nil)
+		r.Header.Set(RegionHeader, region)
+		f.srv.ServeHTTP(w, r)
+		return w
+	}
+	for range 5 {
+		if ep := decode[api.EndpointResponse](t, hdr("/v1/endpoint?uid=u", "eu")); ep.NodeID != "1" {
+			t.Fatalf("region header eu: %+v", ep)
+		}
+	}
+	if ep := decode[api.EndpointResponse](t, hdr("/v1/endpoint?uid=u&region=us", "eu")); ep.NodeID == "1" {
+		t.Fatalf("the query's region wins over the header: %+v", ep)
+	}
+	if w := hdr("/v1/endpoint?uid=u", "bad\x01"); w.Code != http.StatusBadRequest {
+		t.Fatalf("bad region header: %d", w.Code)
+	}
+	// consistent_hash: the uid is the key. Loaded nodes, so that the load
+	// bound (1.25 × the share) does not bind for these few picks.
+	cs := []balance.Candidate{{ID: "1"}, {ID: "2"}, {ID: "3"}}
+	for i := range cs {
+		cs[i].Addr, cs[i].Weight, cs[i].Load = "127.0.0.1:700"+cs[i].ID, 100, balance.NewLoad(1000)
+	}
+	f.bal.Publish(balance.NewSnapshot(cs))
+	f.bal.SetPolicy(balance.ConsistentHash{})
+	first := decode[api.EndpointResponse](t, f.get("/v1/endpoint?uid=sticky-user&device=a")).NodeID
+	for _, dev := range []string{"b", "c", "d"} {
+		if got := decode[api.EndpointResponse](t, f.get("/v1/endpoint?uid=sticky-user&device="+dev)).NodeID; got != first {
+			t.Fatalf("consistent_hash: %s then %s", first, got)
+		}
+	}
 }
