@@ -36,6 +36,7 @@ type config struct {
 	HeartbeatInterval time.Duration
 	IdleTimeout       time.Duration
 	ShutdownTimeout   time.Duration
+	PushToken         string
 	LogLevel          zerolog.Level
 
 	// Selection.
@@ -80,6 +81,7 @@ func parseConfig(args []string, out io.Writer) (config, error) {
 	fs.DurationVar(&c.HeartbeatInterval, "heartbeat-interval", 30*time.Second, "heartbeat interval hint returned to clients")
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", 90*time.Second, "idle timeout hint returned to clients")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight HTTP requests get at shutdown")
+	fs.StringVar(&c.PushToken, "push-token", "", "bearer token backends must present to POST /v1/push (empty: push is refused with 403; prefer the env var)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.Policy, "policy", balance.PolicyP2C,
 		"selection policy while <prefix>/config/policy is unset: "+strings.Join(balance.Names(), ", "))

@@ -134,7 +134,9 @@ func run(ctx context.Context, cfg config, log zerolog.Logger, listening func(net
 		IdleTimeout:       cfg.IdleTimeout,
 		Reconnect: api.BackoffHints{BaseMS: cfg.ReconnectBase.Milliseconds(), Factor: cfg.ReconnectFactor,
 			Jitter: cfg.ReconnectJitter, MaxMS: cfg.ReconnectMax.Milliseconds()},
-		Metrics: promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+		Metrics:   promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+		Pusher:    fl,
+		PushToken: cfg.PushToken,
 	}, bal, fl, keys, httpLog, reg)
 	if err != nil {
 		return err

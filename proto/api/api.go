@@ -43,6 +43,7 @@ type ErrorBody struct {
 const (
 	CodeBadParameter = "bad_parameter" // 400
 	CodeUnauthorized = "unauthorized"  // 401
+	CodeForbidden    = "forbidden"     // 403
 	CodeNotFound     = "not_found"     // 404
 	CodeRateLimited  = "rate_limited"  // 429, Retry-After
 	CodeNoNode       = "no_node"       // 503, Retry-After

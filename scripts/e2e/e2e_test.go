@@ -147,6 +147,9 @@ func startFleet(t *testing.T, regions ...string) *fleet {
 	return startFleetArgs(t, nil, regions...)
 }
 
+// testPushToken is the dispatcher's --push-token in these tests.
+const testPushToken = "e2e-push-token"
+
 // startFleetArgs is startFleet with extra flags for every access node.
 func startFleetArgs(t *testing.T, nodeArgs []string, regions ...string) *fleet {
 	t.Helper()
@@ -161,7 +164,7 @@ func startFleetArgs(t *testing.T, nodeArgs []string, regions ...string) *fleet {
 	httpAddr := freeAddr(t)
 	f.base = "http://" + httpAddr
 	f.dispatcher = start(t, "dispatcher", bin+"/dispatcher", "--http-addr", httpAddr, "--etcd-endpoints", endpoint,
-		"--pull-interval", "200ms", "--log-level", "debug")
+		"--pull-interval", "200ms", "--log-level", "debug", "--push-token", testPushToken)
 	for i, region := range regions {
 		id := fmt.Sprintf("node-%d", i+1)
 		args := []string{bin + "/accessnode", "--id", id,

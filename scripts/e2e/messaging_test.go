@@ -2,10 +2,13 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"net/http"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -341,5 +344,57 @@ func TestRequestsAndStorageThroughTheBackend(t *testing.T) {
 	defer b.mu.Unlock()
 	if len(b.stored) != 1 || b.stored[0].ToUid != "nobody-online" || b.stored[0].FromUid != "alice" || b.stored[0].MsgId != res.MsgID {
 		t.Fatalf("stored %v", b.stored)
+	}
+}
+
+// TestPushThroughTheDispatcher: a backend pushes one message to a group of
+// users spread over nodes, through POST /v1/push, and gets each user's
+// outcome; without the token it is refused.
+func TestPushThroughTheDispatcher(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	f := startFleet(t, "", "")
+	a := dialDevice(t, f.base, "grp-a", "phone")
+	b := dialDevice(t, f.base, "grp-b", "phone")
+	aIn, bIn := collect(a), collect(b)
+	prober := dialDevice(t, f.base, "prober", "phone")
+	reachable(t, prober, "grp-a", 1)
+	reachable(t, prober, "grp-b", 1)
+
+	push := func(token, body string) (int, map[string]any) {
+		req, _ := http.NewRequest(http.MethodPost, f.base+"/v1/push", strings.NewReader(body))
+		if token != "" {
+			req.Header.Set("Authorization", "Bearer "+token)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out map[string]any
+		_ = json.NewDecoder(resp.Body).Decode(&out)
+		return resp.StatusCode, out
+	}
+	if code, _ := push("", `{"uids":["grp-a"],"payload":"x"}`); code != http.StatusUnauthorized {
+		t.Fatalf("without token: %d", code)
+	}
+	if code, _ := push(testPushToken, `{"uids":[],"payload":"x"}`); code != http.StatusBadRequest {
+		t.Fatalf("no uids: %d", code)
+	}
+	code, out := push(testPushToken, `{"uids":["grp-a","grp-b","grp-nobody"],"payload":"server says hi","from":"system"}`)
+	if code != http.StatusOK {
+		t.Fatalf("push: %d %v", code, out)
+	}
+	got := map[string]string{}
+	for _, r := range out["results"].([]any) {
+		m := r.(map[string]any)
+		got[m["uid"].(string)] = m["outcome"].(string)
+	}
+	if got["grp-a"] != "delivered" || got["grp-b"] != "delivered" || got["grp-nobody"] != "offline" {
+		t.Fatalf("outcomes %v", got)
+	}
+	for _, in := range []*inbox{aIn, bIn} {
+		waitFor(t, "the pushed message", 10*time.Second, func() bool { return len(in.payloadsFrom("system")) == 1 })
 	}
 }

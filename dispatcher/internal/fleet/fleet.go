@@ -108,6 +108,7 @@ type Fleet struct {
 	synced    bool       // the first full etcd listing has been applied
 	closed    bool       // Run has returned; no new gRPC connections
 	nodes     map[string]*node
+	pushNext  int // guarded by mu: round robin of Push over healthy nodes
 	configs   map[string]*nodeConfig
 	policy    string    // the policy in force
 	policyRej *Rejected // a rejected <prefix>/config/policy value, or nil

@@ -41,6 +41,10 @@ type Config struct {
 	Reconnect         api.BackoffHints
 	// Metrics is served at /metrics (nil: 404).
 	Metrics http.Handler
+	// Pusher serves POST /v1/push (nil: 404), for backends holding
+	// PushToken (empty: the endpoint answers 403).
+	Pusher    Pusher
+	PushToken string
 }
 
 // DefaultReconnect is the reconnect backoff hint clients get.
@@ -77,6 +81,9 @@ func New(cfg Config, p Picker, f Fleet, s Signer, log zerolog.Logger, reg promet
 	r.Get("/v1/endpoint", srv.endpoint)
 	r.Get("/get-tcp-ip", srv.endpoint)
 	r.Get("/v1/nodes", srv.nodes)
+	if cfg.Pusher != nil {
+		r.Post("/v1/push", srv.push)
+	}
 	r.Get("/healthz", srv.healthz)
 	r.Get("/readyz", srv.readyz)
 	if cfg.Metrics != nil {
