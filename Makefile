@@ -10,7 +10,7 @@ PROTOC_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
 ETCDCTL            := go.etcd.io/etcd/etcdctl/v3@v3.7.3
 
-.PHONY: all build run test vet fmt-check race fuzz bench proto tools etcdctl clean
+.PHONY: all build run test vet fmt-check race fuzz bench microbench proto tools etcdctl clean
 
 all: build
 
@@ -42,8 +42,12 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseDispatcherError$$' -fuzztime $(FUZZTIME) ./proto/client
 	$(GO) test -run '^$$' -fuzz '^FuzzEndpointQuery$$' -fuzztime $(FUZZTIME) ./dispatcher/internal/httpapi
 
-## bench: the Go benchmarks (see docs/benchmarks.md for the load-tool scenarios)
+## bench: the standard load scenario (whole system + load tool, a few minutes)
 bench:
+	scripts/bench.sh
+
+## microbench: every Go benchmark
+microbench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
 ## proto: regenerate proto/*pb from the .proto files with pinned tools

@@ -52,6 +52,8 @@ type config struct {
 	regionA     string
 	regionB     string
 	payload     int
+	procs       int
+	shard       int // >= 0 in a child process started by --procs
 }
 
 func main() {
@@ -71,14 +73,25 @@ func main() {
 	flag.StringVar(&c.regionA, "region-a", "", "region asked for by even connections (senders)")
 	flag.StringVar(&c.regionB, "region-b", "", "region asked for by odd connections (recipients); differ from region-a for cross-node traffic")
 	flag.IntVar(&c.payload, "payload", 100, "c2c payload bytes")
+	flag.IntVar(&c.procs, "procs", 1, "spread the connections over this many load processes (each holds conns/procs; one process may open ~19,900 sockets here)")
+	flag.IntVar(&c.shard, "shard", -1, "internal: this process is shard N of a --procs run")
 	flag.Parse()
-	if c.conns <= 0 || c.rate <= 0 || c.srcIPs < 1 || c.srcIPs > 254 {
-		fmt.Fprintln(os.Stderr, "loadgen: --conns, --rate must be > 0 and --src-ips 1..254")
+	if c.conns <= 0 || c.rate <= 0 || c.srcIPs < 1 || c.procs < 1 || c.procs*c.srcIPs > 250 {
+		fmt.Fprintln(os.Stderr, "loadgen: --conns, --rate must be > 0, --procs >= 1 and --procs × --src-ips ≤ 250")
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	rep, err := run(ctx, c)
+	if c.shard < 0 {
+		checkOS(os.Stderr, c.conns, c.procs, c.procs*c.srcIPs)
+	}
+	var rep *report
+	var err error
+	if c.procs > 1 && c.shard < 0 {
+		rep, err = runShards(ctx, c)
+	} else {
+		rep, err = run(ctx, c)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "loadgen:", err)
 		os.Exit(1)
@@ -204,7 +217,9 @@ func run(ctx context.Context, c config) (*report, error) {
 			case <-progressDone:
 				return
 			case <-t.C:
-				fmt.Fprintf(os.Stderr, "\r%d/%d logged in, %.0f/s   ", loggedIn.Load(), c.conns, float64(loggedIn.Load())/time.Since(start).Seconds())
+				if c.shard < 0 {
+					fmt.Fprintf(os.Stderr, "\r%d/%d logged in, %.0f/s   ", loggedIn.Load(), c.conns, float64(loggedIn.Load())/time.Since(start).Seconds())
+				}
 			}
 		}
 	}()
@@ -218,6 +233,9 @@ func run(ctx context.Context, c config) (*report, error) {
 			defer wg.Done()
 			defer func() { <-sem }()
 			uid := "load-" + strconv.Itoa(i)
+			if c.shard >= 0 {
+				uid = "load-" + strconv.Itoa(c.shard) + "-" + strconv.Itoa(i)
+			}
 			t0 := time.Now()
 			region := c.regionA
 			if i%2 == 1 {
@@ -229,7 +247,11 @@ func run(ctx context.Context, c config) (*report, error) {
 				return
 			}
 			t1 := time.Now()
-			cn, err := connect(ep, i%c.srcIPs)
+			src := i % c.srcIPs
+			if c.shard >= 0 {
+				src = 1 + c.shard*c.srcIPs + src // 127.0.0.2 and up, a range per shard
+			}
+			cn, err := connect(ep, src)
 			if err != nil {
 				fail(err.Error())
 				return
@@ -252,6 +274,9 @@ func run(ctx context.Context, c config) (*report, error) {
 	rep.EndpointP50MS, rep.EndpointP99MS = pct(endpointL, 0.5), pct(endpointL, 0.99)
 	rep.LoginP50MS, rep.LoginP99MS = pct(loginL, 0.5), pct(loginL, 0.99)
 	fmt.Fprintln(os.Stderr)
+	if c.shard >= 0 {
+		fmt.Println("READY") // the parent measures the nodes now
+	}
 
 	// Hold: heartbeats from one goroutine, Pongs read per connection.
 	hctx, cancel := context.WithCancel(ctx)

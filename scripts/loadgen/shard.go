@@ -1,0 +1,153 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// runShards runs the load in c.procs child processes (a process may hold
+// only ~19,900 sockets here), measures the nodes once every child has logged
+// its connections in, and merges the children's reports. Latency
+// percentiles of the merged report are the worst shard's.
+func runShards(ctx context.Context, c config) (*report, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	urls := splitNonEmpty(c.metrics)
+	rep := &report{Conns: c.conns, Errors: map[string]int{}}
+	if len(urls) > 0 {
+		if rep.NodeRSSBefore, rep.NodeHeapBefore, _, err = settle(ctx, urls, c.settle); err != nil {
+			return nil, err
+		}
+	}
+	dir, err := os.MkdirTemp("", "loadgen")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+
+	type child struct {
+		cmd   *exec.Cmd
+		json  string
+		ready chan struct{}
+		done  chan error
+	}
+	kids := make([]*child, c.procs)
+	for i := range kids {
+		k := &child{json: filepath.Join(dir, fmt.Sprintf("shard-%d.json", i)), ready: make(chan struct{}), done: make(chan error, 1)}
+		n := c.conns / c.procs
+		if i < c.conns%c.procs {
+			n++
+		}
+		args := []string{
+			"--shard", strconv.Itoa(i), "--procs", "1", "--json", k.json,
+			"--dispatcher", c.dispatcher, "--conns", strconv.Itoa(n), "--rate", strconv.Itoa(max(1, c.rate/c.procs)),
+			"--hold", c.hold.String(), "--heartbeat", c.heartbeat.String(), "--src-ips", strconv.Itoa(c.srcIPs),
+			"--concurrency", strconv.Itoa(max(1, c.concurrency/c.procs)), "--msg-rate", strconv.Itoa(c.msgRate / c.procs),
+			"--msg-duration", c.msgDuration.String(), "--region-a", c.regionA, "--region-b", c.regionB,
+			"--payload", strconv.Itoa(c.payload),
+		}
+		k.cmd = exec.CommandContext(ctx, exe, args...)
+		k.cmd.Stderr = os.Stderr
+		out, err := k.cmd.StdoutPipe()
+		if err != nil {
+			return nil, err
+		}
+		if err := k.cmd.Start(); err != nil {
+			return nil, fmt.Errorf("start shard %d: %w", i, err)
+		}
+		go func() {
+			sc := bufio.NewScanner(out)
+			for sc.Scan() {
+				if strings.TrimSpace(sc.Text()) == "READY" {
+					close(k.ready)
+				}
+			}
+			k.done <- k.cmd.Wait()
+		}()
+		kids[i] = k
+	}
+	start := time.Now()
+	limit := time.Duration(c.conns/max(1, c.rate)+120) * time.Second
+	for i, k := range kids {
+		select {
+		case <-k.ready:
+		case err := <-k.done:
+			k.done <- err
+			fmt.Fprintf(os.Stderr, "shard %d ended before logging in: %v\n", i, err)
+		case <-time.After(limit - time.Since(start)):
+			return nil, fmt.Errorf("shard %d not logged in after %v", i, limit)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		fmt.Fprintf(os.Stderr, "shard %d/%d logged in (%.1fs)\n", i+1, c.procs, time.Since(start).Seconds())
+	}
+	if len(urls) > 0 {
+		rss, heap, n, err := settle(ctx, urls, c.settle)
+		if err == nil {
+			rep.NodeRSSAfter, rep.NodeHeapAfter, rep.NodeConns = rss, heap, n
+			if n > 0 {
+				rep.RSSPerConnKiB = (rss - rep.NodeRSSBefore) / n / 1024
+				rep.HeapPerConnKiB = (heap - rep.NodeHeapBefore) / n / 1024
+			}
+		}
+	}
+	for i, k := range kids {
+		if err := <-k.done; err != nil {
+			fmt.Fprintf(os.Stderr, "shard %d: %v\n", i, err)
+		}
+		b, err := os.ReadFile(k.json)
+		if err != nil {
+			rep.Errors["shard_without_report"]++
+			continue
+		}
+		var r report
+		if err := json.Unmarshal(b, &r); err != nil {
+			rep.Errors["shard_bad_report"]++
+			continue
+		}
+		merge(rep, &r)
+	}
+	if rep.LoginSeconds > 0 {
+		rep.LoginsPerSecond = float64(rep.LoggedIn) / rep.LoginSeconds
+	}
+	return rep, nil
+}
+
+// merge adds one shard's report to the total.
+func merge(t, r *report) {
+	t.LoggedIn += r.LoggedIn
+	for k, v := range r.Errors {
+		t.Errors[k] += v
+	}
+	t.LoginSeconds = max(t.LoginSeconds, r.LoginSeconds)
+	t.EndpointP50MS, t.EndpointP99MS = max(t.EndpointP50MS, r.EndpointP50MS), max(t.EndpointP99MS, r.EndpointP99MS)
+	t.LoginP50MS, t.LoginP99MS = max(t.LoginP50MS, r.LoginP50MS), max(t.LoginP99MS, r.LoginP99MS)
+	t.ClientRSSAfterMB += r.ClientRSSAfterMB
+	if m := r.Msgs; m != nil {
+		if t.Msgs == nil {
+			t.Msgs = &msgReport{Outcomes: map[string]int{}}
+		}
+		tm := t.Msgs
+		tm.Rate += m.Rate
+		tm.Sent += m.Sent
+		tm.Unanswered += m.Unanswered
+		tm.PerSecond += m.PerSecond
+		tm.Seconds = max(tm.Seconds, m.Seconds)
+		tm.SameNode += m.SameNode
+		tm.CrossNode += m.CrossNode
+		for k, v := range m.Outcomes {
+			tm.Outcomes[k] += v
+		}
+		tm.P50MS, tm.P90MS, tm.P99MS, tm.MaxMS = max(tm.P50MS, m.P50MS), max(tm.P90MS, m.P90MS), max(tm.P99MS, m.P99MS), max(tm.MaxMS, m.MaxMS)
+	}
+}
