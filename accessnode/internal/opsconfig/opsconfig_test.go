@@ -7,12 +7,10 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
-	"go.uber.org/zap"
 
 	"github.com/imgate/imgate/proto/etcdkeys"
-	"github.com/imgate/imgate/scripts/devetcd"
+	"github.com/imgate/imgate/scripts/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -39,26 +37,11 @@ func (f *fakeDrainer) get() (bool, int) {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.WaitFor(t, what, 10*time.Second, cond)
 }
 
 func TestDrainFollowsTheStateKey(t *testing.T) {
-	e, err := devetcd.Start(t.TempDir(), "127.0.0.1:0", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.Endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	_, cli := testkit.Etcd(t)
 	keys := etcdkeys.New("")
 	key := keys.NodeConfig("n1", etcdkeys.FieldState)
 	put := func(v string) {

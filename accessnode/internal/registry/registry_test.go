@@ -9,31 +9,16 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/imgate/imgate/proto/etcdkeys"
-	"github.com/imgate/imgate/scripts/devetcd"
+	"github.com/imgate/imgate/scripts/testkit"
 )
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	testkit.WaitFor(t, what, 15*time.Second, cond)
 }
 
 func TestRegisterReregisterDeregister(t *testing.T) {
-	e, err := devetcd.Start(t.TempDir(), "127.0.0.1:0", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.Endpoint}, DialTimeout: 5 * time.Second})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	_, cli := testkit.Etcd(t)
 	schema := etcdkeys.New("/t")
 	reg := etcdkeys.Registration{ID: "n1", Addrs: map[string]string{"tcp": "127.0.0.1:1"}, GRPCAddr: "127.0.0.1:2"}
 	r, err := New(cli, schema, reg, 2*time.Second, zerolog.Nop())

@@ -8,12 +8,10 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
-	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
-	"go.uber.org/zap"
 
 	"github.com/imgate/imgate/dispatcher/internal/fleet"
-	"github.com/imgate/imgate/scripts/devetcd"
+	"github.com/imgate/imgate/scripts/testkit"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -94,28 +92,13 @@ func (f *fakeFleet) shed(id string) int {
 
 func waitFor(t *testing.T, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(15 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	testkit.WaitFor(t, what, 15*time.Second, cond)
 }
 
 // TestOneLeaderSheds: two replicas share one election; only the leader
 // sheds, and the other takes over when the leader stops.
 func TestOneLeaderSheds(t *testing.T) {
-	e, err := devetcd.Start(t.TempDir(), "127.0.0.1:0", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer e.Close()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{e.Endpoint}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	_, cli := testkit.Etcd(t)
 
 	start := func(id string, f *fakeFleet) (*Rebalancer, context.CancelFunc, chan error) {
 		r, err := New(Config{Interval: 20 * time.Millisecond, Threshold: 0.2, Rate: 1000, MinExcess: 10,
