@@ -74,6 +74,11 @@ type config struct {
 	upstreamAddr      string
 	upstreamTimeout   time.Duration
 	upstreamStore     bool
+	maxConnsPerIP     int
+	newConnsPerIP     float64
+	newConnsBurst     int
+	msgsPerSec        float64
+	msgBurst          int
 }
 
 func parseFlags(args []string) (config, error) {
@@ -105,6 +110,11 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.upstreamAddr, "upstream-addr", "", "gRPC address of the app's backend (Upstream service) for client requests; empty: requests are answered UNAVAILABLE")
 	fs.DurationVar(&c.upstreamTimeout, "upstream-timeout", 5*time.Second, "timeout of one backend call")
+	fs.IntVar(&c.maxConnsPerIP, "max-conns-per-ip", 0, "most connections one source address may hold (0: no limit; mind carrier NAT)")
+	fs.Float64Var(&c.newConnsPerIP, "new-conns-per-ip", 0, "new connections per second one source address may open (0: no limit)")
+	fs.IntVar(&c.newConnsBurst, "new-conns-per-ip-burst", 0, "burst for --new-conns-per-ip (0: twice the rate)")
+	fs.Float64Var(&c.msgsPerSec, "msgs-per-sec", 1000, "Sends and Requests per second one connection may make; more are answered RATE_LIMITED (0: no limit)")
+	fs.IntVar(&c.msgBurst, "msg-burst", 0, "burst for --msgs-per-sec (0: twice the rate)")
 	fs.BoolVar(&c.upstreamStore, "upstream-store-offline", false, "hand messages to users with no device online to the backend's Store (the sender hears STORED)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: accessnode [flags]\n\nEvery flag can also be set by the environment variable shown.\n\n")
@@ -199,16 +209,21 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 		up = u
 	}
 	gw, err := gateway.New(gateway.Config{
-		Upstream:          up,
-		UpstreamTimeout:   cfg.upstreamTimeout,
-		StoreOffline:      cfg.upstreamStore,
-		NodeID:            cfg.id,
-		LoginTimeout:      cfg.loginTimeout,
-		HeartbeatInterval: cfg.heartbeatInterval,
-		IdleTimeout:       cfg.idleTimeout,
-		DeliverRetry:      cfg.deliverRetry,
-		DeliverTimeout:    cfg.deliverTimeout,
-		Engine:            evloop.Config{Loops: cfg.loops, MaxFrame: cfg.maxFrame, MaxConns: cfg.maxConns, Tick: cfg.sweep},
+		Upstream:           up,
+		UpstreamTimeout:    cfg.upstreamTimeout,
+		StoreOffline:       cfg.upstreamStore,
+		MaxConnsPerIP:      cfg.maxConnsPerIP,
+		NewConnsPerIP:      cfg.newConnsPerIP,
+		NewConnsPerIPBurst: cfg.newConnsBurst,
+		MsgsPerSec:         cfg.msgsPerSec,
+		MsgBurst:           cfg.msgBurst,
+		NodeID:             cfg.id,
+		LoginTimeout:       cfg.loginTimeout,
+		HeartbeatInterval:  cfg.heartbeatInterval,
+		IdleTimeout:        cfg.idleTimeout,
+		DeliverRetry:       cfg.deliverRetry,
+		DeliverTimeout:     cfg.deliverTimeout,
+		Engine:             evloop.Config{Loops: cfg.loops, MaxFrame: cfg.maxFrame, MaxConns: cfg.maxConns, Tick: cfg.sweep},
 	}, token.NewVerifier(keys, cfg.id, nil), log)
 	if err != nil {
 		return err

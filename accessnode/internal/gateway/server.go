@@ -45,6 +45,15 @@ type Config struct {
 	// StoreOffline hands messages whose recipient has no device online to
 	// Upstream.Store; the sender then hears STORED instead of OFFLINE.
 	StoreOffline bool
+
+	// Limits (0: off). MaxConnsPerIP caps one source address's connections;
+	// NewConnsPerIP / NewConnsPerIPBurst bound how fast it may open them;
+	// MsgsPerSec / MsgBurst bound Sends and Requests per connection.
+	MaxConnsPerIP      int
+	NewConnsPerIP      float64
+	NewConnsPerIPBurst int
+	MsgsPerSec         float64
+	MsgBurst           int
 }
 
 // Upstream is the app's backend (the nodepb.Upstream gRPC service).
@@ -81,7 +90,13 @@ func (c *Config) setDefaults() {
 	if c.UpstreamInFlight <= 0 {
 		c.UpstreamInFlight = 1024
 	}
+	if c.MsgsPerSec > 0 && c.MsgBurst <= 0 {
+		c.MsgBurst = max(1, int(2*c.MsgsPerSec))
+	}
 }
+
+// refusedConn marks a connection turned away by a per-address limit.
+type refusedConn struct{}
 
 // Router reaches the devices of users held by other nodes (the relay). All
 // methods must return without blocking.
@@ -112,6 +127,7 @@ type Server struct {
 
 	// Backend calls run on their own goroutines, bounded by upSlots and
 	// stopped by ctx; Close waits for them.
+	ipl     *ipLimits // nil: no per-address limits
 	upSlots chan struct{}
 	ctx     context.Context
 	cancel  context.CancelFunc
@@ -125,6 +141,7 @@ type Server struct {
 	delivered, partial, failed, offline    atomic.Uint64
 	protocolErrors, idleClosed, kicks      atomic.Uint64
 	requests, stored                       atomic.Uint64
+	rateLimited, ipRefused                 atomic.Uint64
 	loginTimeouts, replaced, framesDropped atomic.Uint64
 }
 
@@ -138,6 +155,7 @@ func New(cfg Config, verify *token.Verifier, log zerolog.Logger) (*Server, error
 		hub:       newHub(),
 		msgPrefix: cfg.NodeID + "-" + strconv.FormatInt(time.Now().UnixMilli(), 36) + "-",
 		upSlots:   make(chan struct{}, cfg.UpstreamInFlight),
+		ipl:       newIPLimits(cfg.MaxConnsPerIP, cfg.NewConnsPerIP, cfg.NewConnsPerIPBurst),
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	eng, err := evloop.New(cfg.Engine, s, log)
@@ -188,6 +206,11 @@ func (s *Server) handleRequest(from *session, m *wirepb.Request) {
 		s.send(from.c, &wirepb.Frame{Body: &wirepb.Frame_Response{Response: &wirepb.Response{
 			RequestId: m.RequestId, Code: code, Message: msg, Payload: payload}}})
 	}
+	if !from.budget.take(s.eng.Now(), s.cfg.MsgsPerSec, s.cfg.MsgBurst) {
+		s.rateLimited.Add(1)
+		answer(wirepb.ErrorCode_ERROR_CODE_RATE_LIMITED, "this connection sends too fast", nil)
+		return
+	}
 	up := s.cfg.Upstream
 	if up == nil {
 		answer(wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE, "no backend is configured for requests", nil)
@@ -221,6 +244,7 @@ type Stats struct {
 	ProtocolErrors, IdleClosed, Kicks    uint64
 	Replaced, FramesDropped              uint64
 	Requests, Stored                     uint64
+	RateLimited, IPRefused               uint64
 }
 
 // Stats returns the counters.
@@ -235,6 +259,7 @@ func (s *Server) Stats() Stats {
 		ProtocolErrors: s.protocolErrors.Load(), IdleClosed: s.idleClosed.Load(), Kicks: s.kicks.Load(),
 		Replaced: s.replaced.Load(), FramesDropped: s.framesDropped.Load(),
 		Requests: s.requests.Load(), Stored: s.stored.Load(),
+		RateLimited: s.rateLimited.Load(), IPRefused: s.ipRefused.Load(),
 	}
 }
 
@@ -286,7 +311,21 @@ func (s *Server) errorFrame(c *evloop.Conn, code wirepb.ErrorCode, msg string) {
 }
 
 // OnOpen implements evloop.Handler.
-func (s *Server) OnOpen(c *evloop.Conn) {}
+func (s *Server) OnOpen(c *evloop.Conn) {
+	if s.ipl == nil {
+		return
+	}
+	switch s.ipl.admit(c.RemoteAddr().Addr(), time.Now()) {
+	case ipTooMany:
+		s.ipRefused.Add(1)
+		c.Data = refusedConn{}
+		s.fail(c, wirepb.ErrorCode_ERROR_CODE_OVERLOADED, "too many connections from your address")
+	case ipTooFast:
+		s.ipRefused.Add(1)
+		c.Data = refusedConn{}
+		s.fail(c, wirepb.ErrorCode_ERROR_CODE_RATE_LIMITED, "your address opens connections too fast; back off")
+	}
+}
 
 // OnFrameError implements evloop.Handler.
 func (s *Server) OnFrameError(c *evloop.Conn, err error) {
@@ -406,6 +445,13 @@ func (s *Server) login(c *evloop.Conn, l *wirepb.Login) {
 
 func (s *Server) handleSend(from *session, m *wirepb.Send) {
 	s.sends.Add(1)
+	if !from.budget.take(s.eng.Now(), s.cfg.MsgsPerSec, s.cfg.MsgBurst) {
+		s.rateLimited.Add(1)
+		s.send(from.c, &wirepb.Frame{Body: &wirepb.Frame_SendAck{SendAck: &wirepb.SendAck{
+			ClientMsgId: m.ClientMsgId, Outcome: wirepb.Outcome_OUTCOME_FAILED,
+			Reason: wirepb.ErrorCode_ERROR_CODE_RATE_LIMITED, Detail: "this connection sends too fast"}}})
+		return
+	}
 	if m.ToUid == "" {
 		s.send(from.c, &wirepb.Frame{Body: &wirepb.Frame_SendAck{SendAck: &wirepb.SendAck{
 			ClientMsgId: m.ClientMsgId, Outcome: wirepb.Outcome_OUTCOME_FAILED,
@@ -547,6 +593,9 @@ func (s *Server) OnTick(c *evloop.Conn, now int64) {
 func (s *Server) OnClose(c *evloop.Conn) {
 	if sess, _ := c.Data.(*session); sess != nil {
 		s.endSession(sess)
+	}
+	if _, refused := c.Data.(refusedConn); s.ipl != nil && !refused {
+		s.ipl.release(c.RemoteAddr().Addr(), time.Now())
 	}
 }
 

@@ -15,7 +15,8 @@ type session struct {
 	c       *evloop.Conn
 	uid     string
 	device  string
-	loginAt int64 // unix nanoseconds; orders logins of one device across nodes
+	loginAt int64     // unix nanoseconds; orders logins of one device across nodes
+	budget  msgBudget // owned by the session's loop
 
 	npending atomic.Int32 // len(pending), read without the lock by the sweep
 

@@ -78,6 +78,10 @@ func registerGateway(reg *prometheus.Registry, gw Gateway, nodeID string) {
 	counter("deliver_retries_total", "Deliver frames sent again for lack of an ack.", func(s gateway.Stats) uint64 { return s.Retries })
 	counter("replaced_total", "Sessions kicked by a newer login of the same device.", func(s gateway.Stats) uint64 { return s.Replaced })
 	counter("kicks_total", "Sessions kicked by an operator or backend.", func(s gateway.Stats) uint64 { return s.Kicks })
+	counter("rate_limited_total", "Sends and Requests refused: the connection was over --msgs-per-sec.", func(s gateway.Stats) uint64 { return s.RateLimited })
+	counter("ip_refused_total", "Connections refused by a per-address limit.", func(s gateway.Stats) uint64 { return s.IPRefused })
+	counter("requests_total", "Client requests passed to the backend.", func(s gateway.Stats) uint64 { return s.Requests })
+	counter("stored_total", "Messages handed to the backend's Store.", func(s gateway.Stats) uint64 { return s.Stored })
 	for name, f := range map[string]func(gateway.Stats) uint64{
 		"delivered": func(s gateway.Stats) uint64 { return s.Delivered },
 		"partial":   func(s gateway.Stats) uint64 { return s.Partial },
