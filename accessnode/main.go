@@ -86,9 +86,9 @@ func parseFlags(args []string) (config, error) {
 	fs := flag.NewFlagSet("accessnode", flag.ContinueOnError)
 	fs.StringVar(&c.id, "id", "", "node id, unique in the fleet (default: <hostname>-<client port>)")
 	fs.StringVar(&c.clientAddr, "client-addr", "127.0.0.1:7000", "client TCP listen address")
-	fs.StringVar(&c.clientAdvertise, "client-advertise", "", "client address given to clients by the dispatcher (default: client-addr)")
+	fs.StringVar(&c.clientAdvertise, "client-advertise", "", "client address given to clients by the dispatcher (default: the bound client address)")
 	fs.StringVar(&c.grpcAddr, "grpc-addr", "127.0.0.1:7100", "gRPC listen address (NodeService, health)")
-	fs.StringVar(&c.grpcAdvertise, "grpc-advertise", "", "gRPC address other processes dial (default: grpc-addr)")
+	fs.StringVar(&c.grpcAdvertise, "grpc-advertise", "", "gRPC address other processes dial (default: the bound gRPC address)")
 	fs.StringVar(&c.httpAddr, "http-addr", "127.0.0.1:7200", "ops HTTP listen address (/healthz, /readyz, /metrics)")
 	fs.StringVar(&c.region, "region", "", "region label, matched against the client's region by the dispatcher")
 	fs.StringVar(&c.etcdEndpoints, "etcd-endpoints", "127.0.0.1:2379", "etcd endpoints, comma-separated")
@@ -125,12 +125,6 @@ func parseFlags(args []string) (config, error) {
 	}
 	if err := ff.Parse(fs, args, ff.WithEnvVarPrefix("IMGATE")); err != nil {
 		return c, err
-	}
-	if c.clientAdvertise == "" {
-		c.clientAdvertise = c.clientAddr
-	}
-	if c.grpcAdvertise == "" {
-		c.grpcAdvertise = c.grpcAddr
 	}
 	if c.id == "" {
 		host, _ := os.Hostname()
@@ -197,6 +191,13 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 	if err != nil {
 		grpcLn.Close()
 		return fmt.Errorf("http listener: %w", err)
+	}
+	// Advertise what was bound (port 0 picks one), unless told otherwise.
+	if cfg.clientAdvertise == "" {
+		cfg.clientAdvertise = clientLn.Addr().String()
+	}
+	if cfg.grpcAdvertise == "" {
+		cfg.grpcAdvertise = grpcLn.Addr().String()
 	}
 
 	var up gateway.Upstream

@@ -63,7 +63,7 @@ func dNewFleet(t *testing.T) *dFleet {
 func (f *dFleet) node(id, region string, extra ...string) *process {
 	f.t.Helper()
 	args := append([]string{f.bin + "/accessnode", "--id", id,
-		"--client-addr", freeAddr(f.t), "--grpc-addr", freeAddr(f.t), "--http-addr", freeAddr(f.t),
+		"--client-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
 		"--etcd-endpoints", f.endpoint, "--region", region, "--drain-timeout", "5s", "--lease-ttl", "2s",
 		"--sweep-interval", "100ms", "--log-level", "info"}, extra...)
 	p := start(f.t, id, args...)
@@ -77,7 +77,7 @@ func (f *dFleet) dispatcher(name string, extra ...string) string {
 	f.t.Helper()
 	addr := freeAddr(f.t)
 	args := append([]string{f.bin + "/dispatcher", "--http-addr", addr, "--etcd-endpoints", f.endpoint,
-		"--id", name, "--log-level", "info"}, extra...)
+		"--id", name, "--log-level", "info", "--rate-limit-per-ip", "0"}, extra...)
 	start(f.t, name, args...)
 	return "http://" + addr
 }

@@ -164,11 +164,11 @@ func startFleetArgs(t *testing.T, nodeArgs []string, regions ...string) *fleet {
 	httpAddr := freeAddr(t)
 	f.base = "http://" + httpAddr
 	f.dispatcher = start(t, "dispatcher", bin+"/dispatcher", "--http-addr", httpAddr, "--etcd-endpoints", endpoint,
-		"--pull-interval", "200ms", "--log-level", "debug", "--push-token", testPushToken)
+		"--pull-interval", "200ms", "--log-level", "debug", "--push-token", testPushToken, "--rate-limit-per-ip", "0")
 	for i, region := range regions {
 		id := fmt.Sprintf("node-%d", i+1)
 		args := []string{bin + "/accessnode", "--id", id,
-			"--client-addr", freeAddr(t), "--grpc-addr", freeAddr(t), "--http-addr", freeAddr(t),
+			"--client-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0", "--http-addr", "127.0.0.1:0",
 			"--etcd-endpoints", endpoint, "--region", region, "--drain-timeout", "5s", "--lease-ttl", "2s",
 			"--sweep-interval", "100ms", "--log-level", "debug"}
 		f.nodes[id] = start(t, id, append(args, nodeArgs...)...)
