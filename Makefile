@@ -41,6 +41,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME) ./proto/token
 	$(GO) test -run '^$$' -fuzz '^FuzzParseDispatcherError$$' -fuzztime $(FUZZTIME) ./proto/client
 	$(GO) test -run '^$$' -fuzz '^FuzzEndpointQuery$$' -fuzztime $(FUZZTIME) ./dispatcher/internal/httpapi
+	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(FUZZTIME) ./dispatcher/internal/auth
 
 ## bench: the standard load scenario (whole system + load tool, a few minutes)
 bench:

@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
 	"strings"
@@ -23,6 +24,12 @@ const envPrefix = "IMGATE"
 // defaultTokenKeys is a development key; run() warns loudly when it is used.
 const defaultTokenKeys = "dev=imgate-dev-secret-change-me"
 
+// Values of --auth.
+const (
+	AuthNone = "none"
+	AuthJWT  = "jwt"
+)
+
 // config is everything the dispatcher is told at start.
 type config struct {
 	HTTPAddr          string
@@ -38,6 +45,18 @@ type config struct {
 	ShutdownTimeout   time.Duration
 	PushToken         string
 	LogLevel          zerolog.Level
+
+	// User authentication on /v1/endpoint.
+	Auth          string // AuthNone or AuthJWT
+	AuthJWTSecret string
+	AuthJWKSFile  string
+	AuthAudience  string
+	AuthUIDClaim  string
+
+	// Per-source-IP rate limit of the client endpoints (0: off).
+	RateLimitPerIP float64
+	RateLimitBurst int
+	TrustProxy     bool
 
 	// Selection.
 	Policy          string
@@ -82,6 +101,16 @@ func parseConfig(args []string, out io.Writer) (config, error) {
 	fs.DurationVar(&c.IdleTimeout, "idle-timeout", 90*time.Second, "idle timeout hint returned to clients")
 	fs.DurationVar(&c.ShutdownTimeout, "shutdown-timeout", 10*time.Second, "how long in-flight HTTP requests get at shutdown")
 	fs.StringVar(&c.PushToken, "push-token", "", "bearer token backends must present to POST /v1/push (empty: push is refused with 403; prefer the env var)")
+	fs.StringVar(&c.Auth, "auth", AuthNone,
+		"user authentication on /v1/endpoint: none (development: uid from the query, anyone can be anyone) or jwt (the app's bearer JWT)")
+	fs.StringVar(&c.AuthJWTSecret, "auth-jwt-secret", "", "--auth jwt: HS256 secret of the app's tokens, at least 32 bytes (prefer the env var)")
+	fs.StringVar(&c.AuthJWKSFile, "auth-jwks-file", "", "--auth jwt: JWKS file with the app's RS256/Ed25519 public keys, chosen by kid (read at start)")
+	fs.StringVar(&c.AuthAudience, "auth-audience", "", "--auth jwt: required aud of the app's tokens (empty: not checked)")
+	fs.StringVar(&c.AuthUIDClaim, "auth-uid-claim", "sub", "--auth jwt: the claim that holds the uid")
+	fs.Float64Var(&c.RateLimitPerIP, "rate-limit-per-ip", 20, "requests/s per source IP on /v1/endpoint and /get-tcp-ip (0: no limit)")
+	fs.IntVar(&c.RateLimitBurst, "rate-limit-burst", 40, "burst of the per-source-IP limit (0: no limit)")
+	fs.BoolVar(&c.TrustProxy, "trust-proxy", false,
+		"take the source IP from the last X-Forwarded-For entry (only behind a proxy that appends it; otherwise clients choose their IP)")
 	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	fs.StringVar(&c.Policy, "policy", balance.PolicyP2C,
 		"selection policy while <prefix>/config/policy is unset: "+strings.Join(balance.Names(), ", "))
@@ -136,6 +165,24 @@ func parseConfig(args []string, out io.Writer) (config, error) {
 	case c.ReconnectBase <= 0 || c.ReconnectMax < c.ReconnectBase || c.ReconnectFactor < 1 ||
 		c.ReconnectJitter < 0 || c.ReconnectJitter > 1:
 		return c, errors.New("--reconnect-*: base > 0, max >= base, factor >= 1, jitter 0..1")
+	}
+	switch c.Auth {
+	case AuthNone:
+		if c.AuthJWTSecret != "" || c.AuthJWKSFile != "" || c.AuthAudience != "" {
+			return c, errors.New("--auth-jwt-secret, --auth-jwks-file, --auth-audience need --auth jwt")
+		}
+	case AuthJWT:
+		if c.AuthJWTSecret == "" && c.AuthJWKSFile == "" {
+			return c, errors.New("--auth jwt: give --auth-jwt-secret or --auth-jwks-file (or both)")
+		}
+		if c.AuthUIDClaim == "" {
+			return c, errors.New("--auth-uid-claim: must not be empty")
+		}
+	default:
+		return c, fmt.Errorf("--auth %q: want none or jwt", c.Auth)
+	}
+	if c.RateLimitPerIP < 0 || c.RateLimitBurst < 0 || math.IsNaN(c.RateLimitPerIP) || math.IsInf(c.RateLimitPerIP, 0) {
+		return c, errors.New("--rate-limit-per-ip, --rate-limit-burst: must be >= 0 (0: no limit)")
 	}
 	if _, err := balance.ByName(c.Policy); err != nil {
 		return c, fmt.Errorf("--policy: %w", err)

@@ -31,9 +31,11 @@ import (
 	"go.uber.org/zap"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/imgate/imgate/dispatcher/internal/auth"
 	"github.com/imgate/imgate/dispatcher/internal/balance"
 	"github.com/imgate/imgate/dispatcher/internal/fleet"
 	"github.com/imgate/imgate/dispatcher/internal/httpapi"
+	"github.com/imgate/imgate/dispatcher/internal/ratelimit"
 	"github.com/imgate/imgate/dispatcher/internal/rebalance"
 	"github.com/imgate/imgate/proto/api"
 	"github.com/imgate/imgate/proto/etcdkeys"
@@ -75,6 +77,19 @@ func run(ctx context.Context, cfg config, log zerolog.Logger, listening func(net
 	if cfg.TokenKeys == defaultTokenKeys {
 		log.Warn().Msg("!!! --token-keys is the built-in DEV key: anyone can mint tokens for your nodes. " +
 			"Set IMGATE_TOKEN_KEYS to a secret shared with the access nodes before production. !!!")
+	}
+
+	authn, err := newAuthenticator(cfg, log)
+	if err != nil {
+		return err
+	}
+	var limiter *ratelimit.Limiter
+	var rateLimit httpapi.RateLimiter // stays a nil interface when off
+	if cfg.RateLimitPerIP > 0 && cfg.RateLimitBurst > 0 {
+		limiter = ratelimit.New(ratelimit.Config{PerSecond: cfg.RateLimitPerIP, Burst: cfg.RateLimitBurst})
+		rateLimit = limiter
+	} else {
+		log.Warn().Msg("--rate-limit-per-ip or --rate-limit-burst is 0: client requests are not rate limited")
 	}
 
 	etcd, err := clientv3.New(clientv3.Config{
@@ -134,9 +149,12 @@ func run(ctx context.Context, cfg config, log zerolog.Logger, listening func(net
 		IdleTimeout:       cfg.IdleTimeout,
 		Reconnect: api.BackoffHints{BaseMS: cfg.ReconnectBase.Milliseconds(), Factor: cfg.ReconnectFactor,
 			Jitter: cfg.ReconnectJitter, MaxMS: cfg.ReconnectMax.Milliseconds()},
-		Metrics:   promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
-		Pusher:    fl,
-		PushToken: cfg.PushToken,
+		Metrics:    promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+		Pusher:     fl,
+		PushToken:  cfg.PushToken,
+		Auth:       authn,
+		RateLimit:  rateLimit,
+		TrustProxy: cfg.TrustProxy,
 	}, bal, fl, keys, httpLog, reg)
 	if err != nil {
 		return err
@@ -161,12 +179,17 @@ func run(ctx context.Context, cfg config, log zerolog.Logger, listening func(net
 	}
 	log.Info().Str("http", ln.Addr().String()).Strs("etcd", cfg.EtcdEndpoints).Str("prefix", cfg.EtcdPrefix).
 		Dur("pull_interval", cfg.PullInterval).Str("policy", bal.Policy().Name()).Bool("load_aware", cfg.LoadAware).
-		Dur("slow_start", cfg.SlowStart).Bool("rebalance", cfg.Rebalance).Str("id", cfg.ID).Msg("dispatcher started")
+		Dur("slow_start", cfg.SlowStart).Bool("rebalance", cfg.Rebalance).Str("id", cfg.ID).
+		Str("auth", cfg.Auth).Float64("rate_limit_per_ip", cfg.RateLimitPerIP).Int("rate_limit_burst", cfg.RateLimitBurst).
+		Bool("trust_proxy", cfg.TrustProxy).Msg("dispatcher started")
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return fl.Run(gctx) })
 	if rb != nil {
 		g.Go(func() error { return rb.Run(gctx) })
+	}
+	if limiter != nil {
+		g.Go(func() error { return limiter.Run(gctx, ratelimit.DefaultSweepInterval) })
 	}
 	g.Go(func() error {
 		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
@@ -187,4 +210,39 @@ func run(ctx context.Context, cfg config, log zerolog.Logger, listening func(net
 	err = g.Wait()
 	log.Info().Msg("dispatcher stopped")
 	return err
+}
+
+// newAuthenticator builds the user authentication of /v1/endpoint from the
+// --auth flags; nil for --auth none, after a loud warning.
+func newAuthenticator(cfg config, log zerolog.Logger) (httpapi.Authenticator, error) {
+	if cfg.Auth != AuthJWT {
+		log.Warn().Msg("!!! --auth none: users are NOT authenticated, anyone can get a token for any uid. " +
+			"Development only: set --auth jwt (IMGATE_AUTH=jwt) before production. !!!")
+		return nil, nil
+	}
+	jc := auth.JWTConfig{Secret: []byte(cfg.AuthJWTSecret), Audience: cfg.AuthAudience, UIDClaim: cfg.AuthUIDClaim}
+	if cfg.AuthJWKSFile != "" {
+		data, err := os.ReadFile(cfg.AuthJWKSFile)
+		if err != nil {
+			return nil, fmt.Errorf("--auth-jwks-file: %w", err)
+		}
+		keys, skipped, err := auth.ParseJWKS(data)
+		if err != nil {
+			return nil, fmt.Errorf("--auth-jwks-file %s: %w", cfg.AuthJWKSFile, err)
+		}
+		if len(skipped) > 0 {
+			log.Warn().Strs("kids", skipped).Msg("--auth-jwks-file: keys skipped (not RSA or Ed25519 signature keys)")
+		}
+		jc.Keys = keys
+	}
+	v, err := auth.NewJWT(jc)
+	if err != nil {
+		return nil, fmt.Errorf("--auth jwt: %w", err)
+	}
+	if cfg.AuthAudience == "" {
+		log.Warn().Msg("--auth jwt without --auth-audience: tokens the app issued for other services are accepted too")
+	}
+	log.Info().Bool("hs256", len(jc.Secret) > 0).Int("jwks_keys", len(jc.Keys)).Str("uid_claim", cfg.AuthUIDClaim).
+		Str("audience", cfg.AuthAudience).Msg("users authenticated with the app's JWT")
+	return v, nil
 }

@@ -95,6 +95,9 @@ func TestParseConfigRejects(t *testing.T) {
 		{"--policy", "round_robin"}, {"--overload-cpu", "0"}, {"--slow-start", "-1s"}, {"--max-eject-percent", "0"},
 		{"--max-eject-percent", "101"}, {"--rebalance-threshold", "0"}, {"--rebalance-rate", "0"},
 		{"--reconnect-base", "0s"}, {"--reconnect-max", "1ms"}, {"--reconnect-factor", "0.5"}, {"--reconnect-jitter", "2"},
+		{"--auth", "oauth"}, {"--auth", "jwt"}, {"--auth-jwt-secret", "x"}, {"--auth-audience", "a"},
+		{"--auth-jwks-file", "f"}, {"--auth", "jwt", "--auth-jwt-secret", "x", "--auth-uid-claim", ""},
+		{"--rate-limit-per-ip", "-1"}, {"--rate-limit-burst", "-1"}, {"--rate-limit-per-ip", "NaN"},
 	} {
 		if _, err := parseConfig(args, io.Discard); err == nil {
 			t.Errorf("%q accepted", args)
@@ -111,7 +114,8 @@ func TestHelpListsEveryFlagWithItsEnvVar(t *testing.T) {
 		"pull-interval", "pull-timeout", "max-fails", "heartbeat-interval", "idle-timeout", "log-level", "shutdown-timeout",
 		"policy", "load-aware", "overload-cpu", "overload-memory", "slow-start", "max-eject-percent", "rebalance",
 		"rebalance-interval", "rebalance-threshold", "rebalance-rate", "rebalance-min", "id", "reconnect-base",
-		"reconnect-max", "reconnect-factor", "reconnect-jitter"} {
+		"reconnect-max", "reconnect-factor", "reconnect-jitter", "auth", "auth-jwt-secret", "auth-jwks-file",
+		"auth-audience", "auth-uid-claim", "rate-limit-per-ip", "rate-limit-burst", "trust-proxy"} {
 		line := ""
 		for l := range strings.Lines(out.String()) {
 			if strings.Contains(l, "--"+name+" ") {

@@ -122,7 +122,9 @@ func run(ctx context.Context, c config) error {
 		procs = append(procs, p)
 		return nil
 	}
-	if err := start("dispatcher", append([]string{filepath.Join(c.bin, "dispatcher"), "--http-addr", c.dispatcher}, common...)...); err != nil {
+	// Dev and load runs make many requests from 127.0.0.1: no per-IP limit.
+	if err := start("dispatcher", append([]string{filepath.Join(c.bin, "dispatcher"), "--http-addr", c.dispatcher,
+		"--rate-limit-per-ip", "0"}, common...)...); err != nil {
 		return err
 	}
 	regions := []string{"east", "west"}

@@ -42,7 +42,7 @@ func (s *Server) endpoint(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) serveEndpoint(w http.ResponseWriter, r *http.Request) int {
-	q, err := parseEndpointQuery(r.URL.RawQuery)
+	q, err := parseEndpointQuery(r.URL.RawQuery, s.cfg.Auth == nil)
 	if err == nil && q.pick.Region == "" {
 		if h := r.Header.Get(RegionHeader); h != "" {
 			q.pick.Region = h
@@ -52,6 +52,11 @@ func (s *Server) serveEndpoint(w http.ResponseWriter, r *http.Request) int {
 	if err != nil {
 		s.log.Debug().Err(err).Msg("endpoint: bad request")
 		return s.fail(w, r, err)
+	}
+	if s.cfg.Auth != nil {
+		if err := s.authenticate(r, &q); err != nil {
+			return s.fail(w, r, err)
+		}
 	}
 	c, err := s.picker.Pick(&q.pick)
 	if err != nil {
@@ -83,7 +88,9 @@ func (s *Server) serveEndpoint(w http.ResponseWriter, r *http.Request) int {
 
 // parseEndpointQuery validates the raw query. Every error is a badParam
 // naming the parameter; unknown parameters are ignored (newer clients).
-func parseEndpointQuery(raw string) (endpointQuery, error) {
+// uid is optional unless uidRequired (with authentication it comes from the
+// token).
+func parseEndpointQuery(raw string, uidRequired bool) (endpointQuery, error) {
 	var q endpointQuery
 	vals, err := url.ParseQuery(raw)
 	if err != nil {
@@ -92,7 +99,7 @@ func parseEndpointQuery(raw string) (endpointQuery, error) {
 	if q.uid, err = single(vals, "uid"); err != nil {
 		return q, err
 	}
-	if q.uid == "" {
+	if q.uid == "" && uidRequired {
 		return q, badParam("uid", "required")
 	}
 	q.pick.Key = q.uid // consistent_hash: sticky by user

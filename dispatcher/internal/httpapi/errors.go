@@ -3,7 +3,10 @@ package httpapi
 import (
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
+	"strconv"
+	"time"
 
 	"github.com/imgate/imgate/dispatcher/internal/balance"
 	"github.com/imgate/imgate/proto/api"
@@ -16,6 +19,9 @@ const codeMethodNotAllowed = "method_not_allowed"
 type Error struct {
 	Code    string // one of the api.Code* constants
 	Message string // safe to show to the client
+	// RetryAfter, if > 0, is sent as Retry-After (whole seconds, at least
+	// 1) instead of the default of a 429 or 503.
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string { return e.Code + ": " + e.Message }
@@ -70,7 +76,14 @@ func (s *Server) fail(w http.ResponseWriter, r *http.Request, err error) int {
 	}
 	status := statusOf(e.Code)
 	if status == http.StatusServiceUnavailable || status == http.StatusTooManyRequests {
-		w.Header().Set("Retry-After", retryAfterSeconds)
+		ra := retryAfterSeconds
+		if e.RetryAfter > 0 {
+			ra = strconv.FormatInt(max(1, int64(math.Ceil(e.RetryAfter.Seconds()))), 10)
+		}
+		w.Header().Set("Retry-After", ra)
+	}
+	if status == http.StatusUnauthorized {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="imgate"`)
 	}
 	writeJSON(w, status, api.ErrorResponse{Error: api.ErrorBody{Code: e.Code, Message: e.Message}})
 	return status

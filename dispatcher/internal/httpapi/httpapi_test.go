@@ -42,6 +42,12 @@ type fixture struct {
 
 func newFixture(t testing.TB, nodes ...balance.Candidate) *fixture {
 	t.Helper()
+	return newFixtureWith(t, nil, nodes...)
+}
+
+// newFixtureWith is newFixture with mod applied to the Config.
+func newFixtureWith(t testing.TB, mod func(*Config), nodes ...balance.Candidate) *fixture {
+	t.Helper()
 	keys, err := token.ParseKeys("test=0123456789abcdef0123")
 	if err != nil {
 		t.Fatal(err)
@@ -57,10 +63,14 @@ func newFixture(t testing.TB, nodes ...balance.Candidate) *fixture {
 		}
 	}
 	f.bal.Publish(balance.NewSnapshot(nodes))
-	f.srv, err = New(Config{
+	cfg := Config{
 		TokenTTL: time.Minute, HeartbeatInterval: 30 * time.Second, IdleTimeout: 90 * time.Second,
 		Reconnect: DefaultReconnect, Metrics: promhttp.HandlerFor(f.reg, promhttp.HandlerOpts{}),
-	}, f.bal, f.fleet, keys, zerolog.Nop(), f.reg)
+	}
+	if mod != nil {
+		mod(&cfg)
+	}
+	f.srv, err = New(cfg, f.bal, f.fleet, keys, zerolog.Nop(), f.reg)
 	if err != nil {
 		t.Fatal(err)
 	}

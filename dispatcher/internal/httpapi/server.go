@@ -45,6 +45,29 @@ type Config struct {
 	// PushToken (empty: the endpoint answers 403).
 	Pusher    Pusher
 	PushToken string
+	// Auth verifies the user on /v1/endpoint from the Authorization header
+	// and returns the uid (*auth.JWT is one). nil: no authentication, the
+	// uid comes from the query (development only).
+	Auth Authenticator
+	// RateLimit limits /v1/endpoint and /get-tcp-ip per source address
+	// (*ratelimit.Limiter is one). nil: no limit.
+	RateLimit RateLimiter
+	// TrustProxy takes the source address from the last X-Forwarded-For
+	// entry (set it only behind a proxy that appends the peer's address).
+	TrustProxy bool
+}
+
+// Authenticator verifies an Authorization header value and returns the uid.
+// Its errors should be, or wrap, auth.ErrMissing, auth.ErrExpired or
+// auth.ErrInvalid: the client sees only those texts, never the cause.
+type Authenticator interface {
+	Verify(authorization string) (uid string, err error)
+}
+
+// RateLimiter takes one request of key at now; when refused, retryAfter is
+// how long until the next one would be allowed.
+type RateLimiter interface {
+	Allow(key string, now time.Time) (ok bool, retryAfter time.Duration)
 }
 
 // DefaultReconnect is the reconnect backoff hint clients get.
@@ -78,8 +101,8 @@ func New(cfg Config, p Picker, f Fleet, s Signer, log zerolog.Logger, reg promet
 	}
 	r := chi.NewRouter()
 	r.Use(srv.recoverer)
-	r.Get("/v1/endpoint", srv.endpoint)
-	r.Get("/get-tcp-ip", srv.endpoint)
+	r.With(srv.rateLimit).Get("/v1/endpoint", srv.endpoint)
+	r.With(srv.rateLimit).Get("/get-tcp-ip", srv.endpoint)
 	r.Get("/v1/nodes", srv.nodes)
 	if cfg.Pusher != nil {
 		r.Post("/v1/push", srv.push)
