@@ -527,22 +527,7 @@ func (s *Server) Push(uid, from string, payload []byte, contentType string, done
 		s.deliverLocal(uid, d, nil, done)
 		return msgID
 	}
-	var mu sync.Mutex
-	parts, devices, acked, reason := 2, uint32(0), uint32(0), wirepb.ErrorCode(0)
-	part := func(dv, ak uint32, r wirepb.ErrorCode) {
-		mu.Lock()
-		parts--
-		devices += dv
-		acked += ak
-		if r != 0 && reason == 0 {
-			reason = r
-		}
-		last := parts == 0
-		mu.Unlock()
-		if last {
-			done(devices, acked, reason)
-		}
-	}
+	part := Join(2, done)
 	s.deliverLocal(uid, d, nil, part)
 	s.router.Forward(uid, d, part)
 	return msgID

@@ -102,29 +102,22 @@ func (o *sendOp) part(devices, acked uint32, reason wirepb.ErrorCode) {
 		return
 	}
 	s := o.srv
-	ack := &wirepb.SendAck{ClientMsgId: o.clientMsgID, Devices: devices, Acked: acked}
-	switch {
-	case devices == 0 && reason == 0 && s.cfg.StoreOffline && s.cfg.Upstream != nil:
-		o.store(ack)
-		return
-	case devices == 0 && reason == 0:
-		ack.Outcome = wirepb.Outcome_OUTCOME_OFFLINE
+	ack := &wirepb.SendAck{ClientMsgId: o.clientMsgID, Devices: devices, Acked: acked, Outcome: Outcome(devices, acked, reason)}
+	switch ack.Outcome {
+	case wirepb.Outcome_OUTCOME_OFFLINE:
+		if s.cfg.StoreOffline && s.cfg.Upstream != nil {
+			o.store(ack)
+			return
+		}
 		s.offline.Add(1)
-	case devices > 0 && acked == devices && reason == 0:
-		ack.Outcome = wirepb.Outcome_OUTCOME_DELIVERED
+	case wirepb.Outcome_OUTCOME_DELIVERED:
 		ack.MsgId = o.msgID
 		s.delivered.Add(1)
-	case acked > 0:
-		// Some devices acked; others failed, or a node that may hold more
-		// devices could not be reached (reason says which).
-		ack.Outcome = wirepb.Outcome_OUTCOME_PARTIAL
-		ack.MsgId = o.msgID
-		ack.Reason = reason
+	case wirepb.Outcome_OUTCOME_PARTIAL:
+		ack.MsgId, ack.Reason = o.msgID, reason
 		s.partial.Add(1)
 	default:
-		ack.Outcome = wirepb.Outcome_OUTCOME_FAILED
-		ack.MsgId = o.msgID
-		ack.Reason = reason
+		ack.MsgId, ack.Reason = o.msgID, reason
 		s.failed.Add(1)
 	}
 	s.send(o.sender.c, &wirepb.Frame{Body: &wirepb.Frame_SendAck{SendAck: ack}})

@@ -92,7 +92,7 @@ func (s *Service) Push(ctx context.Context, req *nodepb.PushRequest) (*nodepb.Pu
 		r := &nodepb.PushResult{Uid: uid}
 		out[i] = r
 		r.MsgId = s.GW.Push(uid, req.GetFrom(), req.GetPayload(), req.GetContentType(), func(devices, acked uint32, reason wirepb.ErrorCode) {
-			results <- result{i, &nodepb.PushResult{Uid: uid, Devices: devices, Acked: acked, Outcome: int32(outcome(devices, acked, reason))}}
+			results <- result{i, &nodepb.PushResult{Uid: uid, Devices: devices, Acked: acked, Outcome: int32(gateway.Outcome(devices, acked, reason))}}
 		})
 	}
 	t := time.NewTimer(timeout)
@@ -119,18 +119,6 @@ func pending(out []*nodepb.PushResult) []*nodepb.PushResult {
 		}
 	}
 	return out
-}
-
-func outcome(devices, acked uint32, reason wirepb.ErrorCode) wirepb.Outcome {
-	switch {
-	case devices == 0 && reason == 0:
-		return wirepb.Outcome_OUTCOME_OFFLINE
-	case devices > 0 && acked == devices && reason == 0:
-		return wirepb.Outcome_OUTCOME_DELIVERED
-	case acked > 0:
-		return wirepb.Outcome_OUTCOME_PARTIAL
-	}
-	return wirepb.Outcome_OUTCOME_FAILED
 }
 
 // Stats answers the dispatcher's pull.

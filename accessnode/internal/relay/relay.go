@@ -465,7 +465,7 @@ func (r *Relay) forwardTo(uid string, d *wirepb.Deliver, holders []string, cache
 		return
 	}
 	var stale atomic.Bool
-	agg := &aggregate{parts: len(remote), done: func(devices, acked uint32, reason wirepb.ErrorCode) {
+	part := gateway.Join(len(remote), func(devices, acked uint32, reason wirepb.ErrorCode) {
 		if cached && stale.Load() {
 			r.cache.drop(uid)
 			if devices == 0 {
@@ -474,12 +474,12 @@ func (r *Relay) forwardTo(uid string, d *wirepb.Deliver, holders []string, cache
 			}
 		}
 		done(devices, acked, reason)
-	}}
+	})
 	for _, h := range remote {
 		p := r.peer(h)
 		if p == nil {
 			stale.Store(true)
-			agg.part(0, 0, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
+			part(0, 0, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
 			continue
 		}
 		p.call(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Deliver{Deliver: &nodepb.ForwardDeliver{
@@ -488,41 +488,15 @@ func (r *Relay) forwardTo(uid string, d *wirepb.Deliver, holders []string, cache
 		}}}, time.Now().Add(r.cfg.CallTimeout), func(res *nodepb.ForwardFrame, reason wirepb.ErrorCode) {
 			if reason != 0 {
 				stale.Store(true)
-				agg.part(0, 0, reason)
+				part(0, 0, reason)
 				return
 			}
 			fr := res.GetResult()
 			if fr.GetDevices() == 0 {
 				stale.Store(true) // "not here"
 			}
-			agg.part(fr.GetDevices(), fr.GetAcked(), wirepb.ErrorCode(fr.GetReason()))
+			part(fr.GetDevices(), fr.GetAcked(), wirepb.ErrorCode(fr.GetReason()))
 		})
-	}
-}
-
-// aggregate combines the answers of several holders into one Done.
-type aggregate struct {
-	mu      sync.Mutex
-	parts   int
-	devices uint32
-	acked   uint32
-	reason  wirepb.ErrorCode
-	done    gateway.Done
-}
-
-func (a *aggregate) part(devices, acked uint32, reason wirepb.ErrorCode) {
-	a.mu.Lock()
-	a.parts--
-	a.devices += devices
-	a.acked += acked
-	if reason != 0 && a.reason == 0 {
-		a.reason = reason
-	}
-	last := a.parts == 0
-	devices, acked, reason = a.devices, a.acked, a.reason
-	a.mu.Unlock()
-	if last {
-		a.done(devices, acked, reason)
 	}
 }
 
