@@ -268,13 +268,15 @@ func (u *user) read(r *wire.Reader) {
 		}
 		switch b := f.Body.(type) {
 		case *wirepb.Frame_Deliver:
-			u.write(&wirepb.Frame{Body: &wirepb.Frame_DeliverAck{DeliverAck: &wirepb.DeliverAck{MsgId: b.Deliver.MsgId}}})
+			// Like the SDK: hand the message over first, then acknowledge,
+			// so a "delivered" SendAck means it was recorded here.
 			if !seen[b.Deliver.MsgId] { // the SDK's de-duplication
 				seen[b.Deliver.MsgId] = true
 				u.mu.Lock()
 				u.got[string(b.Deliver.Payload)]++
 				u.mu.Unlock()
 			}
+			u.write(&wirepb.Frame{Body: &wirepb.Frame_DeliverAck{DeliverAck: &wirepb.DeliverAck{MsgId: b.Deliver.MsgId}}})
 		case *wirepb.Frame_SendAck:
 			u.mu.Lock()
 			ch := u.acks[b.SendAck.ClientMsgId]
