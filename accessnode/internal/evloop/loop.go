@@ -410,6 +410,9 @@ func (l *loop) closeConn(c *Conn) {
 		l.slots[c.slot] = nil
 		l.free = append(l.free, c.slot)
 	}
-	l.e.conns.Add(-1)
+	// The handler hears OnClose before the count drops, so whoever sees
+	// Conns fall also sees everything OnClose released (per-address
+	// places, sessions).
 	l.e.h.OnClose(c)
+	l.e.conns.Add(-1)
 }
