@@ -79,6 +79,8 @@ type config struct {
 	newConnsBurst     int
 	msgsPerSec        float64
 	msgBurst          int
+	bytesPerSec       float64
+	bytesBurst        int
 }
 
 func parseFlags(args []string) (config, error) {
@@ -115,6 +117,8 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&c.newConnsBurst, "new-conns-per-ip-burst", 0, "burst for --new-conns-per-ip (0: twice the rate)")
 	fs.Float64Var(&c.msgsPerSec, "msgs-per-sec", 1000, "Sends and Requests per second one connection may make; more are answered RATE_LIMITED (0: no limit)")
 	fs.IntVar(&c.msgBurst, "msg-burst", 0, "burst for --msgs-per-sec (0: twice the rate)")
+	fs.Float64Var(&c.bytesPerSec, "bytes-per-sec", 1<<20, "payload bytes per second one connection may send in Sends and Requests; more are answered RATE_LIMITED (0: no limit)")
+	fs.IntVar(&c.bytesBurst, "bytes-burst", 0, "burst for --bytes-per-sec (0: twice the rate; never below --max-frame)")
 	fs.BoolVar(&c.upstreamStore, "upstream-store-offline", false, "hand messages to users with no device online to the backend's Store (the sender hears STORED)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: accessnode [flags]\n\nEvery flag can also be set by the environment variable shown.\n\n")
@@ -218,6 +222,8 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 		NewConnsPerIPBurst: cfg.newConnsBurst,
 		MsgsPerSec:         cfg.msgsPerSec,
 		MsgBurst:           cfg.msgBurst,
+		BytesPerSec:        cfg.bytesPerSec,
+		BytesBurst:         cfg.bytesBurst,
 		NodeID:             cfg.id,
 		LoginTimeout:       cfg.loginTimeout,
 		HeartbeatInterval:  cfg.heartbeatInterval,

@@ -108,6 +108,11 @@ type msgBudget struct {
 
 // take spends one token; false when the connection is over its rate.
 func (b *msgBudget) take(now int64, perSecond float64, burst int) bool {
+	return b.takeN(now, perSecond, burst, 1)
+}
+
+// takeN takes cost tokens (a byte count for the byte budget).
+func (b *msgBudget) takeN(now int64, perSecond float64, burst int, cost float64) bool {
 	if perSecond <= 0 {
 		return true
 	}
@@ -117,9 +122,9 @@ func (b *msgBudget) take(now int64, perSecond float64, burst int) bool {
 		b.tokens = min(float64(burst), b.tokens+float64(now-b.last)/1e9*perSecond)
 	}
 	b.last = now
-	if b.tokens < 1 {
+	if b.tokens < cost {
 		return false
 	}
-	b.tokens--
+	b.tokens -= cost
 	return true
 }

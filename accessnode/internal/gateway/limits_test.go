@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -51,6 +52,30 @@ func TestMessageRatePerConnection(t *testing.T) {
 	alice.write(&wirepb.Frame{Body: &wirepb.Frame_Ping{Ping: &wirepb.Ping{Seq: 1}}})
 	if alice.read().GetPong() == nil {
 		t.Fatal("no pong after a rate-limited send")
+	}
+}
+
+func TestByteRatePerConnection(t *testing.T) {
+	// 1 byte/s with a burst of one largest frame (the floor): the first
+	// large payload fits, the next does not; small control frames still do.
+	f := newFixture(t, Config{BytesPerSec: 1})
+	alice := f.loggedIn("alice", "phone")
+	big := strings.Repeat("x", 40<<10)
+	alice.send("nobody", big)
+	if a := alice.read().GetSendAck(); a.GetOutcome() != wirepb.Outcome_OUTCOME_OFFLINE {
+		t.Fatalf("within budget: %v", a)
+	}
+	alice.send("nobody", big)
+	a := alice.read().GetSendAck()
+	if a.GetOutcome() != wirepb.Outcome_OUTCOME_FAILED || a.Reason != wirepb.ErrorCode_ERROR_CODE_RATE_LIMITED {
+		t.Fatalf("over budget: %v", a)
+	}
+	if st := f.srv.Stats(); st.BytesLimited != 1 || st.RateLimited != 1 {
+		t.Fatalf("counted %d bytes-limited, %d rate-limited", st.BytesLimited, st.RateLimited)
+	}
+	alice.write(&wirepb.Frame{Body: &wirepb.Frame_Ping{Ping: &wirepb.Ping{Seq: 1}}})
+	if alice.read().GetPong() == nil {
+		t.Fatal("no pong after a byte-limited send")
 	}
 }
 

@@ -54,6 +54,10 @@ type Config struct {
 	NewConnsPerIPBurst int
 	MsgsPerSec         float64
 	MsgBurst           int
+	// BytesPerSec / BytesBurst bound the payload bytes of those Sends and
+	// Requests per connection (the burst is at least one largest frame).
+	BytesPerSec float64
+	BytesBurst  int
 }
 
 // Upstream is the app's backend (the nodepb.Upstream gRPC service).
@@ -92,6 +96,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MsgsPerSec > 0 && c.MsgBurst <= 0 {
 		c.MsgBurst = max(1, int(2*c.MsgsPerSec))
+	}
+	if c.BytesPerSec > 0 {
+		c.BytesBurst = max(c.BytesBurst, int(2*c.BytesPerSec), c.Engine.MaxFrame)
 	}
 }
 
@@ -141,7 +148,7 @@ type Server struct {
 	delivered, partial, failed, offline    atomic.Uint64
 	protocolErrors, idleClosed, kicks      atomic.Uint64
 	requests, stored                       atomic.Uint64
-	rateLimited, ipRefused                 atomic.Uint64
+	rateLimited, ipRefused, bytesLimited   atomic.Uint64
 	loginTimeouts, replaced, framesDropped atomic.Uint64
 }
 
@@ -198,6 +205,22 @@ func (s *Server) upstream(fn func(ctx context.Context)) bool {
 	return true
 }
 
+// overBudget charges one message of n payload bytes to the session's
+// budgets and says why it is refused ("" when admitted). Refusals are counted.
+func (s *Server) overBudget(from *session, n int) string {
+	now := s.eng.Now()
+	if !from.budget.take(now, s.cfg.MsgsPerSec, s.cfg.MsgBurst) {
+		s.rateLimited.Add(1)
+		return "this connection sends too fast"
+	}
+	if !from.bytes.takeN(now, s.cfg.BytesPerSec, s.cfg.BytesBurst, float64(n)) {
+		s.rateLimited.Add(1)
+		s.bytesLimited.Add(1)
+		return "this connection sends too many bytes per second"
+	}
+	return ""
+}
+
 // handleRequest passes a client's Request to the backend and answers one
 // Response.
 func (s *Server) handleRequest(from *session, m *wirepb.Request) {
@@ -206,9 +229,8 @@ func (s *Server) handleRequest(from *session, m *wirepb.Request) {
 		s.send(from.c, &wirepb.Frame{Body: &wirepb.Frame_Response{Response: &wirepb.Response{
 			RequestId: m.RequestId, Code: code, Message: msg, Payload: payload}}})
 	}
-	if !from.budget.take(s.eng.Now(), s.cfg.MsgsPerSec, s.cfg.MsgBurst) {
-		s.rateLimited.Add(1)
-		answer(wirepb.ErrorCode_ERROR_CODE_RATE_LIMITED, "this connection sends too fast", nil)
+	if why := s.overBudget(from, len(m.Payload)+len(m.Method)); why != "" {
+		answer(wirepb.ErrorCode_ERROR_CODE_RATE_LIMITED, why, nil)
 		return
 	}
 	up := s.cfg.Upstream
@@ -244,7 +266,7 @@ type Stats struct {
 	ProtocolErrors, IdleClosed, Kicks    uint64
 	Replaced, FramesDropped              uint64
 	Requests, Stored                     uint64
-	RateLimited, IPRefused               uint64
+	RateLimited, BytesLimited, IPRefused uint64
 }
 
 // Stats returns the counters.
@@ -259,7 +281,7 @@ func (s *Server) Stats() Stats {
 		ProtocolErrors: s.protocolErrors.Load(), IdleClosed: s.idleClosed.Load(), Kicks: s.kicks.Load(),
 		Replaced: s.replaced.Load(), FramesDropped: s.framesDropped.Load(),
 		Requests: s.requests.Load(), Stored: s.stored.Load(),
-		RateLimited: s.rateLimited.Load(), IPRefused: s.ipRefused.Load(),
+		RateLimited: s.rateLimited.Load(), BytesLimited: s.bytesLimited.Load(), IPRefused: s.ipRefused.Load(),
 	}
 }
 
@@ -445,11 +467,10 @@ func (s *Server) login(c *evloop.Conn, l *wirepb.Login) {
 
 func (s *Server) handleSend(from *session, m *wirepb.Send) {
 	s.sends.Add(1)
-	if !from.budget.take(s.eng.Now(), s.cfg.MsgsPerSec, s.cfg.MsgBurst) {
-		s.rateLimited.Add(1)
+	if why := s.overBudget(from, len(m.Payload)); why != "" {
 		s.send(from.c, &wirepb.Frame{Body: &wirepb.Frame_SendAck{SendAck: &wirepb.SendAck{
 			ClientMsgId: m.ClientMsgId, Outcome: wirepb.Outcome_OUTCOME_FAILED,
-			Reason: wirepb.ErrorCode_ERROR_CODE_RATE_LIMITED, Detail: "this connection sends too fast"}}})
+			Reason: wirepb.ErrorCode_ERROR_CODE_RATE_LIMITED, Detail: why}}})
 		return
 	}
 	if m.ToUid == "" {

@@ -17,6 +17,7 @@ type session struct {
 	device  string
 	loginAt int64     // unix nanoseconds; orders logins of one device across nodes
 	budget  msgBudget // owned by the session's loop
+	bytes   msgBudget // payload bytes; owned by the session's loop
 
 	npending atomic.Int32 // len(pending), read without the lock by the sweep
 
