@@ -22,6 +22,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -39,6 +40,9 @@ type config struct {
 	nodes      int
 	basePort   int
 	demo       bool
+
+	nodeArgs, nodeEnv, dispatcherArgs string
+	keepGoing                         bool
 }
 
 func main() {
@@ -51,6 +55,10 @@ func main() {
 	flag.IntVar(&c.nodes, "nodes", 2, "access nodes to start")
 	flag.IntVar(&c.basePort, "base-port", 7000, "node i uses client port base+i, gRPC base+100+i, HTTP base+200+i")
 	flag.BoolVar(&c.demo, "demo", true, "run the demo exchange once the fleet is ready")
+	flag.StringVar(&c.nodeArgs, "node-args", "", "extra flags for every access node, space-separated (e.g. \"--heartbeat-interval 60s\")")
+	flag.StringVar(&c.nodeEnv, "node-env", "", "extra environment for every access node, space-separated KEY=VALUE (e.g. GOMAXPROCS=1 when many nodes share few cores)")
+	flag.BoolVar(&c.keepGoing, "keep-going", false, "keep running when an access node exits (failure drills: kill -9 a node and watch its clients move)")
+	flag.StringVar(&c.dispatcherArgs, "dispatcher-args", "", "extra flags for the dispatcher, space-separated")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -72,8 +80,8 @@ func (c config) nodeAddrs(i int) (client, grpc, http string) {
 }
 
 func run(ctx context.Context, c config) error {
-	if c.nodes < 1 || c.nodes > 50 {
-		return errors.New("--nodes must be 1..50")
+	if c.nodes < 1 || c.nodes > 99 {
+		return errors.New("--nodes must be 1..99 (node i listens on base+i, base+100+i, base+200+i)")
 	}
 	// Every port must be free before anything starts.
 	addrs := []string{c.etcdClient, c.etcdPeer, c.dispatcher}
@@ -114,8 +122,8 @@ func run(ctx context.Context, c config) error {
 	common := []string{"--etcd-endpoints", c.etcdClient, "--log-level", "info"}
 	var procs []*proc
 	defer func() { stopAll(procs) }()
-	start := func(name string, args ...string) error {
-		p, err := spawn(filepath.Join(logDir, name+".log"), name, args...)
+	start := func(name string, env []string, args ...string) error {
+		p, err := spawn(filepath.Join(logDir, name+".log"), name, env, args...)
 		if err != nil {
 			return err
 		}
@@ -123,8 +131,8 @@ func run(ctx context.Context, c config) error {
 		return nil
 	}
 	// Dev and load runs make many requests from 127.0.0.1: no per-IP limit.
-	if err := start("dispatcher", append([]string{filepath.Join(c.bin, "dispatcher"), "--http-addr", c.dispatcher,
-		"--rate-limit-per-ip", "0"}, common...)...); err != nil {
+	if err := start("dispatcher", nil, append([]string{filepath.Join(c.bin, "dispatcher"), "--http-addr", c.dispatcher,
+		"--rate-limit-per-ip", "0"}, append(common, strings.Fields(c.dispatcherArgs)...)...)...); err != nil {
 		return err
 	}
 	regions := []string{"east", "west"}
@@ -133,7 +141,8 @@ func run(ctx context.Context, c config) error {
 		args := append([]string{filepath.Join(c.bin, "accessnode"),
 			"--id", fmt.Sprintf("node-%d", i), "--client-addr", cl, "--grpc-addr", gr, "--http-addr", ht,
 			"--region", regions[(i-1)%len(regions)], "--drain-timeout", "5s"}, common...)
-		if err := start(fmt.Sprintf("node-%d", i), args...); err != nil {
+		args = append(args, strings.Fields(c.nodeArgs)...)
+		if err := start(fmt.Sprintf("node-%d", i), strings.Fields(c.nodeEnv), args...); err != nil {
 			return err
 		}
 	}
@@ -161,6 +170,7 @@ func run(ctx context.Context, c config) error {
 
 	t := time.NewTicker(15 * time.Second)
 	defer t.Stop()
+	gone := exited(procs)
 	for {
 		select {
 		case <-ctx.Done():
@@ -168,7 +178,11 @@ func run(ctx context.Context, c config) error {
 			return nil
 		case <-t.C:
 			status(base)
-		case p := <-exited(procs):
+		case p := <-gone:
+			if c.keepGoing && strings.HasPrefix(p.name, "node-") {
+				say("%s exited; the rest go on (--keep-going)", p.name)
+				continue
+			}
 			return fmt.Errorf("%s exited unexpectedly; see %s", p.name, filepath.Join(logDir, p.name+".log"))
 		}
 	}
@@ -178,12 +192,15 @@ func say(format string, args ...any) {
 	fmt.Printf("[devrun] "+format+"\n", args...)
 }
 
-func spawn(logPath, name string, argv ...string) (*proc, error) {
+func spawn(logPath, name string, env []string, argv ...string) (*proc, error) {
 	f, err := os.Create(logPath)
 	if err != nil {
 		return nil, err
 	}
 	cmd := exec.Command(argv[0], argv[1:]...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	cmd.Stdout, cmd.Stderr = f, f
 	// Own process group: Ctrl-C reaches devrun only, which then stops the
 	// children in order (nodes drain first).

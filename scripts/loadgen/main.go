@@ -9,7 +9,6 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -54,6 +53,9 @@ type config struct {
 	payload     int
 	procs       int
 	shard       int // >= 0 in a child process started by --procs
+	dispMetrics string
+	reconnect   bool
+	idleWindow  time.Duration
 }
 
 func main() {
@@ -73,6 +75,9 @@ func main() {
 	flag.StringVar(&c.regionA, "region-a", "", "region asked for by even connections (senders)")
 	flag.StringVar(&c.regionB, "region-b", "", "region asked for by odd connections (recipients); differ from region-a for cross-node traffic")
 	flag.IntVar(&c.payload, "payload", 100, "c2c payload bytes")
+	flag.StringVar(&c.dispMetrics, "dispatcher-metrics", "", "the dispatcher's /metrics URL, for its RSS and CPU in the report (default: <dispatcher>/metrics; \"-\": none)")
+	flag.DurationVar(&c.idleWindow, "idle-cpu-window", 0, "after the nodes settle, measure their CPU over this window of idle holding (heartbeats only); --hold must cover it")
+	flag.BoolVar(&c.reconnect, "reconnect", false, "when a node drops a connection, come back as the SDK does: backoff, then the dispatcher with exclude=<that node>")
 	flag.IntVar(&c.procs, "procs", 1, "spread the connections over this many load processes (each holds conns/procs; one process may open ~19,900 sockets here)")
 	flag.IntVar(&c.shard, "shard", -1, "internal: this process is shard N of a --procs run")
 	flag.Parse()
@@ -124,6 +129,8 @@ type report struct {
 	RSSPerConnKiB    float64        `json:"rss_per_conn_kib"`
 	HeapPerConnKiB   float64        `json:"heap_per_conn_kib"`
 	ClientRSSAfterMB float64        `json:"loadgen_rss_mib"`
+	Servers          *serverReport  `json:"servers,omitempty"`
+	Storm            *stormReport   `json:"reconnects,omitempty"`
 	Msgs             *msgReport     `json:"c2c,omitempty"`
 }
 
@@ -156,6 +163,8 @@ func (r *report) print(w io.Writer) {
 			r.NodeHeapBefore/(1<<20), r.NodeHeapAfter/(1<<20), r.HeapPerConnKiB)
 	}
 	fmt.Fprintf(w, "loadgen RSS      %.1f MiB\n", r.ClientRSSAfterMB)
+	r.Servers.print(w)
+	r.Storm.print(w)
 	if m := r.Msgs; m != nil {
 		fmt.Fprintf(w, "c2c              %d pairs same-node, %d cross-node; target %d/s\n", m.SameNode, m.CrossNode, m.Rate)
 		fmt.Fprintf(w, "c2c sent         %d in %.1fs: %.0f SendAcks/s, outcomes %v, unanswered %d\n", m.Sent, m.Seconds, m.PerSecond, m.Outcomes, m.Unanswered)
@@ -166,11 +175,20 @@ func (r *report) print(w io.Writer) {
 // conn is one simulated client; the load tool keeps a goroutine per
 // connection only to read Pongs.
 type conn struct {
-	c    net.Conn
-	uid  string
-	node string
-	seq  atomic.Uint64
-	wmu  sync.Mutex // one writer at a time: heartbeats, sends, acks
+	c      net.Conn // swapped only by the connection's reader, under wmu
+	uid    string
+	node   string
+	region string
+	src    int
+	seq    atomic.Uint64
+	wmu    sync.Mutex // one writer at a time: heartbeats, sends, acks
+}
+
+// close closes the current socket (the reader may be swapping it).
+func (cn *conn) close() {
+	cn.wmu.Lock()
+	cn.c.Close()
+	cn.wmu.Unlock()
 }
 
 func (cn *conn) write(f *wirepb.Frame) {
@@ -183,15 +201,14 @@ func (cn *conn) write(f *wirepb.Frame) {
 
 func run(ctx context.Context, c config) (*report, error) {
 	rep := &report{Conns: c.conns, Errors: map[string]int{}}
-	urls := splitNonEmpty(c.metrics)
-	if len(urls) > 0 {
-		rss, heap, _, err := settle(ctx, urls, c.settle)
-		if err != nil {
-			return nil, err
-		}
-		rep.NodeRSSBefore, rep.NodeHeapBefore = rss, heap
+	pr := newProbe(c)
+	if err := pr.begin(ctx, rep); err != nil {
+		return nil, err
 	}
-	httpc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: c.concurrency}}
+	// MaxConnsPerHost: a reconnect storm must not open a socket per client
+	// to the dispatcher (its open files are limited too).
+	httpc := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		MaxIdleConnsPerHost: c.concurrency, MaxConnsPerHost: c.concurrency}}
 	var (
 		mu        sync.Mutex
 		conns     = make([]*conn, c.conns)
@@ -205,6 +222,46 @@ func run(ctx context.Context, c config) (*report, error) {
 		rep.Errors[kind]++
 		mu.Unlock()
 	}
+	// Each connection is read and kept alive from the moment it is logged
+	// in (a long login phase must not let the first ones idle out):
+	// heartbeats from one goroutine, Pongs read per connection.
+	hctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	var readers sync.WaitGroup
+	var lost atomic.Int64
+	st := &storm{}
+	mt := newMsgTracker()
+	var live []*conn // guarded by mu
+	startReader := func(cn *conn) {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			for {
+				r := wire.NewReader(cn.c, wire.DefaultMaxFrame)
+				var f wirepb.Frame
+				for r.Read(&f) == nil {
+					switch b := f.Body.(type) {
+					case *wirepb.Frame_Deliver:
+						cn.write(&wirepb.Frame{Body: &wirepb.Frame_DeliverAck{DeliverAck: &wirepb.DeliverAck{MsgId: b.Deliver.MsgId}}})
+					case *wirepb.Frame_SendAck:
+						mt.acked(b.SendAck)
+					}
+				}
+				if hctx.Err() != nil {
+					return
+				}
+				if !c.reconnect || !st.redial(hctx, httpc, c.dispatcher, cn) {
+					lost.Add(1)
+					return
+				}
+			}
+		}()
+	}
+	go heartbeats(hctx, func() []*conn {
+		mu.Lock()
+		defer mu.Unlock()
+		return live
+	}, c.heartbeat)
 	sem := make(chan struct{}, c.concurrency)
 	interval := time.Second / time.Duration(c.rate)
 	start := time.Now()
@@ -256,10 +313,12 @@ func run(ctx context.Context, c config) (*report, error) {
 				fail(err.Error())
 				return
 			}
-			cn.uid, cn.node = uid, ep.NodeID
+			cn.uid, cn.node, cn.region, cn.src = uid, ep.NodeID, region, src
 			t2 := time.Now()
 			mu.Lock()
 			conns[i] = cn
+			live = append(live, cn)
+			startReader(cn)
 			endpointL = append(endpointL, t1.Sub(t0))
 			loginL = append(loginL, t2.Sub(t1))
 			mu.Unlock()
@@ -273,55 +332,17 @@ func run(ctx context.Context, c config) (*report, error) {
 	rep.LoginsPerSecond = float64(rep.LoggedIn) / rep.LoginSeconds
 	rep.EndpointP50MS, rep.EndpointP99MS = pct(endpointL, 0.5), pct(endpointL, 0.99)
 	rep.LoginP50MS, rep.LoginP99MS = pct(loginL, 0.5), pct(loginL, 0.99)
+	pr.loggedIn(rep)
 	fmt.Fprintln(os.Stderr)
 	if c.shard >= 0 {
 		fmt.Println("READY") // the parent measures the nodes now
 	}
 
-	// Hold: heartbeats from one goroutine, Pongs read per connection.
-	hctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	var readers sync.WaitGroup
-	var lost atomic.Int64
-	mt := newMsgTracker()
-	var live []*conn
-	for _, cn := range conns {
-		if cn == nil {
-			continue
-		}
-		live = append(live, cn)
-		readers.Add(1)
-		go func() {
-			defer readers.Done()
-			r := wire.NewReader(cn.c, wire.DefaultMaxFrame)
-			var f wirepb.Frame
-			for r.Read(&f) == nil {
-				switch b := f.Body.(type) {
-				case *wirepb.Frame_Deliver:
-					cn.write(&wirepb.Frame{Body: &wirepb.Frame_DeliverAck{DeliverAck: &wirepb.DeliverAck{MsgId: b.Deliver.MsgId}}})
-				case *wirepb.Frame_SendAck:
-					mt.acked(b.SendAck)
-				}
-			}
-			if hctx.Err() == nil {
-				lost.Add(1)
-			}
-		}()
-	}
-	go heartbeats(hctx, live, c.heartbeat)
 	if c.msgRate > 0 {
 		rep.Msgs = traffic(ctx, c, conns, mt)
 	}
-	if len(urls) > 0 {
-		rss, heap, n, err := settle(ctx, urls, c.settle)
-		if err == nil {
-			rep.NodeRSSAfter, rep.NodeHeapAfter, rep.NodeConns = rss, heap, n
-			if n > 0 {
-				rep.RSSPerConnKiB = (rss - rep.NodeRSSBefore) / n / 1024
-				rep.HeapPerConnKiB = (heap - rep.NodeHeapBefore) / n / 1024
-			}
-		}
-	}
+	pr.settled(ctx, rep)
+	pr.idle(ctx, rep)
 	select {
 	case <-ctx.Done():
 	case <-time.After(c.hold):
@@ -329,9 +350,10 @@ func run(ctx context.Context, c config) (*report, error) {
 	rep.ClientRSSAfterMB = selfRSS() / (1 << 20)
 	cancel()
 	for _, cn := range live {
-		cn.c.Close()
+		cn.close()
 	}
 	readers.Wait()
+	st.report(rep)
 	if n := lost.Load(); n > 0 {
 		rep.Errors["closed_by_node_during_hold"] = int(n)
 	}
@@ -348,10 +370,13 @@ func splitNonEmpty(s string) []string {
 	return out
 }
 
-func endpoint(ctx context.Context, hc *http.Client, base, uid, region string) (*api.EndpointResponse, error) {
+func endpoint(ctx context.Context, hc *http.Client, base, uid, region string, exclude ...string) (*api.EndpointResponse, error) {
 	q := url.Values{"uid": {uid}, "device": {"load"}}
 	if region != "" {
 		q.Set("region", region)
+	}
+	if len(exclude) > 0 {
+		q.Set("exclude", strings.Join(exclude, ","))
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, base+"/v1/endpoint?"+q.Encode(), nil)
 	if err != nil {
@@ -397,25 +422,32 @@ func connect(ep *api.EndpointResponse, src int) (*conn, error) {
 	return &conn{c: c}, nil
 }
 
-// heartbeats pings every connection once per interval, spread evenly.
-func heartbeats(ctx context.Context, conns []*conn, every time.Duration) {
-	if len(conns) == 0 {
-		return
-	}
-	step := every / time.Duration(len(conns))
-	if step <= 0 {
-		step = time.Microsecond
-	}
-	t := time.NewTicker(step)
-	defer t.Stop()
-	for i := 0; ; i = (i + 1) % len(conns) {
+// heartbeats pings every logged-in connection once per interval, spread
+// evenly over it; connections logged in during a round join the next one.
+func heartbeats(ctx context.Context, conns func() []*conn, every time.Duration) {
+	for {
+		round := time.Now()
+		cs := conns()
+		for i, cn := range cs {
+			due := round.Add(every * time.Duration(i) / time.Duration(len(cs)))
+			if d := time.Until(due); d > 2*time.Millisecond {
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(d):
+				}
+			}
+			cn.write(&wirepb.Frame{Body: &wirepb.Frame_Ping{Ping: &wirepb.Ping{Seq: cn.seq.Add(1)}}})
+		}
+		wait := time.Until(round.Add(every))
+		if len(cs) == 0 {
+			wait = 100 * time.Millisecond
+		}
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-time.After(wait):
 		}
-		cn := conns[i]
-		cn.write(&wirepb.Frame{Body: &wirepb.Frame_Ping{Ping: &wirepb.Ping{Seq: cn.seq.Add(1)}}})
 	}
 }
 
@@ -426,57 +458,6 @@ func pct(ds []time.Duration, p float64) float64 {
 	s := append([]time.Duration(nil), ds...)
 	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
 	return float64(s[int(math.Min(float64(len(s)-1), p*float64(len(s))))]) / 1e6
-}
-
-// settle samples the nodes' metrics until RSS is stable (two readings 1 s
-// apart within 1%) or max passes, and returns the sums.
-func settle(ctx context.Context, urls []string, max time.Duration) (rss, heap, conns float64, err error) {
-	deadline := time.Now().Add(max)
-	prev := -1.0
-	for {
-		rss, heap, conns, err = scrape(urls)
-		if err != nil {
-			return
-		}
-		if prev > 0 && math.Abs(rss-prev) <= prev*0.01 || time.Now().After(deadline) {
-			return
-		}
-		prev = rss
-		select {
-		case <-ctx.Done():
-			return rss, heap, conns, ctx.Err()
-		case <-time.After(time.Second):
-		}
-	}
-}
-
-func scrape(urls []string) (rss, heap, conns float64, err error) {
-	for _, u := range urls {
-		resp, err := http.Get(u)
-		if err != nil {
-			return 0, 0, 0, fmt.Errorf("metrics %s: %w", u, err)
-		}
-		sc := bufio.NewScanner(resp.Body)
-		sc.Buffer(make([]byte, 64<<10), 1<<20)
-		for sc.Scan() {
-			line := sc.Text()
-			name, val, ok := strings.Cut(line, " ")
-			if !ok || strings.HasPrefix(line, "#") {
-				continue
-			}
-			v, _ := strconv.ParseFloat(val, 64)
-			switch {
-			case name == "process_resident_memory_bytes":
-				rss += v
-			case name == "go_memstats_heap_inuse_bytes":
-				heap += v
-			case strings.HasPrefix(name, "imgate_node_connections{"):
-				conns += v
-			}
-		}
-		resp.Body.Close()
-	}
-	return rss, heap, conns, nil
 }
 
 func selfRSS() float64 {

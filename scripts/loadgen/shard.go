@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -22,12 +23,10 @@ func runShards(ctx context.Context, c config) (*report, error) {
 	if err != nil {
 		return nil, err
 	}
-	urls := splitNonEmpty(c.metrics)
 	rep := &report{Conns: c.conns, Errors: map[string]int{}}
-	if len(urls) > 0 {
-		if rep.NodeRSSBefore, rep.NodeHeapBefore, _, err = settle(ctx, urls, c.settle); err != nil {
-			return nil, err
-		}
+	pr := newProbe(c)
+	if err := pr.begin(ctx, rep); err != nil {
+		return nil, err
 	}
 	dir, err := os.MkdirTemp("", "loadgen")
 	if err != nil {
@@ -54,9 +53,14 @@ func runShards(ctx context.Context, c config) (*report, error) {
 			"--hold", c.hold.String(), "--heartbeat", c.heartbeat.String(), "--src-ips", strconv.Itoa(c.srcIPs),
 			"--concurrency", strconv.Itoa(max(1, c.concurrency/c.procs)), "--msg-rate", strconv.Itoa(c.msgRate / c.procs),
 			"--msg-duration", c.msgDuration.String(), "--region-a", c.regionA, "--region-b", c.regionB,
-			"--payload", strconv.Itoa(c.payload),
+			"--payload", strconv.Itoa(c.payload), "--reconnect=" + strconv.FormatBool(c.reconnect),
 		}
 		k.cmd = exec.CommandContext(ctx, exe, args...)
+		if c.procs > runtime.NumCPU() && os.Getenv("GOMAXPROCS") == "" {
+			// More load processes than cores: one scheduler thread each,
+			// or they spend the cores waking each other.
+			k.cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
+		}
 		k.cmd.Stderr = os.Stderr
 		out, err := k.cmd.StdoutPipe()
 		if err != nil {
@@ -77,7 +81,30 @@ func runShards(ctx context.Context, c config) (*report, error) {
 		kids[i] = k
 	}
 	start := time.Now()
-	limit := time.Duration(c.conns/max(1, c.rate)+120) * time.Second
+	// Generous: a big fleet on a small box logs in well below --rate.
+	limit := time.Duration(4*c.conns/max(1, c.rate)+300) * time.Second
+	// Progress: what the nodes hold, once a second, while the shards log in.
+	progressDone := make(chan struct{})
+	if len(pr.urls) > 0 {
+		go func() {
+			t := time.NewTicker(5 * time.Second) // scraping many nodes is not free
+			defer t.Stop()
+			prev, prevAt := 0.0, start
+			for {
+				select {
+				case <-progressDone:
+					return
+				case now := <-t.C:
+					s, err := scrape(pr.urls)
+					if err != nil {
+						continue
+					}
+					fmt.Fprintf(os.Stderr, "nodes hold %.0f connections (%.0f/s)\n", s.conns, (s.conns-prev)/now.Sub(prevAt).Seconds())
+					prev, prevAt = s.conns, now
+				}
+			}
+		}()
+	}
 	for i, k := range kids {
 		select {
 		case <-k.ready:
@@ -91,16 +118,10 @@ func runShards(ctx context.Context, c config) (*report, error) {
 		}
 		fmt.Fprintf(os.Stderr, "shard %d/%d logged in (%.1fs)\n", i+1, c.procs, time.Since(start).Seconds())
 	}
-	if len(urls) > 0 {
-		rss, heap, n, err := settle(ctx, urls, c.settle)
-		if err == nil {
-			rep.NodeRSSAfter, rep.NodeHeapAfter, rep.NodeConns = rss, heap, n
-			if n > 0 {
-				rep.RSSPerConnKiB = (rss - rep.NodeRSSBefore) / n / 1024
-				rep.HeapPerConnKiB = (heap - rep.NodeHeapBefore) / n / 1024
-			}
-		}
-	}
+	close(progressDone)
+	pr.loggedIn(rep)
+	pr.settled(ctx, rep)
+	pr.idle(ctx, rep)
 	for i, k := range kids {
 		if err := <-k.done; err != nil {
 			fmt.Fprintf(os.Stderr, "shard %d: %v\n", i, err)
@@ -133,6 +154,7 @@ func merge(t, r *report) {
 	t.EndpointP50MS, t.EndpointP99MS = max(t.EndpointP50MS, r.EndpointP50MS), max(t.EndpointP99MS, r.EndpointP99MS)
 	t.LoginP50MS, t.LoginP99MS = max(t.LoginP50MS, r.LoginP50MS), max(t.LoginP99MS, r.LoginP99MS)
 	t.ClientRSSAfterMB += r.ClientRSSAfterMB
+	t.Storm = t.Storm.merge(r.Storm)
 	if m := r.Msgs; m != nil {
 		if t.Msgs == nil {
 			t.Msgs = &msgReport{Outcomes: map[string]int{}}

@@ -1,0 +1,248 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"math"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// serverReport is what the run cost the server side: the access nodes and
+// the dispatcher (from their /metrics) and the kernel (from /proc).
+type serverReport struct {
+	Nodes              int     `json:"nodes"`
+	NodeCPULoginSec    float64 `json:"node_cpu_seconds_login_phase"`
+	NodeCoresLogin     float64 `json:"node_cores_login_phase"`
+	DispCPULoginSec    float64 `json:"dispatcher_cpu_seconds_login_phase"`
+	DispRSSBytes       float64 `json:"dispatcher_rss_bytes"`
+	IdleWindowSec      float64 `json:"idle_window_seconds,omitempty"`
+	NodeIdlePctOfCore  float64 `json:"node_idle_cpu_percent_of_one_core,omitempty"`
+	KernelTCPMemBefore float64 `json:"kernel_tcp_mem_bytes_before"`
+	KernelTCPMemAfter  float64 `json:"kernel_tcp_mem_bytes_after"`
+	KernelSlabBefore   float64 `json:"kernel_slab_bytes_before"`
+	KernelSlabAfter    float64 `json:"kernel_slab_bytes_after"`
+	MemUsedBefore      float64 `json:"machine_mem_used_bytes_before"`
+	MemUsedAfter       float64 `json:"machine_mem_used_bytes_after"`
+}
+
+func (s *serverReport) print(w io.Writer) {
+	if s == nil {
+		return
+	}
+	const mib = 1 << 20
+	fmt.Fprintf(w, "server CPU       login phase: %d nodes %.1f s (%.2f cores), dispatcher %.1f s; dispatcher RSS %.1f MiB\n",
+		s.Nodes, s.NodeCPULoginSec, s.NodeCoresLogin, s.DispCPULoginSec, s.DispRSSBytes/mib)
+	if s.IdleWindowSec > 0 {
+		fmt.Fprintf(w, "idle node CPU    %.1f%% of one core over %.0f s (all nodes together, heartbeats only)\n", s.NodeIdlePctOfCore, s.IdleWindowSec)
+	}
+	fmt.Fprintf(w, "kernel memory    TCP %.0f -> %.0f MiB, slab %.0f -> %.0f MiB; machine used %.0f -> %.0f MiB\n",
+		s.KernelTCPMemBefore/mib, s.KernelTCPMemAfter/mib, s.KernelSlabBefore/mib, s.KernelSlabAfter/mib,
+		s.MemUsedBefore/mib, s.MemUsedAfter/mib)
+}
+
+// sample is one reading of the nodes' metrics, summed over nodes.
+type sample struct {
+	rss, heap, conns, cpu float64
+	at                    time.Time
+}
+
+// probe reads the servers' cost before, during and after a run. With no
+// --node-metrics it does nothing.
+type probe struct {
+	urls   []string
+	disp   string
+	settle time.Duration
+	window time.Duration
+	cpu0   sample
+	disp0  sample
+}
+
+func newProbe(c config) *probe {
+	p := &probe{urls: splitNonEmpty(c.metrics), settle: c.settle, window: c.idleWindow}
+	switch c.dispMetrics {
+	case "":
+		p.disp = strings.TrimSuffix(c.dispatcher, "/") + "/metrics"
+	case "-":
+	default:
+		p.disp = c.dispMetrics
+	}
+	return p
+}
+
+// begin waits for the nodes to settle and takes the "before" readings.
+func (p *probe) begin(ctx context.Context, rep *report) error {
+	if len(p.urls) == 0 {
+		return nil
+	}
+	s, err := settle(ctx, p.urls, p.settle)
+	if err != nil {
+		return err
+	}
+	rep.NodeRSSBefore, rep.NodeHeapBefore = s.rss, s.heap
+	p.cpu0 = s
+	p.disp0, _ = scrape([]string{p.disp})
+	rep.Servers = &serverReport{Nodes: len(p.urls)}
+	rep.Servers.KernelTCPMemBefore, rep.Servers.KernelSlabBefore, rep.Servers.MemUsedBefore = kernelMem()
+	return nil
+}
+
+// loggedIn records the CPU the servers spent on the login phase.
+func (p *probe) loggedIn(rep *report) {
+	if rep.Servers == nil {
+		return
+	}
+	if s, err := scrape(p.urls); err == nil {
+		rep.Servers.NodeCPULoginSec = s.cpu - p.cpu0.cpu
+		if d := s.at.Sub(p.cpu0.at).Seconds(); d > 0 {
+			rep.Servers.NodeCoresLogin = rep.Servers.NodeCPULoginSec / d
+		}
+	}
+	if d, err := scrape([]string{p.disp}); err == nil && p.disp != "" {
+		rep.Servers.DispCPULoginSec = d.cpu - p.disp0.cpu
+		rep.Servers.DispRSSBytes = d.rss
+	}
+}
+
+// settled waits for node memory to settle and takes the "after" readings.
+func (p *probe) settled(ctx context.Context, rep *report) {
+	if rep.Servers == nil {
+		return
+	}
+	s, err := settle(ctx, p.urls, p.settle)
+	if err != nil {
+		return
+	}
+	rep.NodeRSSAfter, rep.NodeHeapAfter, rep.NodeConns = s.rss, s.heap, s.conns
+	if s.conns > 0 {
+		rep.RSSPerConnKiB = (s.rss - rep.NodeRSSBefore) / s.conns / 1024
+		rep.HeapPerConnKiB = (s.heap - rep.NodeHeapBefore) / s.conns / 1024
+	}
+	rep.Servers.KernelTCPMemAfter, rep.Servers.KernelSlabAfter, rep.Servers.MemUsedAfter = kernelMem()
+}
+
+// idle measures the nodes' CPU over the idle window (heartbeats only).
+func (p *probe) idle(ctx context.Context, rep *report) {
+	if rep.Servers == nil || p.window <= 0 {
+		return
+	}
+	a, err := scrape(p.urls)
+	if err != nil {
+		return
+	}
+	fmt.Fprintf(os.Stderr, "measuring idle node CPU for %v ...\n", p.window)
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(p.window):
+	}
+	b, err := scrape(p.urls)
+	if err != nil {
+		return
+	}
+	d := b.at.Sub(a.at).Seconds()
+	rep.Servers.IdleWindowSec = d
+	rep.Servers.NodeIdlePctOfCore = 100 * (b.cpu - a.cpu) / d
+}
+
+// settle samples the nodes' metrics until RSS is stable (two readings 1 s
+// apart within 1%) or max passes, and returns the sums.
+func settle(ctx context.Context, urls []string, max time.Duration) (sample, error) {
+	deadline := time.Now().Add(max)
+	prev := -1.0
+	for {
+		s, err := scrape(urls)
+		if err != nil {
+			return s, err
+		}
+		if prev > 0 && math.Abs(s.rss-prev) <= prev*0.01 || time.Now().After(deadline) {
+			return s, nil
+		}
+		prev = s.rss
+		select {
+		case <-ctx.Done():
+			return s, ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func scrape(urls []string) (sample, error) {
+	s := sample{at: time.Now()}
+	for _, u := range urls {
+		if u == "" {
+			continue
+		}
+		resp, err := http.Get(u)
+		if err != nil {
+			return s, fmt.Errorf("metrics %s: %w", u, err)
+		}
+		sc := bufio.NewScanner(resp.Body)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			line := sc.Text()
+			name, val, ok := strings.Cut(line, " ")
+			if !ok || strings.HasPrefix(line, "#") {
+				continue
+			}
+			v, _ := strconv.ParseFloat(val, 64)
+			switch {
+			case name == "process_resident_memory_bytes":
+				s.rss += v
+			case name == "process_cpu_seconds_total":
+				s.cpu += v
+			case name == "go_memstats_heap_inuse_bytes":
+				s.heap += v
+			case strings.HasPrefix(name, "imgate_node_connections{"):
+				s.conns += v
+			}
+		}
+		resp.Body.Close()
+	}
+	return s, nil
+}
+
+// kernelMem reads the kernel's TCP buffer memory (/proc/net/sockstat, in
+// pages), its slab (socket structures live there) and the machine's used
+// memory (MemTotal - MemAvailable).
+func kernelMem() (tcp, slab, used float64) {
+	page := float64(os.Getpagesize())
+	if b, err := os.ReadFile("/proc/net/sockstat"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			if !strings.HasPrefix(line, "TCP:") {
+				continue
+			}
+			f := strings.Fields(line)
+			for i := 1; i+1 < len(f); i += 2 {
+				if f[i] == "mem" {
+					v, _ := strconv.ParseFloat(f[i+1], 64)
+					tcp = v * page
+				}
+			}
+		}
+	}
+	var total, avail float64
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		for _, line := range strings.Split(string(b), "\n") {
+			f := strings.Fields(line)
+			if len(f) < 2 {
+				continue
+			}
+			v, _ := strconv.ParseFloat(f[1], 64)
+			switch f[0] {
+			case "MemTotal:":
+				total = v * 1024
+			case "MemAvailable:":
+				avail = v * 1024
+			case "Slab:":
+				slab = v * 1024
+			}
+		}
+	}
+	return tcp, slab, total - avail
+}
