@@ -45,6 +45,6 @@ done
 metrics=$(seq -f "http://127.0.0.1:%g/metrics" -s, $((7201)) $((7200 + NODES)))
 echo "fleet up: $NODES nodes; logging in $CONNS clients from $PROCS load processes"
 bin/loadgen --procs "$PROCS" --conns "$CONNS" --rate "$RATE" --concurrency $((PROCS * 8)) \
-  --heartbeat "$HEARTBEAT" --hold "$HOLD" --settle 60s --idle-cpu-window "$IDLE_WINDOW" \
+  --login-deadline 45m --heartbeat "$HEARTBEAT" --hold "$HOLD" --settle 60s --idle-cpu-window "$IDLE_WINDOW" \
   --node-metrics "$metrics" --json "$out/fleet.json"
 echo "JSON report in $out/fleet.json"

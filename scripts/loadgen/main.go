@@ -46,16 +46,17 @@ type config struct {
 	concurrency int
 	jsonOut     string
 	// c2c traffic: connection 2k sends to connection 2k+1.
-	msgRate     int
-	msgDuration time.Duration
-	regionA     string
-	regionB     string
-	payload     int
-	procs       int
-	shard       int // >= 0 in a child process started by --procs
-	dispMetrics string
-	reconnect   bool
-	idleWindow  time.Duration
+	msgRate       int
+	msgDuration   time.Duration
+	regionA       string
+	regionB       string
+	payload       int
+	procs         int
+	shard         int // >= 0 in a child process started by --procs
+	dispMetrics   string
+	reconnect     bool
+	loginDeadline time.Duration
+	idleWindow    time.Duration
 }
 
 func main() {
@@ -78,6 +79,7 @@ func main() {
 	flag.StringVar(&c.dispMetrics, "dispatcher-metrics", "", "the dispatcher's /metrics URL, for its RSS and CPU in the report (default: <dispatcher>/metrics; \"-\": none)")
 	flag.DurationVar(&c.idleWindow, "idle-cpu-window", 0, "after the nodes settle, measure their CPU over this window of idle holding (heartbeats only); --hold must cover it")
 	flag.BoolVar(&c.reconnect, "reconnect", false, "when a node drops a connection, come back as the SDK does: backoff, then the dispatcher with exclude=<that node>")
+	flag.DurationVar(&c.loginDeadline, "login-deadline", 0, "with --procs: give up if the shards have not all logged in by then (0: 4 × conns/rate + 5 min)")
 	flag.IntVar(&c.procs, "procs", 1, "spread the connections over this many load processes (each holds conns/procs; one process may open ~19,900 sockets here)")
 	flag.IntVar(&c.shard, "shard", -1, "internal: this process is shard N of a --procs run")
 	flag.Parse()

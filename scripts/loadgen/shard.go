@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -56,6 +57,8 @@ func runShards(ctx context.Context, c config) (*report, error) {
 			"--payload", strconv.Itoa(c.payload), "--reconnect=" + strconv.FormatBool(c.reconnect),
 		}
 		k.cmd = exec.CommandContext(ctx, exe, args...)
+		// A shard dies with its parent, however the parent ends.
+		k.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 		if c.procs > runtime.NumCPU() && os.Getenv("GOMAXPROCS") == "" {
 			// More load processes than cores: one scheduler thread each,
 			// or they spend the cores waking each other.
@@ -82,7 +85,10 @@ func runShards(ctx context.Context, c config) (*report, error) {
 	}
 	start := time.Now()
 	// Generous: a big fleet on a small box logs in well below --rate.
-	limit := time.Duration(4*c.conns/max(1, c.rate)+300) * time.Second
+	limit := c.loginDeadline
+	if limit <= 0 {
+		limit = time.Duration(4*c.conns/max(1, c.rate)+300) * time.Second
+	}
 	// Progress: what the nodes hold, once a second, while the shards log in.
 	progressDone := make(chan struct{})
 	if len(pr.urls) > 0 {
