@@ -38,6 +38,7 @@ import (
 	"github.com/imgate/imgate/accessnode/internal/sysstat"
 	"github.com/imgate/imgate/proto/etcdkeys"
 	"github.com/imgate/imgate/proto/nodepb"
+	"github.com/imgate/imgate/proto/tlsconf"
 	"github.com/imgate/imgate/proto/token"
 )
 
@@ -74,6 +75,10 @@ type config struct {
 	upstreamAddr      string
 	upstreamTimeout   time.Duration
 	upstreamStore     bool
+	upstreamTLS       tlsconf.Files // towards the backend (default: grpcTLS)
+	grpcTLS           tlsconf.Files // mutual TLS of the gRPC server and its clients
+	etcdTLS           tlsconf.Files
+	adminToken        string // /metrics and /debug/ on the ops HTTP
 	maxConnsPerIP     int
 	newConnsPerIP     float64
 	newConnsBurst     int
@@ -81,6 +86,7 @@ type config struct {
 	msgBurst          int
 	bytesPerSec       float64
 	bytesBurst        int
+	clientTLS         clientTLSFlags // --tls-*: the client TLS listener (clienttls.go)
 }
 
 func parseFlags(args []string) (config, error) {
@@ -120,6 +126,17 @@ func parseFlags(args []string) (config, error) {
 	fs.Float64Var(&c.bytesPerSec, "bytes-per-sec", 1<<20, "payload bytes per second one connection may send in Sends and Requests; more are answered RATE_LIMITED (0: no limit)")
 	fs.IntVar(&c.bytesBurst, "bytes-burst", 0, "burst for --bytes-per-sec (0: twice the rate; never below --max-frame)")
 	fs.BoolVar(&c.upstreamStore, "upstream-store-offline", false, "hand messages to users with no device online to the backend's Store (the sender hears STORED)")
+	fs.StringVar(&c.grpcTLS.CA, "grpc-ca", "", "CA (PEM) of gRPC mutual TLS between imgate's processes: peers' certificates must chain to it (with --grpc-cert, --grpc-key; empty: plaintext)")
+	fs.StringVar(&c.grpcTLS.Cert, "grpc-cert", "", "this node's gRPC certificate (PEM), served and presented to other nodes; reloaded when the file changes")
+	fs.StringVar(&c.grpcTLS.Key, "grpc-key", "", "key (PEM) of --grpc-cert")
+	fs.StringVar(&c.upstreamTLS.CA, "upstream-ca", "", "CA (PEM) the backend's certificate must chain to (default, when no --upstream-* is set: the --grpc-* files; empty with --upstream-cert: system roots)")
+	fs.StringVar(&c.upstreamTLS.Cert, "upstream-cert", "", "client certificate (PEM) presented to the backend")
+	fs.StringVar(&c.upstreamTLS.Key, "upstream-key", "", "key (PEM) of --upstream-cert")
+	fs.StringVar(&c.etcdTLS.CA, "etcd-ca", "", "CA (PEM) of etcd's server certificate; any --etcd-* turns TLS on towards etcd")
+	fs.StringVar(&c.etcdTLS.Cert, "etcd-cert", "", "client certificate (PEM) presented to etcd")
+	fs.StringVar(&c.etcdTLS.Key, "etcd-key", "", "key (PEM) of --etcd-cert")
+	fs.StringVar(&c.adminToken, "admin-token", "", "bearer token /metrics and /debug/ on --http-addr need (empty: open; prefer the env var)")
+	c.clientTLS.define(fs)
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: accessnode [flags]\n\nEvery flag can also be set by the environment variable shown.\n\n")
 		fs.VisitAll(func(f *flag.Flag) {
@@ -137,6 +154,12 @@ func parseFlags(args []string) (config, error) {
 	}
 	if !etcdkeys.ValidNodeID(c.id) {
 		return c, fmt.Errorf("--id %q: use 1-64 letters, digits, '-', '_' or '.'", c.id)
+	}
+	if err := checkInternalTLS(&c); err != nil {
+		return c, err
+	}
+	if err := c.clientTLS.check(); err != nil {
+		return c, err
 	}
 	if c.maxConns <= 0 {
 		var rl unix.Rlimit
@@ -179,6 +202,10 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 	if cfg.tokenKeys == devTokenKeys {
 		log.Warn().Msg("USING THE BUILT-IN DEVELOPMENT TOKEN KEY: anyone can mint tokens for this node. Set --token-keys / IMGATE_TOKEN_KEYS in production.")
 	}
+	itls, err := newInternalTLS(cfg, log)
+	if err != nil {
+		return err
+	}
 	started := time.Now()
 
 	// Listen synchronously so a taken port fails at once.
@@ -187,6 +214,11 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 		return fmt.Errorf("client listener: %w", err)
 	}
 	defer clientLn.Close()
+	clientTLS, err := listenClientTLS(cfg.clientTLS) // nil without --tls-addr
+	if err != nil {
+		return err
+	}
+	defer clientTLS.close() // after gw.Close (defers run in reverse)
 	grpcLn, err := net.Listen("tcp", cfg.grpcAddr)
 	if err != nil {
 		return fmt.Errorf("grpc listener: %w", err)
@@ -203,10 +235,11 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 	if cfg.grpcAdvertise == "" {
 		cfg.grpcAdvertise = grpcLn.Addr().String()
 	}
+	itls.warn(cfg, grpcLn.Addr().String(), httpLn.Addr().String(), log)
 
 	var up gateway.Upstream
 	if cfg.upstreamAddr != "" {
-		u, err := nodeapi.DialUpstream(cfg.upstreamAddr)
+		u, err := nodeapi.DialUpstream(cfg.upstreamAddr, itls.upstream)
 		if err != nil {
 			return err
 		}
@@ -240,6 +273,7 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 	cli, err := clientv3.New(clientv3.Config{
 		Endpoints:   strings.Split(cfg.etcdEndpoints, ","),
 		DialTimeout: cfg.etcdDialTimeout,
+		TLS:         itls.etcd,
 	})
 	if err != nil {
 		return fmt.Errorf("etcd client: %w", err)
@@ -247,7 +281,7 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 	defer cli.Close()
 	reg, err := registry.New(cli, etcdkeys.New(cfg.etcdPrefix), etcdkeys.Registration{
 		ID:        cfg.id,
-		Addrs:     map[string]string{"tcp": cfg.clientAdvertise},
+		Addrs:     clientTLS.addrs(cfg.clientAdvertise),
 		GRPCAddr:  cfg.grpcAdvertise,
 		Region:    cfg.region,
 		Version:   version,
@@ -260,15 +294,18 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 	// The relay (presence directory + Forward streams to other nodes) is
 	// connected before the node registers, so no session escapes it.
 	rl := relay.New(relay.Config{NodeID: cfg.id, Schema: etcdkeys.New(cfg.etcdPrefix),
-		CallTimeout: cfg.deliverTimeout + 2*time.Second}, cli, gw, log)
+		CallTimeout: cfg.deliverTimeout + 2*time.Second, Credentials: itls.grpcClient}, cli, gw, log)
 	defer rl.Close()
 	gw.SetRouter(rl)
 	if err := gw.Serve(clientLn.(*net.TCPListener)); err != nil {
 		return err
 	}
+	if err := clientTLS.serve(gw, log); err != nil {
+		return err
+	}
 
 	sys := sysstat.New()
-	grpcSrv := grpc.NewServer(grpc.MaxRecvMsgSize(relay.MaxMsgSize), grpc.MaxSendMsgSize(relay.MaxMsgSize))
+	grpcSrv := grpc.NewServer(append(itls.grpcServer, grpc.MaxRecvMsgSize(relay.MaxMsgSize), grpc.MaxSendMsgSize(relay.MaxMsgSize))...)
 	nodepb.RegisterNodeServiceServer(grpcSrv, &nodeapi.Service{NodeID: cfg.id, Version: version, Started: started, GW: gw, Sys: sys, Relay: rl})
 	healthSrv := health.NewServer()
 	healthpb.RegisterHealthServer(grpcSrv, healthSrv)
@@ -281,7 +318,7 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 		}
 		return true, ""
 	}
-	httpSrv := &http.Server{Handler: nodeapi.Handler(gw, ready, cfg.id), ReadHeaderTimeout: 5 * time.Second}
+	httpSrv := &http.Server{Handler: nodeapi.Handler(gw, ready, cfg.id, cfg.adminToken, clientTLS.collectors(cfg.id)...), ReadHeaderTimeout: 5 * time.Second}
 
 	log.Info().Str("client", clientLn.Addr().String()).Str("grpc", grpcLn.Addr().String()).
 		Str("http", httpLn.Addr().String()).Int64("max_conns", cfg.maxConns).Msg("access node up")
@@ -322,6 +359,7 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 	// Close our copy of the listening socket: with the engine's copy gone
 	// too, new connects are refused at once instead of hanging unserved.
 	clientLn.Close()
+	clientTLS.stopAccepting()
 	dctx, dcancel := context.WithTimeout(context.Background(), cfg.drainTimeout)
 	gw.Drain(dctx, cfg.drainRate)
 	dcancel()

@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/imgate/imgate/dispatcher/internal/balance"
+	"github.com/imgate/imgate/proto/tlsconf"
 )
 
 // envPrefix: --http-addr is also IMGATE_HTTP_ADDR.
@@ -74,6 +75,15 @@ type config struct {
 	RebalanceMin       int64
 	ID                 string // this replica's name in the rebalancer election
 
+	// TLS: PEM files; empty means plaintext.
+	GRPCTLS tlsconf.Files // mutual TLS towards the nodes' gRPC
+	EtcdTLS tlsconf.Files
+	HTTPTLS tlsconf.Files // Cert and Key of the HTTP listeners
+
+	// Admin routes (/v1/nodes, /metrics, POST /v1/push).
+	AdminAddr  string // their own listener; empty: on --http-addr
+	AdminToken string // bearer token of /v1/nodes and /metrics; empty: open
+
 	// Reconnect backoff hints for clients.
 	ReconnectBase   time.Duration
 	ReconnectMax    time.Duration
@@ -129,6 +139,16 @@ func parseConfig(args []string, out io.Writer) (config, error) {
 	fs.DurationVar(&c.ReconnectMax, "reconnect-max", 30*time.Second, "reconnect backoff hint for clients: longest delay")
 	fs.Float64Var(&c.ReconnectFactor, "reconnect-factor", 2, "reconnect backoff hint for clients: growth per attempt")
 	fs.Float64Var(&c.ReconnectJitter, "reconnect-jitter", 0.2, "reconnect backoff hint for clients: ± share of the delay")
+	fs.StringVar(&c.GRPCTLS.CA, "grpc-ca", "", "CA (PEM) of gRPC mutual TLS with the access nodes: their certificates must chain to it (with --grpc-cert, --grpc-key; empty: plaintext)")
+	fs.StringVar(&c.GRPCTLS.Cert, "grpc-cert", "", "client certificate (PEM) presented to the nodes' gRPC; reloaded when the file changes")
+	fs.StringVar(&c.GRPCTLS.Key, "grpc-key", "", "key (PEM) of --grpc-cert")
+	fs.StringVar(&c.EtcdTLS.CA, "etcd-ca", "", "CA (PEM) of etcd's server certificate; any --etcd-* turns TLS on towards etcd")
+	fs.StringVar(&c.EtcdTLS.Cert, "etcd-cert", "", "client certificate (PEM) presented to etcd")
+	fs.StringVar(&c.EtcdTLS.Key, "etcd-key", "", "key (PEM) of --etcd-cert")
+	fs.StringVar(&c.HTTPTLS.Cert, "tls-cert", "", "HTTPS certificate (PEM) of both HTTP listeners (public and admin), reloaded when the file changes (empty: plain HTTP)")
+	fs.StringVar(&c.HTTPTLS.Key, "tls-key", "", "key (PEM) of --tls-cert")
+	fs.StringVar(&c.AdminAddr, "admin-addr", "", "listen address of /v1/nodes, /metrics and POST /v1/push, which then leave the public listener (empty: served there)")
+	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token /v1/nodes and /metrics need (empty: open; prefer the env var)")
 	fs.Usage = func() { usage(fs) }
 
 	if err := ff.Parse(fs, args, ff.WithEnvVarPrefix(envPrefix)); err != nil {
@@ -183,6 +203,9 @@ func parseConfig(args []string, out io.Writer) (config, error) {
 	}
 	if c.RateLimitPerIP < 0 || c.RateLimitBurst < 0 || math.IsNaN(c.RateLimitPerIP) || math.IsInf(c.RateLimitPerIP, 0) {
 		return c, errors.New("--rate-limit-per-ip, --rate-limit-burst: must be >= 0 (0: no limit)")
+	}
+	if err := checkTLSConfig(c); err != nil {
+		return c, err
 	}
 	if _, err := balance.ByName(c.Policy); err != nil {
 		return c, fmt.Errorf("--policy: %w", err)

@@ -68,7 +68,8 @@ func newLogger(w io.Writer, level zerolog.Level) zerolog.Logger {
 // run builds the dispatcher, serves until ctx is done, then shuts down:
 // HTTP first (in-flight requests get ShutdownTimeout), then the fleet's
 // pulls and watch, then the etcd client. listening, if set, learns the HTTP
-// address once it is bound (tests use port 0).
+// address once it is bound (tests use port 0), then the admin one when
+// --admin-addr is set.
 func run(ctx context.Context, cfg config, log zerolog.Logger, listening func(net.Addr)) error {
 	keys, err := token.ParseKeys(cfg.TokenKeys)
 	if err != nil {
@@ -83,6 +84,11 @@ func run(ctx context.Context, cfg config, log zerolog.Logger, listening func(net
 	if err != nil {
 		return err
 	}
+	ltls, err := newListenerTLS(cfg, log)
+	if err != nil {
+		return err
+	}
+	ltls.warn(cfg, log)
 	var limiter *ratelimit.Limiter
 	var rateLimit httpapi.RateLimiter // stays a nil interface when off
 	if cfg.RateLimitPerIP > 0 && cfg.RateLimitBurst > 0 {
@@ -98,6 +104,7 @@ func run(ctx context.Context, cfg config, log zerolog.Logger, listening func(net
 		DialKeepAliveTime:    10 * time.Second,
 		DialKeepAliveTimeout: 5 * time.Second,
 		Logger:               zap.NewNop(), // fleet logs what matters
+		TLS:                  ltls.etcd,
 	})
 	if err != nil {
 		return fmt.Errorf("etcd client: %w", err)
@@ -123,6 +130,7 @@ func run(ctx context.Context, cfg config, log zerolog.Logger, listening func(net
 		OverloadCPU:     cfg.OverloadCPU,
 		OverloadMemory:  cfg.OverloadMemory,
 		SlowStart:       cfg.SlowStart,
+		Credentials:     ltls.grpc,
 	}, etcd, bal, log.With().Str("part", "fleet").Logger(), reg)
 	if err != nil {
 		return err
@@ -149,12 +157,14 @@ func run(ctx context.Context, cfg config, log zerolog.Logger, listening func(net
 		IdleTimeout:       cfg.IdleTimeout,
 		Reconnect: api.BackoffHints{BaseMS: cfg.ReconnectBase.Milliseconds(), Factor: cfg.ReconnectFactor,
 			Jitter: cfg.ReconnectJitter, MaxMS: cfg.ReconnectMax.Milliseconds()},
-		Metrics:    promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
-		Pusher:     fl,
-		PushToken:  cfg.PushToken,
-		Auth:       authn,
-		RateLimit:  rateLimit,
-		TrustProxy: cfg.TrustProxy,
+		Metrics:       promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
+		Pusher:        fl,
+		PushToken:     cfg.PushToken,
+		Auth:          authn,
+		RateLimit:     rateLimit,
+		TrustProxy:    cfg.TrustProxy,
+		AdminToken:    cfg.AdminToken,
+		AdminSeparate: cfg.AdminAddr != "",
 	}, bal, fl, keys, httpLog, reg)
 	if err != nil {
 		return err
@@ -165,23 +175,43 @@ func run(ctx context.Context, cfg config, log zerolog.Logger, listening func(net
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
+	var adminLn net.Listener
+	if cfg.AdminAddr != "" {
+		if adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
+			ln.Close()
+			return fmt.Errorf("admin listen: %w", err)
+		}
+	}
 	if listening != nil {
 		listening(ln.Addr())
+		if adminLn != nil {
+			listening(adminLn.Addr())
+		}
 	}
-	srv := &http.Server{
-		Handler:           api,
-		ReadHeaderTimeout: 5 * time.Second,
-		ReadTimeout:       10 * time.Second,
-		WriteTimeout:      10 * time.Second,
-		IdleTimeout:       60 * time.Second,
-		MaxHeaderBytes:    32 << 10,
-		ErrorLog:          stdlog.New(httpLog, "", 0),
+	newServer := func(h http.Handler) *http.Server {
+		return &http.Server{
+			Handler:           h,
+			ReadHeaderTimeout: 5 * time.Second,
+			ReadTimeout:       10 * time.Second,
+			WriteTimeout:      10 * time.Second,
+			IdleTimeout:       60 * time.Second,
+			MaxHeaderBytes:    32 << 10,
+			ErrorLog:          stdlog.New(httpLog, "", 0),
+		}
+	}
+	srvs := map[net.Listener]*http.Server{ln: newServer(api)}
+	adminAt := ""
+	if adminLn != nil {
+		srvs[adminLn] = newServer(api.Admin())
+		adminAt = adminLn.Addr().String()
 	}
 	log.Info().Str("http", ln.Addr().String()).Strs("etcd", cfg.EtcdEndpoints).Str("prefix", cfg.EtcdPrefix).
 		Dur("pull_interval", cfg.PullInterval).Str("policy", bal.Policy().Name()).Bool("load_aware", cfg.LoadAware).
 		Dur("slow_start", cfg.SlowStart).Bool("rebalance", cfg.Rebalance).Str("id", cfg.ID).
 		Str("auth", cfg.Auth).Float64("rate_limit_per_ip", cfg.RateLimitPerIP).Int("rate_limit_burst", cfg.RateLimitBurst).
-		Bool("trust_proxy", cfg.TrustProxy).Msg("dispatcher started")
+		Bool("trust_proxy", cfg.TrustProxy).Bool("https", ltls.http != nil).Str("admin", adminAt).
+		Bool("admin_token", cfg.AdminToken != "").Bool("grpc_mtls", ltls.grpc != nil).Bool("etcd_tls", ltls.etcd != nil).
+		Msg("dispatcher started")
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return fl.Run(gctx) })
@@ -191,22 +221,24 @@ func run(ctx context.Context, cfg config, log zerolog.Logger, listening func(net
 	if limiter != nil {
 		g.Go(func() error { return limiter.Run(gctx, ratelimit.DefaultSweepInterval) })
 	}
-	g.Go(func() error {
-		if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("http: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-gctx.Done()
-		// A fresh context: the parent one is already cancelled.
-		sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
-		defer cancel()
-		if err := srv.Shutdown(sctx); err != nil {
-			return fmt.Errorf("http shutdown: %w", err)
-		}
-		return nil
-	})
+	for l, srv := range srvs {
+		g.Go(func() error {
+			if err := serveHTTP(srv, l, ltls.http); err != nil {
+				return fmt.Errorf("http %s: %w", l.Addr(), err)
+			}
+			return nil
+		})
+		g.Go(func() error {
+			<-gctx.Done()
+			// A fresh context: the parent one is already cancelled.
+			sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+			defer cancel()
+			if err := srv.Shutdown(sctx); err != nil {
+				return fmt.Errorf("http shutdown: %w", err)
+			}
+			return nil
+		})
+	}
 	err = g.Wait()
 	log.Info().Msg("dispatcher stopped")
 	return err

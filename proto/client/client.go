@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net/http"
@@ -31,6 +32,11 @@ type Config struct {
 	Region string
 	// ClientVersion is free text for the node's logs ("imgate-go/dev").
 	ClientVersion string
+	// TLS, when set, connects to the nodes over TLS: the dispatcher is asked
+	// for transport=tls (nodes with a TLS listener) and the connection is
+	// verified with this config. An empty ServerName is the host of the
+	// address the dispatcher names. nil: plain TCP.
+	TLS *tls.Config
 
 	// Logger receives the client's logs; the zero value logs nothing.
 	Logger zerolog.Logger

@@ -3,6 +3,7 @@ package client
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -82,6 +83,11 @@ func (c *Client) dialNode(ctx context.Context, ep *api.EndpointResponse) (*conn,
 	if err != nil {
 		return nil, fmt.Errorf("client: connect to node %s (%s): %w", ep.NodeID, ep.Addr, err)
 	}
+	if c.cfg.TLS != nil {
+		if nc, err = handshake(ctx, nc, c.cfg.TLS, ep); err != nil {
+			return nil, err
+		}
+	}
 	ack, early, br, err := login(ctx, nc, ep, c.cfg, c.log)
 	if err != nil {
 		nc.Close()
@@ -155,6 +161,21 @@ func (c *Client) dialNode(ctx context.Context, ep *api.EndpointResponse) (*conn,
 
 // nodeSlack is how much a frame from the node may exceed max_frame_bytes.
 const nodeSlack = 64
+
+// handshake runs the TLS handshake on nc (closed on failure). ServerName
+// defaults to the host of the node's address.
+func handshake(ctx context.Context, nc net.Conn, cfg *tls.Config, ep *api.EndpointResponse) (net.Conn, error) {
+	if cfg.ServerName == "" {
+		cfg = cfg.Clone()
+		cfg.ServerName, _, _ = net.SplitHostPort(ep.Addr)
+	}
+	tc := tls.Client(nc, cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("client: tls handshake with node %s (%s): %w", ep.NodeID, ep.Addr, err)
+	}
+	return tc, nil
+}
 
 // maxEarly bounds the Delivers kept while waiting for LoginAck; more are
 // dropped unacked (the node re-sends them).

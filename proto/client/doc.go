@@ -30,6 +30,21 @@
 // (HTTP status, the JSON error code, Retry-After); an Error frame answering
 // Login becomes *ServerError.
 //
+// With Config.TLS set it asks for transport=tls instead (nodes with a TLS
+// listener), runs a TLS handshake on the connection before Login —
+// verified with that config; an empty ServerName is the host of the
+// address the dispatcher named — and speaks the same frames inside TLS. An
+// answer for another transport than the one asked for is refused, and a
+// failed handshake is a temporary failure of that node (it is excluded on
+// the next try); the client never falls back to plain TCP by itself.
+// Closing sends close_notify where a plain connection would shut its write
+// side. Plain TCP stays the default:
+//
+//	c, err := client.Dial(ctx, client.Config{
+//		Dispatcher: "https://im.example.com", UID: "alice", Device: "phone",
+//		TLS:        &tls.Config{MinVersion: tls.VersionTLS12}, // system roots
+//	})
+//
 // Each connection has one reader and one writer goroutine. The writer
 // batches queued frames into one write and sends a Ping every
 // LoginAck.heartbeat_interval_ms (else the dispatcher's hint, else

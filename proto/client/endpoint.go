@@ -1,6 +1,7 @@
 package client
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -28,7 +29,7 @@ func (c *Client) endpoint(ctx context.Context, exclude []string) (*api.EndpointR
 	q := url.Values{}
 	q.Set("uid", c.cfg.UID)
 	q.Set("device", c.cfg.Device)
-	q.Set("transport", "tcp")
+	q.Set("transport", c.nodeTransport())
 	if c.cfg.Region != "" {
 		q.Set("region", c.cfg.Region)
 	}
@@ -61,10 +62,24 @@ func (c *Client) endpoint(ctx context.Context, exclude []string) (*api.EndpointR
 	if ep.Addr == "" || ep.Token == "" {
 		return nil, errors.New("client: dispatcher: endpoint answer without addr or token")
 	}
-	if ep.Transport != "" && ep.Transport != "tcp" {
-		return nil, fmt.Errorf("client: dispatcher: transport %q, this client speaks tcp", ep.Transport)
+	if got := cmp.Or(ep.Transport, transportTCP); got != c.nodeTransport() {
+		return nil, fmt.Errorf("client: dispatcher: transport %q, this client asked for %s", ep.Transport, c.nodeTransport())
 	}
 	return &ep, nil
+}
+
+// Transports of GET /v1/endpoint.
+const (
+	transportTCP = "tcp"
+	transportTLS = "tls"
+)
+
+// nodeTransport is the transport this client asks the dispatcher for.
+func (c *Client) nodeTransport() string {
+	if c.cfg.TLS != nil {
+		return transportTLS
+	}
+	return transportTCP
 }
 
 // parseDispatcherError turns a non-2xx answer into a *DispatcherError. The

@@ -10,8 +10,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"sync"
 	"time"
+
+	"github.com/rs/zerolog"
 )
 
 // Files names the PEM files of one TLS identity. CA, when set, is the
@@ -189,4 +192,28 @@ func Client(f Files) (*tls.Config, *Reloader, error) {
 		cfg.GetClientCertificate = r.GetClientCertificate
 	}
 	return cfg, r, nil
+}
+
+// LogReloads reports r's reloads to log (nil r: nothing to do). A broken
+// renewal is seen on every check, so its warning is sampled.
+func LogReloads(r *Reloader, what string, log zerolog.Logger) {
+	if r == nil {
+		return
+	}
+	r.OnReload = func() { log.Info().Str("tls", what).Msg("certificate reloaded") }
+	sampled := log.Sample(&zerolog.BurstSampler{Burst: 1, Period: time.Minute})
+	r.OnError = func(err error) {
+		sampled.Warn().Str("tls", what).Err(err).Msg("certificate reload failed; the previous one stays in use")
+	}
+}
+
+// CheckTLSEndpoints refuses http:// endpoints when TLS is configured: a
+// client would dial them in plaintext without a word.
+func CheckTLSEndpoints(flag string, endpoints []string) error {
+	for _, e := range endpoints {
+		if strings.HasPrefix(strings.TrimSpace(e), "http://") {
+			return fmt.Errorf("%s %q: an http:// endpoint is never dialed with TLS; use host:port or https://", flag, e)
+		}
+	}
+	return nil
 }

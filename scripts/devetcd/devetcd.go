@@ -10,20 +10,40 @@ import (
 	"net/url"
 	"time"
 
+	"go.etcd.io/etcd/client/pkg/v3/transport"
 	"go.etcd.io/etcd/server/v3/embed"
 	"go.uber.org/zap"
+
+	"github.com/imgate/imgate/proto/tlsconf"
 )
 
 // Etcd is a running embedded etcd.
 type Etcd struct {
 	e *embed.Etcd
-	// Endpoint is the client URL, e.g. http://127.0.0.1:2379.
+	// Endpoint is the client URL, e.g. http://127.0.0.1:2379
+	// (https://… when started with StartTLS).
 	Endpoint string
 }
 
 // Start runs etcd with its data in dir. clientAddr and peerAddr are host:port
 // to listen on; port 0 picks a free one (tests).
 func Start(dir, clientAddr, peerAddr string) (*Etcd, error) {
+	return start(dir, clientAddr, peerAddr, tlsconf.Files{})
+}
+
+// StartTLS is Start with the client listener on TLS: f.Cert and f.Key are
+// the server's pair and, when f.CA is set, clients must present a
+// certificate signed by it. etcd also dials itself with that pair when
+// client certificates are required, so it must be good for client auth too
+// (tlstest's Peer).
+func StartTLS(dir, clientAddr, peerAddr string, f tlsconf.Files) (*Etcd, error) {
+	if f.Cert == "" || f.Key == "" {
+		return nil, fmt.Errorf("devetcd: TLS needs a certificate and a key")
+	}
+	return start(dir, clientAddr, peerAddr, f)
+}
+
+func start(dir, clientAddr, peerAddr string, f tlsconf.Files) (*Etcd, error) {
 	cfg := embed.NewConfig()
 	cfg.Dir = dir
 	cfg.Name = "dev"
@@ -36,6 +56,10 @@ func Start(dir, clientAddr, peerAddr string) (*Etcd, error) {
 	peerURL, err := freeURL(peerAddr)
 	if err != nil {
 		return nil, fmt.Errorf("devetcd: peer address: %w", err)
+	}
+	if f.Cert != "" {
+		clientURL.Scheme = "https"
+		cfg.ClientTLSInfo = transport.TLSInfo{CertFile: f.Cert, KeyFile: f.Key, TrustedCAFile: f.CA, ClientCertAuth: f.CA != ""}
 	}
 	cfg.ListenClientUrls = []url.URL{clientURL}
 	cfg.AdvertiseClientUrls = []url.URL{clientURL}

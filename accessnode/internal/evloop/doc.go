@@ -28,6 +28,9 @@
 //   - A fatal close flushes what is queued, shuts down the write side and
 //     lingers briefly discarding input, so the peer reads the last frame
 //     (usually an Error) instead of a reset.
+//   - Engine.Adopt takes a connected socket from elsewhere (the TLS front's
+//     end of a socketpair) with the real client's address, and serves it
+//     like an accepted connection, under the same MaxConns.
 //
 // The package knows the framing (proto/wire) but not what frames mean; it
 // never blocks its loop on anything but epoll_wait.

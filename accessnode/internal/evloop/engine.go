@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -69,6 +70,12 @@ var (
 	ErrSlow   = errors.New("evloop: outbound queue full, connection closed")
 )
 
+// Errors of Engine.Adopt.
+var (
+	ErrFull         = errors.New("evloop: at the connection cap")
+	ErrNotAccepting = errors.New("evloop: not accepting connections")
+)
+
 // Counters the engine keeps; read with Stats.
 type Counters struct {
 	Conns        int64 // open now
@@ -87,6 +94,7 @@ type Engine struct {
 	loops []*loop
 	wg    sync.WaitGroup
 	next  atomic.Uint64 // connection ids
+	adopt atomic.Uint64 // round robin of Adopt over the loops
 
 	conns        atomic.Int64
 	accepted     atomic.Uint64
@@ -94,10 +102,11 @@ type Engine struct {
 	slowClosed   atomic.Uint64
 	acceptErrors atomic.Uint64
 
-	mu      sync.Mutex // guards lnfds, closed
-	lnfds   []int
-	closed  bool
-	stopped chan struct{}
+	mu       sync.Mutex // guards lnfds, closed, refusing
+	lnfds    []int
+	closed   bool
+	refusing bool // StopAccepting ran: Adopt refuses
+	stopped  chan struct{}
 }
 
 // New prepares an engine with cfg.Loops loops and no listener; Start runs it.
@@ -183,11 +192,50 @@ func (e *Engine) Serve(ln *net.TCPListener) error {
 	return nil
 }
 
-// StopAccepting stops taking new connections; open ones are untouched.
+// Adopt serves fd, a connected stream socket that did not come from a
+// listener of the engine (the TLS front hands over one end of a socketpair),
+// like an accepted connection whose RemoteAddr is remote. The engine owns fd
+// from the call on, and closes it on every error. It counts against
+// MaxConns (ErrFull) and is refused once StopAccepting or Close ran
+// (ErrNotAccepting, ErrClosed). Adopt returns after the connection is in its
+// loop and OnOpen has run. It must not be called from a loop goroutine.
+func (e *Engine) Adopt(fd int, remote netip.AddrPort) error {
+	e.mu.Lock()
+	closed, refusing := e.closed, e.refusing
+	e.mu.Unlock()
+	switch {
+	case closed:
+		unix.Close(fd)
+		return ErrClosed
+	case refusing:
+		unix.Close(fd)
+		return ErrNotAccepting
+	}
+	if max := e.cfg.MaxConns; max > 0 && e.conns.Load() >= max {
+		e.rejected.Add(1)
+		unix.Close(fd)
+		return ErrFull
+	}
+	if err := unix.SetNonblock(fd, true); err != nil {
+		unix.Close(fd)
+		return fmt.Errorf("evloop: adopt: %w", err)
+	}
+	l := e.loops[e.adopt.Add(1)%uint64(len(e.loops))]
+	done := make(chan error, 1)
+	if !l.post(func() { done <- l.register(fd, remote) }) {
+		unix.Close(fd)
+		return ErrClosed
+	}
+	return <-done
+}
+
+// StopAccepting stops taking new connections, from the listeners and from
+// Adopt; open ones are untouched.
 func (e *Engine) StopAccepting() {
 	e.mu.Lock()
 	fds := e.lnfds
 	e.lnfds = nil
+	e.refusing = true
 	e.mu.Unlock()
 	var wg sync.WaitGroup
 	for _, l := range e.loops {

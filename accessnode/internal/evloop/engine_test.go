@@ -8,6 +8,8 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
+	"golang.org/x/sys/unix"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -303,5 +306,82 @@ func TestStopAcceptingKeepsOpenConns(t *testing.T) {
 	}
 	if got := readFrame(t, a); string(got) != "still" {
 		t.Fatalf("got %q", got)
+	}
+}
+
+// An adopted socket is served like an accepted one, with the address it was
+// given, and counts against the cap; after StopAccepting or Close it is
+// refused and closed.
+func TestAdopt(t *testing.T) {
+	e, h, _ := start(t, Config{Loops: 2, MaxConns: 1})
+	pair := func() (int, net.Conn) {
+		t.Helper()
+		fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := os.NewFile(uintptr(fds[1]), "far")
+		defer f.Close()
+		far, err := net.FileConn(f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { far.Close() })
+		return fds[0], far
+	}
+	remote := netip.MustParseAddrPort("[2001:db8::7]:4242")
+	fd, far := pair()
+	if err := e.Adopt(fd, remote); err != nil {
+		t.Fatal(err)
+	}
+	if h.opened.Load() != 1 {
+		t.Fatalf("OnOpen ran %d times before Adopt returned", h.opened.Load())
+	}
+	var got netip.AddrPort
+	e.Each(func(c *Conn) { got = c.RemoteAddr() })
+	if got != remote {
+		t.Fatalf("RemoteAddr = %v, want %v", got, remote)
+	}
+	if _, err := far.Write(frame([]byte("hi"))); err != nil {
+		t.Fatal(err)
+	}
+	if b := readFrame(t, far); string(b) != "hi" {
+		t.Fatalf("echo: %q", b)
+	}
+
+	// Over the cap: refused, and the other end sees the socket closed.
+	fd2, far2 := pair()
+	if err := e.Adopt(fd2, remote); !errors.Is(err, ErrFull) {
+		t.Fatalf("over the cap: err = %v", err)
+	}
+	if n, err := far2.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("refused socket: n=%d err=%v", n, err)
+	}
+	if e.Stats().Rejected != 1 {
+		t.Fatalf("rejected = %d", e.Stats().Rejected)
+	}
+
+	// A graceful close reaches the far end as data, then EOF.
+	if _, err := far.Write(frame([]byte("close"))); err != nil {
+		t.Fatal(err)
+	}
+	if b := readFrame(t, far); string(b) != "close" {
+		t.Fatalf("got %q", b)
+	}
+	if n, err := far.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("after close: n=%d err=%v", n, err)
+	}
+	far.Close()
+	waitFor(t, "closed", func() bool { return h.closed.Load() == 1 && e.Stats().Conns == 0 })
+
+	e.StopAccepting()
+	fd3, _ := pair()
+	if err := e.Adopt(fd3, remote); !errors.Is(err, ErrNotAccepting) {
+		t.Fatalf("after StopAccepting: err = %v", err)
+	}
+	e.Close()
+	fd4, _ := pair()
+	if err := e.Adopt(fd4, remote); !errors.Is(err, ErrClosed) {
+		t.Fatalf("after Close: err = %v", err)
 	}
 }

@@ -4,6 +4,7 @@ package evloop
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
 	"sync"
 	"time"
@@ -133,6 +134,9 @@ func (l *loop) run() {
 			next = l.now + int64(tick)
 		}
 	}
+	// Tasks posted while the stop task ran are in no batch yet: run them,
+	// so that whoever posted them is not left waiting (Adopt, Each).
+	l.runTasks()
 	for _, c := range l.slots {
 		if c != nil {
 			l.closeConn(c)
@@ -208,36 +212,44 @@ func (l *loop) accept(lfd int) {
 			continue
 		}
 		_ = unix.SetsockoptInt(nfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-		c := &Conn{
-			fd:       nfd,
-			loop:     l,
-			id:       e.next.Add(1),
-			remote:   addrPort(sa),
-			created:  l.now,
-			lastRead: l.now,
-		}
-		l.gen++
-		c.gen = l.gen
-		if n := len(l.free); n > 0 {
-			c.slot = l.free[n-1]
-			l.free = l.free[:n-1]
-			l.slots[c.slot] = c
-		} else {
-			c.slot = int32(len(l.slots))
-			l.slots = append(l.slots, c)
-		}
-		ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: c.slot, Pad: c.gen}
-		if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, nfd, &ev); err != nil {
-			l.slots[c.slot] = nil
-			l.free = append(l.free, c.slot)
-			unix.Close(nfd)
-			e.acceptErrors.Add(1)
-			continue
-		}
-		e.conns.Add(1)
-		e.accepted.Add(1)
-		e.h.OnOpen(c)
+		_ = l.register(nfd, addrPort(sa))
 	}
+}
+
+// register makes the non-blocking socket fd a connection of this loop and
+// tells the handler (OnOpen). On failure fd is closed.
+func (l *loop) register(fd int, remote netip.AddrPort) error {
+	e := l.e
+	c := &Conn{
+		fd:       fd,
+		loop:     l,
+		id:       e.next.Add(1),
+		remote:   remote,
+		created:  l.now,
+		lastRead: l.now,
+	}
+	l.gen++
+	c.gen = l.gen
+	if n := len(l.free); n > 0 {
+		c.slot = l.free[n-1]
+		l.free = l.free[:n-1]
+		l.slots[c.slot] = c
+	} else {
+		c.slot = int32(len(l.slots))
+		l.slots = append(l.slots, c)
+	}
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: c.slot, Pad: c.gen}
+	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+		l.slots[c.slot] = nil
+		l.free = append(l.free, c.slot)
+		unix.Close(fd)
+		e.acceptErrors.Add(1)
+		return fmt.Errorf("evloop: register: %w", err)
+	}
+	e.conns.Add(1)
+	e.accepted.Add(1)
+	e.h.OnOpen(c)
+	return nil
 }
 
 func addrPort(sa unix.Sockaddr) netip.AddrPort {

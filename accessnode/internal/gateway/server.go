@@ -12,6 +12,7 @@ import (
 	"errors"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -176,6 +177,12 @@ func New(cfg Config, verify *token.Verifier, log zerolog.Logger) (*Server, error
 
 // Serve accepts client connections from ln (the caller keeps ownership).
 func (s *Server) Serve(ln *net.TCPListener) error { return s.eng.Serve(ln) }
+
+// Adopt serves fd, a connected socket from elsewhere (the TLS front's end of
+// a socketpair), as a client connection from remote: per-address limits,
+// the connection cap and draining apply as to accepted ones. The server owns
+// fd from the call on (see evloop.Engine.Adopt).
+func (s *Server) Adopt(fd int, remote netip.AddrPort) error { return s.eng.Adopt(fd, remote) }
 
 // Close closes every connection, stops the loops and waits for backend
 // calls in flight to end.

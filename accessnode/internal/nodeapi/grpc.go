@@ -1,7 +1,8 @@
 // Package nodeapi is the access node's service surface besides client TCP:
 // the gRPC NodeService (Stats for the dispatcher, Kick for backends; Forward
 // and Push arrive with cross-node messaging), the standard gRPC health
-// service, and the ops HTTP endpoints (/healthz, /readyz, /metrics).
+// service, and the ops HTTP endpoints (/healthz, /readyz, /metrics), with
+// /metrics and /debug/ behind the admin token when one is set.
 //
 // It reads the gateway's counters; it never touches a client connection
 // except through the gateway's methods.

@@ -1,8 +1,10 @@
 package nodeapi
 
 import (
+	"crypto/subtle"
 	"net/http"
 	"net/http/pprof"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -16,11 +18,15 @@ import (
 type Ready func() (ok bool, why string)
 
 // Handler serves /healthz (the process is up), /readyz, /metrics and
-// /debug/pprof/ (the ops listener must not be exposed to clients).
-func Handler(gw Gateway, ready Ready, nodeID string) http.Handler {
+// /debug/pprof/ (the ops listener must not be exposed to clients). When
+// adminToken is set, /metrics and /debug/ need Authorization: Bearer
+// <adminToken> (401 otherwise); the probes never do. extra are more
+// metrics for /metrics (TLSCollectors).
+func Handler(gw Gateway, ready Ready, nodeID, adminToken string, extra ...prometheus.Collector) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerGateway(reg, gw, nodeID)
+	reg.MustRegister(extra...)
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -33,12 +39,34 @@ func Handler(gw Gateway, ready Ready, nodeID string) http.Handler {
 		}
 		_, _ = w.Write([]byte("ready\n"))
 	})
-	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	admin := func(h http.Handler) http.Handler { return requireToken(adminToken, h) }
+	mux.Handle("GET /metrics", admin(promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg})))
 	// Profiles, on the ops listener only (never the client port).
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.Handle("/debug/pprof/", admin(http.HandlerFunc(pprof.Index)))
+	mux.Handle("/debug/pprof/profile", admin(http.HandlerFunc(pprof.Profile)))
+	mux.Handle("/debug/pprof/trace", admin(http.HandlerFunc(pprof.Trace)))
+	// Any other /debug/ path is refused the same way, so the token check
+	// does not depend on what is registered under it.
+	mux.Handle("/debug/", admin(http.NotFoundHandler()))
 	return mux
+}
+
+// requireToken serves h to requests carrying Authorization: Bearer <token>
+// (compared in constant time), all requests when token is empty, and
+// answers 401 to the others.
+func requireToken(token string, h http.Handler) http.Handler {
+	if token == "" {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+		if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(token)) != 1 {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="imgate"`)
+			http.Error(w, "needs Authorization: Bearer <admin token>", http.StatusUnauthorized)
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 // registerGateway exports the gateway's counters; they are read at scrape

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/imgate/imgate/proto/nodepb"
@@ -17,9 +18,14 @@ type Upstream struct {
 	c    nodepb.UpstreamClient
 }
 
-// DialUpstream connects lazily to the backend at addr.
-func DialUpstream(addr string) (*Upstream, error) {
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+// DialUpstream connects lazily to the backend at addr, secured by creds
+// (TLS, with this node's client certificate, in production; nil:
+// plaintext).
+func DialUpstream(addr string, creds credentials.TransportCredentials) (*Upstream, error) {
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(creds))
 	if err != nil {
 		return nil, fmt.Errorf("upstream %s: %w", addr, err)
 	}

@@ -30,6 +30,7 @@ import (
 
 	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/imgate/imgate/accessnode/internal/gateway"
 	"github.com/imgate/imgate/proto/etcdkeys"
@@ -58,6 +59,9 @@ type Config struct {
 	// (default 8 s: longer than a dead home's lease, 5 s by default, so its
 	// shard has moved before a sender gives up).
 	LookupTimeout time.Duration
+	// Credentials secure the Forward streams to other nodes: mutual TLS in
+	// production. nil: plaintext (development).
+	Credentials credentials.TransportCredentials
 }
 
 func (c *Config) setDefaults() {

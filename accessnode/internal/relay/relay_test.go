@@ -15,6 +15,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/goleak"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/imgate/imgate/accessnode/internal/evloop"
 	"github.com/imgate/imgate/accessnode/internal/gateway"
@@ -22,6 +23,7 @@ import (
 	"github.com/imgate/imgate/accessnode/internal/sysstat"
 	"github.com/imgate/imgate/proto/etcdkeys"
 	"github.com/imgate/imgate/proto/nodepb"
+	"github.com/imgate/imgate/proto/tlsconf/tlstest"
 	"github.com/imgate/imgate/proto/token"
 	"github.com/imgate/imgate/proto/wire"
 	"github.com/imgate/imgate/proto/wirepb"
@@ -41,12 +43,15 @@ var testKeys, _ = token.ParseKeys("k1=0123456789abcdef0123")
 // cluster is several in-process access nodes (real gateway, relay and gRPC
 // server on loopback) sharing a real embedded etcd.
 type cluster struct {
-	t      *testing.T
+	t      testing.TB
 	etcd   *devetcd.Etcd
 	cli    *clientv3.Client
 	schema etcdkeys.Schema
 	mu     sync.Mutex
 	nodes  map[string]*tnode
+	// ca, when set, puts every node's gRPC server and Forward streams on
+	// mutual TLS with certificates it issues.
+	ca *tlstest.CA
 }
 
 type tnode struct {
@@ -62,7 +67,7 @@ type tnode struct {
 	done   chan struct{}
 }
 
-func newCluster(t *testing.T) *cluster {
+func newCluster(t testing.TB) *cluster {
 	t.Helper()
 	e, err := devetcd.Start(t.TempDir(), "127.0.0.1:0", "127.0.0.1:0")
 	if err != nil {
@@ -96,7 +101,13 @@ func (c *cluster) start(id string) *tnode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	rl := New(Config{NodeID: id, Schema: c.schema, SettleTimeout: 2 * time.Second, CallTimeout: 5 * time.Second, LookupTimeout: 6 * time.Second}, c.cli, gw, log)
+	var serverOpts []grpc.ServerOption
+	var creds credentials.TransportCredentials
+	if c.ca != nil {
+		serverOpts, creds = mutualTLS(t, c.ca.Peer(id))
+	}
+	rl := New(Config{NodeID: id, Schema: c.schema, SettleTimeout: 2 * time.Second, CallTimeout: 5 * time.Second, LookupTimeout: 6 * time.Second,
+		Credentials: creds}, c.cli, gw, log)
 	gw.SetRouter(rl)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -109,7 +120,7 @@ func (c *cluster) start(id string) *tnode {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gs := grpc.NewServer()
+	gs := grpc.NewServer(serverOpts...)
 	nodepb.RegisterNodeServiceServer(gs, &nodeapi.Service{NodeID: id, GW: gw, Sys: sysstat.New(), Relay: rl})
 	go func() { _ = gs.Serve(gln) }()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -202,7 +213,7 @@ func (c *cluster) registered(uid string, holders int) {
 	})
 }
 
-func waitFor(t *testing.T, what string, cond func() bool) {
+func waitFor(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for !cond() {

@@ -218,8 +218,12 @@ func (p *peer) expire(now time.Time) {
 
 func (p *peer) run() {
 	defer p.failAll(wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
+	creds := p.r.cfg.Credentials
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
 	conn, err := grpc.NewClient(p.addr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMsgSize), grpc.MaxCallSendMsgSize(MaxMsgSize)))
 	if err != nil {
 		p.r.log.Error().Err(err).Str("peer", p.id).Msg("bad peer address")

@@ -95,8 +95,12 @@ func (t *Tracker) lastSecond(now int64) int64 {
 // Candidate is one node a pick may choose. It is immutable once published,
 // except for the atomic counters inside Load and Tracker.
 type Candidate struct {
-	ID     string
-	Addr   string // the client address for the transport (tcp for now)
+	ID   string
+	Addr string // the client address of the snapshot's transport (tcp)
+	// Addrs are the node's client addresses by transport ("tcp", "tls"),
+	// as registered. A pick for another transport than tcp chooses among
+	// the nodes that have one, and answers that address as Addr.
+	Addrs  map[string]string
 	Region string
 	// Weight is the effective weight, > 0: the ops weight scaled by slow
 	// start and load. Only ratios between candidates matter; keep it below
@@ -310,6 +314,9 @@ func (s *Snapshot) claim(i int, now int64) bool {
 	return true
 }
 
+// TransportTCP is the transport of Candidate.Addr; every node has it.
+const TransportTCP = "tcp"
+
 // Query is what the client asked for. Exclude holds at most MaxExclude ids;
 // extra ones are ignored (the HTTP layer rejects longer lists).
 type Query struct {
@@ -317,6 +324,8 @@ type Query struct {
 	Key     string
 	Region  string
 	Exclude []string
+	// Transport picks among the nodes with an address for it ("" is tcp).
+	Transport string
 }
 
 // View is a snapshot as seen by one pick: the query's region and exclusions
@@ -574,6 +583,17 @@ type published struct {
 	snap   *Snapshot
 	policy Policy
 	prep   Prepared
+	// alt holds, per transport other than tcp that some node registered, a
+	// snapshot of those nodes with Addr set to that transport's address.
+	// Its candidates share Load and Tracker with snap's, so handouts on
+	// either count against the same node.
+	alt map[string]prepared
+}
+
+// prepared is one snapshot with the policy's state for it.
+type prepared struct {
+	snap *Snapshot
+	prep Prepared
 }
 
 // Balancer holds the current snapshot and policy. Pick is safe for
@@ -600,17 +620,62 @@ func New(p Policy, opts ...Option) *Balancer {
 	for _, o := range opts {
 		o(b)
 	}
-	s := NewSnapshot(nil)
-	b.cur.Store(&published{snap: s, policy: p, prep: b.prepare(p, s)})
+	b.cur.Store(b.publish(NewSnapshot(nil), p))
 	return b
 }
 
 // prepare runs p.Prepare with p's previous state. Requires b.mu (or
 // exclusive access).
 func (b *Balancer) prepare(p Policy, s *Snapshot) Prepared {
-	prep := p.Prepare(s, b.preps[p.Name()])
-	b.preps[p.Name()] = prep
+	return b.prepareKey(p, s, p.Name())
+}
+
+func (b *Balancer) prepareKey(p Policy, s *Snapshot, key string) Prepared {
+	prep := p.Prepare(s, b.preps[key])
+	b.preps[key] = prep
 	return prep
+}
+
+// publish builds what picks read for s and p: the policy's state for s and
+// for the snapshot of each other transport. Requires b.mu.
+func (b *Balancer) publish(s *Snapshot, p Policy) *published {
+	pub := &published{snap: s, policy: p, prep: b.prepare(p, s)}
+	for _, t := range transports(s) {
+		alt := transportSnapshot(s, t)
+		if pub.alt == nil {
+			pub.alt = map[string]prepared{}
+		}
+		pub.alt[t] = prepared{snap: alt, prep: b.prepareKey(p, alt, p.Name()+"/"+t)}
+	}
+	return pub
+}
+
+// transports lists the transports other than tcp that nodes of s have.
+func transports(s *Snapshot) []string {
+	var ts []string
+	for i := range s.nodes {
+		for t, addr := range s.nodes[i].Addrs {
+			if t != TransportTCP && addr != "" && !slices.Contains(ts, t) {
+				ts = append(ts, t)
+			}
+		}
+	}
+	slices.Sort(ts)
+	return ts
+}
+
+// transportSnapshot is s reduced to the nodes with an address for t, each
+// answering that address.
+func transportSnapshot(s *Snapshot, t string) *Snapshot {
+	var cands []Candidate
+	for i := range s.nodes {
+		if addr := s.nodes[i].Addrs[t]; addr != "" {
+			c := s.nodes[i] // shares Load and Tracker
+			c.Addr = addr
+			cands = append(cands, c)
+		}
+	}
+	return NewSnapshot(cands)
 }
 
 // Policy is the policy in force.
@@ -620,19 +685,17 @@ func (b *Balancer) Policy() Policy { return b.cur.Load().policy }
 func (b *Balancer) SetPolicy(p Policy) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	s := b.cur.Load().snap
-	b.cur.Store(&published{snap: s, policy: p, prep: b.prepare(p, s)})
+	b.cur.Store(b.publish(b.cur.Load().snap, p))
 }
 
 // Publish makes s the snapshot of all later picks.
 func (b *Balancer) Publish(s *Snapshot) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	p := b.cur.Load().policy
-	b.cur.Store(&published{snap: s, policy: p, prep: b.prepare(p, s)})
+	b.cur.Store(b.publish(s, b.cur.Load().policy))
 }
 
-// Snapshot returns the current snapshot.
+// Snapshot returns the current snapshot (every node, tcp addresses).
 func (b *Balancer) Snapshot() *Snapshot { return b.cur.Load().snap }
 
 // LastSecond is how many clients this balancer handed the node of t in the
@@ -652,7 +715,14 @@ const claimAttempts = 4
 // candidate belongs to an immutable snapshot; do not modify it.
 func (b *Balancer) Pick(q *Query) (*Candidate, error) {
 	p := b.cur.Load()
-	s := p.snap
+	s, prep := p.snap, p.prep
+	if q.Transport != "" && q.Transport != TransportTCP {
+		alt, ok := p.alt[q.Transport]
+		if !ok {
+			return nil, ErrNoNode
+		}
+		s, prep = alt.snap, alt.prep
+	}
 	if len(s.nodes) == 0 {
 		return nil, ErrNoNode
 	}
@@ -673,7 +743,7 @@ func (b *Balancer) Pick(q *Query) (*Candidate, error) {
 		}
 	}
 	for range claimAttempts {
-		i := p.prep.Pick(v)
+		i := prep.Pick(v)
 		if i < 0 {
 			return nil, ErrNoNode
 		}

@@ -33,6 +33,13 @@
 // at most two contiguous ranges and weighted sampling is a binary search
 // over prefix sums.
 //
+// Transports: every node has a tcp address (Candidate.Addr); some also
+// register others ("tls"). Publish builds, next to the snapshot, one per
+// other transport that some node offers, holding only those nodes with
+// Addr set to that transport's address and sharing their Load and Tracker,
+// so a Query for that Transport picks among them by the same rules and
+// counts against the same estimates and limits.
+//
 // This package must never do I/O, block, take a lock or allocate on the pick
 // path, and must never mutate a published Snapshot: eligibility by health,
 // weight and state is decided by whoever builds the snapshot, not here.

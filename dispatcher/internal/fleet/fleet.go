@@ -12,6 +12,7 @@ import (
 	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/imgate/imgate/dispatcher/internal/balance"
 	"github.com/imgate/imgate/proto/etcdkeys"
@@ -51,6 +52,9 @@ type Config struct {
 	// FlapHold is the longest a node whose registration vanished in a
 	// registry flap is kept while its pulls still answer; 0 means 60 s.
 	FlapHold time.Duration
+	// Credentials secure the gRPC connections to the nodes (pulls, Push,
+	// Shed): mutual TLS in production. nil: plaintext (development).
+	Credentials credentials.TransportCredentials
 }
 
 // Defaults of Config.
@@ -381,6 +385,7 @@ func (f *Fleet) rebuild() {
 		cands = append(cands, balance.Candidate{
 			ID:         id,
 			Addr:       n.reg.Addrs["tcp"],
+			Addrs:      n.reg.Addrs,
 			Region:     n.reg.Region,
 			Weight:     w,
 			RingWeight: int64(c.weight),

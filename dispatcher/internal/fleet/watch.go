@@ -240,8 +240,12 @@ func (f *Fleet) dial(n *node) {
 		n.dialErr = "dispatcher shutting down"
 		return
 	}
+	creds := f.cfg.Credentials
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
 	conn, err := grpc.NewClient(n.reg.GRPCAddr,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithTransportCredentials(creds),
 		// Re-probe a dead node often enough that it is re-admitted within
 		// seconds of coming back (gRPC's default backoff reaches 120 s).
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: backoff.Config{

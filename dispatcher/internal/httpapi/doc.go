@@ -3,6 +3,11 @@
 // it, GET /v1/nodes that shows what the dispatcher sees, and /healthz,
 // /readyz and /metrics.
 //
+// The admin routes (/v1/nodes, /metrics, POST /v1/push) are for ops and
+// backends: /v1/nodes and /metrics take Config.AdminToken when it is set,
+// and with Config.AdminSeparate they are served only by Admin (a listener
+// of their own), never by the public handler.
+//
 // Data flow of /v1/endpoint: the per-source-address rate limit
 // (RateLimiter, 429 with Retry-After) → validate the query → authenticate
 // the user (Authenticator: the uid comes from the app's bearer token, and a

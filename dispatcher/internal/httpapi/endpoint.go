@@ -21,7 +21,8 @@ const (
 	MaxDeviceLen    = 64
 	MaxRegionLen    = 64
 	DefaultDevice   = "default"
-	TransportTCP    = "tcp"
+	TransportTCP    = balance.TransportTCP
+	TransportTLS    = "tls"
 	maxExcludeItems = balance.MaxExclude
 	// RegionHeader carries the client's region when the query does not.
 	RegionHeader = "X-Imgate-Region"
@@ -126,13 +127,15 @@ func parseEndpointQuery(raw string, uidRequired bool) (endpointQuery, error) {
 	switch q.transport {
 	case "":
 		q.transport = TransportTCP
-	case TransportTCP:
+	case TransportTCP, TransportTLS:
 	default:
 		if checkText("transport", q.transport, 16) == nil {
-			return q, badParam("transport", "%q is not supported, want tcp", q.transport)
+			return q, badParam("transport", "%q is not supported, want tcp or tls", q.transport)
 		}
-		return q, badParam("transport", "not supported, want tcp")
+		return q, badParam("transport", "not supported, want tcp or tls")
 	}
+	// tls: only nodes with a TLS listener, answering its address.
+	q.pick.Transport = q.transport
 	for _, list := range vals["exclude"] { // exclude=a,b and exclude=a&exclude=b
 		for id := range strings.SplitSeq(list, ",") {
 			id = strings.TrimSpace(id)

@@ -55,6 +55,13 @@ type Config struct {
 	// TrustProxy takes the source address from the last X-Forwarded-For
 	// entry (set it only behind a proxy that appends the peer's address).
 	TrustProxy bool
+	// AdminToken, when set, is the bearer token GET /v1/nodes and /metrics
+	// need (401 without it). Empty: they are open (development).
+	AdminToken string
+	// AdminSeparate moves the admin routes (/v1/nodes, /metrics, POST
+	// /v1/push) off the public handler onto the one Admin returns, for a
+	// listener of their own.
+	AdminSeparate bool
 }
 
 // Authenticator verifies an Authorization header value and returns the uid.
@@ -84,6 +91,7 @@ type Server struct {
 	m      *metrics
 	now    func() time.Time
 	router chi.Router
+	admin  chi.Router // nil unless cfg.AdminSeparate
 }
 
 // New returns the handler.
@@ -99,27 +107,34 @@ func New(cfg Config, p Picker, f Fleet, s Signer, log zerolog.Logger, reg promet
 		cfg: cfg, picker: p, fleet: f, signer: s, log: log, m: m, now: time.Now,
 		noNode: log.Sample(&zerolog.BurstSampler{Burst: 1, Period: 10 * time.Second}),
 	}
+	srv.router = srv.newRouter(func(r chi.Router) {
+		r.With(srv.rateLimit).Get("/v1/endpoint", srv.endpoint)
+		r.With(srv.rateLimit).Get("/get-tcp-ip", srv.endpoint)
+		if !cfg.AdminSeparate {
+			srv.adminRoutes(r)
+		}
+	})
+	if cfg.AdminSeparate {
+		srv.admin = srv.newRouter(srv.adminRoutes)
+	}
+	return srv, nil
+}
+
+// newRouter is a router with routes, the probes and the JSON errors of
+// routing.
+func (s *Server) newRouter(routes func(chi.Router)) chi.Router {
 	r := chi.NewRouter()
-	r.Use(srv.recoverer)
-	r.With(srv.rateLimit).Get("/v1/endpoint", srv.endpoint)
-	r.With(srv.rateLimit).Get("/get-tcp-ip", srv.endpoint)
-	r.Get("/v1/nodes", srv.nodes)
-	if cfg.Pusher != nil {
-		r.Post("/v1/push", srv.push)
-	}
-	r.Get("/healthz", srv.healthz)
-	r.Get("/readyz", srv.readyz)
-	if cfg.Metrics != nil {
-		r.Method(http.MethodGet, "/metrics", cfg.Metrics)
-	}
+	r.Use(s.recoverer)
+	routes(r)
+	r.Get("/healthz", s.healthz)
+	r.Get("/readyz", s.readyz)
 	r.NotFound(func(w http.ResponseWriter, r *http.Request) {
-		srv.fail(w, r, &Error{Code: api.CodeNotFound, Message: "no such path"})
+		s.fail(w, r, &Error{Code: api.CodeNotFound, Message: "no such path"})
 	})
 	r.MethodNotAllowed(func(w http.ResponseWriter, r *http.Request) {
-		srv.fail(w, r, &Error{Code: codeMethodNotAllowed, Message: "method not allowed"})
+		s.fail(w, r, &Error{Code: codeMethodNotAllowed, Message: "method not allowed"})
 	})
-	srv.router = r
-	return srv, nil
+	return r
 }
 
 // ServeHTTP implements http.Handler.

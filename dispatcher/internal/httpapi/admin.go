@@ -1,0 +1,53 @@
+package httpapi
+
+import (
+	"crypto/subtle"
+	"net/http"
+	"strings"
+
+	"github.com/go-chi/chi/v5"
+
+	"github.com/imgate/imgate/proto/api"
+)
+
+// adminRoutes are the routes for ops and backends, never for apps:
+// /v1/nodes and /metrics behind the admin token (when set), POST /v1/push
+// behind its own push token.
+func (s *Server) adminRoutes(r chi.Router) {
+	r.With(s.requireAdmin).Get("/v1/nodes", s.nodes)
+	if s.cfg.Pusher != nil {
+		r.Post("/v1/push", s.push)
+	}
+	if s.cfg.Metrics != nil {
+		r.With(s.requireAdmin).Method(http.MethodGet, "/metrics", s.cfg.Metrics)
+	}
+}
+
+// Admin is the handler of the admin listener when Config.AdminSeparate is
+// set: /v1/nodes, /metrics, POST /v1/push and the probes. nil otherwise.
+func (s *Server) Admin() http.Handler {
+	if s.admin == nil {
+		return nil
+	}
+	return s.admin
+}
+
+// requireAdmin lets a request through when no admin token is configured or
+// it carries Authorization: Bearer <admin token> (compared in constant
+// time); otherwise 401.
+func (s *Server) requireAdmin(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if s.cfg.AdminToken != "" && !bearerIs(r, s.cfg.AdminToken) {
+			s.fail(w, r, &Error{Code: api.CodeUnauthorized, Message: "needs Authorization: Bearer <admin token>"})
+			return
+		}
+		next.ServeHTTP(w, r)
+	})
+}
+
+// bearerIs reports whether r carries Authorization: Bearer <want>, compared
+// in constant time.
+func bearerIs(r *http.Request, want string) bool {
+	got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+	return ok && subtle.ConstantTimeCompare([]byte(got), []byte(want)) == 1
+}

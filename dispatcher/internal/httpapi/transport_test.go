@@ -1,0 +1,53 @@
+package httpapi
+
+import (
+	"net/http"
+	"testing"
+
+	"github.com/imgate/imgate/dispatcher/internal/balance"
+	"github.com/imgate/imgate/proto/api"
+	"github.com/imgate/imgate/proto/token"
+)
+
+// transport=tls hands out only nodes with a TLS listener, with that
+// address; tcp (and no transport) still reaches every node.
+func TestEndpointTLS(t *testing.T) {
+	f := newFixture(t,
+		balance.Candidate{ID: "1", Addrs: map[string]string{"tcp": "127.0.0.1:7001", "tls": "127.0.0.1:7441"}},
+		balance.Candidate{ID: "2", Addrs: map[string]string{"tcp": "127.0.0.1:7002"}})
+	tcp := map[string]bool{}
+	for range 20 {
+		w := f.get("/v1/endpoint?uid=alice&device=phone&transport=tls")
+		if w.Code != http.StatusOK {
+			t.Fatalf("%d %s", w.Code, w.Body)
+		}
+		r := decode[api.EndpointResponse](t, w)
+		if r.NodeID != "1" || r.Addr != "127.0.0.1:7441" || r.Transport != "tls" {
+			t.Fatalf("tls: %+v", r)
+		}
+		if _, err := token.NewVerifier(f.keys, "1", nil).Verify(r.Token); err != nil {
+			t.Fatal(err)
+		}
+		r = decode[api.EndpointResponse](t, f.get("/v1/endpoint?uid=bob&device=phone"))
+		if r.Transport != "tcp" || r.Addr != "127.0.0.1:700"+r.NodeID {
+			t.Fatalf("tcp: %+v", r)
+		}
+		tcp[r.NodeID] = true
+	}
+	if !tcp["2"] {
+		t.Fatal("the node without TLS got no tcp client")
+	}
+}
+
+// Without a node that has a TLS listener, transport=tls is no_node (503),
+// not a bad parameter: the client's request is valid.
+func TestEndpointTLSNoNode(t *testing.T) {
+	f := newFixture(t, balance.Candidate{ID: "1"})
+	w := f.get("/v1/endpoint?uid=alice&transport=tls")
+	if w.Code != http.StatusServiceUnavailable {
+		t.Fatalf("%d %s", w.Code, w.Body)
+	}
+	if e := decode[api.ErrorResponse](t, w); e.Error.Code != api.CodeNoNode {
+		t.Fatalf("error %+v", e)
+	}
+}
