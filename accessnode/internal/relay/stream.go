@@ -201,6 +201,13 @@ func (p *peer) failAll(reason wirepb.ErrorCode) {
 }
 
 // expire fails calls past their deadline.
+// waiting reports whether calls wait for answers.
+func (p *peer) waiting() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.pending) > 0
+}
+
 func (p *peer) expire(now time.Time) {
 	var late []*pendingCall
 	p.mu.Lock()
@@ -303,16 +310,33 @@ func (p *peer) stream(cli nodepb.NodeServiceClient) error {
 
 	recvErr := make(chan error, 1)
 	go func() { recvErr <- p.receive(st) }()
-	tick := time.NewTicker(250 * time.Millisecond)
-	defer tick.Stop()
+	// Deadlines are checked only while calls wait for answers: an idle
+	// peer costs no wakeups (a fleet has N×(N-1) of these streams). A new
+	// call always wakes the loop (its frame is queued), which starts the
+	// ticker.
+	var tick *time.Ticker
+	var tickC <-chan time.Time
+	defer func() {
+		if tick != nil {
+			tick.Stop()
+		}
+	}()
 	for {
+		switch busy := p.waiting(); {
+		case busy && tick == nil:
+			tick = time.NewTicker(250 * time.Millisecond)
+			tickC = tick.C
+		case !busy && tick != nil:
+			tick.Stop()
+			tick, tickC = nil, nil
+		}
 		select {
 		case <-ctx.Done():
 			_ = st.CloseSend()
 			return ctx.Err()
 		case err := <-recvErr:
 			return fmt.Errorf("recv: %w", err)
-		case now := <-tick.C:
+		case now := <-tickC:
 			p.expire(now)
 		case <-q.wake:
 			if err := sendAll(st.Send, q.take()); err != nil {
