@@ -29,6 +29,8 @@ import (
 	"syscall"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/imgate/imgate/proto/api"
 	"github.com/imgate/imgate/proto/wire"
 	"github.com/imgate/imgate/proto/wirepb"
@@ -401,6 +403,21 @@ func connect(ep *api.EndpointResponse, src int) (*conn, error) {
 	d := net.Dialer{Timeout: 10 * time.Second, KeepAlive: -1}
 	if src > 0 {
 		d.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+src))}
+		// Without IP_BIND_ADDRESS_NO_PORT, bind() picks the source port
+		// alone, from half the ephemeral range (~14,000 ports), and the
+		// search turns into seconds of kernel time per connect as that
+		// half fills. With it, connect() picks the port for the whole
+		// 4-tuple, so one source address reaches every node with the
+		// whole range each.
+		d.Control = func(_, _ string, rc syscall.RawConn) error {
+			var serr error
+			if err := rc.Control(func(fd uintptr) {
+				serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+			}); err != nil {
+				return err
+			}
+			return serr
+		}
 	}
 	c, err := d.Dial("tcp", ep.Addr)
 	if err != nil {
