@@ -5,6 +5,7 @@
 # Reports connections held, login rate, node/dispatcher CPU and RSS, the
 # nodes' idle CPU over IDLE_WINDOW (heartbeats only), kernel memory, and
 # the load tool's own memory. Every process stops by itself at the end.
+# NODE_ARGS adds flags to every node (e.g. NODE_ARGS="--loop-coalesce 10ms").
 #
 #   scripts/fleet.sh                         # 27 nodes, 500,000 connections
 #   NODES=53 CONNS=1000000 scripts/fleet.sh  # the stretch goal
@@ -32,7 +33,7 @@ go build -o bin/ ./scripts/loadgen
 # (GOMAXPROCS=1); with the default of one per core they spend the cores
 # waking each other.
 bin/devrun --bin bin --demo=false --dir .run/fleet --nodes "$NODES" \
-  --node-args "--heartbeat-interval $HEARTBEAT --log-level warn --loops 1" --node-env "GOMAXPROCS=1" \
+  --node-args "--heartbeat-interval $HEARTBEAT --log-level warn --loops 1 ${NODE_ARGS:-}" --node-env "GOMAXPROCS=1" \
   --dispatcher-args "--heartbeat-interval $HEARTBEAT --slow-start 0 --log-level warn" \
   >"$out/system.log" 2>&1 &
 sys=$!
