@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -30,6 +32,11 @@ type loop struct {
 	id   int
 	epfd int
 	evfd int
+	// The epoll fd is itself registered with the Go runtime's poller: the
+	// loop parks there when idle instead of blocking a thread in
+	// epoll_wait, which costs the runtime a P handoff per wakeup.
+	epf  *os.File
+	eprc syscall.RawConn
 
 	// Owned by the loop goroutine.
 	slots  []*Conn
@@ -62,19 +69,52 @@ func newLoop(e *Engine, id int) (*loop, error) {
 		unix.Close(evfd)
 		return nil, err
 	}
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		unix.Close(evfd)
+		return nil, err
+	}
+	epf := os.NewFile(uintptr(epfd), "epoll")
+	rc, err := epf.SyscallConn()
+	if err != nil {
+		epf.Close()
+		unix.Close(evfd)
+		return nil, err
+	}
 	return &loop{
 		e:      e,
 		id:     id,
 		epfd:   epfd,
 		evfd:   evfd,
+		epf:    epf,
+		eprc:   rc,
 		buf:    make([]byte, wire.HeaderSize+e.cfg.MaxFrame),
 		events: make([]unix.EpollEvent, maxEvents),
 	}, nil
 }
 
 func (l *loop) closeFDs() {
-	unix.Close(l.epfd)
+	l.epf.Close() // closes epfd
 	unix.Close(l.evfd)
+}
+
+// wait returns the ready events, waiting at most ms milliseconds for some.
+// It parks in the Go runtime's poller, not in a blocking epoll_wait.
+func (l *loop) wait(ms int) (int, error) {
+	n, err := unix.EpollWait(l.epfd, l.events, 0)
+	if n > 0 || ms == 0 || err != nil && !errors.Is(err, unix.EINTR) {
+		return n, err
+	}
+	_ = l.epf.SetReadDeadline(time.Now().Add(time.Duration(ms) * time.Millisecond))
+	var werr error
+	rerr := l.eprc.Read(func(fd uintptr) bool {
+		n, werr = unix.EpollWait(int(fd), l.events, 0)
+		return n > 0 || werr != nil && !errors.Is(werr, unix.EINTR)
+	})
+	if rerr != nil && !errors.Is(rerr, os.ErrDeadlineExceeded) {
+		return 0, rerr
+	}
+	return n, werr
 }
 
 func (l *loop) addListener(fd int) error {
@@ -117,7 +157,7 @@ func (l *loop) run() {
 		if wait < 0 {
 			wait = 0
 		}
-		n, err := unix.EpollWait(l.epfd, l.events, wait)
+		n, err := l.wait(wait)
 		if err != nil && !errors.Is(err, unix.EINTR) {
 			l.e.log.Error().Err(err).Int("loop", l.id).Msg("epoll_wait failed; loop stops")
 			break
