@@ -92,15 +92,18 @@ func TestCrossNodeMessaging(t *testing.T) {
 		t.Skip("end-to-end")
 	}
 	f := startFleet(t, "", "", "")
-	const n = 6
-	clients := make([]*client.Client, n)
-	inboxes := make([]*inbox, n)
+	// Six clients, and more (up to 15) until every node holds one: the
+	// dispatcher's picks are randomised, so six alone may miss a node.
+	var clients []*client.Client
+	var inboxes []*inbox
 	nodes := map[string]bool{}
-	for i := range clients {
-		clients[i] = dialDevice(t, f.base, fmt.Sprintf("user-%d", i), "phone")
-		inboxes[i] = collect(clients[i])
-		nodes[clients[i].NodeID()] = true
+	for i := 0; i < 6 || len(nodes) < 3 && i < 15; i++ {
+		c := dialDevice(t, f.base, fmt.Sprintf("user-%d", i), "phone")
+		clients = append(clients, c)
+		inboxes = append(inboxes, collect(c))
+		nodes[c.NodeID()] = true
 	}
+	n := len(clients)
 	if len(nodes) != 3 {
 		t.Fatalf("clients on %d nodes, want all 3", len(nodes))
 	}
