@@ -5,6 +5,7 @@ package evloop
 import (
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -39,8 +40,24 @@ type Conn struct {
 	state uint8
 	watch bool // EPOLLOUT registered
 
+	// hot: the conn is in its loop's hot list (or on its way there) and is
+	// ticked every Tick.
+	hot atomic.Bool
+
 	// Data belongs to the Handler (its per-connection session).
 	Data any
+}
+
+// Hot asks for OnTick at every Tick from the next one on, until OnTick
+// returns false. Safe from any goroutine; cheap when already hot.
+func (c *Conn) Hot() {
+	if c.hot.Load() || !c.hot.CompareAndSwap(false, true) {
+		return
+	}
+	l := c.loop
+	l.mu.Lock()
+	l.hotIn = append(l.hotIn, c)
+	l.mu.Unlock()
 }
 
 // ID is unique per connection within the engine.
@@ -85,7 +102,7 @@ func (c *Conn) PublishThenWrite(publish func(), b []byte) error {
 func (c *Conn) writeLocked(b []byte) error {
 	if len(c.out) == 0 {
 		for len(b) > 0 {
-			n, err := unix.Write(c.fd, b)
+			n, err := rawWrite(c.fd, b)
 			if err == unix.EINTR {
 				continue
 			}
@@ -131,7 +148,7 @@ func (c *Conn) setWatch(on bool) {
 	if on {
 		ev.Events |= unix.EPOLLOUT
 	}
-	_ = unix.EpollCtl(c.loop.epfd, unix.EPOLL_CTL_MOD, c.fd, &ev)
+	_ = rawEpollCtl(c.loop.epfd, unix.EPOLL_CTL_MOD, c.fd, &ev)
 }
 
 // CloseAfter writes b (may be nil) and then closes the connection gracefully:

@@ -22,9 +22,13 @@
 //     buffer, and flushed by the loop on EPOLLOUT. A connection whose queue
 //     exceeds the limit is closed: one slow reader never grows memory or slows
 //     anyone else.
-//   - There is no timer per connection. Each loop sweeps its slots every Tick
-//     and calls Handler.OnTick, where the protocol layer checks its deadlines
-//     (login, idle, re-delivery).
+//   - There is no timer per connection. Each Tick a loop calls
+//     Handler.OnTick for its hot connections (new ones waiting for a login,
+//     ones with a re-send due, lingering ones) and for a slice of its slot
+//     table, so that every connection is ticked once per IdleSweep (the
+//     node's --idle-sweep, 5 s) rather than every Tick: at 500,000 idle
+//     connections the whole-table pass was a large share of a fleet's idle
+//     CPU. Conn.Hot (any goroutine) puts a conn in the hot list.
 //   - A fatal close flushes what is queued, shuts down the write side and
 //     lingers briefly discarding input, so the peer reads the last frame
 //     (usually an Error) instead of a reset.

@@ -30,8 +30,12 @@ type Handler interface {
 	// example a length above the limit). No more frames are read; the handler
 	// should answer and CloseAfter.
 	OnFrameError(c *Conn, err error)
-	// OnTick is called for every open connection once per sweep.
-	OnTick(c *Conn, now int64)
+	// OnTick checks c's deadlines. A connection is ticked once per
+	// IdleSweep; one that has a nearer deadline (a login to wait for, a
+	// re-send due) asks for every Tick by returning true, or by calling
+	// Conn.Hot from anywhere, and is ticked every Tick until OnTick returns
+	// false. A new connection starts hot; a closing one is not ticked.
+	OnTick(c *Conn, now int64) (hot bool)
 	// OnClose is called once when the connection is gone.
 	OnClose(c *Conn)
 }
@@ -42,8 +46,17 @@ type Config struct {
 	MaxFrame int           // default wire.DefaultMaxFrame
 	MaxConns int64         // 0: no limit
 	MaxQueue int           // queued outbound bytes before a conn is closed as slow; default 1 MiB
-	Tick     time.Duration // sweep period; default 250 ms
+	Tick     time.Duration // period of the hot sweep; default 250 ms
 	Linger   time.Duration // how long a closing conn waits for the peer; default 2 s
+	// IdleSweep is how often every connection is ticked, a slice of the
+	// slot table each Tick; default 8 Ticks. Idle timeouts are this precise.
+	IdleSweep time.Duration
+	// Pace > 0 makes each loop wake on a timer every Pace instead of on
+	// readiness: on a node of mostly idle connections many heartbeats share
+	// one wakeup, at the price of up to Pace of added latency per frame. A
+	// poll that finds work is followed by another at once. 0: wake on
+	// readiness (lowest latency).
+	Pace time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -61,6 +74,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Linger <= 0 {
 		c.Linger = 2 * time.Second
+	}
+	if c.IdleSweep < c.Tick {
+		c.IdleSweep = 8 * c.Tick
 	}
 }
 

@@ -38,7 +38,7 @@ func (h *echo) OnFrame(c *Conn, body []byte) {
 	_ = c.Write(out)
 }
 func (h *echo) OnFrameError(c *Conn, err error) { c.CloseAfter(frame([]byte("bad"))) }
-func (h *echo) OnTick(c *Conn, now int64)       { h.ticks.Add(1) }
+func (h *echo) OnTick(c *Conn, now int64) bool  { h.ticks.Add(1); return false }
 func (h *echo) OnClose(c *Conn)                 { h.closed.Add(1) }
 
 func frame(b []byte) []byte {
@@ -51,6 +51,13 @@ func start(t *testing.T, cfg Config) (*Engine, *echo, string) {
 	if cfg.Tick == 0 {
 		cfg.Tick = 20 * time.Millisecond
 	}
+	e, addr := serve(t, cfg, h)
+	return e, h, addr
+}
+
+// serve starts an engine with handler h on a loopback listener.
+func serve(t *testing.T, cfg Config, h Handler) (*Engine, string) {
+	t.Helper()
 	e, err := New(cfg, h, zerolog.Nop())
 	if err != nil {
 		t.Fatal(err)
@@ -67,7 +74,7 @@ func start(t *testing.T, cfg Config) (*Engine, *echo, string) {
 		e.Close()
 		ln.Close()
 	})
-	return e, h, ln.Addr().String()
+	return e, ln.Addr().String()
 }
 
 func waitFor(t *testing.T, what string, cond func() bool) {

@@ -45,9 +45,12 @@ type loop struct {
 	buf    []byte
 	events []unix.EpollEvent
 	now    int64
-	paused []int // listener fds taken out after EMFILE, re-added next tick
+	paused []int   // listener fds taken out after EMFILE, re-added next tick
+	hot    []*Conn // ticked every Tick
+	cursor int     // where the next slice of the idle sweep starts
 
-	mu      sync.Mutex // guards tasks, woken, stopped
+	mu      sync.Mutex // guards tasks, woken, stopped, hotIn
+	hotIn   []*Conn    // Conn.Hot since the last tick
 	tasks   []func()
 	woken   bool
 	stopped bool
@@ -74,41 +77,52 @@ func newLoop(e *Engine, id int) (*loop, error) {
 		unix.Close(evfd)
 		return nil, err
 	}
-	epf := os.NewFile(uintptr(epfd), "epoll")
-	rc, err := epf.SyscallConn()
-	if err != nil {
-		epf.Close()
-		unix.Close(evfd)
-		return nil, err
-	}
-	return &loop{
+	l := &loop{
 		e:      e,
 		id:     id,
 		epfd:   epfd,
 		evfd:   evfd,
-		epf:    epf,
-		eprc:   rc,
 		buf:    make([]byte, wire.HeaderSize+e.cfg.MaxFrame),
 		events: make([]unix.EpollEvent, maxEvents),
-	}, nil
+	}
+	// A paced loop wakes on its timer only: its epoll fd must not be in
+	// the runtime's poller, or every readiness edge would wake the process.
+	if e.cfg.Pace <= 0 {
+		l.epf = os.NewFile(uintptr(epfd), "epoll")
+		if l.eprc, err = l.epf.SyscallConn(); err != nil {
+			l.epf.Close()
+			unix.Close(evfd)
+			return nil, err
+		}
+	}
+	return l, nil
 }
 
 func (l *loop) closeFDs() {
-	l.epf.Close() // closes epfd
+	if l.epf != nil {
+		l.epf.Close() // closes epfd
+	} else {
+		unix.Close(l.epfd)
+	}
 	unix.Close(l.evfd)
 }
 
 // wait returns the ready events, waiting at most ms milliseconds for some.
-// It parks in the Go runtime's poller, not in a blocking epoll_wait.
+// It parks in the Go runtime's poller, not in a blocking epoll_wait; a
+// paced loop sleeps one pace (or until its tick) and polls again.
 func (l *loop) wait(ms int) (int, error) {
-	n, err := unix.EpollWait(l.epfd, l.events, 0)
+	n, err := rawEpollPoll(l.epfd, l.events)
 	if n > 0 || ms == 0 || err != nil && !errors.Is(err, unix.EINTR) {
 		return n, err
+	}
+	if pace := l.e.cfg.Pace; pace > 0 {
+		time.Sleep(min(pace, time.Duration(ms)*time.Millisecond))
+		return rawEpollPoll(l.epfd, l.events)
 	}
 	_ = l.epf.SetReadDeadline(time.Now().Add(time.Duration(ms) * time.Millisecond))
 	var werr error
 	rerr := l.eprc.Read(func(fd uintptr) bool {
-		n, werr = unix.EpollWait(int(fd), l.events, 0)
+		n, werr = rawEpollPoll(int(fd), l.events)
 		return n > 0 || werr != nil && !errors.Is(werr, unix.EINTR)
 	})
 	if rerr != nil && !errors.Is(rerr, os.ErrDeadlineExceeded) {
@@ -136,7 +150,7 @@ func (l *loop) post(fn func()) bool {
 	l.mu.Unlock()
 	if wake {
 		var one = [8]byte{1}
-		_, _ = unix.Write(l.evfd, one[:])
+		_, _ = rawWrite(l.evfd, one[:])
 	}
 	return true
 }
@@ -205,7 +219,7 @@ func (l *loop) dispatch(ev *unix.EpollEvent) {
 	switch ev.Fd {
 	case slotWake:
 		var b [8]byte
-		_, _ = unix.Read(l.evfd, b[:])
+		_, _ = rawRead(l.evfd, b[:])
 		return
 	case slotListener:
 		l.accept(int(ev.Pad))
@@ -279,7 +293,7 @@ func (l *loop) register(fd int, remote netip.AddrPort) error {
 		l.slots = append(l.slots, c)
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: c.slot, Pad: c.gen}
-	if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	if err := rawEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
 		l.slots[c.slot] = nil
 		l.free = append(l.free, c.slot)
 		unix.Close(fd)
@@ -288,6 +302,7 @@ func (l *loop) register(fd int, remote netip.AddrPort) error {
 	}
 	e.conns.Add(1)
 	e.accepted.Add(1)
+	c.Hot()
 	e.h.OnOpen(c)
 	return nil
 }
@@ -304,7 +319,7 @@ func addrPort(sa unix.Sockaddr) netip.AddrPort {
 
 // readable reads what the socket has and hands whole frames to the handler.
 func (l *loop) readable(c *Conn) {
-	n, err := unix.Read(c.fd, l.buf)
+	n, err := rawRead(c.fd, l.buf)
 	if err != nil {
 		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
 			return
@@ -375,7 +390,7 @@ func (l *loop) flush(c *Conn) {
 		return
 	}
 	for len(c.out) > 0 {
-		n, err := unix.Write(c.fd, c.out)
+		n, err := rawWrite(c.fd, c.out)
 		if err != nil {
 			if errors.Is(err, unix.EAGAIN) {
 				return
@@ -409,6 +424,7 @@ func (l *loop) beginClose(c *Conn) {
 		// Still flushing: flush lingers once the queue is empty, and a
 		// peer that never reads is closed at this deadline anyway.
 		c.lingerUntil = l.e.Now() + int64(l.e.cfg.Linger)
+		c.Hot()
 		return
 	}
 	l.lingerLocked(c)
@@ -420,6 +436,7 @@ func (l *loop) beginClose(c *Conn) {
 func (l *loop) lingerLocked(c *Conn) {
 	_ = unix.Shutdown(c.fd, unix.SHUT_WR)
 	c.lingerUntil = l.e.Now() + int64(l.e.cfg.Linger)
+	c.Hot()
 }
 
 func (l *loop) sweep() {
@@ -427,18 +444,52 @@ func (l *loop) sweep() {
 		_ = l.addListener(p)
 	}
 	l.paused = l.paused[:0]
-	h := l.e.h
-	for _, c := range l.slots {
-		if c == nil {
-			continue
+
+	// Hot connections: every tick.
+	l.mu.Lock()
+	l.hot = append(l.hot, l.hotIn...)
+	clear(l.hotIn)
+	l.hotIn = l.hotIn[:0]
+	l.mu.Unlock()
+	keep := l.hot[:0]
+	for _, c := range l.hot {
+		if l.slots[c.slot] != c {
+			continue // closed
 		}
 		if c.lingerUntil != 0 {
 			if l.now >= c.lingerUntil {
 				l.closeConn(c)
+			} else {
+				keep = append(keep, c)
 			}
 			continue
 		}
-		h.OnTick(c, l.now)
+		// Cleared before OnTick: a Conn.Hot during the call re-queues it
+		// through hotIn, so the conn is listed exactly once. A closing conn
+		// is not ticked; it comes back hot when it starts to linger.
+		c.hot.Store(false)
+		if !c.closing() && l.e.h.OnTick(c, l.now) && c.hot.CompareAndSwap(false, true) {
+			keep = append(keep, c)
+		}
+	}
+	clear(l.hot[len(keep):])
+	l.hot = keep
+
+	// The rest: a slice of the table, the whole of it every IdleSweep.
+	n := len(l.slots)
+	per := (n*int(l.e.cfg.Tick) + int(l.e.cfg.IdleSweep) - 1) / int(l.e.cfg.IdleSweep)
+	for i := 0; i < per; i++ {
+		if l.cursor >= len(l.slots) {
+			l.cursor = 0
+		}
+		c := l.slots[l.cursor]
+		l.cursor++
+		if c == nil || c.hot.Load() || c.closing() {
+			continue
+		}
+		if l.e.h.OnTick(c, l.now) {
+			c.Hot()
+		}
 	}
 }
 

@@ -583,23 +583,26 @@ func (s *Server) Sessions(fn func(uid, device string, loginAt int64)) {
 }
 
 // OnTick implements evloop.Handler: login deadline, idle timeout, re-delivery.
-func (s *Server) OnTick(c *evloop.Conn, now int64) {
+func (s *Server) OnTick(c *evloop.Conn, now int64) (hot bool) {
 	sess, _ := c.Data.(*session)
 	if sess == nil {
 		if now-c.Created() > int64(s.cfg.LoginTimeout) {
 			s.loginTimeouts.Add(1)
 			s.fail(c, wirepb.ErrorCode_ERROR_CODE_LOGIN_TIMEOUT, "no Login within the deadline")
+			return false
 		}
-		return
+		return true // the login deadline is near
 	}
 	if now-c.LastRead() > int64(s.cfg.IdleTimeout) {
 		s.idleClosed.Add(1)
 		s.fail(c, wirepb.ErrorCode_ERROR_CODE_IDLE_TIMEOUT, "no frame within the idle timeout")
-		return
+		return false
 	}
 	if sess.npending.Load() > 0 {
 		sess.retry(s, now)
+		return sess.npending.Load() > 0 // re-sends and their deadlines are near
 	}
+	return false
 }
 
 // OnClose implements evloop.Handler.

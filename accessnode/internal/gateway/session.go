@@ -144,6 +144,7 @@ func (s *session) deliver(msg *wirepb.Deliver, frame []byte, f *flight, now int6
 	}
 	s.npending.Store(int32(len(s.pending)))
 	s.mu.Unlock()
+	s.c.Hot() // its loop now ticks it every Tick for the re-send
 	// A failed write means the conn is closing: OnClose then fails what is
 	// pending, this one included.
 	_ = s.c.Write(frame)

@@ -1,0 +1,77 @@
+package evloop
+
+import (
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// The loop's hot system calls, made without the Go runtime's syscall
+// bookkeeping.
+//
+// unix.Read, unix.Write and unix.EpollWait go through entersyscall, which
+// wakes the runtime's sysmon thread whenever it is in its deep sleep (every
+// P idle — the normal state of a node holding idle connections). A woken
+// sysmon polls every 20 µs for some fifty rounds before it backs off again,
+// so a node woken by one heartbeat paid for dozens of sysmon wakeups: a
+// third of an idle node's CPU in perf (docs/benchmarks.md, "Heartbeat
+// cost"). Every call here is on a non-blocking descriptor, or epoll_wait
+// with a zero timeout, and returns without sleeping — the case RawSyscall
+// exists for. Calls that may block stay on the runtime's path.
+
+var zero uintptr
+
+func errnoErr(e unix.Errno) error {
+	switch e {
+	case 0:
+		return nil
+	case unix.EAGAIN:
+		return unix.EAGAIN
+	case unix.EINTR:
+		return unix.EINTR
+	}
+	return e
+}
+
+// rawRead is read(2) on a non-blocking descriptor.
+func rawRead(fd int, p []byte) (int, error) {
+	ptr := unsafe.Pointer(&zero)
+	if len(p) > 0 {
+		ptr = unsafe.Pointer(&p[0])
+	}
+	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(ptr), uintptr(len(p)))
+	if e != 0 {
+		return -1, errnoErr(e)
+	}
+	return int(n), nil
+}
+
+// rawWrite is write(2) on a non-blocking descriptor.
+func rawWrite(fd int, p []byte) (int, error) {
+	ptr := unsafe.Pointer(&zero)
+	if len(p) > 0 {
+		ptr = unsafe.Pointer(&p[0])
+	}
+	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(ptr), uintptr(len(p)))
+	if e != 0 {
+		return -1, errnoErr(e)
+	}
+	return int(n), nil
+}
+
+// rawEpollPoll is epoll_wait(2) with a zero timeout: it never sleeps.
+func rawEpollPoll(epfd int, events []unix.EpollEvent) (int, error) {
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd),
+		uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+	if e != 0 {
+		return 0, errnoErr(e)
+	}
+	return int(n), nil
+}
+
+// rawEpollCtl is epoll_ctl(2), which never sleeps.
+func rawEpollCtl(epfd, op, fd int, ev *unix.EpollEvent) error {
+	_, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(epfd), uintptr(op), uintptr(fd),
+		uintptr(unsafe.Pointer(ev)), 0, 0)
+	return errnoErr(e)
+}
