@@ -70,7 +70,6 @@ type config struct {
 	deliverTimeout    time.Duration
 	sweep             time.Duration
 	idleSweep         time.Duration
-	loopPace          time.Duration
 	drainTimeout      time.Duration
 	drainRate         int
 	logLevel          string
@@ -115,7 +114,6 @@ func parseFlags(args []string) (config, error) {
 	fs.DurationVar(&c.deliverRetry, "deliver-retry", 2*time.Second, "re-send an unacknowledged Deliver after this")
 	fs.DurationVar(&c.deliverTimeout, "deliver-timeout", 10*time.Second, "answer the sender 'failed' if a Deliver is not acknowledged within this")
 	fs.DurationVar(&c.sweep, "sweep-interval", time.Second, "how often each loop checks near deadlines (login, re-delivery)")
-	fs.DurationVar(&c.loopPace, "loop-pace", 0, "wake each event loop on a timer this often instead of on readiness: fewer wakeups on an idle fleet, up to this much added latency (0: off)")
 	fs.DurationVar(&c.idleSweep, "idle-sweep", 5*time.Second, "how often every connection's idle timeout is checked, a slice of them each sweep")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long to wait for clients to move before closing them")
 	fs.IntVar(&c.drainRate, "drain-rate", 1000, "on SIGTERM, clients asked to move (GoAway) per second")
@@ -164,9 +162,6 @@ func parseFlags(args []string) (config, error) {
 	}
 	if err := c.clientTLS.check(); err != nil {
 		return c, err
-	}
-	if c.loopPace < 0 || c.loopPace > time.Second {
-		return c, fmt.Errorf("--loop-pace %v: use 0 (off) up to 1s", c.loopPace)
 	}
 	if c.idleSweep < 0 {
 		return c, fmt.Errorf("--idle-sweep %v: must not be negative", c.idleSweep)
@@ -273,7 +268,7 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 		IdleTimeout:        cfg.idleTimeout,
 		DeliverRetry:       cfg.deliverRetry,
 		DeliverTimeout:     cfg.deliverTimeout,
-		Engine:             evloop.Config{Loops: cfg.loops, MaxFrame: cfg.maxFrame, MaxConns: cfg.maxConns, Tick: cfg.sweep, IdleSweep: cfg.idleSweep, Pace: cfg.loopPace},
+		Engine:             evloop.Config{Loops: cfg.loops, MaxFrame: cfg.maxFrame, MaxConns: cfg.maxConns, Tick: cfg.sweep, IdleSweep: cfg.idleSweep},
 	}, token.NewVerifier(keys, cfg.id, nil), log)
 	if err != nil {
 		return err

@@ -51,12 +51,6 @@ type Config struct {
 	// IdleSweep is how often every connection is ticked, a slice of the
 	// slot table each Tick; default 8 Ticks. Idle timeouts are this precise.
 	IdleSweep time.Duration
-	// Pace > 0 makes each loop wake on a timer every Pace instead of on
-	// readiness: on a node of mostly idle connections many heartbeats share
-	// one wakeup, at the price of up to Pace of added latency per frame. A
-	// poll that finds work is followed by another at once. 0: wake on
-	// readiness (lowest latency).
-	Pace time.Duration
 }
 
 func (c *Config) setDefaults() {
@@ -192,6 +186,9 @@ func (e *Engine) Serve(ln *net.TCPListener) error {
 		unix.Close(fd)
 		return fmt.Errorf("evloop: listener: %w", err)
 	}
+	// Accepted sockets inherit TCP_NODELAY from the listener on Linux: one
+	// setsockopt here instead of one per connection.
+	_ = unix.SetsockoptInt(fd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	if e.closed {

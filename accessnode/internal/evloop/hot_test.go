@@ -2,9 +2,13 @@ package evloop
 
 import (
 	"net"
+	"net/netip"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/rs/zerolog"
+	"golang.org/x/sys/unix"
 )
 
 // ticker counts OnTick per connection. A frame "hot" makes its conn ask for
@@ -124,33 +128,47 @@ func TestHotConnsTickedEveryTickIdleOnesPerSweep(t *testing.T) {
 	}
 }
 
-func TestPacedLoopServesOnItsTimer(t *testing.T) {
-	e, h, addr := start(t, Config{Loops: 1, Pace: 5 * time.Millisecond})
-	c, err := net.Dial("tcp", addr)
-	if err != nil {
-		t.Fatal(err)
+// Accepted connections carry the peer's address (IPv4 and IPv6) and have
+// TCP_NODELAY, which they inherit from the listener.
+func TestAcceptedPeerAddressAndNoDelay(t *testing.T) {
+	for _, network := range []string{"tcp4", "tcp6"} {
+		t.Run(network, func(t *testing.T) {
+			host := "127.0.0.1:0"
+			if network == "tcp6" {
+				host = "[::1]:0"
+			}
+			ln, err := net.Listen(network, host)
+			if err != nil {
+				t.Skipf("no %s loopback: %v", network, err)
+			}
+			defer ln.Close()
+			e, err := New(Config{Loops: 1}, &echo{}, zerolog.Nop())
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.Start()
+			defer e.Close()
+			if err := e.Serve(ln.(*net.TCPListener)); err != nil {
+				t.Fatal(err)
+			}
+			c, err := net.Dial(network, ln.Addr().String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			waitFor(t, "accepted", func() bool { return e.Stats().Conns == 1 })
+			var got netip.AddrPort
+			nodelay := -1
+			e.Each(func(sc *Conn) {
+				got = sc.RemoteAddr()
+				nodelay, _ = unix.GetsockoptInt(sc.fd, unix.IPPROTO_TCP, unix.TCP_NODELAY)
+			})
+			if want := netip.MustParseAddrPort(c.LocalAddr().String()); got != want {
+				t.Fatalf("RemoteAddr = %v, want %v", got, want)
+			}
+			if nodelay != 1 {
+				t.Fatalf("TCP_NODELAY = %d", nodelay)
+			}
+		})
 	}
-	defer c.Close()
-	for _, s := range []string{"a", "bb", "ccc"} {
-		if _, err := c.Write(frame([]byte(s))); err != nil {
-			t.Fatal(err)
-		}
-		if got := readFrame(t, c); string(got) != s {
-			t.Fatalf("got %q want %q", got, s)
-		}
-	}
-	// Posted work (Each) and the graceful close run on the paced loop too.
-	waitFor(t, "one conn", func() bool { return e.Stats().Conns == 1 })
-	n := 0
-	e.Each(func(*Conn) { n++ })
-	if n != 1 {
-		t.Fatalf("Each saw %d conns", n)
-	}
-	if _, err := c.Write(frame([]byte("close"))); err != nil {
-		t.Fatal(err)
-	}
-	if got := readFrame(t, c); string(got) != "close" {
-		t.Fatalf("got %q", got)
-	}
-	waitFor(t, "closed", func() bool { return h.closed.Load() == 1 && e.Stats().Conns == 0 })
 }

@@ -85,39 +85,26 @@ func newLoop(e *Engine, id int) (*loop, error) {
 		buf:    make([]byte, wire.HeaderSize+e.cfg.MaxFrame),
 		events: make([]unix.EpollEvent, maxEvents),
 	}
-	// A paced loop wakes on its timer only: its epoll fd must not be in
-	// the runtime's poller, or every readiness edge would wake the process.
-	if e.cfg.Pace <= 0 {
-		l.epf = os.NewFile(uintptr(epfd), "epoll")
-		if l.eprc, err = l.epf.SyscallConn(); err != nil {
-			l.epf.Close()
-			unix.Close(evfd)
-			return nil, err
-		}
+	l.epf = os.NewFile(uintptr(epfd), "epoll")
+	if l.eprc, err = l.epf.SyscallConn(); err != nil {
+		l.epf.Close()
+		unix.Close(evfd)
+		return nil, err
 	}
 	return l, nil
 }
 
 func (l *loop) closeFDs() {
-	if l.epf != nil {
-		l.epf.Close() // closes epfd
-	} else {
-		unix.Close(l.epfd)
-	}
+	l.epf.Close() // closes epfd
 	unix.Close(l.evfd)
 }
 
 // wait returns the ready events, waiting at most ms milliseconds for some.
-// It parks in the Go runtime's poller, not in a blocking epoll_wait; a
-// paced loop sleeps one pace (or until its tick) and polls again.
+// It parks in the Go runtime's poller, not in a blocking epoll_wait.
 func (l *loop) wait(ms int) (int, error) {
 	n, err := rawEpollPoll(l.epfd, l.events)
 	if n > 0 || ms == 0 || err != nil && !errors.Is(err, unix.EINTR) {
 		return n, err
-	}
-	if pace := l.e.cfg.Pace; pace > 0 {
-		time.Sleep(min(pace, time.Duration(ms)*time.Millisecond))
-		return rawEpollPoll(l.epfd, l.events)
 	}
 	_ = l.epf.SetReadDeadline(time.Now().Add(time.Duration(ms) * time.Millisecond))
 	var werr error
@@ -243,7 +230,7 @@ func (l *loop) dispatch(ev *unix.EpollEvent) {
 func (l *loop) accept(lfd int) {
 	e := l.e
 	for i := 0; i < 64; i++ {
-		nfd, sa, err := unix.Accept4(lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
+		nfd, remote, err := rawAccept4(lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 		if err != nil {
 			switch {
 			case errors.Is(err, unix.EAGAIN), errors.Is(err, unix.EINTR), errors.Is(err, unix.ECONNABORTED):
@@ -265,8 +252,7 @@ func (l *loop) accept(lfd int) {
 			unix.Close(nfd)
 			continue
 		}
-		_ = unix.SetsockoptInt(nfd, unix.IPPROTO_TCP, unix.TCP_NODELAY, 1)
-		_ = l.register(nfd, addrPort(sa))
+		_ = l.register(nfd, remote)
 	}
 }
 
@@ -305,16 +291,6 @@ func (l *loop) register(fd int, remote netip.AddrPort) error {
 	c.Hot()
 	e.h.OnOpen(c)
 	return nil
-}
-
-func addrPort(sa unix.Sockaddr) netip.AddrPort {
-	switch a := sa.(type) {
-	case *unix.SockaddrInet4:
-		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), uint16(a.Port))
-	case *unix.SockaddrInet6:
-		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), uint16(a.Port))
-	}
-	return netip.AddrPort{}
 }
 
 // readable reads what the socket has and hands whole frames to the handler.
@@ -502,7 +478,7 @@ func (l *loop) closeConn(c *Conn) {
 		return
 	}
 	c.state = stateClosed
-	unix.Close(c.fd)
+	rawClose(c.fd)
 	if c.out != nil {
 		putBuf(c.out)
 		c.out = nil

@@ -1,6 +1,8 @@
 package evloop
 
 import (
+	"encoding/binary"
+	"net/netip"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -74,4 +76,36 @@ func rawEpollCtl(epfd, op, fd int, ev *unix.EpollEvent) error {
 	_, _, e := unix.RawSyscall6(unix.SYS_EPOLL_CTL, uintptr(epfd), uintptr(op), uintptr(fd),
 		uintptr(unsafe.Pointer(ev)), 0, 0)
 	return errnoErr(e)
+}
+
+// rawAccept4 is accept4(2) on a non-blocking listener, with the peer's
+// address.
+func rawAccept4(lfd, flags int) (int, netip.AddrPort, error) {
+	var rsa unix.RawSockaddrAny
+	n := uint32(unix.SizeofSockaddrAny)
+	fd, _, e := unix.RawSyscall6(unix.SYS_ACCEPT4, uintptr(lfd), uintptr(unsafe.Pointer(&rsa)),
+		uintptr(unsafe.Pointer(&n)), uintptr(flags), 0, 0)
+	if e != 0 {
+		return -1, netip.AddrPort{}, errnoErr(e)
+	}
+	return int(fd), sockaddrAddrPort(&rsa), nil
+}
+
+func sockaddrAddrPort(rsa *unix.RawSockaddrAny) netip.AddrPort {
+	switch rsa.Addr.Family {
+	case unix.AF_INET:
+		a := (*unix.RawSockaddrInet4)(unsafe.Pointer(rsa))
+		port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&a.Port))[:])
+		return netip.AddrPortFrom(netip.AddrFrom4(a.Addr), port)
+	case unix.AF_INET6:
+		a := (*unix.RawSockaddrInet6)(unsafe.Pointer(rsa))
+		port := binary.BigEndian.Uint16((*[2]byte)(unsafe.Pointer(&a.Port))[:])
+		return netip.AddrPortFrom(netip.AddrFrom16(a.Addr).Unmap(), port)
+	}
+	return netip.AddrPort{}
+}
+
+// rawClose is close(2) of a socket without SO_LINGER, which does not sleep.
+func rawClose(fd int) {
+	_, _, _ = unix.RawSyscall(unix.SYS_CLOSE, uintptr(fd), 0, 0)
 }
