@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"io"
 
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/imgate/imgate/proto/wirepb"
@@ -64,6 +65,67 @@ func Decode(body []byte, f *wirepb.Frame) error {
 		return ErrUnknownFrame
 	}
 	return nil
+}
+
+// Field numbers of Frame.ping, Frame.pong and their fields (frame.proto).
+const (
+	framePing     = 3
+	framePong     = 4
+	pingSeq       = 1
+	pongSeq       = 1
+	pongServerTim = 2
+)
+
+// DecodePing recognises a body that is exactly one Ping frame — a node's
+// most common frame by far, one per connection per heartbeat — without the
+// protobuf runtime or an allocation. ok is false for anything else,
+// including a Ping encoded with extra or repeated fields: Decode takes those.
+func DecodePing(body []byte) (seq uint64, ok bool) {
+	num, typ, n := protowire.ConsumeTag(body)
+	if n < 0 || num != framePing || typ != protowire.BytesType {
+		return 0, false
+	}
+	inner, m := protowire.ConsumeBytes(body[n:])
+	if m < 0 || n+m != len(body) {
+		return 0, false
+	}
+	if len(inner) == 0 {
+		return 0, true
+	}
+	num, typ, n = protowire.ConsumeTag(inner)
+	if n < 0 || num != pingSeq || typ != protowire.VarintType {
+		return 0, false
+	}
+	seq, m = protowire.ConsumeVarint(inner[n:])
+	if m < 0 || n+m != len(inner) {
+		return 0, false
+	}
+	return seq, true
+}
+
+// AppendPong appends a Pong frame, length prefix included: the bytes Append
+// makes of the same Frame, without the protobuf runtime.
+func AppendPong(dst []byte, seq uint64, serverTimeMs int64) []byte {
+	size := 0
+	if seq != 0 {
+		size += protowire.SizeTag(pongSeq) + protowire.SizeVarint(seq)
+	}
+	if serverTimeMs != 0 {
+		size += protowire.SizeTag(pongServerTim) + protowire.SizeVarint(uint64(serverTimeMs))
+	}
+	body := protowire.SizeTag(framePong) + protowire.SizeBytes(size)
+	dst = binary.BigEndian.AppendUint32(dst, uint32(body))
+	dst = protowire.AppendTag(dst, framePong, protowire.BytesType)
+	dst = protowire.AppendVarint(dst, uint64(size))
+	if seq != 0 {
+		dst = protowire.AppendTag(dst, pongSeq, protowire.VarintType)
+		dst = protowire.AppendVarint(dst, seq)
+	}
+	if serverTimeMs != 0 {
+		dst = protowire.AppendTag(dst, pongServerTim, protowire.VarintType)
+		dst = protowire.AppendVarint(dst, uint64(serverTimeMs))
+	}
+	return dst
 }
 
 // Append appends f, length prefix included, to dst. It fails with

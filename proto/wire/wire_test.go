@@ -133,13 +133,80 @@ func FuzzDecode(f *testing.F) {
 				return
 			}
 			var fr wirepb.Frame
-			if err := Decode(body, &fr); err == nil {
+			err = Decode(body, &fr)
+			// The Ping fast path agrees with the general decoder.
+			if seq, ok := DecodePing(body); ok && (err != nil || fr.GetPing() == nil || fr.GetPing().GetSeq() != seq) {
+				t.Fatalf("DecodePing = %d, Decode = %v, %v", seq, &fr, err)
+			}
+			if err == nil {
 				if _, err := Append(nil, &fr, max+64); err != nil && !errors.Is(err, ErrFrameTooLarge) {
 					t.Fatalf("re-encode: %v", err)
 				}
 				_ = proto.Size(&fr)
 			}
 			b = rest
+		}
+	})
+}
+
+func TestPingPongFastPathMatchesProtobuf(t *testing.T) {
+	seqs := []uint64{0, 1, 127, 128, 1 << 32, ^uint64(0)}
+	times := []int64{0, 1, 1763900000000, -1}
+	for _, seq := range seqs {
+		body := proto.MarshalOptions{Deterministic: true}
+		b, _ := body.Marshal(ping(seq))
+		got, ok := DecodePing(b)
+		if !ok || got != seq {
+			t.Fatalf("DecodePing(%x) = %d, %v; want %d", b, got, ok, seq)
+		}
+		for _, ms := range times {
+			want, err := Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Pong{Pong: &wirepb.Pong{Seq: seq, ServerTimeMs: ms}}}, DefaultMaxFrame)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := AppendPong([]byte("x"), seq, ms); !bytes.Equal(got[1:], want) {
+				t.Fatalf("AppendPong(%d, %d) = %x, want %x", seq, ms, got[1:], want)
+			}
+		}
+	}
+	// Not a plain Ping: the general decoder's business.
+	login, _ := proto.Marshal(&wirepb.Frame{Body: &wirepb.Frame_Login{Login: &wirepb.Login{Token: "t"}}})
+	withUnknown := []byte{0x1a, 0x04, 0x08, 0x01, 0x18, 0x02} // Ping{seq 1, field 3}
+	twoPings := append(append([]byte{}, 0x1a, 0x02, 0x08, 0x01), 0x1a, 0x02, 0x08, 0x02)
+	for _, b := range [][]byte{nil, {0x1a}, {0x1a, 0x05, 0x08}, login, withUnknown, twoPings, {0x1a, 0x02, 0x10, 0x01}} {
+		if _, ok := DecodePing(b); ok {
+			t.Fatalf("DecodePing(%x) accepted", b)
+		}
+	}
+}
+
+// BenchmarkPingPong compares a node's Ping→Pong through the protobuf
+// runtime with the fast path, in one run.
+//
+//	go test -run '^$' -bench PingPong -benchmem ./proto/wire
+func BenchmarkPingPong(b *testing.B) {
+	body, _ := proto.Marshal(ping(12345))
+	now := int64(1763900000000)
+	b.Run("protobuf", func(b *testing.B) {
+		b.ReportAllocs()
+		var out []byte
+		for i := 0; i < b.N; i++ {
+			var f wirepb.Frame
+			if err := Decode(body, &f); err != nil {
+				b.Fatal(err)
+			}
+			out, _ = Append(out[:0], &wirepb.Frame{Body: &wirepb.Frame_Pong{Pong: &wirepb.Pong{Seq: f.GetPing().GetSeq(), ServerTimeMs: now}}}, DefaultMaxFrame)
+		}
+	})
+	b.Run("fast", func(b *testing.B) {
+		b.ReportAllocs()
+		var out []byte
+		for i := 0; i < b.N; i++ {
+			seq, ok := DecodePing(body)
+			if !ok {
+				b.Fatal("not a ping")
+			}
+			out = AppendPong(out[:0], seq, now)
 		}
 	})
 }
