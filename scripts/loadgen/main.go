@@ -21,7 +21,7 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
-	"sort"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -49,6 +49,8 @@ type config struct {
 	jsonOut     string
 	// c2c traffic: connection 2k sends to connection 2k+1.
 	msgRate       int
+	msgPairs      int // 0: every pair
+	msgTick       time.Duration
 	msgDuration   time.Duration
 	regionA       string
 	regionB       string
@@ -74,6 +76,8 @@ func main() {
 	flag.IntVar(&c.concurrency, "concurrency", 64, "logins in flight at once")
 	flag.StringVar(&c.jsonOut, "json", "", "also write the report as JSON to this file")
 	flag.IntVar(&c.msgRate, "msg-rate", 0, "c2c messages per second in total, connection 2k to 2k+1 (0: no traffic)")
+	flag.IntVar(&c.msgPairs, "msg-pairs", 0, "send the c2c traffic over only this many pairs, spread over all of them (0: every pair); fewer pairs batch more messages per write")
+	flag.DurationVar(&c.msgTick, "msg-tick", 5*time.Millisecond, "c2c sends leave in a burst every tick; a shorter tick smooths the load, a longer one batches more per write")
 	flag.DurationVar(&c.msgDuration, "msg-duration", 10*time.Second, "how long the c2c traffic runs")
 	flag.StringVar(&c.regionA, "region-a", "", "region asked for by even connections (senders)")
 	flag.StringVar(&c.regionB, "region-b", "", "region asked for by odd connections (recipients); differ from region-a for cross-node traffic")
@@ -197,6 +201,11 @@ func (cn *conn) close() {
 
 func (cn *conn) write(f *wirepb.Frame) {
 	b, _ := wire.Append(nil, f, wire.DefaultMaxFrame)
+	cn.writeRaw(b)
+}
+
+// writeRaw writes whole encoded frames in one Write.
+func (cn *conn) writeRaw(b []byte) {
 	cn.wmu.Lock()
 	_ = cn.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
 	_, _ = cn.c.Write(b)
@@ -240,17 +249,9 @@ func run(ctx context.Context, c config) (*report, error) {
 		readers.Add(1)
 		go func() {
 			defer readers.Done()
+			r := &connReader{cn: cn, mt: mt}
 			for {
-				r := wire.NewReader(cn.c, wire.DefaultMaxFrame)
-				var f wirepb.Frame
-				for r.Read(&f) == nil {
-					switch b := f.Body.(type) {
-					case *wirepb.Frame_Deliver:
-						cn.write(&wirepb.Frame{Body: &wirepb.Frame_DeliverAck{DeliverAck: &wirepb.DeliverAck{MsgId: b.Deliver.MsgId}}})
-					case *wirepb.Frame_SendAck:
-						mt.acked(b.SendAck)
-					}
-				}
+				r.serve(cn.c) // a new frame reader per socket
 				if hctx.Err() != nil {
 					return
 				}
@@ -474,8 +475,16 @@ func pct(ds []time.Duration, p float64) float64 {
 	if len(ds) == 0 {
 		return 0
 	}
-	s := append([]time.Duration(nil), ds...)
-	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return pctSorted(s, p)
+}
+
+// pctSorted is pct of an already sorted slice.
+func pctSorted(s []time.Duration, p float64) float64 {
+	if len(s) == 0 {
+		return 0
+	}
 	return float64(s[int(math.Min(float64(len(s)-1), p*float64(len(s))))]) / 1e6
 }
 
@@ -492,42 +501,37 @@ func selfRSS() float64 {
 	return pages * float64(os.Getpagesize())
 }
 
-// msgTracker matches SendAcks to send times (client_msg_id carries the send
-// time in nanoseconds since start, unique per connection).
-type msgTracker struct {
-	start time.Time
-	mu    sync.Mutex
-	rtts  []time.Duration
-	outc  map[string]int
-	acks  atomic.Int64
-}
-
-func newMsgTracker() *msgTracker { return &msgTracker{start: time.Now(), outc: map[string]int{}} }
-
-func (m *msgTracker) id() uint64 { return uint64(time.Since(m.start)) }
-
-func (m *msgTracker) acked(a *wirepb.SendAck) {
-	rtt := time.Since(m.start) - time.Duration(a.ClientMsgId)
-	name := strings.ToLower(strings.TrimPrefix(a.Outcome.String(), "OUTCOME_"))
-	m.mu.Lock()
-	m.rtts = append(m.rtts, rtt)
-	m.outc[name]++
-	m.mu.Unlock()
-	m.acks.Add(1)
-}
-
 // traffic sends msgRate messages a second for msgDuration, connection 2k to
-// 2k+1, then waits (bounded) for the last SendAcks.
+// 2k+1 (round-robin over the pairs, or over --msg-pairs of them spread
+// evenly), then waits (bounded) for the last SendAcks. Each tick encodes all
+// of one sender's Sends into one buffer and writes it with one Write.
 func traffic(ctx context.Context, c config, conns []*conn, mt *msgTracker) *msgReport {
-	type pair struct{ from, to *conn }
-	var pairs []pair
-	rep := &msgReport{Rate: c.msgRate}
+	type sender struct {
+		cn     *conn
+		lastID uint64 // client_msg_id strictly increases per connection
+		buf    []byte // this tick's Sends, whole frames
+	}
+	type pair struct {
+		from *sender
+		to   *conn
+	}
+	var all []pair
 	for i := 0; i+1 < len(conns); i += 2 {
 		if conns[i] == nil || conns[i+1] == nil {
 			continue
 		}
-		pairs = append(pairs, pair{conns[i], conns[i+1]})
-		if conns[i].node == conns[i+1].node {
+		all = append(all, pair{&sender{cn: conns[i]}, conns[i+1]})
+	}
+	pairs := all
+	if n := c.msgPairs; n > 0 && n < len(all) {
+		pairs = make([]pair, n)
+		for k := range pairs {
+			pairs[k] = all[k*len(all)/n]
+		}
+	}
+	rep := &msgReport{Rate: c.msgRate}
+	for _, p := range pairs {
+		if p.from.cn.node == p.to.node {
 			rep.SameNode++
 		} else {
 			rep.CrossNode++
@@ -536,29 +540,43 @@ func traffic(ctx context.Context, c config, conns []*conn, mt *msgTracker) *msgR
 	if len(pairs) == 0 {
 		return rep
 	}
-	payload := make([]byte, c.payload)
-	const tick = 5 * time.Millisecond
+	send := &wirepb.Send{Payload: make([]byte, c.payload)}
+	frame := &wirepb.Frame{Body: &wirepb.Frame_Send{Send: send}}
+	tick := max(c.msgTick, 100*time.Microsecond)
 	perTick := float64(c.msgRate) * tick.Seconds()
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	start := time.Now()
 	var owed float64
 	next := 0
-	var lastID = make(map[*conn]uint64, len(pairs))
+	var due []*sender // senders with Sends in this tick
 	for time.Since(start) < c.msgDuration && ctx.Err() == nil {
 		<-t.C
 		owed += perTick
 		for ; owed >= 1; owed-- {
 			p := pairs[next]
 			next = (next + 1) % len(pairs)
-			id := mt.id()
-			if id <= lastID[p.from] {
-				id = lastID[p.from] + 1
+			s := p.from
+			if len(s.buf) == 0 {
+				due = append(due, s)
 			}
-			lastID[p.from] = id
-			p.from.write(&wirepb.Frame{Body: &wirepb.Frame_Send{Send: &wirepb.Send{ClientMsgId: id, ToUid: p.to.uid, Payload: payload}}})
+			id := mt.id()
+			if id <= s.lastID {
+				id = s.lastID + 1
+			}
+			s.lastID = id
+			send.ClientMsgId, send.ToUid = id, p.to.uid
+			s.buf, _ = wire.Append(s.buf, frame, wire.DefaultMaxFrame)
 			rep.Sent++
 		}
+		for _, s := range due {
+			if len(s.buf) > 0 {
+				s.cn.writeRaw(s.buf)
+				s.buf = s.buf[:0]
+			}
+		}
+		clear(due)
+		due = due[:0]
 	}
 	sendEnd := time.Since(start)
 	deadline := time.Now().Add(15 * time.Second)
@@ -566,12 +584,12 @@ func traffic(ctx context.Context, c config, conns []*conn, mt *msgTracker) *msgR
 		time.Sleep(10 * time.Millisecond)
 	}
 	rep.Seconds = sendEnd.Seconds()
-	mt.mu.Lock()
-	defer mt.mu.Unlock()
-	rep.Outcomes = mt.outc
-	rep.Unanswered = rep.Sent - int64(len(mt.rtts))
-	rep.PerSecond = float64(len(mt.rtts)) / time.Since(start).Seconds()
-	rep.P50MS, rep.P90MS, rep.P99MS = pct(mt.rtts, 0.5), pct(mt.rtts, 0.9), pct(mt.rtts, 0.99)
-	rep.MaxMS = pct(mt.rtts, 1)
+	rtts, outc := mt.results()
+	slices.Sort(rtts)
+	rep.Outcomes = outc
+	rep.Unanswered = rep.Sent - int64(len(rtts))
+	rep.PerSecond = float64(len(rtts)) / time.Since(start).Seconds()
+	rep.P50MS, rep.P90MS, rep.P99MS = pctSorted(rtts, 0.5), pctSorted(rtts, 0.9), pctSorted(rtts, 0.99)
+	rep.MaxMS = pctSorted(rtts, 1)
 	return rep
 }

@@ -35,10 +35,13 @@ type Conn struct {
 	lingerUntil int64 // set once the conn is closing and lingering
 	badStream   bool  // framing broken; input is discarded
 
-	mu    sync.Mutex // guards out, state, outWatch
+	mu    sync.Mutex // guards out, state, watch, dirty
 	out   []byte     // bytes the kernel did not take yet, pooled; nil when idle
 	state uint8
-	watch bool // EPOLLOUT registered
+	watch bool // EPOLLOUT registered: the kernel refused part of out
+	// dirty: c is in its loop's dirty list; the loop offers out to the
+	// kernel before it next sleeps (see Write).
+	dirty bool
 
 	// hot: the conn is in its loop's hot list (or on its way there) and is
 	// ticked every Tick.
@@ -76,6 +79,13 @@ func (c *Conn) LastRead() int64 { return c.lastRead }
 // Write sends b, or queues what the kernel does not take now. It may be called
 // from any goroutine; b is not retained. When the queue would exceed the
 // limit the connection is closed and ErrSlow returned.
+//
+// Writes are gathered: b is appended to the connection's output and the
+// conn's loop hands everything gathered to the kernel in one write(2)
+// before it next sleeps (woken for it if it sleeps now). So the Delivers a
+// batch from another node brings, or the Pongs and SendAcks one read's
+// frames produce, cost one system call per connection, not one per frame.
+// Past deferMax gathered bytes a write goes to the kernel at once.
 func (c *Conn) Write(b []byte) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -99,35 +109,54 @@ func (c *Conn) PublishThenWrite(publish func(), b []byte) error {
 	return c.writeLocked(b)
 }
 
+// deferMax bounds the bytes a connection gathers for its loop's flush.
+const deferMax = 64 << 10
+
 func (c *Conn) writeLocked(b []byte) error {
+	if !c.watch && len(c.out) > 0 && len(c.out)+len(b) > deferMax {
+		if err := c.flushLocked(); err != nil {
+			return err
+		}
+	}
 	if len(c.out) == 0 {
-		for len(b) > 0 {
-			n, err := rawWrite(c.fd, b)
-			if err == unix.EINTR {
-				continue
-			}
-			if err == unix.EAGAIN {
-				break
-			}
-			if err != nil {
-				c.breakLocked()
-				return err
-			}
-			b = b[n:]
-		}
-		if len(b) == 0 {
-			return nil
-		}
 		c.out = append(getBuf(len(b)), b...)
-		c.setWatch(true)
+		if !c.dirty {
+			c.dirty = true
+			c.loop.markDirty(c)
+		}
 		return nil
 	}
-	if len(c.out)+len(b) > c.loop.e.cfg.MaxQueue {
+	if c.watch && len(c.out)+len(b) > c.loop.e.cfg.MaxQueue {
 		c.loop.e.slowClosed.Add(1)
 		c.breakLocked()
 		return ErrSlow
 	}
 	c.out = append(c.out, b...)
+	return nil
+}
+
+// flushLocked offers out to the kernel; what it does not take waits for
+// EPOLLOUT. c.mu is held.
+func (c *Conn) flushLocked() error {
+	for len(c.out) > 0 {
+		n, err := rawWrite(c.fd, c.out)
+		c.loop.e.writeCalls.Add(1)
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EAGAIN {
+			c.setWatch(true)
+			return nil
+		}
+		if err != nil {
+			c.breakLocked()
+			return err
+		}
+		c.out = c.out[:copy(c.out, c.out[n:])]
+	}
+	putBuf(c.out)
+	c.out = nil
+	c.setWatch(false)
 	return nil
 }
 

@@ -17,11 +17,14 @@
 //     frame that arrives in pieces borrows a pooled buffer, returned as soon as
 //     the frame is complete. Whole frames are handed to the Handler in the loop
 //     goroutine and must not be retained after OnFrame returns.
-//   - Writes may come from any goroutine (Conn.Write). A write goes straight to
-//     the socket; only what the kernel does not take is queued, in a pooled
-//     buffer, and flushed by the loop on EPOLLOUT. A connection whose queue
-//     exceeds the limit is closed: one slow reader never grows memory or slows
-//     anyone else.
+//   - Writes may come from any goroutine (Conn.Write). A write is gathered
+//     in a pooled buffer and the conn listed with its loop, which hands all
+//     of a conn's gathered bytes to the kernel in one write(2) before it next
+//     sleeps (a loop that sleeps is woken for it). The replies to one read,
+//     or the Delivers of one batch from another node, so cost one system
+//     call per connection instead of one per frame. What the kernel does not
+//     take waits for EPOLLOUT; a connection whose queue exceeds the limit is
+//     closed: one slow reader never grows memory or slows anyone else.
 //   - There is no timer per connection. Each Tick a loop calls
 //     Handler.OnTick for its hot connections (new ones waiting for a login,
 //     ones with a re-send due, lingering ones) and for a slice of its slot

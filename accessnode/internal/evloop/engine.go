@@ -111,6 +111,7 @@ type Engine struct {
 	rejected     atomic.Uint64
 	slowClosed   atomic.Uint64
 	acceptErrors atomic.Uint64
+	writeCalls   atomic.Uint64 // write(2) calls on client sockets (tests: gathering)
 
 	mu       sync.Mutex // guards lnfds, closed, refusing
 	lnfds    []int

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -390,5 +391,85 @@ func TestAdopt(t *testing.T) {
 	fd4, _ := pair()
 	if err := e.Adopt(fd4, remote); !errors.Is(err, ErrClosed) {
 		t.Fatalf("after Close: err = %v", err)
+	}
+}
+
+// Frames answered while the loop handles one read leave in one write(2),
+// not one per frame; the order is kept.
+func TestRepliesToOneReadGatheredIntoOneWrite(t *testing.T) {
+	e, _, addr := start(t, Config{Loops: 1})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// A first round trip, so the conn is set up before counting.
+	if _, err := c.Write(frame([]byte("warm"))); err != nil {
+		t.Fatal(err)
+	}
+	readFrame(t, c)
+	const n = 50
+	var burst []byte
+	for i := 0; i < n; i++ {
+		burst = append(burst, frame([]byte(fmt.Sprintf("m%02d", i)))...)
+	}
+	before := e.writeCalls.Load()
+	if _, err := c.Write(burst); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < n; i++ {
+		if got, want := string(readFrame(t, c)), fmt.Sprintf("m%02d", i); got != want {
+			t.Fatalf("frame %d: got %q, want %q", i, got, want)
+		}
+	}
+	// The kernel may hand the burst over in a few reads; never one write per frame.
+	if calls := e.writeCalls.Load() - before; calls > n/5 {
+		t.Fatalf("%d write calls for %d replies: not gathered", calls, n)
+	}
+}
+
+// Writes from other goroutines to a conn of a sleeping loop wake it; past
+// deferMax they go to the kernel at once; everything arrives in order.
+func TestWritesFromOtherGoroutinesWakeTheLoop(t *testing.T) {
+	e, h, addr := start(t, Config{Loops: 1, Tick: time.Hour})
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitFor(t, "open", func() bool { return h.opened.Load() == 1 })
+	var target *Conn
+	e.Each(func(x *Conn) { target = x })
+	// The reader drains concurrently so the kernel's buffers never fill.
+	const n = 400 // 400 × 1 KiB: several times deferMax
+	errc := make(chan error, 1)
+	go func() {
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		for i := 0; i < n; i++ {
+			var hdr [4]byte
+			if _, err := io.ReadFull(c, hdr[:]); err != nil {
+				errc <- err
+				return
+			}
+			got := make([]byte, binary.BigEndian.Uint32(hdr[:]))
+			if _, err := io.ReadFull(c, got); err != nil {
+				errc <- err
+				return
+			}
+			if want := fmt.Sprintf("%04d", i); string(got[:4]) != want {
+				errc <- fmt.Errorf("frame %d: got %q", i, got[:4])
+				return
+			}
+		}
+		errc <- nil
+	}()
+	pad := bytes.Repeat([]byte("z"), 1020)
+	for i := 0; i < n; i++ {
+		if err := target.Write(frame(append([]byte(fmt.Sprintf("%04d", i)), pad...))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-errc; err != nil {
+		t.Fatal(err)
 	}
 }

@@ -51,11 +51,18 @@ type loop struct {
 	parkUntil int64   // the poller deadline last set, engine clock
 	cursor    int     // where the next slice of the idle sweep starts
 
-	mu      sync.Mutex // guards tasks, woken, stopped, hotIn
+	spare []*Conn // the dirty list's other buffer
+
+	mu      sync.Mutex // guards tasks, woken, stopped, hotIn, dirty, awake
 	hotIn   []*Conn    // Conn.Hot since the last tick
 	tasks   []func()
 	woken   bool
 	stopped bool
+	// dirty: conns with gathered output, flushed before the loop sleeps.
+	// awake: the loop has not yet taken its last look at dirty, so a
+	// writer need not wake it.
+	dirty []*Conn
+	awake bool
 }
 
 func newLoop(e *Engine, id int) (*loop, error) {
@@ -177,6 +184,9 @@ func (l *loop) run() {
 			l.e.log.Error().Err(err).Int("loop", l.id).Msg("epoll_wait failed; loop stops")
 			break
 		}
+		l.mu.Lock()
+		l.awake = true
+		l.mu.Unlock()
 		l.now = l.e.Now()
 		for i := 0; i < n; i++ {
 			l.dispatch(&l.events[i])
@@ -188,6 +198,7 @@ func (l *loop) run() {
 			l.sweep()
 			next = l.now + int64(tick)
 		}
+		l.flushDirty()
 	}
 	// Tasks posted while the stop task ran are in no batch yet: run them,
 	// so that whoever posted them is not left waiting (Adopt, Each).
@@ -372,33 +383,62 @@ func (l *loop) dropIn(c *Conn) {
 	}
 }
 
-// flush writes queued bytes after EPOLLOUT.
+// flush writes queued bytes after EPOLLOUT, or gathered ones before the
+// loop sleeps; a closing conn whose output is out starts to linger.
 func (l *loop) flush(c *Conn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state == stateClosed {
+	if c.state == stateClosed || c.state == stateBroken {
 		return
 	}
-	for len(c.out) > 0 {
-		n, err := rawWrite(c.fd, c.out)
-		if err != nil {
-			if errors.Is(err, unix.EAGAIN) {
-				return
-			}
-			if errors.Is(err, unix.EINTR) {
-				continue
-			}
-			c.state = stateBroken
-			l.post(func() { l.closeConn(c) })
-			return
-		}
-		c.out = c.out[:copy(c.out, c.out[n:])]
+	if c.flushLocked() != nil || len(c.out) > 0 {
+		return
 	}
-	putBuf(c.out)
-	c.out = nil
-	c.setWatch(false)
 	if c.state == stateClosing {
 		l.lingerLocked(c)
+	}
+}
+
+// markDirty lists c for the loop's flush and wakes the loop if it might be
+// asleep. c.mu is held.
+func (l *loop) markDirty(c *Conn) {
+	l.mu.Lock()
+	l.dirty = append(l.dirty, c)
+	wake := !l.awake && !l.woken
+	if wake {
+		l.woken = true
+	}
+	l.mu.Unlock()
+	if wake {
+		var one = [8]byte{1}
+		_, _ = rawWrite(l.evfd, one[:])
+	}
+}
+
+// flushDirty hands every conn's gathered output to the kernel, until no
+// more is gathered; then the loop may sleep.
+func (l *loop) flushDirty() {
+	for {
+		l.mu.Lock()
+		d := l.dirty
+		if len(d) == 0 {
+			l.awake = false
+			l.mu.Unlock()
+			return
+		}
+		l.dirty = l.spare[:0]
+		l.mu.Unlock()
+		for i, c := range d {
+			c.mu.Lock()
+			c.dirty = false
+			watched := c.watch
+			c.mu.Unlock()
+			if !watched { // else EPOLLOUT flushes it
+				l.flush(c)
+			}
+			d[i] = nil
+		}
+		l.spare = d
 	}
 }
 
