@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
@@ -101,6 +102,37 @@ func DecodePing(body []byte) (seq uint64, ok bool) {
 		return 0, false
 	}
 	return seq, true
+}
+
+// Field numbers of Frame.deliver_ack and DeliverAck.msg_id.
+const (
+	frameDeliverAck = 8
+	deliverAckMsgID = 1
+)
+
+// DecodeDeliverAck recognises a body that is exactly one DeliverAck frame
+// with its msg_id — one per message a node delivers — without the protobuf
+// runtime or an allocation. msgID aliases body. ok is false for anything
+// else (extra, repeated or unknown fields, a msg_id that is not UTF-8):
+// Decode takes those.
+func DecodeDeliverAck(body []byte) (msgID []byte, ok bool) {
+	num, typ, n := protowire.ConsumeTag(body)
+	if n < 0 || num != frameDeliverAck || typ != protowire.BytesType {
+		return nil, false
+	}
+	inner, m := protowire.ConsumeBytes(body[n:])
+	if m < 0 || n+m != len(body) || len(inner) == 0 {
+		return nil, false
+	}
+	num, typ, n = protowire.ConsumeTag(inner)
+	if n < 0 || num != deliverAckMsgID || typ != protowire.BytesType {
+		return nil, false
+	}
+	msgID, m = protowire.ConsumeBytes(inner[n:])
+	if m < 0 || n+m != len(inner) || !utf8.Valid(msgID) {
+		return nil, false
+	}
+	return msgID, true
 }
 
 // AppendPong appends a Pong frame, length prefix included: the bytes Append

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"errors"
+	"strings"
 	"testing"
 
 	"google.golang.org/protobuf/proto"
@@ -138,6 +139,10 @@ func FuzzDecode(f *testing.F) {
 			if seq, ok := DecodePing(body); ok && (err != nil || fr.GetPing() == nil || fr.GetPing().GetSeq() != seq) {
 				t.Fatalf("DecodePing = %d, Decode = %v, %v", seq, &fr, err)
 			}
+			// So does the DeliverAck fast path.
+			if id, ok := DecodeDeliverAck(body); ok && (err != nil || fr.GetDeliverAck() == nil || fr.GetDeliverAck().GetMsgId() != string(id)) {
+				t.Fatalf("DecodeDeliverAck = %q, Decode = %v, %v", id, &fr, err)
+			}
 			if err == nil {
 				if _, err := Append(nil, &fr, max+64); err != nil && !errors.Is(err, ErrFrameTooLarge) {
 					t.Fatalf("re-encode: %v", err)
@@ -209,4 +214,36 @@ func BenchmarkPingPong(b *testing.B) {
 			out = AppendPong(out[:0], seq, now)
 		}
 	})
+}
+
+func TestDeliverAckFastPathMatchesProtobuf(t *testing.T) {
+	for _, id := range []string{"n1-abc-1", "x", strings.Repeat("m", 300)} {
+		b, err := Append(nil, &wirepb.Frame{Body: &wirepb.Frame_DeliverAck{DeliverAck: &wirepb.DeliverAck{MsgId: id}}}, DefaultMaxFrame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, ok := DecodeDeliverAck(b[HeaderSize:])
+		if !ok || string(got) != id {
+			t.Fatalf("DecodeDeliverAck(%x) = %q, %v; want %q", b, got, ok, id)
+		}
+	}
+	// Left to the general decoder: an empty msg_id, other frames, extra
+	// fields, invalid UTF-8.
+	for _, f := range []*wirepb.Frame{
+		{Body: &wirepb.Frame_DeliverAck{DeliverAck: &wirepb.DeliverAck{}}},
+		{Body: &wirepb.Frame_Ping{Ping: &wirepb.Ping{Seq: 1}}},
+	} {
+		b, _ := Append(nil, f, DefaultMaxFrame)
+		if _, ok := DecodeDeliverAck(b[HeaderSize:]); ok {
+			t.Fatalf("DecodeDeliverAck(%x) accepted", b)
+		}
+	}
+	for _, body := range [][]byte{
+		{0x42, 0x05, 0x0a, 0x01, 'a', 0x10, 0x01}, // msg_id, then an unknown varint field
+		{0x42, 0x03, 0x0a, 0x01, 0xff},            // msg_id not UTF-8
+	} {
+		if _, ok := DecodeDeliverAck(body); ok {
+			t.Fatalf("DecodeDeliverAck(%x) accepted", body)
+		}
+	}
 }

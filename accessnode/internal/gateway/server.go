@@ -386,6 +386,13 @@ func (s *Server) OnFrame(c *evloop.Conn, body []byte) {
 			return
 		}
 	}
+	// So are DeliverAcks when messages flow: one per message delivered.
+	if id, ok := wire.DecodeDeliverAck(body); ok {
+		if sess, in := c.Data.(*session); in {
+			sess.acked(id)
+			return
+		}
+	}
 	var f wirepb.Frame
 	if err := wire.Decode(body, &f); err != nil {
 		s.protocolErrors.Add(1)
@@ -418,7 +425,7 @@ func (s *Server) OnFrame(c *evloop.Conn, body []byte) {
 	case *wirepb.Frame_Send:
 		s.handleSend(sess, b.Send)
 	case *wirepb.Frame_DeliverAck:
-		sess.acked(b.DeliverAck.MsgId)
+		sess.acked([]byte(b.DeliverAck.MsgId))
 	case *wirepb.Frame_Request:
 		s.handleRequest(sess, b.Request)
 	default:
@@ -503,7 +510,8 @@ func (s *Server) handleSend(from *session, m *wirepb.Send) {
 			Reason: wirepb.ErrorCode_ERROR_CODE_BAD_REQUEST, Detail: "to_uid is required"}}})
 		return
 	}
-	msgID := s.msgPrefix + strconv.FormatUint(s.msgSeq.Add(1), 36)
+	var idb [64]byte
+	msgID := string(strconv.AppendUint(append(idb[:0], s.msgPrefix...), s.msgSeq.Add(1), 36))
 	d := &wirepb.Deliver{
 		MsgId: msgID, FromUid: from.uid, FromDevice: from.device,
 		Payload: m.Payload, ContentType: m.ContentType,
@@ -513,10 +521,11 @@ func (s *Server) handleSend(from *session, m *wirepb.Send) {
 	if s.router != nil {
 		op.parts = 2
 	}
+	part := op.part // one closure for both parts
 	// A user writing to themself reaches their other devices, not this one.
-	s.deliverLocal(m.ToUid, d, from, op.part)
+	s.deliverLocal(m.ToUid, d, from, part)
 	if s.router != nil {
-		s.router.Forward(m.ToUid, d, op.part)
+		s.router.Forward(m.ToUid, d, part)
 	}
 }
 

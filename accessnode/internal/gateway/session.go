@@ -152,11 +152,11 @@ func (s *session) deliver(msg *wirepb.Deliver, frame []byte, f *flight, now int6
 }
 
 // acked resolves the Deliver msgID; unknown ids (late duplicates) are ignored.
-func (s *session) acked(msgID string) {
+func (s *session) acked(msgID []byte) {
 	s.mu.Lock()
-	ob := s.pending[msgID]
+	ob := s.pending[string(msgID)] // no copy: a map index by converted bytes
 	if ob != nil {
-		delete(s.pending, msgID)
+		delete(s.pending, ob.msg.MsgId)
 		s.npending.Store(int32(len(s.pending)))
 	}
 	s.mu.Unlock()

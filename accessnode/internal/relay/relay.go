@@ -420,12 +420,21 @@ func (r *Relay) presenceChange(e *nodepb.PresenceEntry) {
 	}
 }
 
-// Forward implements gateway.Router: find who holds uid (from the cache, or
-// by asking its home), then deliver through each holder but this node.
+// Forward implements gateway.Router: find who holds uid (from this node's
+// own shard when it is the uid's home, from the cache, or by asking the
+// home), then deliver through each holder but this node.
 func (r *Relay) Forward(uid string, d *wirepb.Deliver, done gateway.Done) {
 	r.forwards.Add(1)
-	now := time.Now()
-	if hs, ok := r.cache.get(uid, r.view.Load().epoch, now); ok {
+	v := r.view.Load()
+	if v.home(uid) == r.cfg.NodeID {
+		// A hit in our own shard is the answer localLookup would give, at
+		// once; a miss may have to wait for the directory to settle.
+		if hs := r.dir.holders(uid); len(hs) > 0 {
+			r.lookups.Add(1)
+			r.forwardTo(uid, d, hs, false, done)
+			return
+		}
+	} else if hs, ok := r.cache.get(uid, v.epoch, time.Now()); ok {
 		r.cacheHits.Add(1)
 		r.forwardTo(uid, d, hs, true, done)
 		return
@@ -454,54 +463,89 @@ func (r *Relay) forwardLookup(uid string, d *wirepb.Deliver, done gateway.Done) 
 	})
 }
 
+// forwarding is one message on its way to the holders of its recipient on
+// other nodes: one call per holder, joined into one answer. It is the
+// calls' answer handler itself, so a forward costs no closures.
+type forwarding struct {
+	r      *Relay
+	uid    string
+	d      *wirepb.Deliver
+	cached bool
+	done   gateway.Done
+
+	mu      sync.Mutex // guards the fields below
+	parts   int
+	devices uint32
+	acked   uint32
+	reason  wirepb.ErrorCode
+	stale   bool // a holder was wrong ("not here") or unreachable
+}
+
 // forwardTo delivers through the given holders. When they came from the
 // cache and turn out wrong ("not here", or unreachable), the entry is
 // dropped, and if no device got the message the lookup is done afresh.
 func (r *Relay) forwardTo(uid string, d *wirepb.Deliver, holders []string, cached bool, done gateway.Done) {
-	remote := holders[:0:0]
+	self := r.cfg.NodeID
+	n := 0
 	for _, h := range holders {
-		if h != r.cfg.NodeID {
-			remote = append(remote, h)
+		if h != self {
+			n++
 		}
 	}
-	if len(remote) == 0 {
+	if n == 0 {
 		done(0, 0, 0)
 		return
 	}
-	var stale atomic.Bool
-	part := gateway.Join(len(remote), func(devices, acked uint32, reason wirepb.ErrorCode) {
-		if cached && stale.Load() {
-			r.cache.drop(uid)
-			if devices == 0 {
-				r.forwardLookup(uid, d, done) // nobody got it: ask the home
-				return
-			}
+	fw := &forwarding{r: r, uid: uid, d: d, cached: cached, done: done, parts: n}
+	deadline := time.Now().Add(r.cfg.CallTimeout)
+	for _, h := range holders {
+		if h == self {
+			continue
 		}
-		done(devices, acked, reason)
-	})
-	for _, h := range remote {
 		p := r.peer(h)
 		if p == nil {
-			stale.Store(true)
-			part(0, 0, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
+			fw.answer(nil, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
 			continue
 		}
 		p.call(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Deliver{Deliver: &nodepb.ForwardDeliver{
 			ToUid: uid, MsgId: d.MsgId, FromUid: d.FromUid, FromDevice: d.FromDevice,
 			Payload: d.Payload, ContentType: d.ContentType, SentAtMs: d.SentAtMs,
-		}}}, time.Now().Add(r.cfg.CallTimeout), func(res *nodepb.ForwardFrame, reason wirepb.ErrorCode) {
-			if reason != 0 {
-				stale.Store(true)
-				part(0, 0, reason)
-				return
-			}
-			fr := res.GetResult()
-			if fr.GetDevices() == 0 {
-				stale.Store(true) // "not here"
-			}
-			part(fr.GetDevices(), fr.GetAcked(), wirepb.ErrorCode(fr.GetReason()))
-		})
+		}}}, deadline, fw)
 	}
+}
+
+// answer takes one holder's ForwardResult (or the reason there is none).
+func (fw *forwarding) answer(res *nodepb.ForwardFrame, reason wirepb.ErrorCode) {
+	var devices, acked uint32
+	if reason == 0 {
+		fr := res.GetResult()
+		devices, acked, reason = fr.GetDevices(), fr.GetAcked(), wirepb.ErrorCode(fr.GetReason())
+	}
+	fw.mu.Lock()
+	fw.parts--
+	fw.devices += devices
+	fw.acked += acked
+	if reason != 0 && fw.reason == 0 {
+		fw.reason = reason
+	}
+	// Unreachable, or "not here" (it reports no device): the cached holders
+	// were wrong.
+	fw.stale = fw.stale || res == nil || devices == 0
+	last := fw.parts == 0
+	devices, acked, reason = fw.devices, fw.acked, fw.reason
+	stale := fw.stale
+	fw.mu.Unlock()
+	if !last {
+		return
+	}
+	if fw.cached && stale {
+		fw.r.cache.drop(fw.uid)
+		if devices == 0 {
+			fw.r.forwardLookup(fw.uid, fw.d, fw.done) // nobody got it: ask the home
+			return
+		}
+	}
+	fw.done(devices, acked, reason)
 }
 
 // lookup finds the holders of uid through its home, retrying while views
@@ -533,7 +577,7 @@ func (r *Relay) lookup(uid string, deadline time.Time, cb func(holders []string,
 			return
 		}
 		p.call(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Lookup{Lookup: &nodepb.LookupRequest{Uid: uid}}},
-			deadline, func(res *nodepb.ForwardFrame, reason wirepb.ErrorCode) {
+			deadline, answerFunc(func(res *nodepb.ForwardFrame, reason wirepb.ErrorCode) {
 				switch lr := res.GetLookupResult(); {
 				case reason == wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE:
 					// The home is unreachable: it died, and its lease will
@@ -547,7 +591,7 @@ func (r *Relay) lookup(uid string, deadline time.Time, cb func(holders []string,
 				default:
 					cb(lr.GetHolders(), 0)
 				}
-			})
+			}))
 	}
 }
 

@@ -104,7 +104,7 @@ type peer struct {
 
 	mu      sync.Mutex // guards state, pending, seq, q
 	state   peerState
-	pending map[uint64]*pendingCall
+	pending map[uint64]pendingCall
 	seq     uint64
 	q       *sendQueue
 }
@@ -119,12 +119,23 @@ const (
 
 type pendingCall struct {
 	deadline time.Time
-	cb       func(*nodepb.ForwardFrame, wirepb.ErrorCode)
+	a        answerer
 }
+
+// answerer takes the answer to a call: the peer's frame, or (nil, reason)
+// when the stream failed or the deadline passed.
+type answerer interface {
+	answer(*nodepb.ForwardFrame, wirepb.ErrorCode)
+}
+
+// answerFunc makes a function an answerer.
+type answerFunc func(*nodepb.ForwardFrame, wirepb.ErrorCode)
+
+func (f answerFunc) answer(res *nodepb.ForwardFrame, reason wirepb.ErrorCode) { f(res, reason) }
 
 func newPeer(r *Relay, id, addr string) *peer {
 	ctx, cancel := context.WithCancel(r.ctx)
-	return &peer{r: r, id: id, addr: addr, ctx: ctx, cancel: cancel, pending: map[uint64]*pendingCall{}, q: newSendQueue()}
+	return &peer{r: r, id: id, addr: addr, ctx: ctx, cancel: cancel, pending: map[uint64]pendingCall{}, q: newSendQueue()}
 }
 
 func (p *peer) isUp() bool {
@@ -135,13 +146,13 @@ func (p *peer) isUp() bool {
 
 func (p *peer) close() { p.cancel() }
 
-// call sends a request (Deliver or Lookup) and calls cb exactly once: with
+// call sends a request (Deliver or Lookup) and answers a exactly once: with
 // the answer, or with a reason when the stream fails or deadline passes.
-func (p *peer) call(f *nodepb.ForwardFrame, deadline time.Time, cb func(*nodepb.ForwardFrame, wirepb.ErrorCode)) {
+func (p *peer) call(f *nodepb.ForwardFrame, deadline time.Time, a answerer) {
 	p.mu.Lock()
 	if p.state == peerDown {
 		p.mu.Unlock()
-		cb(nil, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
+		a.answer(nil, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
 		return
 	}
 	p.seq++
@@ -152,22 +163,24 @@ func (p *peer) call(f *nodepb.ForwardFrame, deadline time.Time, cb func(*nodepb.
 	case *nodepb.ForwardFrame_Lookup:
 		b.Lookup.Seq = seq
 	}
-	p.pending[seq] = &pendingCall{deadline: deadline, cb: cb}
+	p.pending[seq] = pendingCall{deadline: deadline, a: a}
 	q := p.q
 	p.mu.Unlock()
 	if !q.push(f) {
-		if c := p.takePending(seq); c != nil {
-			c.cb(nil, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
+		if c, ok := p.takePending(seq); ok {
+			c.a.answer(nil, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
 		}
 	}
 }
 
-func (p *peer) takePending(seq uint64) *pendingCall {
+func (p *peer) takePending(seq uint64) (pendingCall, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	c := p.pending[seq]
-	delete(p.pending, seq)
-	return c
+	c, ok := p.pending[seq]
+	if ok {
+		delete(p.pending, seq)
+	}
+	return c, ok
 }
 
 // enqueue sends a one-way frame (SyncDone, KickSession); dropped while the
@@ -193,10 +206,10 @@ func (p *peer) presence(entries []*nodepb.PresenceEntry, reset bool) {
 func (p *peer) failAll(reason wirepb.ErrorCode) {
 	p.mu.Lock()
 	pending := p.pending
-	p.pending = map[uint64]*pendingCall{}
+	p.pending = map[uint64]pendingCall{}
 	p.mu.Unlock()
 	for _, c := range pending {
-		c.cb(nil, reason)
+		c.a.answer(nil, reason)
 	}
 }
 
@@ -209,7 +222,7 @@ func (p *peer) waiting() bool {
 }
 
 func (p *peer) expire(now time.Time) {
-	var late []*pendingCall
+	var late []pendingCall
 	p.mu.Lock()
 	for seq, c := range p.pending {
 		if now.After(c.deadline) {
@@ -219,7 +232,7 @@ func (p *peer) expire(now time.Time) {
 	}
 	p.mu.Unlock()
 	for _, c := range late {
-		c.cb(nil, wirepb.ErrorCode_ERROR_CODE_DELIVERY_TIMEOUT)
+		c.a.answer(nil, wirepb.ErrorCode_ERROR_CODE_DELIVERY_TIMEOUT)
 	}
 }
 
@@ -367,8 +380,8 @@ func (p *peer) receive(st nodepb.NodeService_ForwardClient) error {
 			default:
 				continue
 			}
-			if c := p.takePending(seq); c != nil {
-				c.cb(f, 0)
+			if c, ok := p.takePending(seq); ok {
+				c.a.answer(f, 0)
 			}
 		}
 	}
