@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"unicode/utf8"
 
 	"google.golang.org/protobuf/encoding/protowire"
@@ -59,6 +60,9 @@ func Split(b []byte, max int) (body, rest []byte, need int, err error) {
 // Decode unmarshals one frame body into f. A body that decodes but carries no
 // frame type this side knows returns ErrUnknownFrame.
 func Decode(body []byte, f *wirepb.Frame) error {
+	if decodeSend(body, f) {
+		return nil
+	}
 	if err := proto.Unmarshal(body, f); err != nil {
 		return fmt.Errorf("%w: %v", ErrBadFrame, err)
 	}
@@ -66,6 +70,31 @@ func Decode(body []byte, f *wirepb.Frame) error {
 		return ErrUnknownFrame
 	}
 	return nil
+}
+
+// frameSend is the field number of Frame.send.
+const frameSend = 5
+
+// decodeSend decodes a Send — the frame of every message a client sends —
+// with the generated, reflection-free decoder (frame_vtproto.pb.go). It
+// reports false, leaving the body to the protobuf runtime, for anything the
+// two might not agree on: another frame, a body the generated decoder
+// refuses, strings that are not UTF-8 (which the runtime rejects), unknown
+// fields.
+func decodeSend(body []byte, f *wirepb.Frame) bool {
+	num, typ, n := protowire.ConsumeTag(body)
+	if n < 0 || num != frameSend || typ != protowire.BytesType {
+		return false
+	}
+	f.Reset()
+	if f.UnmarshalVT(body) != nil {
+		return false
+	}
+	s, ok := f.Body.(*wirepb.Frame_Send)
+	// Unknown fields are the runtime's business: the generated decoder
+	// keeps some malformed ones that the runtime would refuse.
+	return ok && utf8.ValidString(s.Send.ToUid) && utf8.ValidString(s.Send.ContentType) &&
+		len(f.ProtoReflect().GetUnknown()) == 0 && len(s.Send.ProtoReflect().GetUnknown()) == 0
 }
 
 // Field numbers of Frame.ping, Frame.pong and their fields (frame.proto).
@@ -164,6 +193,22 @@ func AppendPong(dst []byte, seq uint64, serverTimeMs int64) []byte {
 // ErrFrameTooLarge when the encoded body exceeds max.
 func Append(dst []byte, f *wirepb.Frame, max int) ([]byte, error) {
 	start := len(dst)
+	switch f.Body.(type) {
+	case *wirepb.Frame_Deliver, *wirepb.Frame_SendAck:
+		// One per message delivered and per message sent: encoded by the
+		// generated, reflection-free code, the same bytes (their strings
+		// come from frames Decode checked, or from this node).
+		n := f.SizeVT()
+		if n > max {
+			return dst, fmt.Errorf("%w: %d bytes, limit %d", ErrFrameTooLarge, n, max)
+		}
+		dst = slices.Grow(dst, HeaderSize+n)[:start+HeaderSize+n]
+		if _, err := f.MarshalToSizedBufferVT(dst[start+HeaderSize:]); err != nil {
+			return dst[:start], fmt.Errorf("wire: encode: %w", err)
+		}
+		binary.BigEndian.PutUint32(dst[start:], uint32(n))
+		return dst, nil
+	}
 	dst = append(dst, 0, 0, 0, 0)
 	out, err := proto.MarshalOptions{}.MarshalAppend(dst, f)
 	if err != nil {

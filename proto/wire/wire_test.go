@@ -139,6 +139,13 @@ func FuzzDecode(f *testing.F) {
 			if seq, ok := DecodePing(body); ok && (err != nil || fr.GetPing() == nil || fr.GetPing().GetSeq() != seq) {
 				t.Fatalf("DecodePing = %d, Decode = %v, %v", seq, &fr, err)
 			}
+			// The generated Send decoder accepts only what the runtime does,
+			// with the same result.
+			var pf wirepb.Frame
+			perr := proto.Unmarshal(body, &pf)
+			if fr.GetSend() != nil && err == nil && (perr != nil || !proto.Equal(&fr, &pf)) {
+				t.Fatalf("Decode = %v; the protobuf runtime: %v, %v", &fr, &pf, perr)
+			}
 			// So does the DeliverAck fast path.
 			if id, ok := DecodeDeliverAck(body); ok && (err != nil || fr.GetDeliverAck() == nil || fr.GetDeliverAck().GetMsgId() != string(id)) {
 				t.Fatalf("DecodeDeliverAck = %q, Decode = %v, %v", id, &fr, err)
@@ -245,5 +252,48 @@ func TestDeliverAckFastPathMatchesProtobuf(t *testing.T) {
 		if _, ok := DecodeDeliverAck(body); ok {
 			t.Fatalf("DecodeDeliverAck(%x) accepted", body)
 		}
+	}
+}
+
+// The frames encoded and decoded by the generated code are the bytes and
+// the messages of the protobuf runtime.
+func TestGeneratedCodecMatchesProtobuf(t *testing.T) {
+	frames := []*wirepb.Frame{
+		{Body: &wirepb.Frame_Deliver{Deliver: &wirepb.Deliver{MsgId: "n1-x-1", FromUid: "alice", FromDevice: "phone",
+			Payload: []byte("hello"), ContentType: "text/plain", SentAtMs: 1796106189294, Attempt: 2}}},
+		{Body: &wirepb.Frame_Deliver{Deliver: &wirepb.Deliver{}}},
+		{Body: &wirepb.Frame_SendAck{SendAck: &wirepb.SendAck{ClientMsgId: 7, MsgId: "n1-x-2", Outcome: wirepb.Outcome_OUTCOME_PARTIAL,
+			Reason: wirepb.ErrorCode_ERROR_CODE_DELIVERY_TIMEOUT, Devices: 3, Acked: 2}}},
+		{Body: &wirepb.Frame_SendAck{SendAck: &wirepb.SendAck{ClientMsgId: 1<<63 + 5}}},
+	}
+	for _, f := range frames {
+		got, err := Append(nil, f, DefaultMaxFrame)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want, _ := proto.Marshal(f)
+		if !bytes.Equal(got[HeaderSize:], want) {
+			t.Fatalf("Append(%v) = %x, protobuf %x", f, got[HeaderSize:], want)
+		}
+	}
+	if _, err := Append(nil, frames[0], 10); !errors.Is(err, ErrFrameTooLarge) {
+		t.Fatalf("over the limit: %v", err)
+	}
+	sends := []*wirepb.Send{
+		{ClientMsgId: 9, ToUid: "bob", Payload: []byte{0, 1, 2}, ContentType: "application/x"},
+		{},
+	}
+	for _, m := range sends {
+		b, _ := proto.Marshal(&wirepb.Frame{Body: &wirepb.Frame_Send{Send: m}})
+		var f wirepb.Frame
+		if err := Decode(b, &f); err != nil || !proto.Equal(f.GetSend(), m) {
+			t.Fatalf("Decode(%x) = %v, %v; want %v", b, &f, err, m)
+		}
+	}
+	// A to_uid that is not UTF-8 is refused, as the runtime refuses it.
+	bad := []byte{0x2a, 0x03, 0x12, 0x01, 0xff}
+	var f wirepb.Frame
+	if err := Decode(bad, &f); !errors.Is(err, ErrBadFrame) {
+		t.Fatalf("Decode(%x) = %v, %v; want ErrBadFrame", bad, &f, err)
 	}
 }
