@@ -8,6 +8,7 @@ FUZZTIME  ?= 10s
 # Pinned code generators (protoc comes from Debian's protobuf-compiler).
 PROTOC_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
+PROTOC_GEN_VTPROTO := github.com/planetscale/vtprotobuf/cmd/protoc-gen-go-vtproto@v0.6.0
 ETCDCTL            := go.etcd.io/etcd/etcdctl/v3@v3.7.3
 
 .PHONY: all build run test vet fmt-check race fuzz bench microbench proto tools etcdctl clean
@@ -56,8 +57,10 @@ proto: tools
 	protoc -I proto \
 	  --plugin=protoc-gen-go=$(BIN)/tools/protoc-gen-go \
 	  --plugin=protoc-gen-go-grpc=$(BIN)/tools/protoc-gen-go-grpc \
+	  --plugin=protoc-gen-go-vtproto=$(BIN)/tools/protoc-gen-go-vtproto \
 	  --go_out=proto --go_opt=paths=source_relative \
 	  --go-grpc_out=proto --go-grpc_opt=paths=source_relative \
+	  --go-vtproto_out=proto --go-vtproto_opt=paths=source_relative,features=marshal+unmarshal+size \
 	  wirepb/frame.proto nodepb/node.proto
 
 tools:
@@ -65,6 +68,7 @@ tools:
 	  (apt-get update -qq && apt-get install -y -qq protobuf-compiler) >/dev/null; }
 	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install $(PROTOC_GEN_GO)
 	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install $(PROTOC_GEN_GO_GRPC)
+	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install $(PROTOC_GEN_VTPROTO)
 
 ## etcdctl: the etcd command-line client, into bin/
 etcdctl:
