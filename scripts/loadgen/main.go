@@ -543,17 +543,17 @@ func traffic(ctx context.Context, c config, conns []*conn, mt *msgTracker) *msgR
 	send := &wirepb.Send{Payload: make([]byte, c.payload)}
 	frame := &wirepb.Frame{Body: &wirepb.Frame_Send{Send: send}}
 	tick := max(c.msgTick, 100*time.Microsecond)
-	perTick := float64(c.msgRate) * tick.Seconds()
 	t := time.NewTicker(tick)
 	defer t.Stop()
 	start := time.Now()
-	var owed float64
 	next := 0
 	var due []*sender // senders with Sends in this tick
 	for time.Since(start) < c.msgDuration && ctx.Err() == nil {
 		<-t.C
-		owed += perTick
-		for ; owed >= 1; owed-- {
+		// What is owed follows the clock, not the ticks: a tick the
+		// ticker dropped while this loop was busy is made up in the next.
+		owed := int64(float64(c.msgRate)*min(time.Since(start), c.msgDuration).Seconds()) - rep.Sent
+		for ; owed > 0; owed-- {
 			p := pairs[next]
 			next = (next + 1) % len(pairs)
 			s := p.from
