@@ -25,15 +25,7 @@ func BenchmarkLoginWithPresence(b *testing.B) {
 	n := c.start("a")
 	c.start("b")
 	c.settled(2)
-	// Tokens are the dispatcher's work: sign them before the clock runs.
-	toks := make([][]byte, b.N)
-	for i := range toks {
-		tok, err := testKeys.Sign(token.Claims{UID: fmt.Sprintf("u%d", i), Device: "d", Node: "a", ExpiresAt: time.Now().Add(time.Hour)})
-		if err != nil {
-			b.Fatal(err)
-		}
-		toks[i], _ = wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Login{Login: &wirepb.Login{Token: tok}}}, wire.DefaultMaxFrame)
-	}
+	toks := loginFrames(b, "a")
 	var next atomic.Int64
 	b.SetParallelism(16) // 16 × GOMAXPROCS clients logging in at once
 	b.ResetTimer()
@@ -80,14 +72,7 @@ func BenchmarkLoginBurst(b *testing.B) {
 	n := c.start("a")
 	home := c.start("b")
 	c.settled(2)
-	toks := make([][]byte, b.N)
-	for i := range toks {
-		tok, err := testKeys.Sign(token.Claims{UID: fmt.Sprintf("u%d", i), Device: "d", Node: "a", ExpiresAt: time.Now().Add(time.Hour)})
-		if err != nil {
-			b.Fatal(err)
-		}
-		toks[i], _ = wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Login{Login: &wirepb.Login{Token: tok}}}, wire.DefaultMaxFrame)
-	}
+	toks := loginFrames(b, "a")
 	conns := make([]net.Conn, b.N)
 	defer func() {
 		for _, c := range conns {
@@ -149,4 +134,19 @@ func BenchmarkLoginBurst(b *testing.B) {
 	elapsed := time.Since(start)
 	b.StopTimer()
 	b.ReportMetric(float64(b.N)/elapsed.Seconds(), "logins/s")
+}
+
+// loginFrames signs b.N tokens for node (uids u0, u1, …) and encodes each
+// as a Login frame: that is the dispatcher's work, done before the clock
+// runs.
+func loginFrames(b *testing.B, node string) [][]byte {
+	toks := make([][]byte, b.N)
+	for i := range toks {
+		tok, err := testKeys.Sign(token.Claims{UID: fmt.Sprintf("u%d", i), Device: "d", Node: node, ExpiresAt: time.Now().Add(time.Hour)})
+		if err != nil {
+			b.Fatal(err)
+		}
+		toks[i], _ = wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Login{Login: &wirepb.Login{Token: tok}}}, wire.DefaultMaxFrame)
+	}
+	return toks
 }
