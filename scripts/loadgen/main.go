@@ -560,40 +560,40 @@ func traffic(ctx context.Context, c config, conns []*conn, mt *msgTracker) *msgR
 	send := &wirepb.Send{Payload: make([]byte, c.payload)}
 	frame := &wirepb.Frame{Body: &wirepb.Frame_Send{Send: send}}
 	tick := max(c.msgTick, 100*time.Microsecond)
-	t := time.NewTicker(tick)
+	// Each sender writes once per tick, everything it owes by the clock,
+	// but the senders' writes are spread over the tick (sender k at k/n of
+	// it), as independent clients' are: every sender at the same instant is
+	// a burst no real fleet makes, and it measured the burst's queueing.
+	steps := max(1, min(len(pairs), int(tick/(250*time.Microsecond))))
+	t := time.NewTicker(tick / time.Duration(steps))
 	defer t.Stop()
+	perPair := float64(c.msgRate) / float64(len(pairs))
+	sent := make([]int64, len(pairs))
 	start := time.Now()
-	next := 0
-	var due []*sender // senders with Sends in this tick
-	for time.Since(start) < c.msgDuration && ctx.Err() == nil {
+	for step := 0; time.Since(start) < c.msgDuration && ctx.Err() == nil; step++ {
 		<-t.C
-		// What is owed follows the clock, not the ticks: a tick the
-		// ticker dropped while this loop was busy is made up in the next.
-		owed := int64(float64(c.msgRate)*min(time.Since(start), c.msgDuration).Seconds()) - rep.Sent
-		for ; owed > 0; owed-- {
-			p := pairs[next]
-			next = (next + 1) % len(pairs)
+		// What is owed follows the clock, not the ticks: a step the ticker
+		// dropped while this loop was busy is made up at the pair's next.
+		elapsed := min(time.Since(start), c.msgDuration).Seconds()
+		for k := step % steps; k < len(pairs); k += steps {
+			p := pairs[k]
 			s := p.from
-			if len(s.buf) == 0 {
-				due = append(due, s)
+			for owed := int64(perPair*elapsed) - sent[k]; owed > 0; owed-- {
+				id := mt.id()
+				if id <= s.lastID {
+					id = s.lastID + 1
+				}
+				s.lastID = id
+				send.ClientMsgId, send.ToUid = id, p.to.uid
+				s.buf, _ = wire.Append(s.buf, frame, wire.DefaultMaxFrame)
+				sent[k]++
+				rep.Sent++
 			}
-			id := mt.id()
-			if id <= s.lastID {
-				id = s.lastID + 1
-			}
-			s.lastID = id
-			send.ClientMsgId, send.ToUid = id, p.to.uid
-			s.buf, _ = wire.Append(s.buf, frame, wire.DefaultMaxFrame)
-			rep.Sent++
-		}
-		for _, s := range due {
 			if len(s.buf) > 0 {
 				s.cn.writeRaw(s.buf)
 				s.buf = s.buf[:0]
 			}
 		}
-		clear(due)
-		due = due[:0]
 	}
 	sendEnd := time.Since(start)
 	deadline := time.Now().Add(15 * time.Second)
