@@ -168,6 +168,9 @@ func (r *connReader) sendAck(clientMsgID uint64, o wirepb.Outcome) {
 	if r.sh == nil {
 		r.sh = r.mt.newShard()
 	}
+	if time.Duration(clientMsgID) < time.Duration(r.mt.from.Load()) {
+		return // sent during the warm-up
+	}
 	r.sh.add(time.Since(r.mt.start)-time.Duration(clientMsgID), o)
 }
 
@@ -272,6 +275,7 @@ func appendDeliverAck(dst, msgID []byte) []byte {
 type msgTracker struct {
 	start  time.Time
 	acks   atomic.Int64 // SendAcks published so far
+	from   atomic.Int64 // ids (send times) below this were sent in the warm-up: not counted
 	mu     sync.Mutex
 	shards []*ackShard
 }

@@ -51,6 +51,7 @@ type config struct {
 	msgRate       int
 	msgPairs      int // 0: every pair
 	msgTick       time.Duration
+	msgWarmup     time.Duration
 	msgDuration   time.Duration
 	regionA       string
 	regionB       string
@@ -78,6 +79,7 @@ func main() {
 	flag.IntVar(&c.msgRate, "msg-rate", 0, "c2c messages per second in total, connection 2k to 2k+1 (0: no traffic)")
 	flag.IntVar(&c.msgPairs, "msg-pairs", 0, "send the c2c traffic over only this many pairs, spread over all of them (0: every pair); fewer pairs batch more messages per write")
 	flag.DurationVar(&c.msgTick, "msg-tick", 5*time.Millisecond, "c2c sends leave in a burst every tick; a shorter tick smooths the load, a longer one batches more per write")
+	flag.DurationVar(&c.msgWarmup, "msg-warmup", 2*time.Second, "c2c traffic at the same rate before the measured --msg-duration, not counted (a fresh system's first second is its streams and heaps growing)")
 	flag.DurationVar(&c.msgDuration, "msg-duration", 10*time.Second, "how long the c2c traffic runs")
 	flag.StringVar(&c.regionA, "region-a", "", "region asked for by even connections (senders)")
 	flag.StringVar(&c.regionB, "region-b", "", "region asked for by odd connections (recipients); differ from region-a for cross-node traffic")
@@ -569,12 +571,20 @@ func traffic(ctx context.Context, c config, conns []*conn, mt *msgTracker) *msgR
 	defer t.Stop()
 	perPair := float64(c.msgRate) / float64(len(pairs))
 	sent := make([]int64, len(pairs))
-	start := time.Now()
-	for step := 0; time.Since(start) < c.msgDuration && ctx.Err() == nil; step++ {
+	total := c.msgWarmup + c.msgDuration
+	begin := time.Now()
+	start := begin.Add(c.msgWarmup) // the measured part
+	mt.from.Store(int64(mt.id()) + int64(c.msgWarmup))
+	var warm int64 // sent during the warm-up
+	warmDone := c.msgWarmup <= 0
+	for step := 0; time.Since(begin) < total && ctx.Err() == nil; step++ {
 		<-t.C
+		if !warmDone && !time.Now().Before(start) {
+			warm, warmDone = rep.Sent, true
+		}
 		// What is owed follows the clock, not the ticks: a step the ticker
 		// dropped while this loop was busy is made up at the pair's next.
-		elapsed := min(time.Since(start), c.msgDuration).Seconds()
+		elapsed := min(time.Since(begin), total).Seconds()
 		for k := step % steps; k < len(pairs); k += steps {
 			p := pairs[k]
 			s := p.from
@@ -595,6 +605,10 @@ func traffic(ctx context.Context, c config, conns []*conn, mt *msgTracker) *msgR
 			}
 		}
 	}
+	if !warmDone {
+		warm = rep.Sent // stopped during the warm-up
+	}
+	rep.Sent -= warm
 	sendEnd := time.Since(start)
 	deadline := time.Now().Add(15 * time.Second)
 	for mt.acks.Load() < rep.Sent && time.Now().Before(deadline) && ctx.Err() == nil {

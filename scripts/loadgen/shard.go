@@ -53,7 +53,7 @@ func runShards(ctx context.Context, c config) (*report, error) {
 			"--dispatcher", c.dispatcher, "--conns", strconv.Itoa(n), "--rate", strconv.Itoa(max(1, c.rate/c.procs)),
 			"--hold", c.hold.String(), "--heartbeat", c.heartbeat.String(), "--src-ips", strconv.Itoa(c.srcIPs),
 			"--concurrency", strconv.Itoa(max(1, c.concurrency/c.procs)), "--msg-rate", strconv.Itoa(c.msgRate / c.procs),
-			"--msg-duration", c.msgDuration.String(), "--msg-tick", c.msgTick.String(), "--region-a", c.regionA, "--region-b", c.regionB,
+			"--msg-duration", c.msgDuration.String(), "--msg-tick", c.msgTick.String(), "--msg-warmup", c.msgWarmup.String(), "--region-a", c.regionA, "--region-b", c.regionB,
 			"--payload", strconv.Itoa(c.payload), "--reconnect=" + strconv.FormatBool(c.reconnect),
 		}
 		if c.msgPairs > 0 {
