@@ -573,15 +573,11 @@ func traffic(ctx context.Context, c config, conns []*conn, mt *msgTracker) *msgR
 	sent := make([]int64, len(pairs))
 	total := c.msgWarmup + c.msgDuration
 	begin := time.Now()
-	start := begin.Add(c.msgWarmup) // the measured part
-	mt.from.Store(int64(mt.id()) + int64(c.msgWarmup))
-	var warm int64 // sent during the warm-up
-	warmDone := c.msgWarmup <= 0
+	start := begin.Add(c.msgWarmup)       // the measured part
+	from := mt.id() + uint64(c.msgWarmup) // ids (send times) from here on are measured
+	mt.from.Store(int64(from))
 	for step := 0; time.Since(begin) < total && ctx.Err() == nil; step++ {
 		<-t.C
-		if !warmDone && !time.Now().Before(start) {
-			warm, warmDone = rep.Sent, true
-		}
 		// What is owed follows the clock, not the ticks: a step the ticker
 		// dropped while this loop was busy is made up at the pair's next.
 		elapsed := min(time.Since(begin), total).Seconds()
@@ -597,7 +593,9 @@ func traffic(ctx context.Context, c config, conns []*conn, mt *msgTracker) *msgR
 				send.ClientMsgId, send.ToUid = id, p.to.uid
 				s.buf, _ = wire.Append(s.buf, frame, wire.DefaultMaxFrame)
 				sent[k]++
-				rep.Sent++
+				if id >= from {
+					rep.Sent++
+				}
 			}
 			if len(s.buf) > 0 {
 				s.cn.writeRaw(s.buf)
@@ -605,10 +603,6 @@ func traffic(ctx context.Context, c config, conns []*conn, mt *msgTracker) *msgR
 			}
 		}
 	}
-	if !warmDone {
-		warm = rep.Sent // stopped during the warm-up
-	}
-	rep.Sent -= warm
 	sendEnd := time.Since(start)
 	deadline := time.Now().Add(15 * time.Second)
 	for mt.acks.Load() < rep.Sent && time.Now().Before(deadline) && ctx.Err() == nil {
