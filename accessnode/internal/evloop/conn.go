@@ -140,7 +140,7 @@ func (c *Conn) writeLocked(b []byte) error {
 func (c *Conn) flushLocked() error {
 	for len(c.out) > 0 {
 		n, err := rawWrite(c.fd, c.out)
-		c.loop.e.writeCalls.Add(1)
+		c.loop.writeCalls.Add(1)
 		if err == unix.EINTR {
 			continue
 		}

@@ -74,6 +74,15 @@ func (c *Config) setDefaults() {
 	}
 }
 
+// writeCalls is how many write(2) calls the loops made on client sockets.
+func (e *Engine) writeCalls() uint64 {
+	var n uint64
+	for _, l := range e.loops {
+		n += l.writeCalls.Load()
+	}
+	return n
+}
+
 // Errors of Conn.Write.
 var (
 	ErrClosed = errors.New("evloop: connection closed")
@@ -111,7 +120,6 @@ type Engine struct {
 	rejected     atomic.Uint64
 	slowClosed   atomic.Uint64
 	acceptErrors atomic.Uint64
-	writeCalls   atomic.Uint64 // write(2) calls on client sockets (tests: gathering)
 
 	mu       sync.Mutex // guards lnfds, closed, refusing
 	lnfds    []int
