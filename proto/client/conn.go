@@ -369,13 +369,8 @@ func (cn *conn) deliver(d *wirepb.Deliver) bool {
 
 // ack queues a DeliverAck; false when the connection closed first.
 func (cn *conn) ack(id string) bool {
-	b, err := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_DeliverAck{DeliverAck: &wirepb.DeliverAck{MsgId: id}}}, wire.DefaultMaxFrame)
-	if err != nil {
-		cn.log.Warn().Err(err).Msg("encode DeliverAck")
-		return true
-	}
 	select {
-	case cn.out <- b:
+	case cn.out <- wire.AppendDeliverAck(nil, id):
 		return true
 	case <-cn.done:
 		return false

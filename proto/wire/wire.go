@@ -164,6 +164,26 @@ func DecodeDeliverAck(body []byte) (msgID []byte, ok bool) {
 	return msgID, true
 }
 
+// AppendDeliverAck appends a DeliverAck frame for msgID, length prefix
+// included: the bytes Append makes of the same Frame, without the protobuf
+// runtime. A client sends one per message it receives.
+func AppendDeliverAck[S ~string | ~[]byte](dst []byte, msgID S) []byte {
+	inner := 0
+	if len(msgID) > 0 {
+		inner = protowire.SizeTag(deliverAckMsgID) + protowire.SizeBytes(len(msgID))
+	}
+	body := protowire.SizeTag(frameDeliverAck) + protowire.SizeBytes(inner)
+	dst = binary.BigEndian.AppendUint32(dst, uint32(body))
+	dst = protowire.AppendTag(dst, frameDeliverAck, protowire.BytesType)
+	dst = protowire.AppendVarint(dst, uint64(inner))
+	if len(msgID) > 0 {
+		dst = protowire.AppendTag(dst, deliverAckMsgID, protowire.BytesType)
+		dst = protowire.AppendVarint(dst, uint64(len(msgID)))
+		dst = append(dst, msgID...)
+	}
+	return dst
+}
+
 // AppendPong appends a Pong frame, length prefix included: the bytes Append
 // makes of the same Frame, without the protobuf runtime.
 func AppendPong(dst []byte, seq uint64, serverTimeMs int64) []byte {

@@ -224,10 +224,16 @@ func BenchmarkPingPong(b *testing.B) {
 }
 
 func TestDeliverAckFastPathMatchesProtobuf(t *testing.T) {
-	for _, id := range []string{"n1-abc-1", "x", strings.Repeat("m", 300)} {
+	for _, id := range []string{"", "n1-abc-1", "x", strings.Repeat("m", 300)} {
 		b, err := Append(nil, &wirepb.Frame{Body: &wirepb.Frame_DeliverAck{DeliverAck: &wirepb.DeliverAck{MsgId: id}}}, DefaultMaxFrame)
 		if err != nil {
 			t.Fatal(err)
+		}
+		if got := AppendDeliverAck(nil, id); !bytes.Equal(got, b) {
+			t.Fatalf("AppendDeliverAck(%q) = %x, protobuf %x", id, got, b)
+		}
+		if id == "" {
+			continue // left to the general decoder, below
 		}
 		got, ok := DecodeDeliverAck(b[HeaderSize:])
 		if !ok || string(got) != id {

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -25,9 +24,8 @@ import (
 
 // Field numbers (proto/wirepb/frame.proto).
 const (
-	fieldSendAck    = 6 // Frame.send_ack
-	fieldDeliver    = 7 // Frame.deliver
-	fieldDeliverAck = 8 // Frame.deliver_ack
+	fieldSendAck = 6 // Frame.send_ack
+	fieldDeliver = 7 // Frame.deliver
 
 	deliverMsgID     = 1 // Deliver.msg_id, DeliverAck.msg_id
 	sendAckClientID  = 1 // SendAck.client_msg_id
@@ -157,7 +155,7 @@ func (r *connReader) handle(body []byte) error {
 }
 
 func (r *connReader) ack(msgID []byte) {
-	r.acks = appendDeliverAck(r.acks, msgID)
+	r.acks = wire.AppendDeliverAck(r.acks, msgID)
 	if len(r.acks) >= ackFlushBytes {
 		r.cn.writeRaw(r.acks)
 		r.acks = r.acks[:0]
@@ -249,24 +247,6 @@ func scanSendAck(b []byte) (clientMsgID uint64, o wirepb.Outcome, ok bool) {
 		b = b[m:]
 	}
 	return clientMsgID, o, true
-}
-
-// appendDeliverAck appends a DeliverAck frame, length prefix included: the
-// bytes wire.Append makes of the same Frame.
-func appendDeliverAck(dst, msgID []byte) []byte {
-	inner := 0
-	if len(msgID) > 0 {
-		inner = protowire.SizeTag(deliverMsgID) + protowire.SizeBytes(len(msgID))
-	}
-	body := protowire.SizeTag(fieldDeliverAck) + protowire.SizeBytes(inner)
-	dst = binary.BigEndian.AppendUint32(dst, uint32(body))
-	dst = protowire.AppendTag(dst, fieldDeliverAck, protowire.BytesType)
-	dst = protowire.AppendVarint(dst, uint64(inner))
-	if len(msgID) > 0 {
-		dst = protowire.AppendTag(dst, deliverMsgID, protowire.BytesType)
-		dst = protowire.AppendBytes(dst, msgID)
-	}
-	return dst
 }
 
 // msgTracker matches SendAcks to send times (client_msg_id carries the send

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"io"
 	"net"
-	"strings"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -20,15 +19,6 @@ func appendFrame(t *testing.T, dst []byte, f *wirepb.Frame) []byte {
 		t.Fatal(err)
 	}
 	return b
-}
-
-func TestAppendDeliverAckMatchesProto(t *testing.T) {
-	for _, id := range []string{"", "m-1", strings.Repeat("x", 300)} {
-		want := appendFrame(t, nil, &wirepb.Frame{Body: &wirepb.Frame_DeliverAck{DeliverAck: &wirepb.DeliverAck{MsgId: id}}})
-		if got := appendDeliverAck(nil, []byte(id)); !bytes.Equal(got, want) {
-			t.Errorf("id %q: got %x, want %x", id, got, want)
-		}
-	}
 }
 
 func TestScanHotFrames(t *testing.T) {
