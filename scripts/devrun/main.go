@@ -39,6 +39,7 @@ type config struct {
 	dispatcher string
 	nodes      int
 	basePort   int
+	host       string
 	demo       bool
 
 	nodeArgs, nodeEnv, dispatcherArgs string
@@ -54,6 +55,7 @@ func main() {
 	flag.StringVar(&c.dispatcher, "dispatcher", "127.0.0.1:8080", "dispatcher HTTP address")
 	flag.IntVar(&c.nodes, "nodes", 2, "access nodes to start")
 	flag.IntVar(&c.basePort, "base-port", 7000, "node i uses client port base+i, gRPC base+100+i, HTTP base+200+i")
+	flag.StringVar(&c.host, "host", "127.0.0.1", "address the nodes listen on (e.g. a veth address when the clients run in another network namespace)")
 	flag.BoolVar(&c.demo, "demo", true, "run the demo exchange once the fleet is ready")
 	flag.StringVar(&c.nodeArgs, "node-args", "", "extra flags for every access node, space-separated (e.g. \"--heartbeat-interval 60s\")")
 	flag.StringVar(&c.nodeEnv, "node-env", "", "extra environment for every access node, space-separated KEY=VALUE (e.g. GOMAXPROCS=1 when many nodes share few cores)")
@@ -76,7 +78,8 @@ type proc struct {
 
 func (c config) nodeAddrs(i int) (client, grpc, http string) {
 	p := c.basePort + i
-	return "127.0.0.1:" + strconv.Itoa(p), "127.0.0.1:" + strconv.Itoa(p+100), "127.0.0.1:" + strconv.Itoa(p+200)
+	hp := func(port int) string { return net.JoinHostPort(c.host, strconv.Itoa(port)) }
+	return hp(p), hp(p + 100), hp(p + 200)
 }
 
 func run(ctx context.Context, c config) error {

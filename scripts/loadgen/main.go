@@ -10,6 +10,7 @@ package main
 
 import (
 	"context"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -18,6 +19,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"os/signal"
@@ -45,6 +47,7 @@ type config struct {
 	settle      time.Duration
 	metrics     string
 	srcIPs      int
+	srcBase     netip.Addr
 	concurrency int
 	jsonOut     string
 	// c2c traffic: connection 2k sends to connection 2k+1.
@@ -73,7 +76,8 @@ func main() {
 	flag.DurationVar(&c.heartbeat, "heartbeat", 30*time.Second, "ping interval per connection")
 	flag.DurationVar(&c.settle, "settle", 20*time.Second, "at most this long waiting for node RSS to settle before each reading")
 	flag.StringVar(&c.metrics, "node-metrics", "", "comma-separated /metrics URLs of the access nodes to measure")
-	flag.IntVar(&c.srcIPs, "src-ips", 1, "spread source addresses over 127.0.0.1..127.0.0.N")
+	flag.IntVar(&c.srcIPs, "src-ips", 1, "spread source addresses over N addresses from --src-base")
+	srcBase := flag.String("src-base", "127.0.0.1", "the first source address (IPv4); with --procs each shard binds its own range after it; every address must be on this host")
 	flag.IntVar(&c.concurrency, "concurrency", 64, "logins in flight at once")
 	flag.StringVar(&c.jsonOut, "json", "", "also write the report as JSON to this file")
 	flag.IntVar(&c.msgRate, "msg-rate", 0, "c2c messages per second in total, connection 2k to 2k+1 (0: no traffic)")
@@ -91,6 +95,12 @@ func main() {
 	flag.IntVar(&c.procs, "procs", 1, "spread the connections over this many load processes (each holds conns/procs; one process may open ~19,900 sockets here)")
 	flag.IntVar(&c.shard, "shard", -1, "internal: this process is shard N of a --procs run")
 	flag.Parse()
+	if a, err := netip.ParseAddr(*srcBase); err != nil || !a.Is4() {
+		fmt.Fprintln(os.Stderr, "loadgen: --src-base must be an IPv4 address")
+		os.Exit(2)
+	} else {
+		c.srcBase = a
+	}
 	if c.conns <= 0 || c.rate <= 0 || c.srcIPs < 1 || c.procs < 1 || c.procs*c.srcIPs > 250 {
 		fmt.Fprintln(os.Stderr, "loadgen: --conns, --rate must be > 0, --procs >= 1 and --procs × --src-ips ≤ 250")
 		os.Exit(2)
@@ -244,7 +254,7 @@ func run(ctx context.Context, c config) (*report, error) {
 	defer cancel()
 	var readers sync.WaitGroup
 	var lost atomic.Int64
-	st := &storm{}
+	st := &storm{srcBase: c.srcBase}
 	mt := newMsgTracker()
 	var live []*conn // guarded by mu
 	startReader := func(cn *conn) {
@@ -315,7 +325,7 @@ func run(ctx context.Context, c config) (*report, error) {
 			if c.shard >= 0 {
 				src = 1 + c.shard*c.srcIPs + src // 127.0.0.2 and up, a range per shard
 			}
-			cn, err := connect(ep, src)
+			cn, err := connect(ep, c.srcBase, src)
 			if err != nil {
 				fail(err.Error())
 				return
@@ -344,12 +354,27 @@ func run(ctx context.Context, c config) (*report, error) {
 	if c.shard >= 0 {
 		fmt.Println("READY") // the parent measures the nodes now
 	}
+	// A shard holds from when its parent has measured the nodes (the
+	// parent closes our stdin), so no shard leaves during the idle window.
+	measured := make(chan struct{})
+	if c.shard >= 0 {
+		go func() {
+			_, _ = io.Copy(io.Discard, os.Stdin)
+			close(measured)
+		}()
+	} else {
+		close(measured)
+	}
 
 	if c.msgRate > 0 {
 		rep.Msgs = traffic(ctx, c, conns, mt)
 	}
 	pr.settled(ctx, rep)
 	pr.idle(ctx, rep)
+	select {
+	case <-ctx.Done():
+	case <-measured:
+	}
 	select {
 	case <-ctx.Done():
 	case <-time.After(c.hold):
@@ -402,10 +427,14 @@ func endpoint(ctx context.Context, hc *http.Client, base, uid, region string, ex
 	return &ep, json.NewDecoder(resp.Body).Decode(&ep)
 }
 
-func connect(ep *api.EndpointResponse, src int) (*conn, error) {
+// connect dials the node ep names; src > 0 binds the source address to
+// base + src (src 0 lets the kernel choose).
+func connect(ep *api.EndpointResponse, base netip.Addr, src int) (*conn, error) {
 	d := net.Dialer{Timeout: 10 * time.Second, KeepAlive: -1}
 	if src > 0 {
-		d.LocalAddr = &net.TCPAddr{IP: net.IPv4(127, 0, 0, byte(1+src))}
+		b := base.As4()
+		v := binary.BigEndian.Uint32(b[:]) + uint32(src)
+		d.LocalAddr = &net.TCPAddr{IP: net.IPv4(byte(v>>24), byte(v>>16), byte(v>>8), byte(v))}
 		// Without IP_BIND_ADDRESS_NO_PORT, bind() picks the source port
 		// alone, from half the ephemeral range (~14,000 ports), and the
 		// search turns into seconds of kernel time per connect as that

@@ -16,19 +16,25 @@ import (
 // serverReport is what the run cost the server side: the access nodes and
 // the dispatcher (from their /metrics) and the kernel (from /proc).
 type serverReport struct {
-	Nodes              int     `json:"nodes"`
-	NodeCPULoginSec    float64 `json:"node_cpu_seconds_login_phase"`
-	NodeCoresLogin     float64 `json:"node_cores_login_phase"`
-	DispCPULoginSec    float64 `json:"dispatcher_cpu_seconds_login_phase"`
-	DispRSSBytes       float64 `json:"dispatcher_rss_bytes"`
-	IdleWindowSec      float64 `json:"idle_window_seconds,omitempty"`
-	NodeIdlePctOfCore  float64 `json:"node_idle_cpu_percent_of_one_core,omitempty"`
-	KernelTCPMemBefore float64 `json:"kernel_tcp_mem_bytes_before"`
-	KernelTCPMemAfter  float64 `json:"kernel_tcp_mem_bytes_after"`
-	KernelSlabBefore   float64 `json:"kernel_slab_bytes_before"`
-	KernelSlabAfter    float64 `json:"kernel_slab_bytes_after"`
-	MemUsedBefore      float64 `json:"machine_mem_used_bytes_before"`
-	MemUsedAfter       float64 `json:"machine_mem_used_bytes_after"`
+	Nodes             int     `json:"nodes"`
+	NodeCPULoginSec   float64 `json:"node_cpu_seconds_login_phase"`
+	NodeCoresLogin    float64 `json:"node_cores_login_phase"`
+	DispCPULoginSec   float64 `json:"dispatcher_cpu_seconds_login_phase"`
+	DispRSSBytes      float64 `json:"dispatcher_rss_bytes"`
+	IdleWindowSec     float64 `json:"idle_window_seconds,omitempty"`
+	NodeIdlePctOfCore float64 `json:"node_idle_cpu_percent_of_one_core,omitempty"`
+	// Over the same window: the veth receive threads (napi/*; none on
+	// loopback) and every CPU of the machine busy, load tool included.
+	IdleConnsStart       float64 `json:"idle_window_connections_start,omitempty"`
+	IdleConnsEnd         float64 `json:"idle_window_connections_end,omitempty"`
+	NAPIIdlePctOfCore    float64 `json:"napi_threads_idle_cpu_percent_of_one_core,omitempty"`
+	MachineIdlePctOfCore float64 `json:"machine_busy_idle_window_percent_of_one_core,omitempty"`
+	KernelTCPMemBefore   float64 `json:"kernel_tcp_mem_bytes_before"`
+	KernelTCPMemAfter    float64 `json:"kernel_tcp_mem_bytes_after"`
+	KernelSlabBefore     float64 `json:"kernel_slab_bytes_before"`
+	KernelSlabAfter      float64 `json:"kernel_slab_bytes_after"`
+	MemUsedBefore        float64 `json:"machine_mem_used_bytes_before"`
+	MemUsedAfter         float64 `json:"machine_mem_used_bytes_after"`
 }
 
 func (s *serverReport) print(w io.Writer) {
@@ -39,7 +45,9 @@ func (s *serverReport) print(w io.Writer) {
 	fmt.Fprintf(w, "server CPU       login phase: %d nodes %.1f s (%.2f cores), dispatcher %.1f s; dispatcher RSS %.1f MiB\n",
 		s.Nodes, s.NodeCPULoginSec, s.NodeCoresLogin, s.DispCPULoginSec, s.DispRSSBytes/mib)
 	if s.IdleWindowSec > 0 {
-		fmt.Fprintf(w, "idle node CPU    %.1f%% of one core over %.0f s (all nodes together, heartbeats only)\n", s.NodeIdlePctOfCore, s.IdleWindowSec)
+		fmt.Fprintf(w, "idle node CPU    %.1f%% of one core over %.0f s (all nodes together, heartbeats only; %.0f -> %.0f connections)\n",
+			s.NodeIdlePctOfCore, s.IdleWindowSec, s.IdleConnsStart, s.IdleConnsEnd)
+		fmt.Fprintf(w, "  same window    veth receive threads %.1f%%, whole machine busy %.1f%% of one core\n", s.NAPIIdlePctOfCore, s.MachineIdlePctOfCore)
 	}
 	fmt.Fprintf(w, "kernel memory    TCP %.0f -> %.0f MiB, slab %.0f -> %.0f MiB; machine used %.0f -> %.0f MiB\n",
 		s.KernelTCPMemBefore/mib, s.KernelTCPMemAfter/mib, s.KernelSlabBefore/mib, s.KernelSlabAfter/mib,
@@ -135,6 +143,7 @@ func (p *probe) idle(ctx context.Context, rep *report) {
 	if err != nil {
 		return
 	}
+	napi0, busy0 := napiTicks(), machineBusyTicks()
 	fmt.Fprintf(os.Stderr, "measuring idle node CPU for %v ...\n", p.window)
 	select {
 	case <-ctx.Done():
@@ -147,7 +156,15 @@ func (p *probe) idle(ctx context.Context, rep *report) {
 	}
 	d := b.at.Sub(a.at).Seconds()
 	rep.Servers.IdleWindowSec = d
+	rep.Servers.IdleConnsStart, rep.Servers.IdleConnsEnd = a.conns, b.conns
+	if b.conns < a.conns*0.99 {
+		// Connections closing are not idle: such a window measures teardown.
+		fmt.Fprintf(os.Stderr, "warning: the nodes' connections fell from %.0f to %.0f during the idle window; its CPU figure is not the idle cost\n", a.conns, b.conns)
+		rep.Errors["idle_window_connections_fell"]++
+	}
 	rep.Servers.NodeIdlePctOfCore = 100 * (b.cpu - a.cpu) / d
+	rep.Servers.NAPIIdlePctOfCore = 100 * float64(napiTicks()-napi0) / clkTck / d
+	rep.Servers.MachineIdlePctOfCore = 100 * float64(machineBusyTicks()-busy0) / clkTck / d
 }
 
 // settle samples the nodes' metrics until RSS is stable (two readings 1 s
@@ -245,4 +262,58 @@ func kernelMem() (tcp, slab, used float64) {
 		}
 	}
 	return tcp, slab, total - avail
+}
+
+// clkTck is USER_HZ, the unit of /proc's CPU times; 100 on Linux.
+const clkTck = 100
+
+// napiTicks is the CPU time (utime + stime, in clkTck) of the kernel's
+// threaded-NAPI receive threads ("napi/<dev>-<id>"): where a veth's
+// receive runs with threaded NAPI on. The threads are visible from every
+// network namespace.
+func napiTicks() int64 {
+	ents, _ := os.ReadDir("/proc")
+	var t int64
+	for _, e := range ents {
+		if e.Name()[0] < '0' || e.Name()[0] > '9' {
+			continue
+		}
+		b, err := os.ReadFile("/proc/" + e.Name() + "/stat")
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ...: comm may hold spaces; fields count from ")".
+		open, end := strings.IndexByte(string(b), '('), strings.LastIndexByte(string(b), ')')
+		if open < 0 || end < open || !strings.HasPrefix(string(b[open+1:end]), "napi/") {
+			continue
+		}
+		f := strings.Fields(string(b[end+1:]))
+		if len(f) < 13 {
+			continue
+		}
+		u, _ := strconv.ParseInt(f[11], 10, 64)
+		s, _ := strconv.ParseInt(f[12], 10, 64)
+		t += u + s
+	}
+	return t
+}
+
+// machineBusyTicks is the machine's non-idle CPU time from /proc/stat, in
+// clkTck: user, nice, system, irq, softirq and steal over all CPUs.
+func machineBusyTicks() int64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0
+	}
+	var t int64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} {
+		v, _ := strconv.ParseInt(f[i], 10, 64)
+		t += v
+	}
+	return t
 }

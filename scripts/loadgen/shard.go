@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -37,6 +38,7 @@ func runShards(ctx context.Context, c config) (*report, error) {
 
 	type child struct {
 		cmd   *exec.Cmd
+		in    io.WriteCloser // closed when the parent has measured: the hold starts
 		json  string
 		ready chan struct{}
 		done  chan error
@@ -51,7 +53,7 @@ func runShards(ctx context.Context, c config) (*report, error) {
 		args := []string{
 			"--shard", strconv.Itoa(i), "--procs", "1", "--json", k.json,
 			"--dispatcher", c.dispatcher, "--conns", strconv.Itoa(n), "--rate", strconv.Itoa(max(1, c.rate/c.procs)),
-			"--hold", c.hold.String(), "--heartbeat", c.heartbeat.String(), "--src-ips", strconv.Itoa(c.srcIPs),
+			"--hold", c.hold.String(), "--heartbeat", c.heartbeat.String(), "--src-ips", strconv.Itoa(c.srcIPs), "--src-base", c.srcBase.String(),
 			"--concurrency", strconv.Itoa(max(1, c.concurrency/c.procs)), "--msg-rate", strconv.Itoa(c.msgRate / c.procs),
 			"--msg-duration", c.msgDuration.String(), "--msg-tick", c.msgTick.String(), "--msg-warmup", c.msgWarmup.String(), "--region-a", c.regionA, "--region-b", c.regionB,
 			"--payload", strconv.Itoa(c.payload), "--reconnect=" + strconv.FormatBool(c.reconnect),
@@ -68,6 +70,9 @@ func runShards(ctx context.Context, c config) (*report, error) {
 			k.cmd.Env = append(os.Environ(), "GOMAXPROCS=1")
 		}
 		k.cmd.Stderr = os.Stderr
+		if k.in, err = k.cmd.StdinPipe(); err != nil {
+			return nil, err
+		}
 		out, err := k.cmd.StdoutPipe()
 		if err != nil {
 			return nil, err
@@ -131,6 +136,11 @@ func runShards(ctx context.Context, c config) (*report, error) {
 	pr.loggedIn(rep)
 	pr.settled(ctx, rep)
 	pr.idle(ctx, rep)
+	// Every shard has held its connections through the measurements; now
+	// each holds for --hold, as one process does after its own.
+	for _, k := range kids {
+		k.in.Close()
+	}
 	for i, k := range kids {
 		if err := <-k.done; err != nil {
 			fmt.Fprintf(os.Stderr, "shard %d: %v\n", i, err)

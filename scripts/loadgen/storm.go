@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"strings"
 	"sync"
 	"time"
@@ -16,6 +17,7 @@ import (
 // storm records the reconnects of a run: how many connections a node
 // dropped, how many came back, and how long it took.
 type storm struct {
+	srcBase   netip.Addr // where the connections' source addresses start
 	mu        sync.Mutex
 	lost      int64
 	back      int64
@@ -70,7 +72,7 @@ func (s *storm) redial(ctx context.Context, hc *http.Client, base string, cn *co
 		}
 		if err == nil {
 			var nc *conn
-			if nc, err = connect(ep, cn.src); err == nil {
+			if nc, err = connect(ep, s.srcBase, cn.src); err == nil {
 				now := time.Now()
 				cn.wmu.Lock()
 				cn.c, cn.node = nc.c, ep.NodeID
