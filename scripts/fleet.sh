@@ -25,7 +25,7 @@ PROCS=${PROCS:-$(( (CONNS + 18999) / 19000 ))}
 RATE=${RATE:-6000}
 HEARTBEAT=${HEARTBEAT:-60s}
 IDLE_WINDOW=${IDLE_WINDOW:-60s}
-HOLD=${HOLD:-240s}
+HOLD=${HOLD:-30s}   # after the readings: the shards keep every connection up until then
 out=${FLEET_OUT:-.run/fleet-report}
 CLIENT_NS=${CLIENT_NS:-}
 host=127.0.0.1 src=127.0.0.1 inns=()

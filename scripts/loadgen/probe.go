@@ -8,6 +8,7 @@ import (
 	"math"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -25,16 +26,17 @@ type serverReport struct {
 	NodeIdlePctOfCore float64 `json:"node_idle_cpu_percent_of_one_core,omitempty"`
 	// Over the same window: the veth receive threads (napi/*; none on
 	// loopback) and every CPU of the machine busy, load tool included.
-	IdleConnsStart       float64 `json:"idle_window_connections_start,omitempty"`
-	IdleConnsEnd         float64 `json:"idle_window_connections_end,omitempty"`
-	NAPIIdlePctOfCore    float64 `json:"napi_threads_idle_cpu_percent_of_one_core,omitempty"`
-	MachineIdlePctOfCore float64 `json:"machine_busy_idle_window_percent_of_one_core,omitempty"`
-	KernelTCPMemBefore   float64 `json:"kernel_tcp_mem_bytes_before"`
-	KernelTCPMemAfter    float64 `json:"kernel_tcp_mem_bytes_after"`
-	KernelSlabBefore     float64 `json:"kernel_slab_bytes_before"`
-	KernelSlabAfter      float64 `json:"kernel_slab_bytes_after"`
-	MemUsedBefore        float64 `json:"machine_mem_used_bytes_before"`
-	MemUsedAfter         float64 `json:"machine_mem_used_bytes_after"`
+	IdleStepsPct         []float64 `json:"idle_window_node_cpu_per_2s_min_median_max,omitempty"` // node processes on this host
+	IdleConnsStart       float64   `json:"idle_window_connections_start,omitempty"`
+	IdleConnsEnd         float64   `json:"idle_window_connections_end,omitempty"`
+	NAPIIdlePctOfCore    float64   `json:"napi_threads_idle_cpu_percent_of_one_core,omitempty"`
+	MachineIdlePctOfCore float64   `json:"machine_busy_idle_window_percent_of_one_core,omitempty"`
+	KernelTCPMemBefore   float64   `json:"kernel_tcp_mem_bytes_before"`
+	KernelTCPMemAfter    float64   `json:"kernel_tcp_mem_bytes_after"`
+	KernelSlabBefore     float64   `json:"kernel_slab_bytes_before"`
+	KernelSlabAfter      float64   `json:"kernel_slab_bytes_after"`
+	MemUsedBefore        float64   `json:"machine_mem_used_bytes_before"`
+	MemUsedAfter         float64   `json:"machine_mem_used_bytes_after"`
 }
 
 func (s *serverReport) print(w io.Writer) {
@@ -48,6 +50,9 @@ func (s *serverReport) print(w io.Writer) {
 		fmt.Fprintf(w, "idle node CPU    %.1f%% of one core over %.0f s (all nodes together, heartbeats only; %.0f -> %.0f connections)\n",
 			s.NodeIdlePctOfCore, s.IdleWindowSec, s.IdleConnsStart, s.IdleConnsEnd)
 		fmt.Fprintf(w, "  same window    veth receive threads %.1f%%, whole machine busy %.1f%% of one core\n", s.NAPIIdlePctOfCore, s.MachineIdlePctOfCore)
+		if len(s.IdleStepsPct) == 3 {
+			fmt.Fprintf(w, "  per %v       nodes min %.1f%%, median %.1f%%, max %.1f%% of one core\n", sampleStep, s.IdleStepsPct[0], s.IdleStepsPct[1], s.IdleStepsPct[2])
+		}
 	}
 	fmt.Fprintf(w, "kernel memory    TCP %.0f -> %.0f MiB, slab %.0f -> %.0f MiB; machine used %.0f -> %.0f MiB\n",
 		s.KernelTCPMemBefore/mib, s.KernelTCPMemAfter/mib, s.KernelSlabBefore/mib, s.KernelSlabAfter/mib,
@@ -145,10 +150,31 @@ func (p *probe) idle(ctx context.Context, rep *report) {
 	}
 	napi0, busy0 := napiTicks(), machineBusyTicks()
 	fmt.Fprintf(os.Stderr, "measuring idle node CPU for %v ...\n", p.window)
-	select {
-	case <-ctx.Done():
-		return
-	case <-time.After(p.window):
+	// Steadiness: the access-node processes on this host, read from /proc
+	// every sampleStep (not from /metrics, which would cost the nodes).
+	var steps []float64
+	t := time.NewTicker(sampleStep)
+	defer t.Stop()
+	end := time.After(p.window)
+	prev, prevAt := nodeProcTicks(), time.Now()
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-end:
+			break wait
+		case now := <-t.C:
+			n := nodeProcTicks()
+			if prev > 0 {
+				steps = append(steps, 100*float64(n-prev)/clkTck/now.Sub(prevAt).Seconds())
+			}
+			prev, prevAt = n, now
+		}
+	}
+	if len(steps) > 0 {
+		slices.Sort(steps)
+		rep.Servers.IdleStepsPct = []float64{steps[0], steps[len(steps)/2], steps[len(steps)-1]}
 	}
 	b, err := scrape(p.urls)
 	if err != nil {
@@ -267,11 +293,25 @@ func kernelMem() (tcp, slab, used float64) {
 // clkTck is USER_HZ, the unit of /proc's CPU times; 100 on Linux.
 const clkTck = 100
 
+// sampleStep is the step of the idle window's steadiness samples.
+const sampleStep = 2 * time.Second
+
 // napiTicks is the CPU time (utime + stime, in clkTck) of the kernel's
 // threaded-NAPI receive threads ("napi/<dev>-<id>"): where a veth's
 // receive runs with threaded NAPI on. The threads are visible from every
 // network namespace.
 func napiTicks() int64 {
+	return procTicks(func(comm string) bool { return strings.HasPrefix(comm, "napi/") })
+}
+
+// nodeProcTicks is the CPU time of this host's access-node processes.
+func nodeProcTicks() int64 {
+	return procTicks(func(comm string) bool { return comm == "accessnode" })
+}
+
+// procTicks sums utime + stime (in clkTck) of the processes whose command
+// name matches.
+func procTicks(match func(comm string) bool) int64 {
 	ents, _ := os.ReadDir("/proc")
 	var t int64
 	for _, e := range ents {
@@ -284,7 +324,7 @@ func napiTicks() int64 {
 		}
 		// pid (comm) state ...: comm may hold spaces; fields count from ")".
 		open, end := strings.IndexByte(string(b), '('), strings.LastIndexByte(string(b), ')')
-		if open < 0 || end < open || !strings.HasPrefix(string(b[open+1:end]), "napi/") {
+		if open < 0 || end < open || !match(string(b[open+1:end])) {
 			continue
 		}
 		f := strings.Fields(string(b[end+1:]))

@@ -1,0 +1,39 @@
+package main
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+var sink int
+
+// procTicks finds this test process by its command name and reads a CPU
+// time that grows as it works; the machine's busy time grows too.
+func TestProcTicksReadsProcesses(t *testing.T) {
+	b, err := os.ReadFile("/proc/self/comm")
+	if err != nil {
+		t.Skip("no /proc")
+	}
+	self := strings.TrimSpace(string(b))
+	mine := func(comm string) bool { return comm == self }
+	busy0 := machineBusyTicks()
+	t0 := procTicks(mine)
+	// Work until the clock (10 ms steps) shows it, however loaded the box.
+	deadline := time.Now().Add(20 * time.Second)
+	for procTicks(mine) <= t0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("CPU time of %q did not grow in 20 s of work", self)
+		}
+		for i := 0; i < 1_000_000; i++ {
+			sink += i
+		}
+	}
+	if busy1 := machineBusyTicks(); busy1 <= busy0 {
+		t.Fatalf("machine busy time did not grow: %d -> %d", busy0, busy1)
+	}
+	if n := procTicks(func(string) bool { return false }); n != 0 {
+		t.Fatalf("no process matched, yet %d ticks", n)
+	}
+}
