@@ -659,6 +659,11 @@ func (c *Client) connectLoop(ctx context.Context, p retryPlan) (*conn, error) {
 			return cn, nil
 		}
 		if ctx.Err() != nil {
+			// ctx cut this attempt short: the failure worth reporting is
+			// the last whole attempt's, when there was one.
+			if lastErr != nil {
+				err = lastErr
+			}
 			return nil, ctxErr(ctx, p.inRun, err)
 		}
 		if !temporary(err) {
