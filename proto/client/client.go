@@ -195,7 +195,8 @@ type Client struct {
 // node has answered LoginAck. Temporary failures (dispatcher 429/503/5xx,
 // network errors, a node refusing for a reason a retry can fix) are retried
 // with backoff until ctx is done; then the error wraps both ctx.Err() and the
-// last failure. Permanent failures (dispatcher 400/401/404, a Login refused
+// last failure (of the last attempt that ran to its end, when ctx cut one
+// short). Permanent failures (dispatcher 400/401/404, a Login refused
 // for what the client sent) return at once. ctx bounds only Dial: the client
 // lives until Close or until it is kicked out for good.
 func Dial(ctx context.Context, cfg Config) (*Client, error) {
