@@ -469,7 +469,15 @@ func TestDialDispatcherErrors(t *testing.T) {
 			for range 50 {
 				cl.Dispatcher.Fail(tt.fail)
 			}
-			ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+			// A permanent failure returns at once, so its ctx need not end.
+			// A temporary one is retried after Retry-After (≥ 1 s, beating
+			// the 10 ms backoff): a ctx that ends just before that sees
+			// exactly one request and leaves the first all but its time.
+			limit := 30 * time.Second
+			if tt.temporary {
+				limit = tt.retry - 100*time.Millisecond
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), limit)
 			defer cancel()
 			c, err := client.Dial(ctx, config(cl, "alice", "phone"))
 			if c != nil {
@@ -486,8 +494,8 @@ func TestDialDispatcherErrors(t *testing.T) {
 			if tt.temporary != errors.Is(err, context.DeadlineExceeded) {
 				t.Fatalf("temporary error should be retried until ctx ends, permanent returned at once: %v", err)
 			}
-			// Permanent: asked once. Temporary: Retry-After (≥ 1 s) beats the
-			// 10 ms backoff, so within 300 ms it was asked once too.
+			// Permanent: asked once. Temporary: the ctx ended before the
+			// Retry-After that the second attempt waits for.
 			if n := len(cl.Dispatcher.Requests()); n != 1 {
 				t.Fatalf("%d dispatcher requests, want 1", n)
 			}
