@@ -323,7 +323,7 @@ func run(ctx context.Context, c config) (*report, error) {
 			t1 := time.Now()
 			src := i % c.srcIPs
 			if c.shard >= 0 {
-				src = 1 + c.shard*c.srcIPs + src // 127.0.0.2 and up, a range per shard
+				src = 1 + c.shard*c.srcIPs + src // --src-base + 1 and up, a range per shard
 			}
 			cn, err := connect(ep, c.srcBase, src)
 			if err != nil {
