@@ -323,11 +323,12 @@ func procTicks(match func(comm string) bool) int64 {
 			continue
 		}
 		// pid (comm) state ...: comm may hold spaces; fields count from ")".
-		open, end := strings.IndexByte(string(b), '('), strings.LastIndexByte(string(b), ')')
-		if open < 0 || end < open || !match(string(b[open+1:end])) {
+		st := string(b)
+		open, end := strings.IndexByte(st, '('), strings.LastIndexByte(st, ')')
+		if open < 0 || end < open || !match(st[open+1:end]) {
 			continue
 		}
-		f := strings.Fields(string(b[end+1:]))
+		f := strings.Fields(st[end+1:])
 		if len(f) < 13 {
 			continue
 		}
