@@ -94,8 +94,11 @@ func run(ctx context.Context, c config) error {
 	}
 	for _, a := range addrs {
 		ln, err := net.Listen("tcp", a)
-		if err != nil {
+		if errors.Is(err, syscall.EADDRINUSE) {
 			return fmt.Errorf("address %s is taken (is another `make run` up?): %w", a, err)
+		}
+		if err != nil {
+			return fmt.Errorf("cannot listen on %s (is --host an address of this machine?): %w", a, err)
 		}
 		ln.Close()
 	}
