@@ -332,7 +332,13 @@ func (s *Server) fail(c *evloop.Conn, code wirepb.ErrorCode, msg string) {
 // connection's graceful close. Safe from any goroutine, idempotent.
 func (s *Server) endSession(sess *session) {
 	if s.hub.remove(sess) && s.router != nil {
-		s.router.SessionDown(sess.uid, sess.device, sess.loginAt)
+		sess.presMu.Lock()
+		sess.presEnded = true
+		up := sess.presUp
+		sess.presMu.Unlock()
+		if up {
+			s.router.SessionDown(sess.uid, sess.device, sess.loginAt)
+		}
 	}
 	sess.close()
 }
@@ -487,7 +493,14 @@ func (s *Server) login(c *evloop.Conn, l *wirepb.Login) {
 		return
 	}
 	if s.router != nil {
-		s.router.SessionUp(sess.uid, sess.device, sess.loginAt)
+		// Under presMu: an endSession racing with us waits, then sends
+		// SessionDown after our SessionUp (or neither is sent).
+		sess.presMu.Lock()
+		if !sess.presEnded {
+			sess.presUp = true
+			s.router.SessionUp(sess.uid, sess.device, sess.loginAt)
+		}
+		sess.presMu.Unlock()
 	}
 	if old != nil {
 		s.replaced.Add(1)

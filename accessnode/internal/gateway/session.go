@@ -24,6 +24,13 @@ type session struct {
 	mu      sync.Mutex // guards pending, gone
 	pending map[string]*outbound
 	gone    bool
+
+	// The router hears SessionUp before SessionDown, never the reverse,
+	// even when the session ends (a kick from another goroutine) while its
+	// login is still being published.
+	presMu    sync.Mutex // guards presUp, presEnded; held across the router call
+	presUp    bool
+	presEnded bool
 }
 
 // outbound is a Deliver waiting for its DeliverAck.
