@@ -59,6 +59,8 @@ type config struct {
 	etcdPrefix        string
 	etcdDialTimeout   time.Duration
 	leaseTTL          time.Duration
+	memberHold        time.Duration
+	peerTimeout       time.Duration
 	tokenKeys         string
 	maxConns          int64
 	maxFrame          int
@@ -104,6 +106,8 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.etcdPrefix, "etcd-prefix", etcdkeys.DefaultPrefix, "etcd key prefix")
 	fs.DurationVar(&c.etcdDialTimeout, "etcd-dial-timeout", 5*time.Second, "etcd dial timeout")
 	fs.DurationVar(&c.leaseTTL, "lease-ttl", 5*time.Second, "etcd lease TTL of the registration (a crashed node disappears after this)")
+	fs.DurationVar(&c.memberHold, "member-hold", 15*time.Second, "keep forwarding to a peer whose etcd registration vanished for this long while its Forward stream is alive (rides out etcd restarts and stalls)")
+	fs.DurationVar(&c.peerTimeout, "peer-timeout", 5*time.Second, "a Forward stream to or from a peer that has been silent this long is dead (heartbeats every fifth of it)")
 	fs.StringVar(&c.tokenKeys, "token-keys", devTokenKeys, "access token keys kid=secret[,kid=secret]; all verify (must match the dispatcher's)")
 	fs.Int64Var(&c.maxConns, "max-conns", 0, "most client connections (0: the open-file limit minus a reserve)")
 	fs.IntVar(&c.maxFrame, "max-frame", 64<<10, "largest client frame body in bytes")
@@ -284,6 +288,12 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 		return fmt.Errorf("etcd client: %w", err)
 	}
 	defer cli.Close()
+	// The relay (presence directory + Forward streams to other nodes) is
+	// connected before the node registers, so no session escapes it.
+	rl := relay.New(relay.Config{NodeID: cfg.id, Schema: etcdkeys.New(cfg.etcdPrefix), Incarnation: started.UnixMilli(),
+		CallTimeout: cfg.deliverTimeout + 2*time.Second, MemberHold: cfg.memberHold, LinkTimeout: cfg.peerTimeout,
+		Credentials: itls.grpcClient}, cli, gw, log)
+	defer rl.Close()
 	reg, err := registry.New(cli, etcdkeys.New(cfg.etcdPrefix), etcdkeys.Registration{
 		ID:        cfg.id,
 		Addrs:     clientTLS.addrs(cfg.clientAdvertise),
@@ -291,16 +301,10 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 		Region:    cfg.region,
 		Version:   version,
 		StartedAt: started.UnixMilli(),
-	}, cfg.leaseTTL, log)
+	}, registry.Config{TTL: cfg.leaseTTL, OnRegister: rl.Resync}, log)
 	if err != nil {
 		return err
 	}
-
-	// The relay (presence directory + Forward streams to other nodes) is
-	// connected before the node registers, so no session escapes it.
-	rl := relay.New(relay.Config{NodeID: cfg.id, Schema: etcdkeys.New(cfg.etcdPrefix),
-		CallTimeout: cfg.deliverTimeout + 2*time.Second, Credentials: itls.grpcClient}, cli, gw, log)
-	defer rl.Close()
 	gw.SetRouter(rl)
 	if err := gw.Serve(clientLn.(*net.TCPListener)); err != nil {
 		return err
@@ -318,6 +322,8 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 		switch {
 		case gw.Draining():
 			return false, "draining"
+		case gw.OpsDraining():
+			return false, "drained by ops (state drain in etcd)"
 		case !reg.Registered():
 			return false, "not registered in etcd"
 		}

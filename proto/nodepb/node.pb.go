@@ -283,6 +283,8 @@ type ForwardFrame struct {
 	//	*ForwardFrame_Kick
 	//	*ForwardFrame_Hello
 	//	*ForwardFrame_Invalidate
+	//	*ForwardFrame_Heartbeat
+	//	*ForwardFrame_Resync
 	Body          isForwardFrame_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -406,6 +408,24 @@ func (x *ForwardFrame) GetInvalidate() *Invalidate {
 	return nil
 }
 
+func (x *ForwardFrame) GetHeartbeat() *Heartbeat {
+	if x != nil {
+		if x, ok := x.Body.(*ForwardFrame_Heartbeat); ok {
+			return x.Heartbeat
+		}
+	}
+	return nil
+}
+
+func (x *ForwardFrame) GetResync() *ResyncRequest {
+	if x != nil {
+		if x, ok := x.Body.(*ForwardFrame_Resync); ok {
+			return x.Resync
+		}
+	}
+	return nil
+}
+
 type isForwardFrame_Body interface {
 	isForwardFrame_Body()
 }
@@ -439,11 +459,19 @@ type ForwardFrame_Kick struct {
 }
 
 type ForwardFrame_Hello struct {
-	Hello *Hello `protobuf:"bytes,8,opt,name=hello,proto3,oneof"` // first frame from the dialer
+	Hello *Hello `protobuf:"bytes,8,opt,name=hello,proto3,oneof"` // first frame each way: who is speaking
 }
 
 type ForwardFrame_Invalidate struct {
 	Invalidate *Invalidate `protobuf:"bytes,9,opt,name=invalidate,proto3,oneof"` // home -> a node that looked uids up: they changed
+}
+
+type ForwardFrame_Heartbeat struct {
+	Heartbeat *Heartbeat `protobuf:"bytes,10,opt,name=heartbeat,proto3,oneof"` // liveness of an idle stream, each way
+}
+
+type ForwardFrame_Resync struct {
+	Resync *ResyncRequest `protobuf:"bytes,11,opt,name=resync,proto3,oneof"` // home -> holder (answer direction): register every session again
 }
 
 func (*ForwardFrame_Deliver) isForwardFrame_Body() {}
@@ -464,6 +492,89 @@ func (*ForwardFrame_Hello) isForwardFrame_Body() {}
 
 func (*ForwardFrame_Invalidate) isForwardFrame_Body() {}
 
+func (*ForwardFrame_Heartbeat) isForwardFrame_Body() {}
+
+func (*ForwardFrame_Resync) isForwardFrame_Body() {}
+
+// Heartbeat proves an idle stream alive. The dialer sends one when it has
+// sent nothing for a heartbeat interval; the receiver answers each with one.
+// A side that has heard nothing for the link timeout ends the stream.
+type Heartbeat struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Heartbeat) Reset() {
+	*x = Heartbeat{}
+	mi := &file_nodepb_node_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Heartbeat) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Heartbeat) ProtoMessage() {}
+
+func (x *Heartbeat) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
+func (*Heartbeat) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{4}
+}
+
+// ResyncRequest asks the dialer of this stream to register, again, every
+// session whose home is the receiver (a reset_holder update, the entries,
+// then SyncDone): the home dropped or may have missed some of them, e.g.
+// it took the dialer out of its membership for a while.
+type ResyncRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ResyncRequest) Reset() {
+	*x = ResyncRequest{}
+	mi := &file_nodepb_node_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ResyncRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ResyncRequest) ProtoMessage() {}
+
+func (x *ResyncRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ResyncRequest.ProtoReflect.Descriptor instead.
+func (*ResyncRequest) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{5}
+}
+
 // Invalidate tells a node that cached lookups of these uids are stale.
 type Invalidate struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -474,7 +585,7 @@ type Invalidate struct {
 
 func (x *Invalidate) Reset() {
 	*x = Invalidate{}
-	mi := &file_nodepb_node_proto_msgTypes[4]
+	mi := &file_nodepb_node_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -486,7 +597,7 @@ func (x *Invalidate) String() string {
 func (*Invalidate) ProtoMessage() {}
 
 func (x *Invalidate) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[4]
+	mi := &file_nodepb_node_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -499,7 +610,7 @@ func (x *Invalidate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Invalidate.ProtoReflect.Descriptor instead.
 func (*Invalidate) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{4}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Invalidate) GetUids() []string {
@@ -509,17 +620,26 @@ func (x *Invalidate) GetUids() []string {
 	return nil
 }
 
-// Hello names the dialing node.
+// Hello is the handshake that opens a Forward stream. The dialer sends its
+// own id and the id it means to reach (from the registration it dialed);
+// the answering node replies with its own Hello first. A reply whose
+// node_id is not the one expected (a copied or stale registration pointing
+// at another node) ends the stream, and that registration never joins the
+// dialer's membership.
 type Hello struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// Dialer only: the node id the dialer expects to find at this address.
+	Expect string `protobuf:"bytes,2,opt,name=expect,proto3" json:"expect,omitempty"`
+	// The speaker's process start (Unix ms): a new value is a restarted node.
+	Incarnation   int64 `protobuf:"varint,3,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_nodepb_node_proto_msgTypes[5]
+	mi := &file_nodepb_node_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -531,7 +651,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[5]
+	mi := &file_nodepb_node_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -544,7 +664,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{5}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Hello) GetNodeId() string {
@@ -552,6 +672,20 @@ func (x *Hello) GetNodeId() string {
 		return x.NodeId
 	}
 	return ""
+}
+
+func (x *Hello) GetExpect() string {
+	if x != nil {
+		return x.Expect
+	}
+	return ""
+}
+
+func (x *Hello) GetIncarnation() int64 {
+	if x != nil {
+		return x.Incarnation
+	}
+	return 0
 }
 
 // ForwardDeliver asks the receiving node to deliver a message to the devices
@@ -572,7 +706,7 @@ type ForwardDeliver struct {
 
 func (x *ForwardDeliver) Reset() {
 	*x = ForwardDeliver{}
-	mi := &file_nodepb_node_proto_msgTypes[6]
+	mi := &file_nodepb_node_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -584,7 +718,7 @@ func (x *ForwardDeliver) String() string {
 func (*ForwardDeliver) ProtoMessage() {}
 
 func (x *ForwardDeliver) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[6]
+	mi := &file_nodepb_node_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -597,7 +731,7 @@ func (x *ForwardDeliver) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardDeliver.ProtoReflect.Descriptor instead.
 func (*ForwardDeliver) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{6}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ForwardDeliver) GetSeq() uint64 {
@@ -669,7 +803,7 @@ type ForwardResult struct {
 
 func (x *ForwardResult) Reset() {
 	*x = ForwardResult{}
-	mi := &file_nodepb_node_proto_msgTypes[7]
+	mi := &file_nodepb_node_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -681,7 +815,7 @@ func (x *ForwardResult) String() string {
 func (*ForwardResult) ProtoMessage() {}
 
 func (x *ForwardResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[7]
+	mi := &file_nodepb_node_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -694,7 +828,7 @@ func (x *ForwardResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardResult.ProtoReflect.Descriptor instead.
 func (*ForwardResult) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{7}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *ForwardResult) GetSeq() uint64 {
@@ -740,7 +874,7 @@ type PresenceEntry struct {
 
 func (x *PresenceEntry) Reset() {
 	*x = PresenceEntry{}
-	mi := &file_nodepb_node_proto_msgTypes[8]
+	mi := &file_nodepb_node_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -752,7 +886,7 @@ func (x *PresenceEntry) String() string {
 func (*PresenceEntry) ProtoMessage() {}
 
 func (x *PresenceEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[8]
+	mi := &file_nodepb_node_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -765,7 +899,7 @@ func (x *PresenceEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceEntry.ProtoReflect.Descriptor instead.
 func (*PresenceEntry) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{8}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *PresenceEntry) GetUid() string {
@@ -815,7 +949,7 @@ type PresenceUpdate struct {
 
 func (x *PresenceUpdate) Reset() {
 	*x = PresenceUpdate{}
-	mi := &file_nodepb_node_proto_msgTypes[9]
+	mi := &file_nodepb_node_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -827,7 +961,7 @@ func (x *PresenceUpdate) String() string {
 func (*PresenceUpdate) ProtoMessage() {}
 
 func (x *PresenceUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[9]
+	mi := &file_nodepb_node_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -840,7 +974,7 @@ func (x *PresenceUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceUpdate.ProtoReflect.Descriptor instead.
 func (*PresenceUpdate) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{9}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PresenceUpdate) GetEntries() []*PresenceEntry {
@@ -867,7 +1001,7 @@ type LookupRequest struct {
 
 func (x *LookupRequest) Reset() {
 	*x = LookupRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[10]
+	mi := &file_nodepb_node_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +1013,7 @@ func (x *LookupRequest) String() string {
 func (*LookupRequest) ProtoMessage() {}
 
 func (x *LookupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[10]
+	mi := &file_nodepb_node_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +1026,7 @@ func (x *LookupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupRequest.ProtoReflect.Descriptor instead.
 func (*LookupRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{10}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *LookupRequest) GetSeq() uint64 {
@@ -916,14 +1050,18 @@ type LookupResponse struct {
 	Holders []string `protobuf:"bytes,2,rep,name=holders,proto3" json:"holders,omitempty"`
 	// The receiver is not uid's home in its view of the membership: ask again
 	// once views agree.
-	NotHome       bool `protobuf:"varint,3,opt,name=not_home,json=notHome,proto3" json:"not_home,omitempty"`
+	NotHome bool `protobuf:"varint,3,opt,name=not_home,json=notHome,proto3" json:"not_home,omitempty"`
+	// The home cannot vouch that holders is complete: a member of its view
+	// has not (re-)registered its sessions with it on a live stream. With no
+	// holders, the sender must not answer OFFLINE.
+	Incomplete    bool `protobuf:"varint,4,opt,name=incomplete,proto3" json:"incomplete,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LookupResponse) Reset() {
 	*x = LookupResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[11]
+	mi := &file_nodepb_node_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -935,7 +1073,7 @@ func (x *LookupResponse) String() string {
 func (*LookupResponse) ProtoMessage() {}
 
 func (x *LookupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[11]
+	mi := &file_nodepb_node_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -948,7 +1086,7 @@ func (x *LookupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupResponse.ProtoReflect.Descriptor instead.
 func (*LookupResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{11}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *LookupResponse) GetSeq() uint64 {
@@ -972,18 +1110,26 @@ func (x *LookupResponse) GetNotHome() bool {
 	return false
 }
 
-// SyncDone: the sender has re-registered, with the receiver, every session
-// whose home is the receiver in membership epoch (an etcd revision).
+func (x *LookupResponse) GetIncomplete() bool {
+	if x != nil {
+		return x.Incomplete
+	}
+	return false
+}
+
+// SyncDone: the sender has registered, with the receiver, every session
+// whose home is the receiver in the membership view named by view (a hash
+// of the member ids that every node with the same members computes alike).
 type SyncDone struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Epoch         int64                  `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	View          uint64                 `protobuf:"varint,2,opt,name=view,proto3" json:"view,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SyncDone) Reset() {
 	*x = SyncDone{}
-	mi := &file_nodepb_node_proto_msgTypes[12]
+	mi := &file_nodepb_node_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -995,7 +1141,7 @@ func (x *SyncDone) String() string {
 func (*SyncDone) ProtoMessage() {}
 
 func (x *SyncDone) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[12]
+	mi := &file_nodepb_node_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1008,12 +1154,12 @@ func (x *SyncDone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncDone.ProtoReflect.Descriptor instead.
 func (*SyncDone) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{12}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{14}
 }
 
-func (x *SyncDone) GetEpoch() int64 {
+func (x *SyncDone) GetView() uint64 {
 	if x != nil {
-		return x.Epoch
+		return x.View
 	}
 	return 0
 }
@@ -1029,7 +1175,7 @@ type KickSession struct {
 
 func (x *KickSession) Reset() {
 	*x = KickSession{}
-	mi := &file_nodepb_node_proto_msgTypes[13]
+	mi := &file_nodepb_node_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1041,7 +1187,7 @@ func (x *KickSession) String() string {
 func (*KickSession) ProtoMessage() {}
 
 func (x *KickSession) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[13]
+	mi := &file_nodepb_node_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1054,7 +1200,7 @@ func (x *KickSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickSession.ProtoReflect.Descriptor instead.
 func (*KickSession) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{13}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *KickSession) GetUid() string {
@@ -1093,7 +1239,7 @@ type PushRequest struct {
 
 func (x *PushRequest) Reset() {
 	*x = PushRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[14]
+	mi := &file_nodepb_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1105,7 +1251,7 @@ func (x *PushRequest) String() string {
 func (*PushRequest) ProtoMessage() {}
 
 func (x *PushRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[14]
+	mi := &file_nodepb_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1118,7 +1264,7 @@ func (x *PushRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushRequest.ProtoReflect.Descriptor instead.
 func (*PushRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{14}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *PushRequest) GetUids() []string {
@@ -1170,7 +1316,7 @@ type PushResult struct {
 
 func (x *PushResult) Reset() {
 	*x = PushResult{}
-	mi := &file_nodepb_node_proto_msgTypes[15]
+	mi := &file_nodepb_node_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1182,7 +1328,7 @@ func (x *PushResult) String() string {
 func (*PushResult) ProtoMessage() {}
 
 func (x *PushResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[15]
+	mi := &file_nodepb_node_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1195,7 +1341,7 @@ func (x *PushResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushResult.ProtoReflect.Descriptor instead.
 func (*PushResult) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{15}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PushResult) GetUid() string {
@@ -1242,7 +1388,7 @@ type PushResponse struct {
 
 func (x *PushResponse) Reset() {
 	*x = PushResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[16]
+	mi := &file_nodepb_node_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1254,7 +1400,7 @@ func (x *PushResponse) String() string {
 func (*PushResponse) ProtoMessage() {}
 
 func (x *PushResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[16]
+	mi := &file_nodepb_node_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1267,7 +1413,7 @@ func (x *PushResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushResponse.ProtoReflect.Descriptor instead.
 func (*PushResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{16}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PushResponse) GetResults() []*PushResult {
@@ -1289,7 +1435,7 @@ type KickRequest struct {
 
 func (x *KickRequest) Reset() {
 	*x = KickRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[17]
+	mi := &file_nodepb_node_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1301,7 +1447,7 @@ func (x *KickRequest) String() string {
 func (*KickRequest) ProtoMessage() {}
 
 func (x *KickRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[17]
+	mi := &file_nodepb_node_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1314,7 +1460,7 @@ func (x *KickRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickRequest.ProtoReflect.Descriptor instead.
 func (*KickRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *KickRequest) GetUid() string {
@@ -1347,7 +1493,7 @@ type KickResponse struct {
 
 func (x *KickResponse) Reset() {
 	*x = KickResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[18]
+	mi := &file_nodepb_node_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1359,7 +1505,7 @@ func (x *KickResponse) String() string {
 func (*KickResponse) ProtoMessage() {}
 
 func (x *KickResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[18]
+	mi := &file_nodepb_node_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1372,7 +1518,7 @@ func (x *KickResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickResponse.ProtoReflect.Descriptor instead.
 func (*KickResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{18}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *KickResponse) GetKicked() uint32 {
@@ -1394,7 +1540,7 @@ type ShedRequest struct {
 
 func (x *ShedRequest) Reset() {
 	*x = ShedRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[19]
+	mi := &file_nodepb_node_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1406,7 +1552,7 @@ func (x *ShedRequest) String() string {
 func (*ShedRequest) ProtoMessage() {}
 
 func (x *ShedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[19]
+	mi := &file_nodepb_node_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1419,7 +1565,7 @@ func (x *ShedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShedRequest.ProtoReflect.Descriptor instead.
 func (*ShedRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{19}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ShedRequest) GetCount() uint32 {
@@ -1453,7 +1599,7 @@ type ShedResponse struct {
 
 func (x *ShedResponse) Reset() {
 	*x = ShedResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[20]
+	mi := &file_nodepb_node_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1465,7 +1611,7 @@ func (x *ShedResponse) String() string {
 func (*ShedResponse) ProtoMessage() {}
 
 func (x *ShedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[20]
+	mi := &file_nodepb_node_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1478,7 +1624,7 @@ func (x *ShedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShedResponse.ProtoReflect.Descriptor instead.
 func (*ShedResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{20}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ShedResponse) GetAccepted() uint32 {
@@ -1501,7 +1647,7 @@ type UpstreamRequest struct {
 
 func (x *UpstreamRequest) Reset() {
 	*x = UpstreamRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[21]
+	mi := &file_nodepb_node_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1513,7 +1659,7 @@ func (x *UpstreamRequest) String() string {
 func (*UpstreamRequest) ProtoMessage() {}
 
 func (x *UpstreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[21]
+	mi := &file_nodepb_node_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1526,7 +1672,7 @@ func (x *UpstreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamRequest.ProtoReflect.Descriptor instead.
 func (*UpstreamRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{21}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *UpstreamRequest) GetUid() string {
@@ -1573,7 +1719,7 @@ type UpstreamResponse struct {
 
 func (x *UpstreamResponse) Reset() {
 	*x = UpstreamResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[22]
+	mi := &file_nodepb_node_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1585,7 +1731,7 @@ func (x *UpstreamResponse) String() string {
 func (*UpstreamResponse) ProtoMessage() {}
 
 func (x *UpstreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[22]
+	mi := &file_nodepb_node_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1598,7 +1744,7 @@ func (x *UpstreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamResponse.ProtoReflect.Descriptor instead.
 func (*UpstreamResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{22}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *UpstreamResponse) GetPayload() []byte {
@@ -1623,7 +1769,7 @@ type StoreRequest struct {
 
 func (x *StoreRequest) Reset() {
 	*x = StoreRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[23]
+	mi := &file_nodepb_node_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1635,7 +1781,7 @@ func (x *StoreRequest) String() string {
 func (*StoreRequest) ProtoMessage() {}
 
 func (x *StoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[23]
+	mi := &file_nodepb_node_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1648,7 +1794,7 @@ func (x *StoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreRequest.ProtoReflect.Descriptor instead.
 func (*StoreRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{23}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *StoreRequest) GetMsgId() string {
@@ -1708,7 +1854,7 @@ type StoreResponse struct {
 
 func (x *StoreResponse) Reset() {
 	*x = StoreResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[24]
+	mi := &file_nodepb_node_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1720,7 +1866,7 @@ func (x *StoreResponse) String() string {
 func (*StoreResponse) ProtoMessage() {}
 
 func (x *StoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[24]
+	mi := &file_nodepb_node_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1733,7 +1879,7 @@ func (x *StoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreResponse.ProtoReflect.Descriptor instead.
 func (*StoreResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{24}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{26}
 }
 
 var File_nodepb_node_proto protoreflect.FileDescriptor
@@ -1760,7 +1906,7 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x11messages_in_total\x18\x0e \x01(\x04R\x0fmessagesInTotal\x12,\n" +
 	"\x12messages_out_total\x18\x0f \x01(\x04R\x10messagesOutTotal\"D\n" +
 	"\fForwardBatch\x124\n" +
-	"\x06frames\x18\x01 \x03(\v2\x1c.imgate.node.v1.ForwardFrameR\x06frames\"\xa2\x04\n" +
+	"\x06frames\x18\x01 \x03(\v2\x1c.imgate.node.v1.ForwardFrameR\x06frames\"\x96\x05\n" +
 	"\fForwardFrame\x12:\n" +
 	"\adeliver\x18\x01 \x01(\v2\x1e.imgate.node.v1.ForwardDeliverH\x00R\adeliver\x127\n" +
 	"\x06result\x18\x02 \x01(\v2\x1d.imgate.node.v1.ForwardResultH\x00R\x06result\x12<\n" +
@@ -1772,13 +1918,20 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x05hello\x18\b \x01(\v2\x15.imgate.node.v1.HelloH\x00R\x05hello\x12<\n" +
 	"\n" +
 	"invalidate\x18\t \x01(\v2\x1a.imgate.node.v1.InvalidateH\x00R\n" +
-	"invalidateB\x06\n" +
-	"\x04body\" \n" +
+	"invalidate\x129\n" +
+	"\theartbeat\x18\n" +
+	" \x01(\v2\x19.imgate.node.v1.HeartbeatH\x00R\theartbeat\x127\n" +
+	"\x06resync\x18\v \x01(\v2\x1d.imgate.node.v1.ResyncRequestH\x00R\x06resyncB\x06\n" +
+	"\x04body\"\v\n" +
+	"\tHeartbeat\"\x0f\n" +
+	"\rResyncRequest\" \n" +
 	"\n" +
 	"Invalidate\x12\x12\n" +
-	"\x04uids\x18\x01 \x03(\tR\x04uids\" \n" +
+	"\x04uids\x18\x01 \x03(\tR\x04uids\"Z\n" +
 	"\x05Hello\x12\x17\n" +
-	"\anode_id\x18\x01 \x01(\tR\x06nodeId\"\xe7\x01\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x16\n" +
+	"\x06expect\x18\x02 \x01(\tR\x06expect\x12 \n" +
+	"\vincarnation\x18\x03 \x01(\x03R\vincarnation\"\xe7\x01\n" +
 	"\x0eForwardDeliver\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x15\n" +
 	"\x06to_uid\x18\x02 \x01(\tR\x05toUid\x12\x15\n" +
@@ -1806,13 +1959,16 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\freset_holder\x18\x02 \x01(\bR\vresetHolder\"3\n" +
 	"\rLookupRequest\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x10\n" +
-	"\x03uid\x18\x02 \x01(\tR\x03uid\"W\n" +
+	"\x03uid\x18\x02 \x01(\tR\x03uid\"w\n" +
 	"\x0eLookupResponse\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x18\n" +
 	"\aholders\x18\x02 \x03(\tR\aholders\x12\x19\n" +
-	"\bnot_home\x18\x03 \x01(\bR\anotHome\" \n" +
-	"\bSyncDone\x12\x14\n" +
-	"\x05epoch\x18\x01 \x01(\x03R\x05epoch\"W\n" +
+	"\bnot_home\x18\x03 \x01(\bR\anotHome\x12\x1e\n" +
+	"\n" +
+	"incomplete\x18\x04 \x01(\bR\n" +
+	"incomplete\"$\n" +
+	"\bSyncDone\x12\x12\n" +
+	"\x04view\x18\x02 \x01(\x04R\x04viewJ\x04\b\x01\x10\x02\"W\n" +
 	"\vKickSession\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x1e\n" +
@@ -1887,66 +2043,70 @@ func file_nodepb_node_proto_rawDescGZIP() []byte {
 	return file_nodepb_node_proto_rawDescData
 }
 
-var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_nodepb_node_proto_goTypes = []any{
 	(*StatsRequest)(nil),     // 0: imgate.node.v1.StatsRequest
 	(*StatsResponse)(nil),    // 1: imgate.node.v1.StatsResponse
 	(*ForwardBatch)(nil),     // 2: imgate.node.v1.ForwardBatch
 	(*ForwardFrame)(nil),     // 3: imgate.node.v1.ForwardFrame
-	(*Invalidate)(nil),       // 4: imgate.node.v1.Invalidate
-	(*Hello)(nil),            // 5: imgate.node.v1.Hello
-	(*ForwardDeliver)(nil),   // 6: imgate.node.v1.ForwardDeliver
-	(*ForwardResult)(nil),    // 7: imgate.node.v1.ForwardResult
-	(*PresenceEntry)(nil),    // 8: imgate.node.v1.PresenceEntry
-	(*PresenceUpdate)(nil),   // 9: imgate.node.v1.PresenceUpdate
-	(*LookupRequest)(nil),    // 10: imgate.node.v1.LookupRequest
-	(*LookupResponse)(nil),   // 11: imgate.node.v1.LookupResponse
-	(*SyncDone)(nil),         // 12: imgate.node.v1.SyncDone
-	(*KickSession)(nil),      // 13: imgate.node.v1.KickSession
-	(*PushRequest)(nil),      // 14: imgate.node.v1.PushRequest
-	(*PushResult)(nil),       // 15: imgate.node.v1.PushResult
-	(*PushResponse)(nil),     // 16: imgate.node.v1.PushResponse
-	(*KickRequest)(nil),      // 17: imgate.node.v1.KickRequest
-	(*KickResponse)(nil),     // 18: imgate.node.v1.KickResponse
-	(*ShedRequest)(nil),      // 19: imgate.node.v1.ShedRequest
-	(*ShedResponse)(nil),     // 20: imgate.node.v1.ShedResponse
-	(*UpstreamRequest)(nil),  // 21: imgate.node.v1.UpstreamRequest
-	(*UpstreamResponse)(nil), // 22: imgate.node.v1.UpstreamResponse
-	(*StoreRequest)(nil),     // 23: imgate.node.v1.StoreRequest
-	(*StoreResponse)(nil),    // 24: imgate.node.v1.StoreResponse
+	(*Heartbeat)(nil),        // 4: imgate.node.v1.Heartbeat
+	(*ResyncRequest)(nil),    // 5: imgate.node.v1.ResyncRequest
+	(*Invalidate)(nil),       // 6: imgate.node.v1.Invalidate
+	(*Hello)(nil),            // 7: imgate.node.v1.Hello
+	(*ForwardDeliver)(nil),   // 8: imgate.node.v1.ForwardDeliver
+	(*ForwardResult)(nil),    // 9: imgate.node.v1.ForwardResult
+	(*PresenceEntry)(nil),    // 10: imgate.node.v1.PresenceEntry
+	(*PresenceUpdate)(nil),   // 11: imgate.node.v1.PresenceUpdate
+	(*LookupRequest)(nil),    // 12: imgate.node.v1.LookupRequest
+	(*LookupResponse)(nil),   // 13: imgate.node.v1.LookupResponse
+	(*SyncDone)(nil),         // 14: imgate.node.v1.SyncDone
+	(*KickSession)(nil),      // 15: imgate.node.v1.KickSession
+	(*PushRequest)(nil),      // 16: imgate.node.v1.PushRequest
+	(*PushResult)(nil),       // 17: imgate.node.v1.PushResult
+	(*PushResponse)(nil),     // 18: imgate.node.v1.PushResponse
+	(*KickRequest)(nil),      // 19: imgate.node.v1.KickRequest
+	(*KickResponse)(nil),     // 20: imgate.node.v1.KickResponse
+	(*ShedRequest)(nil),      // 21: imgate.node.v1.ShedRequest
+	(*ShedResponse)(nil),     // 22: imgate.node.v1.ShedResponse
+	(*UpstreamRequest)(nil),  // 23: imgate.node.v1.UpstreamRequest
+	(*UpstreamResponse)(nil), // 24: imgate.node.v1.UpstreamResponse
+	(*StoreRequest)(nil),     // 25: imgate.node.v1.StoreRequest
+	(*StoreResponse)(nil),    // 26: imgate.node.v1.StoreResponse
 }
 var file_nodepb_node_proto_depIdxs = []int32{
 	3,  // 0: imgate.node.v1.ForwardBatch.frames:type_name -> imgate.node.v1.ForwardFrame
-	6,  // 1: imgate.node.v1.ForwardFrame.deliver:type_name -> imgate.node.v1.ForwardDeliver
-	7,  // 2: imgate.node.v1.ForwardFrame.result:type_name -> imgate.node.v1.ForwardResult
-	9,  // 3: imgate.node.v1.ForwardFrame.presence:type_name -> imgate.node.v1.PresenceUpdate
-	10, // 4: imgate.node.v1.ForwardFrame.lookup:type_name -> imgate.node.v1.LookupRequest
-	11, // 5: imgate.node.v1.ForwardFrame.lookup_result:type_name -> imgate.node.v1.LookupResponse
-	12, // 6: imgate.node.v1.ForwardFrame.sync_done:type_name -> imgate.node.v1.SyncDone
-	13, // 7: imgate.node.v1.ForwardFrame.kick:type_name -> imgate.node.v1.KickSession
-	5,  // 8: imgate.node.v1.ForwardFrame.hello:type_name -> imgate.node.v1.Hello
-	4,  // 9: imgate.node.v1.ForwardFrame.invalidate:type_name -> imgate.node.v1.Invalidate
-	8,  // 10: imgate.node.v1.PresenceUpdate.entries:type_name -> imgate.node.v1.PresenceEntry
-	15, // 11: imgate.node.v1.PushResponse.results:type_name -> imgate.node.v1.PushResult
-	0,  // 12: imgate.node.v1.NodeService.Stats:input_type -> imgate.node.v1.StatsRequest
-	2,  // 13: imgate.node.v1.NodeService.Forward:input_type -> imgate.node.v1.ForwardBatch
-	14, // 14: imgate.node.v1.NodeService.Push:input_type -> imgate.node.v1.PushRequest
-	17, // 15: imgate.node.v1.NodeService.Kick:input_type -> imgate.node.v1.KickRequest
-	19, // 16: imgate.node.v1.NodeService.Shed:input_type -> imgate.node.v1.ShedRequest
-	21, // 17: imgate.node.v1.Upstream.Handle:input_type -> imgate.node.v1.UpstreamRequest
-	23, // 18: imgate.node.v1.Upstream.Store:input_type -> imgate.node.v1.StoreRequest
-	1,  // 19: imgate.node.v1.NodeService.Stats:output_type -> imgate.node.v1.StatsResponse
-	2,  // 20: imgate.node.v1.NodeService.Forward:output_type -> imgate.node.v1.ForwardBatch
-	16, // 21: imgate.node.v1.NodeService.Push:output_type -> imgate.node.v1.PushResponse
-	18, // 22: imgate.node.v1.NodeService.Kick:output_type -> imgate.node.v1.KickResponse
-	20, // 23: imgate.node.v1.NodeService.Shed:output_type -> imgate.node.v1.ShedResponse
-	22, // 24: imgate.node.v1.Upstream.Handle:output_type -> imgate.node.v1.UpstreamResponse
-	24, // 25: imgate.node.v1.Upstream.Store:output_type -> imgate.node.v1.StoreResponse
-	19, // [19:26] is the sub-list for method output_type
-	12, // [12:19] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	8,  // 1: imgate.node.v1.ForwardFrame.deliver:type_name -> imgate.node.v1.ForwardDeliver
+	9,  // 2: imgate.node.v1.ForwardFrame.result:type_name -> imgate.node.v1.ForwardResult
+	11, // 3: imgate.node.v1.ForwardFrame.presence:type_name -> imgate.node.v1.PresenceUpdate
+	12, // 4: imgate.node.v1.ForwardFrame.lookup:type_name -> imgate.node.v1.LookupRequest
+	13, // 5: imgate.node.v1.ForwardFrame.lookup_result:type_name -> imgate.node.v1.LookupResponse
+	14, // 6: imgate.node.v1.ForwardFrame.sync_done:type_name -> imgate.node.v1.SyncDone
+	15, // 7: imgate.node.v1.ForwardFrame.kick:type_name -> imgate.node.v1.KickSession
+	7,  // 8: imgate.node.v1.ForwardFrame.hello:type_name -> imgate.node.v1.Hello
+	6,  // 9: imgate.node.v1.ForwardFrame.invalidate:type_name -> imgate.node.v1.Invalidate
+	4,  // 10: imgate.node.v1.ForwardFrame.heartbeat:type_name -> imgate.node.v1.Heartbeat
+	5,  // 11: imgate.node.v1.ForwardFrame.resync:type_name -> imgate.node.v1.ResyncRequest
+	10, // 12: imgate.node.v1.PresenceUpdate.entries:type_name -> imgate.node.v1.PresenceEntry
+	17, // 13: imgate.node.v1.PushResponse.results:type_name -> imgate.node.v1.PushResult
+	0,  // 14: imgate.node.v1.NodeService.Stats:input_type -> imgate.node.v1.StatsRequest
+	2,  // 15: imgate.node.v1.NodeService.Forward:input_type -> imgate.node.v1.ForwardBatch
+	16, // 16: imgate.node.v1.NodeService.Push:input_type -> imgate.node.v1.PushRequest
+	19, // 17: imgate.node.v1.NodeService.Kick:input_type -> imgate.node.v1.KickRequest
+	21, // 18: imgate.node.v1.NodeService.Shed:input_type -> imgate.node.v1.ShedRequest
+	23, // 19: imgate.node.v1.Upstream.Handle:input_type -> imgate.node.v1.UpstreamRequest
+	25, // 20: imgate.node.v1.Upstream.Store:input_type -> imgate.node.v1.StoreRequest
+	1,  // 21: imgate.node.v1.NodeService.Stats:output_type -> imgate.node.v1.StatsResponse
+	2,  // 22: imgate.node.v1.NodeService.Forward:output_type -> imgate.node.v1.ForwardBatch
+	18, // 23: imgate.node.v1.NodeService.Push:output_type -> imgate.node.v1.PushResponse
+	20, // 24: imgate.node.v1.NodeService.Kick:output_type -> imgate.node.v1.KickResponse
+	22, // 25: imgate.node.v1.NodeService.Shed:output_type -> imgate.node.v1.ShedResponse
+	24, // 26: imgate.node.v1.Upstream.Handle:output_type -> imgate.node.v1.UpstreamResponse
+	26, // 27: imgate.node.v1.Upstream.Store:output_type -> imgate.node.v1.StoreResponse
+	21, // [21:28] is the sub-list for method output_type
+	14, // [14:21] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_nodepb_node_proto_init() }
@@ -1964,6 +2124,8 @@ func file_nodepb_node_proto_init() {
 		(*ForwardFrame_Kick)(nil),
 		(*ForwardFrame_Hello)(nil),
 		(*ForwardFrame_Invalidate)(nil),
+		(*ForwardFrame_Heartbeat)(nil),
+		(*ForwardFrame_Resync)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1971,7 +2133,7 @@ func file_nodepb_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nodepb_node_proto_rawDesc), len(file_nodepb_node_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   25,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -1,72 +1,19 @@
 package relay
 
 import (
-	"hash/fnv"
-	"sort"
 	"sync"
 
 	"github.com/imgate/imgate/proto/nodepb"
 )
 
-// view is one membership epoch: the live nodes etcd lists, and each node's
-// hash for rendezvous hashing. Immutable once built.
-type view struct {
-	epoch int64
-	nodes []viewNode // sorted by id
-	addrs map[string]string
-}
-
-type viewNode struct {
-	id string
-	h  uint64
-}
-
-func newView(epoch int64, addrs map[string]string) *view {
-	v := &view{epoch: epoch, addrs: addrs}
-	for id := range addrs {
-		v.nodes = append(v.nodes, viewNode{id: id, h: hash64(id)})
-	}
-	sort.Slice(v.nodes, func(i, j int) bool { return v.nodes[i].id < v.nodes[j].id })
-	return v
-}
-
-func hash64(s string) uint64 {
-	h := fnv.New64a()
-	_, _ = h.Write([]byte(s))
-	return h.Sum64()
-}
-
-// mix is the splitmix64 finalizer: a cheap, well-spread combination.
-func mix(x uint64) uint64 {
-	x ^= x >> 30
-	x *= 0xbf58476d1ce4e5b9
-	x ^= x >> 27
-	x *= 0x94d049bb133111eb
-	x ^= x >> 31
-	return x
-}
-
-// home is the node whose directory shard holds uid: the highest rendezvous
-// score over the live nodes. Every node with the same view computes the same
-// home; a join or leave moves only the uids whose top score changed.
-func (v *view) home(uid string) string {
-	hu := hash64(uid)
-	best, bestScore := "", uint64(0)
-	for _, n := range v.nodes {
-		if s := mix(hu ^ n.h); best == "" || s > bestScore {
-			best, bestScore = n.id, s
-		}
-	}
-	return best
-}
-
-func (v *view) has(id string) bool {
-	_, ok := v.addrs[id]
-	return ok
-}
-
 // directory is this node's shard of presence: which nodes hold which
 // devices of the uids homed here. Sharded to keep lock hold times short.
+//
+// Every entry carries the generation of the registration that wrote it. A
+// holder that registers everything again (a new stream, a resync) starts a
+// new generation; its entries of older generations are swept only when
+// its SyncDone says the new set is complete. Until then lookups see the
+// union of old and new, so a resync never hides a device for a moment.
 type directory struct {
 	shards [64]dirShard
 }
@@ -80,6 +27,7 @@ type dirEntry struct {
 	device  string
 	holder  string
 	loginAt int64
+	gen     uint64
 }
 
 func newDirectory() *directory {
@@ -94,11 +42,11 @@ func (d *directory) shard(uid string) *dirShard {
 	return &d.shards[hash64(uid)&63]
 }
 
-// apply records one presence entry. When an up entry is a newer login of a
-// device another holder still has, it returns the older entry so that
-// session can be kicked; a late entry of an older login never replaces a
-// newer one — it is returned itself, to be kicked.
-func (d *directory) apply(e *nodepb.PresenceEntry) (kick *dirEntry) {
+// apply records one presence entry, written in generation gen. When an up
+// entry is a newer login of a device another holder still has, it returns
+// the older entry so that session can be kicked; a late entry of an older
+// login never replaces a newer one — it is returned itself, to be kicked.
+func (d *directory) apply(e *nodepb.PresenceEntry, gen uint64) (kick *dirEntry) {
 	sh := d.shard(e.Uid)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -123,7 +71,7 @@ func (d *directory) apply(e *nodepb.PresenceEntry) (kick *dirEntry) {
 		}
 	}
 	if add {
-		next = append(next, dirEntry{device: e.Device, holder: e.Holder, loginAt: e.LoginAtNs})
+		next = append(next, dirEntry{device: e.Device, holder: e.Holder, loginAt: e.LoginAtNs, gen: gen})
 	}
 	if len(next) == 0 {
 		delete(sh.m, e.Uid)
@@ -151,23 +99,33 @@ func (d *directory) holders(uid string) []string {
 	return out
 }
 
-// dropHolder forgets every entry of holder (it left, or it resyncs).
+// dropHolder forgets every entry of holder (it left the membership).
 func (d *directory) dropHolder(holder string) {
+	d.filter(func(e dirEntry) bool { return e.holder != holder })
+}
+
+// sweep forgets holder's entries older than generation gen: its
+// registration of generation gen is complete.
+func (d *directory) sweep(holder string, gen uint64) {
+	d.filter(func(e dirEntry) bool { return e.holder != holder || e.gen >= gen })
+}
+
+func (d *directory) filter(keep func(dirEntry) bool) {
 	for i := range d.shards {
 		sh := &d.shards[i]
 		sh.mu.Lock()
 		for uid, es := range sh.m {
-			keep := es[:0:0]
+			kept := es[:0:0]
 			for _, e := range es {
-				if e.holder != holder {
-					keep = append(keep, e)
+				if keep(e) {
+					kept = append(kept, e)
 				}
 			}
 			switch {
-			case len(keep) == 0:
+			case len(kept) == 0:
 				delete(sh.m, uid)
-			case len(keep) != len(es):
-				sh.m[uid] = keep
+			case len(kept) != len(es):
+				sh.m[uid] = kept
 			}
 		}
 		sh.mu.Unlock()

@@ -1,29 +1,37 @@
-// Package relay carries messages between access nodes: the presence
-// directory (which node holds which devices of a user) and the long-lived
-// gRPC Forward streams between nodes.
+// Package relay carries messages between access nodes: the membership of
+// the mesh, the presence directory (which node holds which devices of a
+// user) and the long-lived gRPC Forward streams between nodes.
 //
-// Presence lives in the nodes' memory, never in etcd. Each uid has a home
-// node — the top rendezvous-hash score over the live members etcd lists —
-// whose directory shard records the nodes holding that uid's devices. A node
-// registers its sessions with their homes (batched on the stream); a sender
-// asks the home and forwards only to the holders, never to every node.
+//   - membership.go: who the members are — registered in etcd AND proven
+//     by a handshake on the Forward stream, held through etcd flaps. Each
+//     change becomes a view.
+//   - view.go: a view and the home of a uid (rendezvous hashing over the
+//     members).
+//   - directory.go: this node's shard of presence, for the uids homed here.
+//   - stream.go: the streams — the handshake, heartbeats, calls with
+//     deadlines, full registrations (resyncs) — both ways.
+//   - order.go and cache.go: the sender's side of a lookup.
 //
-// When membership changes, each node registers again only the sessions whose
-// home moved, then tells every peer SyncDone(epoch). A home answers a lookup
-// that misses only once every live member has synced the current epoch (or a
-// timeout passed), so a join, a leave or a crash never turns into a false
-// "offline".
+// Presence lives in the nodes' memory, never in etcd. A node registers its
+// sessions with their homes (batched on the stream); a sender asks the home
+// and forwards only to the holders, never to every node. Presence is soft
+// state that converges: every new stream starts with a full registration;
+// a home asks a node it takes (back) into its view to register everything
+// again; a node whose own etcd session is created anew does so with every
+// peer; and each view change re-registers the sessions whose home moved,
+// then SyncDone(view). A home answers "nobody" only when every member has
+// registered with it for the view it has, on a live stream; otherwise it
+// says its answer is incomplete, and the sender does not say OFFLINE.
 //
 // It must never block a caller from the gateway: every Router method queues
-// and returns; answers come back through callbacks.
+// and returns; answers come back through callbacks. Every wait has a
+// deadline from the moment it begins.
 package relay
 
 import (
 	"context"
-	"encoding/json"
-	"errors"
-	"fmt"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -49,8 +57,12 @@ type Local interface {
 type Config struct {
 	NodeID string
 	Schema etcdkeys.Schema
-	// SettleTimeout bounds how long a home waits for peers' SyncDone before
-	// it answers lookups that miss (default 3 s).
+	// Incarnation tells this process from an earlier one of the same node
+	// (its start, Unix ms).
+	Incarnation int64
+	// SettleTimeout bounds how long a home waits, for a lookup that finds
+	// nobody, for every member to register with it after a change (default
+	// 3 s); then it answers "incomplete".
 	SettleTimeout time.Duration
 	// CallTimeout bounds a forwarded delivery, from send to ForwardResult
 	// (default 12 s: a little above the nodes' deliver timeout).
@@ -59,22 +71,52 @@ type Config struct {
 	// (default 8 s: longer than a dead home's lease, 5 s by default, so its
 	// shard has moved before a sender gives up).
 	LookupTimeout time.Duration
+	// MemberHold is how long a member whose registration vanished stays a
+	// member while its stream is up (default 15 s): an etcd restart or stall
+	// expires every lease at once, and the keys come back within seconds.
+	MemberHold time.Duration
+	// LinkTimeout: a Forward stream on which nothing arrived for this long
+	// is dead (default 5 s). Heartbeats go every LinkTimeout/5.
+	LinkTimeout time.Duration
+	// HandshakeTimeout bounds connecting a stream and its Hello exchange
+	// (default 3 s).
+	HandshakeTimeout time.Duration
+	// StartupWait bounds how long the first view waits for every
+	// registration in etcd to be proven or refused (default 5 s).
+	StartupWait time.Duration
+	// ReListInterval: the registrations are listed again this often besides
+	// the watch (default 10 s).
+	ReListInterval time.Duration
+	// ResyncInterval: every session is registered again with its home this
+	// often, a backstop for anything the events miss (default 10 min;
+	// negative: never).
+	ResyncInterval time.Duration
 	// Credentials secure the Forward streams to other nodes: mutual TLS in
 	// production. nil: plaintext (development).
 	Credentials credentials.TransportCredentials
 }
 
 func (c *Config) setDefaults() {
-	if c.SettleTimeout <= 0 {
-		c.SettleTimeout = 3 * time.Second
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
 	}
-	if c.CallTimeout <= 0 {
-		c.CallTimeout = 12 * time.Second
-	}
-	if c.LookupTimeout <= 0 {
-		c.LookupTimeout = 8 * time.Second
+	def(&c.SettleTimeout, 3*time.Second)
+	def(&c.CallTimeout, 12*time.Second)
+	def(&c.LookupTimeout, 8*time.Second)
+	def(&c.MemberHold, 15*time.Second)
+	def(&c.LinkTimeout, 5*time.Second)
+	def(&c.HandshakeTimeout, 3*time.Second)
+	def(&c.StartupWait, 5*time.Second)
+	def(&c.ReListInterval, 10*time.Second)
+	def(&c.ResyncInterval, 10*time.Minute)
+	if c.Incarnation == 0 {
+		c.Incarnation = time.Now().UnixMilli()
 	}
 }
+
+func (c *Config) heartbeat() time.Duration { return max(c.LinkTimeout/5, 10*time.Millisecond) }
 
 // Relay is one node's side of the mesh. It implements gateway.Router and
 // nodepb.NodeService's Forward.
@@ -83,18 +125,22 @@ type Relay struct {
 	log      zerolog.Logger
 	cli      *clientv3.Client
 	local    Local
+	members  *membership
 	dir      *directory
 	cache    *lookupCache // sender side: uid -> holders
 	watchers *watchers    // home side: who caches which uid
+	order    *orderer     // sender side: messages waiting for a lookup
 
 	view atomic.Pointer[view]
 
-	mu       sync.Mutex // guards peers, syncFrom, settled, epochStart, closed
-	peers    map[string]*peer
-	syncFrom map[string]int64
-	settled  chan struct{} // closed once the current epoch is settled
-	epochAt  time.Time
-	closed   bool
+	mu        sync.Mutex // guards peers, inbound, closed, unsettled
+	peers     map[string]*peer
+	inbound   map[string]*inbound // the newest stream from each node
+	unsettled time.Time           // when the presence of the members last stopped being known whole
+	closed    bool
+
+	complete atomic.Pointer[completeness] // cached answer of isComplete
+	gens     atomic.Uint64                // generations of presence registrations
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -102,6 +148,14 @@ type Relay struct {
 
 	// Counters.
 	forwards, forwardFailures, lookups, notHome, remoteKicks, cacheHits atomic.Uint64
+	incompleteAnswers, resyncs, resyncRequests, viewChanges             atomic.Uint64
+	nCands, nHeld, nRefused                                             atomic.Int64
+}
+
+type completeness struct {
+	ok     bool
+	viewID uint64
+	at     time.Time
 }
 
 // New builds a relay; Run watches membership, Close stops it.
@@ -110,42 +164,78 @@ func New(cfg Config, cli *clientv3.Client, local Local, log zerolog.Logger) *Rel
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Relay{
 		cfg: cfg, log: log, cli: cli, local: local, dir: newDirectory(),
-		cache: newLookupCache(), watchers: newWatchers(),
-		peers: map[string]*peer{}, syncFrom: map[string]int64{},
-		settled: make(chan struct{}), epochAt: time.Now(),
+		cache: newLookupCache(), watchers: newWatchers(), order: newOrderer(),
+		peers: map[string]*peer{}, inbound: map[string]*inbound{}, unsettled: time.Now(),
 		ctx: ctx, cancel: cancel,
 	}
-	r.view.Store(newView(0, map[string]string{}))
+	r.members = newMembership(r)
+	r.view.Store(newView(0, nil, false))
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
-		t := time.NewTicker(10 * time.Second)
-		defer t.Stop()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case now := <-t.C:
-				r.watchers.sweep(now)
-				r.cache.sweep(now, r.cfg.LookupTimeout)
-			}
-		}
+		r.housekeeping()
 	}()
 	return r
 }
 
+// housekeeping fails calls past their deadline on every peer, sweeps the
+// caches, and now and then asks every peer stream for a full resync.
+func (r *Relay) housekeeping() {
+	t := time.NewTicker(100 * time.Millisecond)
+	defer t.Stop()
+	nextSweep := time.Now().Add(10 * time.Second)
+	jitter := func() time.Duration { return r.cfg.ResyncInterval/2 + rand.N(r.cfg.ResyncInterval/2+1) }
+	var nextResync time.Time
+	if r.cfg.ResyncInterval > 0 {
+		nextResync = time.Now().Add(jitter())
+	}
+	for {
+		select {
+		case <-r.ctx.Done():
+			return
+		case now := <-t.C:
+			r.mu.Lock()
+			peers := make([]*peer, 0, len(r.peers))
+			for _, p := range r.peers {
+				peers = append(peers, p)
+			}
+			r.mu.Unlock()
+			for _, p := range peers {
+				if p.waiting() {
+					p.expire(now)
+				}
+			}
+			if now.After(nextSweep) {
+				nextSweep = now.Add(10 * time.Second)
+				r.watchers.sweep(now)
+				r.cache.sweep(now, r.cfg.LookupTimeout)
+			}
+			if !nextResync.IsZero() && now.After(nextResync) {
+				nextResync = now.Add(jitter())
+				for _, p := range peers {
+					p.resync()
+				}
+			}
+		}
+	}
+}
+
 // Stats is a snapshot of the relay's counters.
 type Stats struct {
-	Peers, PeersUp, DirectoryUsers int
-	Epoch                          int64
-	Settled                        bool
-	Forwards, ForwardFailures      uint64
-	Lookups, NotHome, RemoteKicks  uint64
-	CacheHits                      uint64
+	Members, Peers, PeersUp, DirectoryUsers int
+	Candidates, Held, Refused               int // registrations seen; members held; registrations refused (twins)
+	Epoch                                   int64
+	ViewID                                  uint64
+	Ready, Complete                         bool
+	Forwards, ForwardFailures               uint64
+	Lookups, NotHome, RemoteKicks           uint64
+	CacheHits, IncompleteAnswers            uint64
+	Resyncs, ResyncRequests, ViewChanges    uint64
 }
 
 // Stats returns the counters.
 func (r *Relay) Stats() Stats {
+	v := r.view.Load()
 	r.mu.Lock()
 	st := Stats{Peers: len(r.peers)}
 	for _, p := range r.peers {
@@ -153,144 +243,165 @@ func (r *Relay) Stats() Stats {
 			st.PeersUp++
 		}
 	}
-	select {
-	case <-r.settled:
-		st.Settled = true
-	default:
-	}
 	r.mu.Unlock()
-	st.Epoch = r.view.Load().epoch
+	st.Members, st.Epoch, st.ViewID, st.Ready = len(v.nodes), v.epoch, v.id, v.ready
+	st.Complete = r.isComplete(time.Now())
+	st.Candidates, st.Held, st.Refused = int(r.nCands.Load()), int(r.nHeld.Load()), int(r.nRefused.Load())
 	st.DirectoryUsers = r.dir.size()
 	st.Forwards, st.ForwardFailures = r.forwards.Load(), r.forwardFailures.Load()
 	st.Lookups, st.NotHome, st.RemoteKicks = r.lookups.Load(), r.notHome.Load(), r.remoteKicks.Load()
-	st.CacheHits = r.cacheHits.Load()
+	st.CacheHits, st.IncompleteAnswers = r.cacheHits.Load(), r.incompleteAnswers.Load()
+	st.Resyncs, st.ResyncRequests, st.ViewChanges = r.resyncs.Load(), r.resyncRequests.Load(), r.viewChanges.Load()
 	return st
 }
 
-// Run watches the membership in etcd until ctx ends.
+// Run watches the registrations in etcd and judges the membership until
+// ctx ends.
 func (r *Relay) Run(ctx context.Context) error {
-	prefix := r.cfg.Schema.NodesPrefix()
-	backoff := 200 * time.Millisecond
-	for ctx.Err() == nil {
-		err := r.watch(ctx, prefix)
-		if ctx.Err() != nil {
-			break
-		}
-		r.log.Warn().Err(err).Msg("membership watch ended; listing again")
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
 		select {
+		case <-r.ctx.Done():
+			cancel()
 		case <-ctx.Done():
-		case <-time.After(backoff + rand.N(backoff)):
 		}
-		backoff = min(backoff*2, 5*time.Second)
-	}
+	}()
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		r.members.loop(ctx)
+	}()
+	r.members.watchEtcd(ctx)
+	<-done
 	return nil
 }
 
-func (r *Relay) watch(ctx context.Context, prefix string) error {
-	gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	resp, err := r.cli.Get(gctx, prefix, clientv3.WithPrefix())
-	cancel()
-	if err != nil {
-		return fmt.Errorf("list members: %w", err)
-	}
-	members := map[string]string{}
-	for _, kv := range resp.Kvs {
-		r.addMember(members, kv.Key, kv.Value)
-	}
-	r.setView(resp.Header.Revision, members)
-	wctx, wcancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer wcancel()
-	for wr := range r.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(resp.Header.Revision+1)) {
-		if err := wr.Err(); err != nil {
-			return err
-		}
-		changed := false
-		for _, ev := range wr.Events {
-			id := r.cfg.Schema.NodeIDFromKey(string(ev.Kv.Key))
-			if id == "" {
-				continue
-			}
-			if ev.Type == clientv3.EventTypeDelete {
-				if _, ok := members[id]; ok {
-					delete(members, id)
-					changed = true
-				}
-				continue
-			}
-			before := members[id]
-			r.addMember(members, ev.Kv.Key, ev.Kv.Value)
-			changed = changed || before != members[id]
-		}
-		if changed {
-			next := make(map[string]string, len(members))
-			for k, v := range members {
-				next[k] = v
-			}
-			r.setView(wr.Header.Revision, next)
-		}
-	}
-	return errors.New("watch channel closed")
-}
-
-func (r *Relay) addMember(members map[string]string, key, value []byte) {
-	id := r.cfg.Schema.NodeIDFromKey(string(key))
-	if id == "" {
-		return
-	}
-	var reg etcdkeys.Registration
-	if err := json.Unmarshal(value, &reg); err != nil || reg.Validate() != nil || reg.ID != id {
-		r.log.Warn().Str("key", string(key)).Msg("ignoring a bad node registration")
-		return
-	}
-	members[id] = reg.GRPCAddr
-}
-
-// setView installs a new membership epoch: drops what departed nodes held,
-// hands the shards that moved to their new homes, and tells every peer once
-// that is queued.
-func (r *Relay) setView(epoch int64, members map[string]string) {
-	old := r.view.Load()
-	next := newView(epoch, members)
-	if next.epoch <= old.epoch && old.epoch != 0 {
-		return
-	}
-	r.view.Store(next)
-	self := r.cfg.NodeID
-
+// Resync registers every local session again with every peer: this
+// node's etcd session was created anew, and peers may have dropped what it
+// had registered.
+func (r *Relay) Resync() {
 	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, p := range r.peers {
+		p.resync()
+	}
+}
+
+func (r *Relay) setPeer(id string, p *peer) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if p == nil {
+		delete(r.peers, id)
+	} else {
+		r.peers[id] = p
+	}
+}
+
+func (r *Relay) goPeer(p *peer) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	if r.closed {
-		r.mu.Unlock()
+		p.close()
 		return
 	}
-	// Peers: one per live member; departed ones are closed.
-	for id, p := range r.peers {
-		if !next.has(id) || next.addrs[id] != p.addr {
-			p.close()
-			delete(r.peers, id)
-			delete(r.syncFrom, id)
-		}
-	}
-	for _, n := range next.nodes {
-		if n.id != self && r.peers[n.id] == nil {
-			p := newPeer(r, n.id, next.addrs[n.id])
-			r.peers[n.id] = p
-			r.wg.Add(1)
-			go func() {
-				defer r.wg.Done()
-				p.run()
-			}()
-		}
-	}
-	r.settled = make(chan struct{})
-	r.epochAt = time.Now()
-	settled := r.settled
-	peers := make(map[string]*peer, len(r.peers))
-	for id, p := range r.peers {
-		peers[id] = p
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		p.run()
+	}()
+}
+
+func (r *Relay) peer(id string) *peer {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.peers[id]
+}
+
+func (r *Relay) addInbound(in *inbound) {
+	r.mu.Lock()
+	r.inbound[in.from] = in
+	r.unsettled = time.Now()
+	r.mu.Unlock()
+	r.complete.Store(nil)
+}
+
+func (r *Relay) removeInbound(in *inbound) {
+	r.mu.Lock()
+	if r.inbound[in.from] == in {
+		delete(r.inbound, in.from)
+		r.unsettled = time.Now()
 	}
 	r.mu.Unlock()
+	r.complete.Store(nil)
+}
 
-	// Forget what departed holders held and the uids no longer homed here.
+func (r *Relay) currentInbound(in *inbound) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.inbound[in.from] == in
+}
+
+// touchSettle forgets the cached completeness after a reset or a SyncDone.
+func (r *Relay) touchSettle() {
+	r.mu.Lock()
+	r.unsettled = time.Now()
+	r.mu.Unlock()
+	r.complete.Store(nil)
+}
+
+// isComplete reports whether this node's directory shard is known whole:
+// its view is ready, and every other member has registered with it for
+// this very view on a stream that is alive (heard from within half the
+// link timeout). Cached for a few milliseconds; every event that can
+// make it false drops the cache.
+func (r *Relay) isComplete(now time.Time) bool {
+	v := r.view.Load()
+	if c := r.complete.Load(); c != nil && c.viewID == v.id && now.Sub(c.at) < 20*time.Millisecond {
+		return c.ok
+	}
+	ok := v.ready
+	fresh := now.Add(-r.cfg.LinkTimeout / 2).UnixNano()
+	r.mu.Lock()
+	for _, n := range v.nodes {
+		if !ok {
+			break
+		}
+		if n.id == r.cfg.NodeID {
+			continue
+		}
+		in := r.inbound[n.id]
+		ok = in != nil && in.synced.Load() == v.id && in.lastRecv.Load() >= fresh
+	}
+	if !ok && r.unsettled.IsZero() {
+		r.unsettled = now
+	}
+	r.mu.Unlock()
+	r.complete.Store(&completeness{ok: ok, viewID: v.id, at: now})
+	return ok
+}
+
+// settleBy is how long a lookup that finds nobody may wait for the
+// directory to become whole: until SettleTimeout after it last stopped
+// being whole.
+func (r *Relay) settleBy() time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.unsettled.Add(r.cfg.SettleTimeout)
+}
+
+// installView makes next the membership view: drops what departed members
+// held and the uids no longer homed here, asks members new to the view to
+// register everything with us, hands the local sessions whose home moved
+// to their new homes, and tells every member SyncDone(view) after them.
+// Called only from the membership goroutine.
+func (r *Relay) installView(next *view) {
+	old := r.view.Load()
+	r.view.Store(next)
+	r.viewChanges.Add(1)
+	self := r.cfg.NodeID
+	r.touchSettle()
+
 	for _, n := range old.nodes {
 		if !next.has(n.id) {
 			r.dir.dropHolder(n.id)
@@ -298,78 +409,51 @@ func (r *Relay) setView(epoch int64, members map[string]string) {
 	}
 	r.dir.dropWhere(func(uid string) bool { return next.home(uid) != self })
 
+	// Anti-entropy: a node that (re)joins our view may have kept its
+	// stream to us up all along while we dropped its entries.
+	r.mu.Lock()
+	for _, n := range next.nodes {
+		if n.id == self || old.has(n.id) {
+			continue
+		}
+		if in := r.inbound[n.id]; in != nil {
+			r.resyncRequests.Add(1)
+			in.out.push(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Resync{Resync: &nodepb.ResyncRequest{}}})
+		}
+	}
+	peers := map[string]*peer{}
+	for _, n := range next.nodes {
+		if p := r.peers[n.id]; p != nil {
+			peers[n.id] = p
+		}
+	}
+	r.mu.Unlock()
+
 	// Register again the local sessions whose home moved.
 	moved := map[string][]*nodepb.PresenceEntry{}
 	r.local.Sessions(func(uid, device string, loginAt int64) {
 		h := next.home(uid)
-		if old.epoch != 0 && old.home(uid) == h && next.has(h) {
+		if old.ready && old.home(uid) == h {
 			return
 		}
 		e := &nodepb.PresenceEntry{Uid: uid, Device: device, Holder: self, LoginAtNs: loginAt, Up: true}
 		if h == self {
-			r.applyPresence(e)
+			r.applyPresence(e, 0)
 			return
 		}
 		moved[h] = append(moved[h], e)
 	})
 	for id, p := range peers {
-		p.presence(moved[id], false)
-		p.enqueue(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_SyncDone{SyncDone: &nodepb.SyncDone{Epoch: epoch}}})
+		p.presence(moved[id])
+		p.enqueue(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_SyncDone{SyncDone: &nodepb.SyncDone{View: next.id}}})
 	}
-	r.log.Info().Int64("epoch", epoch).Int("members", len(next.nodes)).Msg("membership changed")
-	r.checkSettled()
-	// A peer that never answers must not hold lookups forever.
-	time.AfterFunc(r.cfg.SettleTimeout, func() {
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		if r.settled == settled {
-			select {
-			case <-settled:
-			default:
-				r.log.Warn().Int64("epoch", epoch).Msg("membership not settled in time; answering lookups anyway")
-				close(settled)
-			}
-		}
-	})
-}
-
-// noteSync records a peer's SyncDone.
-func (r *Relay) noteSync(from string, epoch int64) {
-	r.mu.Lock()
-	if epoch > r.syncFrom[from] {
-		r.syncFrom[from] = epoch
-	}
-	r.mu.Unlock()
-	r.checkSettled()
-}
-
-func (r *Relay) checkSettled() {
-	v := r.view.Load()
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	select {
-	case <-r.settled:
-		return
-	default:
-	}
-	for _, n := range v.nodes {
-		if n.id != r.cfg.NodeID && r.syncFrom[n.id] < v.epoch {
-			return
-		}
-	}
-	close(r.settled)
-}
-
-func (r *Relay) settledChan() <-chan struct{} {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.settled
+	r.log.Info().Int64("epoch", next.epoch).Strs("members", next.ids()).Msg("membership changed")
 }
 
 // applyPresence records an entry in this node's shard and kicks a session a
 // newer login replaced.
-func (r *Relay) applyPresence(e *nodepb.PresenceEntry) {
-	k := r.dir.apply(e)
+func (r *Relay) applyPresence(e *nodepb.PresenceEntry, gen uint64) {
+	k := r.dir.apply(e, gen)
 	// Whoever cached this uid's holders must look again.
 	for _, n := range r.watchers.take(e.Uid, time.Now()) {
 		if p := r.peer(n); p != nil {
@@ -381,7 +465,7 @@ func (r *Relay) applyPresence(e *nodepb.PresenceEntry) {
 	}
 	r.remoteKicks.Add(1)
 	if k.holder == r.cfg.NodeID {
-		r.local.KickSession(e.Uid, k.device, k.loginAt)
+		r.kickLocal(e.Uid, k.device, k.loginAt)
 		return
 	}
 	if p := r.peer(k.holder); p != nil {
@@ -390,10 +474,14 @@ func (r *Relay) applyPresence(e *nodepb.PresenceEntry) {
 	}
 }
 
-func (r *Relay) peer(id string) *peer {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.peers[id]
+// kickLocal kicks a local session a newer login replaced. Never inline: it
+// may be reached from inside the gateway's SessionUp.
+func (r *Relay) kickLocal(uid, device string, loginAt int64) {
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		r.local.KickSession(uid, device, loginAt)
+	}()
 }
 
 // SessionUp implements gateway.Router.
@@ -410,56 +498,73 @@ func (r *Relay) presenceChange(e *nodepb.PresenceEntry) {
 	h := r.view.Load().home(e.Uid)
 	switch {
 	case h == "":
-		// No membership yet: the first view registers every session.
+		// No view yet: the first view registers every session.
 	case h == r.cfg.NodeID:
-		r.applyPresence(e)
+		r.applyPresence(e, 0)
 	default:
 		if p := r.peer(h); p != nil {
-			p.presence([]*nodepb.PresenceEntry{e}, false)
+			p.presence([]*nodepb.PresenceEntry{e})
 		}
 	}
 }
 
 // Forward implements gateway.Router: find who holds uid (from this node's
 // own shard when it is the uid's home, from the cache, or by asking the
-// home), then deliver through each holder but this node.
+// home), then deliver through each holder but this node. Messages to one
+// uid leave in the order they came, lookups or not (order.go).
 func (r *Relay) Forward(uid string, d *wirepb.Deliver, done gateway.Done) {
 	r.forwards.Add(1)
+	now := time.Now()
+	m := &message{uid: uid, d: d, done: done, deadline: now.Add(r.cfg.LookupTimeout + r.cfg.CallTimeout)}
+	if r.order.join(m) {
+		return
+	}
 	v := r.view.Load()
 	if v.home(uid) == r.cfg.NodeID {
 		// A hit in our own shard is the answer localLookup would give, at
 		// once; a miss may have to wait for the directory to settle.
 		if hs := r.dir.holders(uid); len(hs) > 0 {
 			r.lookups.Add(1)
-			r.forwardTo(uid, d, hs, false, done)
+			r.forwardTo(m, hs, false, !r.isComplete(now))
 			return
 		}
-	} else if hs, ok := r.cache.get(uid, v.epoch, time.Now()); ok {
+	} else if hs, ok := r.cache.get(uid, v.epoch, now); ok {
 		r.cacheHits.Add(1)
-		r.forwardTo(uid, d, hs, true, done)
+		r.forwardTo(m, hs, true, false)
 		return
 	}
-	r.forwardLookup(uid, d, done)
+	if !r.order.begin(m) {
+		return
+	}
+	// Only complete answers from a remote home are cached: that home then
+	// knows to invalidate us. A local lookup costs no round trip anyway.
+	cacheable := v.home(uid) != r.cfg.NodeID
+	epoch := v.epoch
+	r.lookup(uid, now.Add(r.cfg.LookupTimeout), func(holders []string, incomplete bool, reason wirepb.ErrorCode) {
+		if reason == 0 && len(holders) > 0 && cacheable && !incomplete {
+			r.cache.put(uid, holders, epoch, now)
+		}
+		r.order.resolve(uid, func(m *message) {
+			if reason != 0 {
+				r.forwardFailures.Add(1)
+				m.done(0, 0, reason)
+				return
+			}
+			r.forwardTo(m, holders, false, incomplete)
+		})
+	})
 }
 
-func (r *Relay) forwardLookup(uid string, d *wirepb.Deliver, done gateway.Done) {
-	v := r.view.Load()
-	epoch := v.epoch
-	// Only answers from a remote home are cached: that home then knows to
-	// invalidate us. A local lookup costs no round trip anyway.
-	cacheable := v.home(uid) != r.cfg.NodeID
-	started := time.Now()
-	deadline := started.Add(r.cfg.LookupTimeout)
-	r.lookup(uid, deadline, func(holders []string, reason wirepb.ErrorCode) {
+// relookup asks the home again for m, outside the order (the holders it
+// had were wrong), within what is left of m's deadline.
+func (r *Relay) relookup(m *message) {
+	r.lookup(m.uid, earliest(time.Now().Add(r.cfg.LookupTimeout), m.deadline), func(holders []string, incomplete bool, reason wirepb.ErrorCode) {
 		if reason != 0 {
 			r.forwardFailures.Add(1)
-			done(0, 0, reason)
+			m.done(0, 0, reason)
 			return
 		}
-		if len(holders) > 0 && cacheable {
-			r.cache.put(uid, holders, epoch, started)
-		}
-		r.forwardTo(uid, d, holders, false, done)
+		r.forwardTo(m, holders, false, incomplete)
 	})
 }
 
@@ -468,10 +573,8 @@ func (r *Relay) forwardLookup(uid string, d *wirepb.Deliver, done gateway.Done) 
 // calls' answer handler itself, so a forward costs no closures.
 type forwarding struct {
 	r      *Relay
-	uid    string
-	d      *wirepb.Deliver
+	m      *message
 	cached bool
-	done   gateway.Done
 
 	mu      sync.Mutex // guards the fields below
 	parts   int
@@ -479,12 +582,14 @@ type forwarding struct {
 	acked   uint32
 	reason  wirepb.ErrorCode
 	stale   bool // a holder was wrong ("not here") or unreachable
+	retry   bool // every holder surely did not deliver: asking again is safe
 }
 
-// forwardTo delivers through the given holders. When they came from the
-// cache and turn out wrong ("not here", or unreachable), the entry is
-// dropped, and if no device got the message the lookup is done afresh.
-func (r *Relay) forwardTo(uid string, d *wirepb.Deliver, holders []string, cached bool, done gateway.Done) {
+// forwardTo delivers m through the given holders. incomplete: the home
+// could not vouch for the list, so an empty one is not "offline". When the
+// holders came from the cache and turn out wrong, the entry is dropped,
+// and if surely no device got the message the lookup is done afresh.
+func (r *Relay) forwardTo(m *message, holders []string, cached, incomplete bool) {
 	self := r.cfg.NodeID
 	n := 0
 	for _, h := range holders {
@@ -493,31 +598,37 @@ func (r *Relay) forwardTo(uid string, d *wirepb.Deliver, holders []string, cache
 		}
 	}
 	if n == 0 {
-		done(0, 0, 0)
+		if incomplete && len(holders) == 0 {
+			r.incompleteAnswers.Add(1)
+			m.done(0, 0, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
+			return
+		}
+		m.done(0, 0, 0)
 		return
 	}
-	fw := &forwarding{r: r, uid: uid, d: d, cached: cached, done: done, parts: n}
-	deadline := time.Now().Add(r.cfg.CallTimeout)
+	fw := &forwarding{r: r, m: m, cached: cached, parts: n, retry: true}
+	deadline := earliest(time.Now().Add(r.cfg.CallTimeout), m.deadline)
+	d := m.d
 	for _, h := range holders {
 		if h == self {
 			continue
 		}
 		p := r.peer(h)
 		if p == nil {
-			fw.answer(nil, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
+			fw.answer(nil, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE, true)
 			continue
 		}
 		p.call(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Deliver{Deliver: &nodepb.ForwardDeliver{
-			ToUid: uid, MsgId: d.MsgId, FromUid: d.FromUid, FromDevice: d.FromDevice,
+			ToUid: m.uid, MsgId: d.MsgId, FromUid: d.FromUid, FromDevice: d.FromDevice,
 			Payload: d.Payload, ContentType: d.ContentType, SentAtMs: d.SentAtMs,
 		}}}, deadline, fw)
 	}
 }
 
 // answer takes one holder's ForwardResult (or the reason there is none).
-func (fw *forwarding) answer(res *nodepb.ForwardFrame, reason wirepb.ErrorCode) {
+func (fw *forwarding) answer(res *nodepb.ForwardFrame, reason wirepb.ErrorCode, unsent bool) {
 	var devices, acked uint32
-	if reason == 0 {
+	if res != nil {
 		fr := res.GetResult()
 		devices, acked, reason = fr.GetDevices(), fr.GetAcked(), wirepb.ErrorCode(fr.GetReason())
 	}
@@ -529,47 +640,62 @@ func (fw *forwarding) answer(res *nodepb.ForwardFrame, reason wirepb.ErrorCode) 
 		fw.reason = reason
 	}
 	// Unreachable, or "not here" (it reports no device): the cached holders
-	// were wrong.
+	// were wrong. Only a definite "not here", or a request that never left
+	// this node, proves nothing was delivered through that holder: a holder
+	// that died after its device got the message must not turn into
+	// OFFLINE.
+	notHere := res != nil && devices == 0 && reason == 0
 	fw.stale = fw.stale || res == nil || devices == 0
+	fw.retry = fw.retry && (notHere || (res == nil && unsent))
 	last := fw.parts == 0
 	devices, acked, reason = fw.devices, fw.acked, fw.reason
-	stale := fw.stale
+	stale, retry := fw.stale, fw.retry
 	fw.mu.Unlock()
 	if !last {
 		return
 	}
+	m := fw.m
 	if fw.cached && stale {
-		fw.r.cache.drop(fw.uid)
-		if devices == 0 {
-			fw.r.forwardLookup(fw.uid, fw.d, fw.done) // nobody got it: ask the home
+		fw.r.cache.drop(m.uid)
+		if devices == 0 && retry && time.Now().Before(m.deadline) {
+			fw.r.relookup(m) // nobody got it: ask the home
 			return
 		}
 	}
-	fw.done(devices, acked, reason)
+	if devices == 0 && reason != 0 {
+		fw.r.forwardFailures.Add(1)
+	}
+	m.done(devices, acked, reason)
 }
 
 // lookup finds the holders of uid through its home, retrying while views
-// disagree, until deadline.
-func (r *Relay) lookup(uid string, deadline time.Time, cb func(holders []string, reason wirepb.ErrorCode)) {
+// disagree or the home is unreachable, until deadline.
+func (r *Relay) lookup(uid string, deadline time.Time, cb func(holders []string, incomplete bool, reason wirepb.ErrorCode)) {
 	r.lookups.Add(1)
 	if r.ctx.Err() != nil {
-		cb(nil, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
+		cb(nil, false, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
 		return
 	}
 	v := r.view.Load()
 	h := v.home(uid)
 	retry := func() {
-		if time.Now().After(deadline) {
-			cb(nil, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
+		if time.Now().Add(100 * time.Millisecond).After(deadline) {
+			cb(nil, false, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
 			return
 		}
 		time.AfterFunc(100*time.Millisecond, func() { r.lookup(uid, deadline, cb) })
 	}
 	switch {
 	case h == "":
-		retry() // no membership yet
+		retry() // no view yet
 	case h == r.cfg.NodeID:
-		r.localLookup(uid, "", deadline, func(res *nodepb.LookupResponse) { cb(res.Holders, 0) })
+		r.localLookup(uid, "", deadline, func(res *nodepb.LookupResponse) {
+			if res.NotHome {
+				retry()
+				return
+			}
+			cb(res.Holders, res.Incomplete, 0)
+		})
 	default:
 		p := r.peer(h)
 		if p == nil {
@@ -577,26 +703,28 @@ func (r *Relay) lookup(uid string, deadline time.Time, cb func(holders []string,
 			return
 		}
 		p.call(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Lookup{Lookup: &nodepb.LookupRequest{Uid: uid}}},
-			deadline, answerFunc(func(res *nodepb.ForwardFrame, reason wirepb.ErrorCode) {
+			deadline, answerFunc(func(res *nodepb.ForwardFrame, reason wirepb.ErrorCode, _ bool) {
 				switch lr := res.GetLookupResult(); {
 				case reason == wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE:
 					// The home is unreachable: it died, and its lease will
 					// end, moving its shard; ask again until the deadline.
 					retry()
 				case reason != 0:
-					cb(nil, reason)
+					cb(nil, false, reason)
 				case lr.GetNotHome():
 					r.notHome.Add(1)
 					retry()
 				default:
-					cb(lr.GetHolders(), 0)
+					cb(lr.GetHolders(), lr.GetIncomplete(), 0)
 				}
 			}))
 	}
 }
 
 // localLookup answers a lookup for a uid this node may be home for. A miss
-// waits until the current epoch is settled (or deadline), then looks again.
+// while the directory is not known whole waits for it (bounded by deadline
+// and SettleTimeout), then answers what it has, marked incomplete when
+// still not whole.
 func (r *Relay) localLookup(uid, from string, deadline time.Time, answer func(*nodepb.LookupResponse)) {
 	if r.view.Load().home(uid) != r.cfg.NodeID {
 		answer(&nodepb.LookupResponse{NotHome: true})
@@ -606,35 +734,59 @@ func (r *Relay) localLookup(uid, from string, deadline time.Time, answer func(*n
 		// Before reading: any change after this point invalidates from's cache.
 		r.watchers.add(uid, from, time.Now())
 	}
+	now := time.Now()
 	if hs := r.dir.holders(uid); len(hs) > 0 {
-		answer(&nodepb.LookupResponse{Holders: hs})
+		answer(&nodepb.LookupResponse{Holders: hs, Incomplete: !r.isComplete(now)})
 		return
 	}
-	settled := r.settledChan()
-	select {
-	case <-settled:
+	if r.isComplete(now) {
 		answer(&nodepb.LookupResponse{})
 		return
-	default:
 	}
-	// Shards are moving: wait, then answer from what arrived.
+	until := earliest(deadline.Add(-200*time.Millisecond), r.settleBy())
+	if !now.Before(until) {
+		answer(&nodepb.LookupResponse{Incomplete: true})
+		return
+	}
+	// Members are (re)registering: wait, then answer from what arrived.
+	r.wg.Add(1)
 	go func() {
-		t := time.NewTimer(time.Until(deadline))
+		defer r.wg.Done()
+		t := time.NewTicker(20 * time.Millisecond)
 		defer t.Stop()
-		select {
-		case <-settled:
-		case <-t.C:
-		case <-r.ctx.Done():
+		for {
+			select {
+			case now = <-t.C:
+			case <-r.ctx.Done():
+				answer(&nodepb.LookupResponse{Incomplete: true})
+				return
+			}
+			if r.view.Load().home(uid) != r.cfg.NodeID {
+				answer(&nodepb.LookupResponse{NotHome: true})
+				return
+			}
+			complete := r.isComplete(now)
+			if hs := r.dir.holders(uid); len(hs) > 0 || complete || !now.Before(until) {
+				answer(&nodepb.LookupResponse{Holders: hs, Incomplete: !complete})
+				return
+			}
 		}
-		if r.view.Load().home(uid) != r.cfg.NodeID {
-			answer(&nodepb.LookupResponse{NotHome: true})
-			return
-		}
-		answer(&nodepb.LookupResponse{Holders: r.dir.holders(uid)})
 	}()
 }
 
-// Close stops every stream and waits for the peers' goroutines.
+func earliest(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+// Members returns the ids in the current view, sorted.
+func (r *Relay) Members() []string {
+	return slices.Clone(r.view.Load().ids())
+}
+
+// Close stops every stream and waits for the relay's goroutines.
 func (r *Relay) Close() {
 	r.mu.Lock()
 	r.closed = true

@@ -6,12 +6,17 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/imgate/imgate/proto/etcdkeys"
 	"github.com/imgate/imgate/proto/nodepb"
 	"github.com/imgate/imgate/proto/wirepb"
 )
@@ -22,15 +27,19 @@ const (
 	MaxBatchBytes = 1 << 20
 	MaxMsgSize    = 16 << 20
 	maxQueued     = 200_000 // frames waiting on one stream before calls fail fast
+	resyncChunk   = 10_000  // presence entries per frame in a resync
 )
 
 // sendQueue is the frames waiting for a stream's one sending goroutine.
-// push never blocks; presence entries merge into the last queued update.
+// push never blocks. A resync request is a mark in the queue: the frames
+// queued before it carry presence the resync supersedes.
 type sendQueue struct {
-	mu     sync.Mutex // guards frames, closed
-	frames []*nodepb.ForwardFrame
-	closed bool
-	wake   chan struct{}
+	mu       sync.Mutex // guards frames, closed, resync, resyncAt
+	frames   []*nodepb.ForwardFrame
+	closed   bool
+	resync   bool
+	resyncAt int // frames[:resyncAt] were queued before the resync was asked for
+	wake     chan struct{}
 }
 
 func newSendQueue() *sendQueue { return &sendQueue{wake: make(chan struct{}, 1)} }
@@ -38,13 +47,30 @@ func newSendQueue() *sendQueue { return &sendQueue{wake: make(chan struct{}, 1)}
 func (q *sendQueue) push(f *nodepb.ForwardFrame) bool {
 	q.mu.Lock()
 	if q.closed || len(q.frames) >= maxQueued {
+		full := !q.closed
 		q.mu.Unlock()
+		if full && f.GetPresence() != nil {
+			// A presence update must never be lost silently: register
+			// everything again instead.
+			q.requestResync()
+		}
 		return false
 	}
 	q.frames = append(q.frames, f)
 	q.mu.Unlock()
 	q.signal()
 	return true
+}
+
+// requestResync asks the sender to register every session again before the
+// frames queued from now on.
+func (q *sendQueue) requestResync() {
+	q.mu.Lock()
+	if !q.closed && !q.resync {
+		q.resync, q.resyncAt = true, len(q.frames)
+	}
+	q.mu.Unlock()
+	q.signal()
 }
 
 func (q *sendQueue) signal() {
@@ -54,12 +80,14 @@ func (q *sendQueue) signal() {
 	}
 }
 
-func (q *sendQueue) take() []*nodepb.ForwardFrame {
+// take returns what is queued; with resync, before is how many of the
+// frames were queued before the resync request.
+func (q *sendQueue) take() (frames []*nodepb.ForwardFrame, resync bool, before int) {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	f := q.frames
-	q.frames = nil
-	return f
+	frames, resync, before = q.frames, q.resync, q.resyncAt
+	q.frames, q.resync, q.resyncAt = nil, false, 0
+	return
 }
 
 func (q *sendQueue) close() {
@@ -91,9 +119,13 @@ func sendAll(send func(*nodepb.ForwardBatch) error, frames []*nodepb.ForwardFram
 	return send(b)
 }
 
-// peer is this node's outgoing Forward stream to one other node: the
+var heartbeatFrame = &nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Heartbeat{Heartbeat: &nodepb.Heartbeat{}}}
+
+// peer is this node's outgoing Forward stream to one registered node: the
 // requests this node starts (deliveries, lookups), its presence updates for
-// uids homed there, and sync markers. Answers come back on the same stream.
+// uids homed there, sync markers and heartbeats. Answers come back on the
+// same stream. membership creates one per registration and closes it when
+// the registration is gone for good.
 type peer struct {
 	r    *Relay
 	id   string
@@ -104,7 +136,7 @@ type peer struct {
 
 	mu      sync.Mutex // guards state, pending, seq, q
 	state   peerState
-	pending map[uint64]pendingCall
+	pending map[uint64]*pendingCall
 	seq     uint64
 	q       *sendQueue
 }
@@ -112,7 +144,7 @@ type peer struct {
 type peerState int
 
 const (
-	peerConnecting peerState = iota // calls wait in the queue
+	peerConnecting peerState = iota // calls wait in the queue, under their deadlines
 	peerUp
 	peerDown // calls fail at once; presence is resent on reconnect
 )
@@ -120,22 +152,26 @@ const (
 type pendingCall struct {
 	deadline time.Time
 	a        answerer
+	sent     bool // handed to the stream: it may have reached the peer
 }
 
 // answerer takes the answer to a call: the peer's frame, or (nil, reason)
-// when the stream failed or the deadline passed.
+// when the stream failed or the deadline passed. unsent says the request
+// never left this node, so nothing can have been delivered.
 type answerer interface {
-	answer(*nodepb.ForwardFrame, wirepb.ErrorCode)
+	answer(res *nodepb.ForwardFrame, reason wirepb.ErrorCode, unsent bool)
 }
 
 // answerFunc makes a function an answerer.
-type answerFunc func(*nodepb.ForwardFrame, wirepb.ErrorCode)
+type answerFunc func(*nodepb.ForwardFrame, wirepb.ErrorCode, bool)
 
-func (f answerFunc) answer(res *nodepb.ForwardFrame, reason wirepb.ErrorCode) { f(res, reason) }
+func (f answerFunc) answer(res *nodepb.ForwardFrame, reason wirepb.ErrorCode, unsent bool) {
+	f(res, reason, unsent)
+}
 
 func newPeer(r *Relay, id, addr string) *peer {
 	ctx, cancel := context.WithCancel(r.ctx)
-	return &peer{r: r, id: id, addr: addr, ctx: ctx, cancel: cancel, pending: map[uint64]pendingCall{}, q: newSendQueue()}
+	return &peer{r: r, id: id, addr: addr, ctx: ctx, cancel: cancel, pending: map[uint64]*pendingCall{}, q: newSendQueue()}
 }
 
 func (p *peer) isUp() bool {
@@ -150,9 +186,9 @@ func (p *peer) close() { p.cancel() }
 // the answer, or with a reason when the stream fails or deadline passes.
 func (p *peer) call(f *nodepb.ForwardFrame, deadline time.Time, a answerer) {
 	p.mu.Lock()
-	if p.state == peerDown {
+	if p.state == peerDown || p.ctx.Err() != nil {
 		p.mu.Unlock()
-		a.answer(nil, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
+		a.answer(nil, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE, true)
 		return
 	}
 	p.seq++
@@ -163,17 +199,17 @@ func (p *peer) call(f *nodepb.ForwardFrame, deadline time.Time, a answerer) {
 	case *nodepb.ForwardFrame_Lookup:
 		b.Lookup.Seq = seq
 	}
-	p.pending[seq] = pendingCall{deadline: deadline, a: a}
+	p.pending[seq] = &pendingCall{deadline: deadline, a: a}
 	q := p.q
 	p.mu.Unlock()
 	if !q.push(f) {
 		if c, ok := p.takePending(seq); ok {
-			c.a.answer(nil, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
+			c.a.answer(nil, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE, !c.sent)
 		}
 	}
 }
 
-func (p *peer) takePending(seq uint64) (pendingCall, bool) {
+func (p *peer) takePending(seq uint64) (*pendingCall, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	c, ok := p.pending[seq]
@@ -183,8 +219,29 @@ func (p *peer) takePending(seq uint64) (pendingCall, bool) {
 	return c, ok
 }
 
-// enqueue sends a one-way frame (SyncDone, KickSession); dropped while the
-// stream is down, because a new stream starts with a full resync.
+// markSent records that the calls among frames are about to be written.
+func (p *peer) markSent(frames []*nodepb.ForwardFrame) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, f := range frames {
+		var seq uint64
+		switch b := f.Body.(type) {
+		case *nodepb.ForwardFrame_Deliver:
+			seq = b.Deliver.Seq
+		case *nodepb.ForwardFrame_Lookup:
+			seq = b.Lookup.Seq
+		default:
+			continue
+		}
+		if c := p.pending[seq]; c != nil {
+			c.sent = true
+		}
+	}
+}
+
+// enqueue sends a one-way frame (SyncDone, KickSession, Invalidate);
+// dropped while the stream is down, because a new stream starts with a
+// full resync.
 func (p *peer) enqueue(f *nodepb.ForwardFrame) {
 	p.mu.Lock()
 	q, down := p.q, p.state == peerDown
@@ -195,34 +252,34 @@ func (p *peer) enqueue(f *nodepb.ForwardFrame) {
 }
 
 // presence queues presence entries for this peer.
-func (p *peer) presence(entries []*nodepb.PresenceEntry, reset bool) {
-	if len(entries) == 0 && !reset {
-		return
+func (p *peer) presence(entries []*nodepb.PresenceEntry) {
+	if len(entries) > 0 {
+		p.enqueue(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Presence{Presence: &nodepb.PresenceUpdate{Entries: entries}}})
 	}
-	p.enqueue(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Presence{Presence: &nodepb.PresenceUpdate{Entries: entries, ResetHolder: reset}}})
+}
+
+// resync asks for every session homed at this peer to be registered again.
+func (p *peer) resync() {
+	p.mu.Lock()
+	q := p.q
+	p.mu.Unlock()
+	q.requestResync()
 }
 
 // failAll answers every pending call with reason.
 func (p *peer) failAll(reason wirepb.ErrorCode) {
 	p.mu.Lock()
 	pending := p.pending
-	p.pending = map[uint64]pendingCall{}
+	p.pending = map[uint64]*pendingCall{}
 	p.mu.Unlock()
 	for _, c := range pending {
-		c.a.answer(nil, reason)
+		c.a.answer(nil, reason, !c.sent)
 	}
 }
 
-// expire fails calls past their deadline.
-// waiting reports whether calls wait for answers.
-func (p *peer) waiting() bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return len(p.pending) > 0
-}
-
+// expire fails calls past their deadline, whatever the stream's state.
 func (p *peer) expire(now time.Time) {
-	var late []pendingCall
+	var late []*pendingCall
 	p.mu.Lock()
 	for seq, c := range p.pending {
 		if now.After(c.deadline) {
@@ -232,9 +289,17 @@ func (p *peer) expire(now time.Time) {
 	}
 	p.mu.Unlock()
 	for _, c := range late {
-		c.a.answer(nil, wirepb.ErrorCode_ERROR_CODE_DELIVERY_TIMEOUT)
+		c.a.answer(nil, wirepb.ErrorCode_ERROR_CODE_DELIVERY_TIMEOUT, !c.sent)
 	}
 }
+
+func (p *peer) waiting() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.pending) > 0
+}
+
+var errRefused = errors.New("another node answers at this address")
 
 func (p *peer) run() {
 	defer p.failAll(wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
@@ -244,128 +309,194 @@ func (p *peer) run() {
 	}
 	conn, err := grpc.NewClient(p.addr,
 		grpc.WithTransportCredentials(creds),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			MinConnectTimeout: p.r.cfg.HandshakeTimeout,
+		}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMsgSize), grpc.MaxCallSendMsgSize(MaxMsgSize)))
 	if err != nil {
 		p.r.log.Error().Err(err).Str("peer", p.id).Msg("bad peer address")
+		p.r.members.linkDown(p)
 		return
 	}
 	defer conn.Close()
 	cli := nodepb.NewNodeServiceClient(conn)
-	backoff := 100 * time.Millisecond
+	retry := 100 * time.Millisecond
 	for p.ctx.Err() == nil {
 		start := time.Now()
-		err := p.stream(cli)
+		wasUp, err := p.stream(cli)
 		if p.ctx.Err() != nil {
 			return
 		}
-		// Down: fail what waits, refuse new calls until the next attempt.
+		// Down: fail what waits (what was never written says so), refuse
+		// new calls until the next attempt.
 		p.mu.Lock()
 		p.state = peerDown
 		p.q.close()
 		p.q = newSendQueue()
 		p.mu.Unlock()
 		p.failAll(wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
-		if time.Since(start) > 10*time.Second {
-			backoff = 100 * time.Millisecond
+		var refused *refusal
+		if errors.As(err, &refused) {
+			p.r.members.linkRefused(p, refused.actual)
+		} else {
+			p.r.members.linkDown(p)
 		}
-		p.r.log.Warn().Err(err).Str("peer", p.id).Dur("retry_in", backoff).Msg("forward stream down")
+		if time.Since(start) > 10*time.Second {
+			retry = 100 * time.Millisecond
+		}
+		wait := retry + rand.N(retry/2+1)
+		if refused != nil {
+			wait = 5*time.Second + rand.N(time.Second)
+		}
+		ev := p.r.log.Debug()
+		if wasUp {
+			ev = p.r.log.Warn()
+		}
+		ev.Err(err).Str("peer", p.id).Dur("retry_in", wait).Msg("forward stream down")
 		select {
 		case <-p.ctx.Done():
 			return
-		case <-time.After(backoff + rand.N(backoff/2+1)):
+		case <-time.After(wait):
 		}
-		backoff = min(backoff*2, 2*time.Second)
+		retry = min(retry*2, 2*time.Second)
 		p.mu.Lock()
 		p.state = peerConnecting
 		p.mu.Unlock()
 	}
 }
 
-// stream runs one Forward stream until it fails.
-func (p *peer) stream(cli nodepb.NodeServiceClient) error {
+type refusal struct{ actual string }
+
+func (e *refusal) Error() string { return fmt.Sprintf("%v: %q", errRefused, e.actual) }
+
+// stream runs one Forward stream until it fails: the handshake, a full
+// resync of the sessions homed at the peer, then whatever is queued, with
+// heartbeats when idle. up says the handshake succeeded.
+func (p *peer) stream(cli nodepb.NodeServiceClient) (up bool, err error) {
 	ctx, cancel := context.WithCancel(p.ctx)
 	defer cancel()
-	st, err := cli.Forward(ctx, grpc.WaitForReady(true))
+	cfg := &p.r.cfg
+	// The handshake — connect, open, Hello both ways — has one deadline:
+	// a registration whose address answers TCP but not gRPC (or nothing)
+	// never holds a call longer than this.
+	hs := time.AfterFunc(cfg.HandshakeTimeout, cancel)
+	st, err := cli.Forward(ctx)
 	if err != nil {
-		return fmt.Errorf("open: %w", err)
+		hs.Stop()
+		return false, fmt.Errorf("open: %w", err)
 	}
-	// The stream starts with who we are and a full resync of the sessions
-	// homed at this peer; anything queued before is superseded by it.
-	self := p.r.cfg.NodeID
-	v := p.r.view.Load()
+	self := cfg.NodeID
+	hello := &nodepb.ForwardBatch{Frames: []*nodepb.ForwardFrame{{Body: &nodepb.ForwardFrame_Hello{Hello: &nodepb.Hello{
+		NodeId: self, Expect: p.id, Incarnation: cfg.Incarnation}}}}}
+	if err := st.Send(hello); err != nil {
+		hs.Stop()
+		return false, fmt.Errorf("hello: %w", err)
+	}
+	first, err := st.Recv()
+	if !hs.Stop() {
+		return false, errors.New("handshake timed out")
+	}
+	if err != nil {
+		return false, fmt.Errorf("hello: %w", err)
+	}
+	var reply *nodepb.Hello
+	if len(first.Frames) > 0 {
+		reply = first.Frames[0].GetHello()
+	}
+	switch {
+	case reply == nil:
+		return false, errors.New("the peer did not answer Hello")
+	case reply.NodeId != p.id:
+		return false, &refusal{actual: reply.NodeId}
+	}
+	var lastRecv atomic.Int64
+	lastRecv.Store(time.Now().UnixNano())
 	p.mu.Lock()
-	var entries []*nodepb.PresenceEntry
-	p.r.local.Sessions(func(uid, device string, loginAt int64) {
-		if v.home(uid) == p.id {
-			entries = append(entries, &nodepb.PresenceEntry{Uid: uid, Device: device, Holder: self, LoginAtNs: loginAt, Up: true})
-		}
-	})
-	queued := p.q.take()
 	p.state = peerUp
 	q := p.q
 	p.mu.Unlock()
-	first := []*nodepb.ForwardFrame{{Body: &nodepb.ForwardFrame_Hello{Hello: &nodepb.Hello{NodeId: self}}}}
-	first = append(first, &nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Presence{Presence: &nodepb.PresenceUpdate{ResetHolder: true}}})
-	for len(entries) > 0 {
-		n := min(len(entries), 10_000)
-		first = append(first, &nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Presence{Presence: &nodepb.PresenceUpdate{Entries: entries[:n]}}})
-		entries = entries[n:]
-	}
-	first = append(first, &nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_SyncDone{SyncDone: &nodepb.SyncDone{Epoch: v.epoch}}})
-	for _, f := range queued {
-		if f.GetPresence() == nil { // presence is in the resync already
-			first = append(first, f)
-		}
-	}
-	if err := sendAll(st.Send, first); err != nil {
-		return fmt.Errorf("send: %w", err)
-	}
+	p.r.members.linkUp(p, reply.Incarnation)
+	q.requestResync() // every stream starts with a full registration
 
 	recvErr := make(chan error, 1)
-	go func() { recvErr <- p.receive(st) }()
-	// Deadlines are checked only while calls wait for answers: an idle
-	// peer costs no wakeups (a fleet has N×(N-1) of these streams). A new
-	// call always wakes the loop (its frame is queued), which starts the
-	// ticker.
-	var tick *time.Ticker
-	var tickC <-chan time.Time
-	defer func() {
-		if tick != nil {
-			tick.Stop()
-		}
-	}()
+	go func() { recvErr <- p.receive(st, &lastRecv) }()
+	// A heartbeat every interval, busy or not: the peer answers each, and
+	// its answers are what proves the link alive when nothing else comes
+	// back (presence updates have no answer).
+	beat := time.NewTicker(cfg.heartbeat())
+	defer beat.Stop()
 	for {
-		switch busy := p.waiting(); {
-		case busy && tick == nil:
-			tick = time.NewTicker(250 * time.Millisecond)
-			tickC = tick.C
-		case !busy && tick != nil:
-			tick.Stop()
-			tick, tickC = nil, nil
-		}
 		select {
 		case <-ctx.Done():
 			_ = st.CloseSend()
-			return ctx.Err()
+			return true, ctx.Err()
 		case err := <-recvErr:
-			return fmt.Errorf("recv: %w", err)
-		case now := <-tickC:
-			p.expire(now)
+			return true, fmt.Errorf("recv: %w", err)
+		case now := <-beat.C:
+			if silent := now.Sub(time.Unix(0, lastRecv.Load())); silent > cfg.LinkTimeout {
+				return true, fmt.Errorf("nothing heard for %v", silent.Round(time.Millisecond))
+			}
+			if err := st.Send(&nodepb.ForwardBatch{Frames: []*nodepb.ForwardFrame{heartbeatFrame}}); err != nil {
+				return true, fmt.Errorf("send: %w", err)
+			}
 		case <-q.wake:
-			if err := sendAll(st.Send, q.take()); err != nil {
-				return fmt.Errorf("send: %w", err)
+			frames, resync, before := q.take()
+			if resync {
+				frames = p.withResync(frames, before)
+			}
+			if len(frames) == 0 {
+				continue
+			}
+			p.markSent(frames)
+			if err := sendAll(st.Send, frames); err != nil {
+				return true, fmt.Errorf("send: %w", err)
 			}
 		}
 	}
 }
 
-// receive handles the peer's answers and kicks; the one receiving goroutine.
-func (p *peer) receive(st nodepb.NodeService_ForwardClient) error {
+// withResync puts a full registration of the sessions homed at the peer
+// where the resync was asked for: what was queued before it keeps its
+// calls and one-way frames, but its presence and sync markers are
+// superseded by the resync; what was queued after follows it.
+func (p *peer) withResync(frames []*nodepb.ForwardFrame, before int) []*nodepb.ForwardFrame {
+	out := make([]*nodepb.ForwardFrame, 0, len(frames)+3)
+	for _, f := range frames[:before] {
+		if f.GetPresence() == nil && f.GetSyncDone() == nil {
+			out = append(out, f)
+		}
+	}
+	self := p.r.cfg.NodeID
+	v := p.r.view.Load()
+	var entries []*nodepb.PresenceEntry
+	if v.has(p.id) {
+		p.r.local.Sessions(func(uid, device string, loginAt int64) {
+			if v.home(uid) == p.id {
+				entries = append(entries, &nodepb.PresenceEntry{Uid: uid, Device: device, Holder: self, LoginAtNs: loginAt, Up: true})
+			}
+		})
+	}
+	out = append(out, &nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Presence{Presence: &nodepb.PresenceUpdate{ResetHolder: true}}})
+	for len(entries) > 0 {
+		n := min(len(entries), resyncChunk)
+		out = append(out, &nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Presence{Presence: &nodepb.PresenceUpdate{Entries: entries[:n]}}})
+		entries = entries[n:]
+	}
+	out = append(out, &nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_SyncDone{SyncDone: &nodepb.SyncDone{View: v.id}}})
+	p.r.resyncs.Add(1)
+	return append(out, frames[before:]...)
+}
+
+// receive handles the peer's answers, kicks and resync requests; the one
+// receiving goroutine of the stream.
+func (p *peer) receive(st nodepb.NodeService_ForwardClient, lastRecv *atomic.Int64) error {
 	for {
 		b, err := st.Recv()
 		if err != nil {
 			return err
 		}
+		lastRecv.Store(time.Now().UnixNano())
 		for _, f := range b.Frames {
 			var seq uint64
 			switch body := f.Body.(type) {
@@ -375,16 +506,30 @@ func (p *peer) receive(st nodepb.NodeService_ForwardClient) error {
 				seq = body.LookupResult.Seq
 			case *nodepb.ForwardFrame_Kick:
 				k := body.Kick
-				p.r.local.KickSession(k.Uid, k.Device, k.LoginAtNs)
+				p.r.kickLocal(k.Uid, k.Device, k.LoginAtNs)
+				continue
+			case *nodepb.ForwardFrame_Resync:
+				p.resync()
 				continue
 			default:
 				continue
 			}
 			if c, ok := p.takePending(seq); ok {
-				c.a.answer(f, 0)
+				c.a.answer(f, 0, false)
 			}
 		}
 	}
+}
+
+// inbound is one Forward stream another node opened to this one.
+type inbound struct {
+	from     string
+	out      *sendQueue
+	lastRecv atomic.Int64 // unix ns of the last batch received
+	// Written only by the stream's receiving goroutine; read by complete.
+	synced atomic.Uint64 // view id of the last SyncDone since the last reset (0: none)
+	gen    uint64        // generation of this stream's presence entries
+	sweep  bool          // a reset awaits its SyncDone, which sweeps older generations
 }
 
 // ServeStream is the receiving side of a Forward stream (the gRPC handler).
@@ -393,47 +538,85 @@ func (r *Relay) ServeStream(st nodepb.NodeService_ForwardServer) error {
 	if err != nil {
 		return err
 	}
-	if len(first.Frames) == 0 || first.Frames[0].GetHello() == nil {
-		return errors.New("relay: a Forward stream must start with Hello")
+	var hello *nodepb.Hello
+	if len(first.Frames) > 0 {
+		hello = first.Frames[0].GetHello()
 	}
-	from := first.Frames[0].GetHello().NodeId
-	out := newSendQueue()
-	defer out.close()
-	sendErr := make(chan error, 1)
+	if hello == nil || !etcdkeys.ValidNodeID(hello.NodeId) {
+		return status.Error(codes.InvalidArgument, "relay: a Forward stream must start with Hello from a valid node id")
+	}
+	// Answer with who we are first: a dialer that expected another node
+	// (its registration is a copy or stale) learns it and goes away.
+	if err := st.Send(&nodepb.ForwardBatch{Frames: []*nodepb.ForwardFrame{{Body: &nodepb.ForwardFrame_Hello{Hello: &nodepb.Hello{
+		NodeId: r.cfg.NodeID, Incarnation: r.cfg.Incarnation}}}}}); err != nil {
+		return err
+	}
+	if hello.Expect != "" && hello.Expect != r.cfg.NodeID {
+		return status.Errorf(codes.FailedPrecondition, "relay: this is node %q, not %q", r.cfg.NodeID, hello.Expect)
+	}
+	in := &inbound{from: hello.NodeId, out: newSendQueue()}
+	in.lastRecv.Store(time.Now().UnixNano())
+	r.addInbound(in)
+	defer r.removeInbound(in)
+	defer in.out.close()
+
 	ctx := st.Context()
+	sendErr := make(chan error, 1)
 	go func() {
 		for {
 			select {
 			case <-ctx.Done():
 				sendErr <- ctx.Err()
 				return
-			case <-out.wake:
-				if err := sendAll(st.Send, out.take()); err != nil {
+			case <-in.out.wake:
+				frames, _, _ := in.out.take()
+				if err := sendAll(st.Send, frames); err != nil {
 					sendErr <- err
 					return
 				}
 			}
 		}
 	}()
-	r.handle(from, first.Frames[1:], out)
-	for {
-		b, err := st.Recv()
-		if err != nil {
-			out.close()
-			<-sendErr
-			return nil
+	recvDone := make(chan struct{})
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		defer close(recvDone)
+		r.handle(in, first.Frames[1:])
+		for {
+			b, err := st.Recv()
+			if err != nil {
+				return
+			}
+			in.lastRecv.Store(time.Now().UnixNano())
+			r.handle(in, b.Frames)
 		}
-		r.handle(from, b.Frames, out)
+	}()
+	beat := time.NewTicker(r.cfg.heartbeat())
+	defer beat.Stop()
+	for {
 		select {
+		case <-recvDone:
+			return nil
 		case err := <-sendErr:
 			return err
-		default:
+		case <-r.ctx.Done():
+			return status.Error(codes.Unavailable, "relay: node shutting down")
+		case now := <-beat.C:
+			// The dialer beats at least every heartbeat interval; silence
+			// past the link timeout is a dead link (a partition sends no
+			// FIN): end the stream so this home stops counting on it.
+			if silent := now.Sub(time.Unix(0, in.lastRecv.Load())); silent > r.cfg.LinkTimeout {
+				r.log.Warn().Str("peer", in.from).Dur("silent", silent).Msg("inbound forward stream silent; ending it")
+				return status.Error(codes.DeadlineExceeded, "relay: nothing heard within the link timeout")
+			}
 		}
 	}
 }
 
 // handle applies the frames a peer sent on its stream; answers go to out.
-func (r *Relay) handle(from string, frames []*nodepb.ForwardFrame, out *sendQueue) {
+func (r *Relay) handle(in *inbound, frames []*nodepb.ForwardFrame) {
+	from, out := in.from, in.out
 	for _, f := range frames {
 		switch body := f.Body.(type) {
 		case *nodepb.ForwardFrame_Deliver:
@@ -447,32 +630,47 @@ func (r *Relay) handle(from string, frames []*nodepb.ForwardFrame, out *sendQueu
 					Seq: seq, Devices: devices, Acked: acked, Reason: int32(reason)}}})
 			})
 		case *nodepb.ForwardFrame_Presence:
+			if !r.currentInbound(in) {
+				continue // a newer stream from the same node supersedes this one
+			}
 			if body.Presence.ResetHolder {
-				r.dir.dropHolder(from)
+				in.synced.Store(0)
+				in.gen, in.sweep = r.gens.Add(1), true
+				r.touchSettle()
 			}
 			for _, e := range body.Presence.Entries {
 				if e.Holder != from {
 					continue // a node speaks only for itself
 				}
-				r.applyPresence(e)
+				r.applyPresence(e, in.gen)
 			}
+		case *nodepb.ForwardFrame_SyncDone:
+			if !r.currentInbound(in) {
+				continue
+			}
+			if in.sweep {
+				r.dir.sweep(from, in.gen) // the registration of this generation is whole
+				in.sweep = false
+			}
+			in.synced.Store(body.SyncDone.View)
+			r.touchSettle()
 		case *nodepb.ForwardFrame_Lookup:
 			seq := body.Lookup.Seq
 			r.localLookup(body.Lookup.Uid, from, time.Now().Add(r.cfg.LookupTimeout), func(res *nodepb.LookupResponse) {
 				res.Seq = seq
 				out.push(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_LookupResult{LookupResult: res}})
 			})
-		case *nodepb.ForwardFrame_SyncDone:
-			r.noteSync(from, body.SyncDone.Epoch)
 		case *nodepb.ForwardFrame_Kick:
 			// A home tells us (on its own stream) that a newer login
 			// replaced one of our sessions.
 			k := body.Kick
-			r.local.KickSession(k.Uid, k.Device, k.LoginAtNs)
+			r.kickLocal(k.Uid, k.Device, k.LoginAtNs)
 		case *nodepb.ForwardFrame_Invalidate:
 			for _, uid := range body.Invalidate.Uids {
 				r.cache.drop(uid)
 			}
+		case *nodepb.ForwardFrame_Heartbeat:
+			out.push(heartbeatFrame)
 		}
 	}
 }
