@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"sync"
 	"time"
 
 	"go.etcd.io/etcd/client/pkg/v3/transport"
@@ -19,7 +20,8 @@ import (
 
 // Etcd is a running embedded etcd.
 type Etcd struct {
-	e *embed.Etcd
+	e    *embed.Etcd
+	once sync.Once
 	// Endpoint is the client URL, e.g. http://127.0.0.1:2379
 	// (https://… when started with StartTLS).
 	Endpoint string
@@ -97,10 +99,12 @@ func freeURL(addr string) (url.URL, error) {
 	return url.URL{Scheme: "http", Host: net.JoinHostPort(host, port)}, nil
 }
 
-// Close stops the server and waits for it.
+// Close stops the server and waits for it; later calls do nothing.
 func (d *Etcd) Close() {
-	d.e.Close()
-	<-d.e.Server.StopNotify()
+	d.once.Do(func() {
+		d.e.Close()
+		<-d.e.Server.StopNotify()
+	})
 }
 
 // Wait blocks until ctx ends or the server stops on its own.

@@ -401,3 +401,22 @@ func TestPushThroughTheDispatcher(t *testing.T) {
 		waitFor(t, "the pushed message", 10*time.Second, func() bool { return len(in.payloadsFrom("system")) == 1 })
 	}
 }
+
+// TestShutdownWithoutEtcd: a node whose etcd has been unreachable for
+// longer than its lease still drains and exits on SIGTERM, within its
+// drain timeout and a few seconds, instead of waiting for etcd forever.
+func TestShutdownWithoutEtcd(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	f := startFleet(t, "")
+	dialDevice(t, f.base, "lonely", "phone") // a client for the drain to move
+	f.etcd.Close()
+	lost := time.Now()
+	for time.Since(lost) < 6*time.Second { // the fault: etcd gone for 3 leases
+		time.Sleep(100 * time.Millisecond)
+	}
+	start := time.Now()
+	f.nodes["node-1"].stop(t) // fails the test if not gone within 20 s
+	t.Logf("exited %v after SIGTERM with etcd unreachable", time.Since(start).Round(time.Millisecond))
+}
