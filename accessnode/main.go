@@ -167,6 +167,9 @@ func parseFlags(args []string) (config, error) {
 	if err := c.clientTLS.check(); err != nil {
 		return c, err
 	}
+	if c.memberHold < time.Second || c.peerTimeout < time.Second {
+		return c, fmt.Errorf("--member-hold %v, --peer-timeout %v: each must be at least 1s", c.memberHold, c.peerTimeout)
+	}
 	if c.idleSweep < 0 {
 		return c, fmt.Errorf("--idle-sweep %v: must not be negative", c.idleSweep)
 	}
@@ -329,7 +332,7 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 		}
 		return true, ""
 	}
-	httpSrv := &http.Server{Handler: nodeapi.Handler(gw, ready, cfg.id, cfg.adminToken, clientTLS.collectors(cfg.id)...), ReadHeaderTimeout: 5 * time.Second}
+	httpSrv := &http.Server{Handler: nodeapi.Handler(gw, ready, cfg.id, cfg.adminToken, append(clientTLS.collectors(cfg.id), rl.Collectors(cfg.id)...)...), ReadHeaderTimeout: 5 * time.Second}
 
 	log.Info().Str("client", clientLn.Addr().String()).Str("grpc", grpcLn.Addr().String()).
 		Str("http", httpLn.Addr().String()).Int64("max_conns", cfg.maxConns).Msg("access node up")
