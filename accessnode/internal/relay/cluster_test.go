@@ -160,7 +160,7 @@ func (c *cluster) start(id string) *tnode {
 	}
 	cli := c.newClient(c.proxy.addr())
 	cfg := Config{NodeID: id, Schema: c.schema, SettleTimeout: 2 * time.Second, CallTimeout: 5 * time.Second, LookupTimeout: 6 * time.Second,
-		MemberHold: 10 * time.Second, LinkTimeout: 2 * time.Second, HandshakeTimeout: time.Second, StartupWait: 3 * time.Second,
+		MemberHold: 10 * time.Second, HandshakeTimeout: time.Second, StartupWait: 3 * time.Second,
 		ReListInterval: 2 * time.Second, Credentials: creds}
 	if c.relayCfg != nil {
 		c.relayCfg(&cfg)

@@ -224,6 +224,37 @@ func TestEtcdKilledAndRestarted(t *testing.T) {
 	c.settled(4)
 }
 
+// TestEtcdReplacedByAnEmptyOne: etcd comes back without its data (a new
+// cluster, or a restore from a snapshot older than every registration): its
+// revisions start again below what the nodes saw. The nodes notice, take
+// its listing as it is, register again, and keep delivering.
+func TestEtcdReplacedByAnEmptyOne(t *testing.T) {
+	c := newCluster(t)
+	c.startFour()
+	pairs := c.pairUp(8, four...)
+	tr := startTraffic(t, pairs, 4)
+	waitFor(t, "traffic", func() bool { return tr.sentSince(time.Time{}) > 100 })
+	for i := 0; i < 200; i++ { // history, so the new cluster's revisions are lower
+		if _, err := c.cli.Put(context.Background(), "/t/history", fmt.Sprint(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	c.stopEtcd()
+	c.dir = t.TempDir()
+	c.restartEtcd()
+	waitFor(t, "every node registered in the new etcd", func() bool {
+		g, err := c.cli.Get(context.Background(), c.schema.NodesPrefix(), clientv3.WithPrefix())
+		return err == nil && len(g.Kvs) == 4 && c.allRegistered()
+	})
+	healed := time.Now().Add(5 * time.Second)
+	waitFor(t, "traffic after the heal point", func() bool { return tr.sentSince(healed) > 200 })
+	tr.finish(healed).check(t, true)
+	c.settled(4)
+	// The watch follows the new cluster: a node that leaves is seen leaving.
+	c.leave("n4")
+	c.settled(3)
+}
+
 // TestEtcdStalled: etcd stops answering (as under SIGSTOP) for three lease
 // lengths, so every lease expires at once when it resumes. No member
 // leaves anyone's view, and no Send fails or is answered OFFLINE.

@@ -352,8 +352,8 @@ func (r *Relay) touchSettle() {
 
 // isComplete reports whether this node's directory shard is known whole:
 // its view is ready, and every other member has registered with it for
-// this very view on a stream that is alive (heard from within half the
-// link timeout). Cached for a few milliseconds; every event that can
+// this very view on a stream that is alive (heard from within the link
+// timeout). Cached for a few milliseconds; every event that can
 // make it false drops the cache.
 func (r *Relay) isComplete(now time.Time) bool {
 	v := r.view.Load()
@@ -361,7 +361,7 @@ func (r *Relay) isComplete(now time.Time) bool {
 		return c.ok
 	}
 	ok := v.ready
-	fresh := now.Add(-r.cfg.LinkTimeout / 2).UnixNano()
+	fresh := now.Add(-r.cfg.LinkTimeout).UnixNano()
 	r.mu.Lock()
 	for _, n := range v.nodes {
 		if !ok {
