@@ -186,9 +186,10 @@ type Counts struct {
 	// one that says presence did not converge).
 	OfflineAfterHeal int `json:"offline_after_heal"`
 
-	FailedByReason map[string]int `json:"failed_by_reason,omitempty"`
-	FailedByPhase  map[string]int `json:"failed_by_phase,omitempty"`
-	OfflineByPhase map[string]int `json:"offline_by_phase,omitempty"`
+	FailedByReason  map[string]int `json:"failed_by_reason,omitempty"`
+	FailedByPhase   map[string]int `json:"failed_by_phase,omitempty"`
+	OfflineByPhase  map[string]int `json:"offline_by_phase,omitempty"`
+	NoAnswerByPhase map[string]int `json:"no_answer_by_phase,omitempty"`
 	// RecoveryMS per fault window: from the heal to the start of the first
 	// 1 s stretch in which every Send was DELIVERED; -1 when there was none
 	// before the next fault or the end of traffic.
@@ -213,7 +214,7 @@ const offlineLookback = time.Second
 
 // Tally adds up the records.
 func Tally(in TallyInput) Counts {
-	c := Counts{FailedByReason: map[string]int{}, FailedByPhase: map[string]int{}, OfflineByPhase: map[string]int{}}
+	c := Counts{FailedByReason: map[string]int{}, FailedByPhase: map[string]int{}, OfflineByPhase: map[string]int{}, NoAnswerByPhase: map[string]int{}}
 	for _, n := range in.Received {
 		if n > 1 {
 			c.Duplicates += int(n) - 1
@@ -268,6 +269,7 @@ func Tally(in TallyInput) Counts {
 			c.Unknown++
 		case OutNoAnswer:
 			c.NoAnswer++
+			c.NoAnswerByPhase[ph.String()]++
 		default:
 			c.Other++
 		}
@@ -381,9 +383,11 @@ func phaseCells(m map[string]int) string {
 	return strings.Join(cells, "/")
 }
 
-// pairAcross pairs clients that sit on different nodes. nodes[i] is the
-// node of client i. It returns the pairs and the clients left over (all on
-// one node).
+// pairAcross pairs clients that sit on different nodes, spreading the
+// pairs evenly over every combination of two nodes (so that a fault
+// between any two nodes meets traffic). nodes[i] is the node of client i.
+// It returns the pairs and the clients left over (all on one node, or
+// stranded by the spreading; the caller redials them).
 func pairAcross(nodes []string) (pairs [][2]int, left []int) {
 	byNode := map[string][]int{}
 	var names []string
@@ -394,15 +398,30 @@ func pairAcross(nodes []string) (pairs [][2]int, left []int) {
 		byNode[n] = append(byNode[n], i)
 	}
 	sort.Strings(names)
+	used := map[[2]string]int{}
 	for {
-		// the two fullest buckets (ties by name, so the result is stable)
-		sort.SliceStable(names, func(a, b int) bool { return len(byNode[names[a]]) > len(byNode[names[b]]) })
-		if len(names) < 2 || len(byNode[names[1]]) == 0 {
+		var best [2]string
+		found := false
+		for x := 0; x < len(names); x++ {
+			for y := x + 1; y < len(names); y++ {
+				a, b := names[x], names[y]
+				if len(byNode[a]) == 0 || len(byNode[b]) == 0 {
+					continue
+				}
+				k := [2]string{a, b}
+				if !found || used[k] < used[best] ||
+					(used[k] == used[best] && len(byNode[a])+len(byNode[b]) > len(byNode[best[0]])+len(byNode[best[1]])) {
+					best, found = k, true
+				}
+			}
+		}
+		if !found {
 			break
 		}
-		a, b := byNode[names[0]], byNode[names[1]]
+		a, b := byNode[best[0]], byNode[best[1]]
 		pairs = append(pairs, [2]int{a[len(a)-1], b[len(b)-1]})
-		byNode[names[0]], byNode[names[1]] = a[:len(a)-1], b[:len(b)-1]
+		byNode[best[0]], byNode[best[1]] = a[:len(a)-1], b[:len(b)-1]
+		used[best]++
 	}
 	for _, n := range names {
 		left = append(left, byNode[n]...)

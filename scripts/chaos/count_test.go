@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"reflect"
 	"strings"
 	"testing"
@@ -90,10 +91,11 @@ func TestTallyCounts(t *testing.T) {
 		Sent: 17, Delivered: 4, Partial: 2, Failed: 2, Offline: 5, Stored: 1, Unknown: 1, NoAnswer: 1, Other: 1, Unsent: 1,
 		Lost: 2, Duplicates: 3,
 		FalseOffline: 3, FalseOfflineReceived: 1, FalseOfflineConnected: 3, OfflineAfterHeal: 1,
-		FailedByReason: map[string]int{"unavailable": 1, "delivery_timeout": 1},
-		FailedByPhase:  map[string]int{"during": 1, "heal+5s": 1},
-		OfflineByPhase: map[string]int{"before": 0, "during": 4, "after": 1},
-		RecoveryMS:     []int64{-1},
+		FailedByReason:  map[string]int{"unavailable": 1, "delivery_timeout": 1},
+		FailedByPhase:   map[string]int{"during": 1, "heal+5s": 1},
+		OfflineByPhase:  map[string]int{"before": 0, "during": 4, "after": 1},
+		NoAnswerByPhase: map[string]int{"after": 1},
+		RecoveryMS:      []int64{-1},
 	}
 	delete(want.OfflineByPhase, "before")
 	if !reflect.DeepEqual(c, want) {
@@ -198,6 +200,24 @@ func TestPairAcross(t *testing.T) {
 	pairs, left = pairAcross([]string{"a", "b", "a", "b"})
 	if len(pairs) != 2 || len(left) != 0 {
 		t.Fatalf("even: %v %v", pairs, left)
+	}
+	// 25 clients on each of 4 nodes: 50 pairs over the 6 combinations
+	var four []string
+	for i := 0; i < 100; i++ {
+		four = append(four, fmt.Sprintf("n%d", 1+i%4))
+	}
+	pairs, left = pairAcross(four)
+	combos := map[string]int{}
+	for _, p := range pairs {
+		combos[four[p[0]]+"-"+four[p[1]]]++
+	}
+	if len(pairs) != 50 || len(left) != 0 || len(combos) != 6 {
+		t.Fatalf("four nodes: %d pairs, %v left, combos %v", len(pairs), left, combos)
+	}
+	for k, n := range combos {
+		if n < 8 || n > 9 {
+			t.Errorf("combination %s has %d pairs, want 8 or 9", k, n)
+		}
 	}
 	pairs, left = pairAcross([]string{"a", "a"})
 	if len(pairs) != 0 || len(left) != 2 {
