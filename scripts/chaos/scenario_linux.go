@@ -203,15 +203,14 @@ func (r *runner) runTraffic(ctx context.Context, sc scenario) (res result) {
 	defer stopTraffic()
 
 	if err := e.sleep(r.tm.pre); err == nil {
-		if err := sc.inject(e); err != nil {
+		if err := sc.inject(e); err != nil && ctx.Err() == nil {
 			e.failf("%v", err)
 		}
 		e.heal() // a fault that returned early is healed now
-		if err := e.sleep(r.tm.post); err != nil {
-			e.failf("interrupted: %v", err)
-		}
-	} else {
-		e.failf("interrupted: %v", err)
+		_ = e.sleep(r.tm.post)
+	}
+	if ctx.Err() != nil {
+		e.failf("interrupted: %v", ctx.Err())
 	}
 	stopTraffic()
 	cr.waitSends()
