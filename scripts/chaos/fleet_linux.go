@@ -13,6 +13,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -34,12 +35,15 @@ type fleetOpts struct {
 // fleet is one scenario's system: etcd as its own process, one
 // dispatcher, the access nodes n1..nN, each node in its own namespace.
 type fleet struct {
-	o     fleetOpts
-	dir   string
-	etcd  *proc
-	disp  *proc
-	nodes []*proc // index 1..N
-	// starts counts each node's starts (restarts included)
+	o    fleetOpts
+	dir  string
+	etcd *proc
+	disp *proc
+	// nodes (index 1..N) and starts (each node's starts, restarts
+	// included) are written by the scenario's goroutine and read by the
+	// soak's memory sampler.
+	mu     sync.Mutex
+	nodes  []*proc
 	starts []int
 
 	cli  *clientv3.Client
@@ -160,9 +164,25 @@ func (f *fleet) startNode(i int) error {
 	if err != nil {
 		return err
 	}
+	f.mu.Lock()
 	f.nodes[i] = pr
 	f.starts[i]++
+	f.mu.Unlock()
 	return nil
+}
+
+// node is node i's current process.
+func (f *fleet) node(i int) *proc {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.nodes[i]
+}
+
+// startCount is how often node i was started.
+func (f *fleet) startCount(i int) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.starts[i]
 }
 
 // waitNodeReady waits for the node's /readyz (registered, not draining).

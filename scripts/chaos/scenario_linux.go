@@ -357,7 +357,11 @@ func injectEtcdRestart(e *env) error {
 	if err := e.f.startEtcd(e.ctx); err != nil {
 		return err
 	}
-	e.notef("etcd restarted on the same data dir, answering %.1f s later", time.Since(t).Seconds())
+	ids, err := e.f.registered(e.ctx)
+	if err != nil {
+		return err
+	}
+	e.notef("etcd restarted on the same data dir, answering %.1f s later; registered then: %s", time.Since(t).Seconds(), strings.Join(ids, ","))
 	return nil
 }
 

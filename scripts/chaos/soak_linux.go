@@ -75,7 +75,7 @@ func (r *runner) runSoak(ctx context.Context, d time.Duration, seed uint64) (res
 			}
 			smu.Lock()
 			for i := 1; i <= r.plan.Nodes; i++ {
-				if p := f.nodes[i]; p != nil && !p.Exited() {
+				if p := f.node(i); p != nil && !p.Exited() {
 					if kib := rssKiB(p.Pid()); kib > 0 {
 						samples[i] = append(samples[i], memSample{at: tr.now(), kib: kib})
 					}
@@ -145,7 +145,7 @@ func (r *runner) runSoak(ctx context.Context, d time.Duration, seed uint64) (res
 	}
 	warm := min(2*time.Minute, d/5)
 	for i := 1; i <= r.plan.Nodes; i++ {
-		m := memJSON{Node: nodeID(i), Restarts: f.starts[i] - 1, Samples: len(samples[i])}
+		m := memJSON{Node: nodeID(i), Restarts: f.startCount(i) - 1, Samples: len(samples[i])}
 		for _, s := range samples[i] {
 			if s.at >= warm && m.AfterWarmup == 0 {
 				m.AfterWarmup = s.kib
