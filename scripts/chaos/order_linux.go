@@ -121,6 +121,42 @@ func (rc *rawConn) read(rd *wire.Reader) {
 	}
 }
 
+// warmID is the first client_msg_id of the warm-up Sends, far above the bursts'.
+const warmID = 1 << 40
+
+// warmUp sends single warm-up messages to uid until one is DELIVERED: the
+// path from the sender's node to the recipient's is up (a stable fleet).
+func (rc *rawConn) warmUp(ctx context.Context, uid string, d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for id := uint64(warmID); ; id++ {
+		b, err := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Send{Send: &wirepb.Send{
+			ClientMsgId: id, ToUid: uid, Payload: []byte(warmPayload),
+		}}}, rc.maxFrame)
+		if err != nil {
+			return err
+		}
+		if _, err := rc.nc.Write(b); err != nil {
+			return fmt.Errorf("warm-up: %w", err)
+		}
+		var got *wirepb.SendAck
+		select {
+		case got = <-rc.acks:
+		case <-rc.dead:
+			return fmt.Errorf("warm-up: connection ended: %v", rc.err)
+		case <-time.After(sendAckTimeout):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		if got != nil && got.GetOutcome() == wirepb.Outcome_OUTCOME_DELIVERED {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("warm-up: no DELIVERED to %s in %v (last: %v)", uid, d, got)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 // outcomeOf maps a SendAck outcome as classify does.
 func outcomeOf(a *wirepb.SendAck) (Outcome, string) {
 	return classify(nil, client.SendResult{Outcome: a.GetOutcome(), Reason: a.GetReason()}, nil)
@@ -176,6 +212,9 @@ func runOrder(ctx context.Context, r *runner) (res result) {
 	}
 	defer rc.nc.Close()
 	notes = append(notes, fmt.Sprintf("raw sender on %s, recipient on %s", rc.node, rnode))
+	if err := rc.warmUp(ctx, rcp.uid, 30*time.Second); err != nil {
+		return fail(err)
+	}
 
 	for b := 0; b < bursts; b++ {
 		buf, err := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Ping{Ping: &wirepb.Ping{Seq: uint64(b + 1)}}}, rc.maxFrame)
@@ -206,6 +245,9 @@ func runOrder(ctx context.Context, r *runner) (res result) {
 			select {
 			case a := <-rc.acks:
 				st, ok := starts[a.GetClientMsgId()]
+				if !ok && a.GetClientMsgId() >= warmID {
+					continue // a late answer to a warm-up Send
+				}
 				if !ok {
 					problems = append(problems, fmt.Sprintf("SendAck for unknown client_msg_id %d", a.GetClientMsgId()))
 					continue

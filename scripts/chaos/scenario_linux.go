@@ -187,7 +187,11 @@ func (r *runner) runTraffic(ctx context.Context, sc scenario) (res result) {
 		return fail(err)
 	}
 	defer cr.close()
-	e.notef("clients per node: %s; pairs per node pair: %s", formatMap(cr.nodesOf()), formatMap(cr.pairCombos()))
+	rounds, err := cr.warmUp(ctx, 30*time.Second)
+	if err != nil {
+		return fail(err)
+	}
+	e.notef("clients per node: %s; pairs per node pair: %s; stable after %d warm-up round(s)", formatMap(cr.nodesOf()), formatMap(cr.pairCombos()), rounds)
 
 	stop := make(chan struct{})
 	cr.traffic(r.tm.rate, stop, 30*time.Minute)

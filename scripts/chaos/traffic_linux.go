@@ -91,8 +91,14 @@ func parsePayload(b []byte) (int32, uint32, bool) {
 	return int32(s), uint32(q), err1 == nil && err2 == nil
 }
 
+// warmPayload marks the messages of the warm-up, which are not counted.
+const warmPayload = "warm-up"
+
 // received records one message handed to a recipient's app.
 func (t *tracker) received(m client.Message) {
+	if string(m.Payload) == warmPayload {
+		return
+	}
 	s, q, ok := parsePayload(m.Payload)
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -338,6 +344,51 @@ func (cr *crowd) pairUp(ctx context.Context, n int) error {
 		return fmt.Errorf("could only pair %d of %d clients across nodes", len(cr.peers), n)
 	}
 	return nil
+}
+
+// warmUp waits until the fleet is stable: in one round, every client's
+// Send to its partner (every pair of nodes, both ways) is DELIVERED. Nodes
+// that are registered and ready may still be setting up their streams to
+// each other; the scenario's "before" phase starts after this.
+func (cr *crowd) warmUp(ctx context.Context, d time.Duration) (rounds int, err error) {
+	deadline := time.Now().Add(d)
+	last := ""
+	for round := 1; ; round++ {
+		var wg sync.WaitGroup
+		var mu sync.Mutex
+		bad := map[string]int{}
+		for _, p := range cr.peers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				sctx, cancel := context.WithTimeout(ctx, sendAckTimeout+5*time.Second)
+				defer cancel()
+				res, err := p.c.Send(sctx, p.partner.uid, []byte(warmPayload))
+				if err == nil && res.Outcome == wirepb.Outcome_OUTCOME_DELIVERED {
+					return
+				}
+				why := client.OutcomeName(res.Outcome)
+				if err != nil {
+					why = "error"
+				}
+				mu.Lock()
+				bad[p.c.NodeID()+"→"+p.partner.c.NodeID()+" "+why]++
+				mu.Unlock()
+			}()
+		}
+		wg.Wait()
+		if len(bad) == 0 {
+			return round, nil
+		}
+		last = formatMap(bad)
+		if ctx.Err() != nil || time.Now().After(deadline) {
+			return round, fmt.Errorf("fleet not stable after %d warm-up rounds (%v): %s", round, d, last)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 // nodesOf counts the paired clients per node.
