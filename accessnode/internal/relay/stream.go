@@ -303,28 +303,10 @@ var errRefused = errors.New("another node answers at this address")
 
 func (p *peer) run() {
 	defer p.failAll(wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
-	creds := p.r.cfg.Credentials
-	if creds == nil {
-		creds = insecure.NewCredentials()
-	}
-	conn, err := grpc.NewClient(p.addr,
-		grpc.WithTransportCredentials(creds),
-		grpc.WithConnectParams(grpc.ConnectParams{
-			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
-			MinConnectTimeout: p.r.cfg.HandshakeTimeout,
-		}),
-		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMsgSize), grpc.MaxCallSendMsgSize(MaxMsgSize)))
-	if err != nil {
-		p.r.log.Error().Err(err).Str("peer", p.id).Msg("bad peer address")
-		p.r.members.linkDown(p)
-		return
-	}
-	defer conn.Close()
-	cli := nodepb.NewNodeServiceClient(conn)
 	retry := 100 * time.Millisecond
 	for p.ctx.Err() == nil {
 		start := time.Now()
-		wasUp, err := p.stream(cli)
+		wasUp, err := p.attempt()
 		if p.ctx.Err() != nil {
 			return
 		}
@@ -364,6 +346,29 @@ func (p *peer) run() {
 		p.state = peerConnecting
 		p.mu.Unlock()
 	}
+}
+
+// attempt runs one stream on a connection of its own. A stream that died
+// silently (a partition, a black-holed port) leaves its TCP connection
+// looking alive for minutes, and gRPC would open the next stream on it:
+// each attempt dials afresh instead, so a link that heals is used at once.
+func (p *peer) attempt() (up bool, err error) {
+	creds := p.r.cfg.Credentials
+	if creds == nil {
+		creds = insecure.NewCredentials()
+	}
+	conn, err := grpc.NewClient(p.addr,
+		grpc.WithTransportCredentials(creds),
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			MinConnectTimeout: p.r.cfg.HandshakeTimeout,
+		}),
+		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMsgSize), grpc.MaxCallSendMsgSize(MaxMsgSize)))
+	if err != nil {
+		return false, fmt.Errorf("bad peer address: %w", err)
+	}
+	defer conn.Close()
+	return p.stream(nodepb.NewNodeServiceClient(conn))
 }
 
 type refusal struct{ actual string }
