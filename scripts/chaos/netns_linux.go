@@ -83,6 +83,13 @@ func ipCmd(ctx context.Context, args ...string) error { return run(ctx, "ip", ar
 
 // setup creates the namespaces and links (in the root namespace, as root).
 func (p netPlan) setup(ctx context.Context) error {
+	// a crashed run whose pid was the same as ours left these names
+	// behind: its processes are not ours to kill, its names are free to take
+	for _, ns := range p.namespaces() {
+		if err := ipCmd(ctx, "netns", "delete", ns); err != nil {
+			return err
+		}
+	}
 	hub := p.Hub()
 	steps := [][]string{
 		{"netns", "add", hub},

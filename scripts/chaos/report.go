@@ -75,6 +75,15 @@ func recoveryCell(ms []int64) string {
 	if len(ms) == 0 {
 		return "-"
 	}
+	if len(ms) > 3 { // a soak: the per-fault lines below have each one
+		never := 0
+		for _, v := range ms {
+			if v < 0 {
+				never++
+			}
+		}
+		return fmt.Sprintf("%d/%d never", never, len(ms))
+	}
 	cells := make([]string, len(ms))
 	for i, v := range ms {
 		if v < 0 {

@@ -58,7 +58,7 @@ func (r *runner) runSoak(ctx context.Context, d time.Duration, seed uint64) (res
 	if _, err := cr.warmUp(ctx, 30*time.Second); err != nil {
 		return fail(err)
 	}
-	e := &env{ctx: ctx, r: r, f: f, tr: tr, tm: r.tm, probe: prober{self: r.self, plan: r.plan}}
+	e := &env{ctx: ctx, r: r, f: f, tr: tr, cr: cr, tm: r.tm, probe: prober{self: r.self, plan: r.plan}}
 
 	// memory sampler: every 10 s, each node's current process
 	samples := make([][]memSample, r.plan.Nodes+1)
