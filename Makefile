@@ -28,8 +28,8 @@ build:
 run: build
 	$(BIN)/devrun --bin $(BIN)
 
-## test: vet, gofmt, the race-enabled test suite (includes the end-to-end test)
-test: vet fmt-check race
+## test: vet, gofmt, the race-enabled test suite (includes the end-to-end test), then every fault scenario, short (root)
+test: vet fmt-check race chaos-short
 
 vet:
 	$(GO) vet ./...

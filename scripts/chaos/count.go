@@ -353,6 +353,7 @@ func (c Counts) Problems() []string {
 	add(c.NoAnswer, "without answer")
 	add(c.FalseOffline, fmt.Sprintf("false OFFLINE (%d received, %d to connected recipients)", c.FalseOfflineReceived, c.FalseOfflineConnected))
 	add(c.OfflineAfterHeal, "OFFLINE to connected recipients later than heal+5s")
+	add(c.FailedByPhase["after"], "FAILED later than heal+5s (links or presence did not converge)")
 	add(c.Reordered, "reordered first transmissions")
 	return p
 }
