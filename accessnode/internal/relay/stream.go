@@ -136,9 +136,12 @@ type peer struct {
 
 	mu      sync.Mutex // guards state, pending, seq, q
 	state   peerState
-	pending map[uint64]*pendingCall
+	pending map[uint64]pendingCall
 	seq     uint64
 	q       *sendQueue
+	// sent is the highest call seq handed to a stream: calls are queued in
+	// seq order, so every call at or below it may have reached the peer.
+	sent atomic.Uint64
 }
 
 type peerState int
@@ -150,9 +153,9 @@ const (
 )
 
 type pendingCall struct {
+	seq      uint64
 	deadline time.Time
 	a        answerer
-	sent     bool // handed to the stream: it may have reached the peer
 }
 
 // answerer takes the answer to a call: the peer's frame, or (nil, reason)
@@ -171,7 +174,7 @@ func (f answerFunc) answer(res *nodepb.ForwardFrame, reason wirepb.ErrorCode, un
 
 func newPeer(r *Relay, id, addr string) *peer {
 	ctx, cancel := context.WithCancel(r.ctx)
-	return &peer{r: r, id: id, addr: addr, ctx: ctx, cancel: cancel, pending: map[uint64]*pendingCall{}, q: newSendQueue()}
+	return &peer{r: r, id: id, addr: addr, ctx: ctx, cancel: cancel, pending: map[uint64]pendingCall{}, q: newSendQueue()}
 }
 
 func (p *peer) isUp() bool {
@@ -199,17 +202,21 @@ func (p *peer) call(f *nodepb.ForwardFrame, deadline time.Time, a answerer) {
 	case *nodepb.ForwardFrame_Lookup:
 		b.Lookup.Seq = seq
 	}
-	p.pending[seq] = &pendingCall{deadline: deadline, a: a}
-	q := p.q
+	p.pending[seq] = pendingCall{seq: seq, deadline: deadline, a: a}
+	// Queued under p.mu, so the queue is in seq order (see sent).
+	ok := p.q.push(f)
 	p.mu.Unlock()
-	if !q.push(f) {
+	if !ok {
 		if c, ok := p.takePending(seq); ok {
-			c.a.answer(nil, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE, !c.sent)
+			c.a.answer(nil, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE, true)
 		}
 	}
 }
 
-func (p *peer) takePending(seq uint64) (*pendingCall, bool) {
+// unsent reports whether call c never left this node.
+func (p *peer) unsent(c pendingCall) bool { return c.seq > p.sent.Load() }
+
+func (p *peer) takePending(seq uint64) (pendingCall, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	c, ok := p.pending[seq]
@@ -221,21 +228,17 @@ func (p *peer) takePending(seq uint64) (*pendingCall, bool) {
 
 // markSent records that the calls among frames are about to be written.
 func (p *peer) markSent(frames []*nodepb.ForwardFrame) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	var top uint64
 	for _, f := range frames {
-		var seq uint64
 		switch b := f.Body.(type) {
 		case *nodepb.ForwardFrame_Deliver:
-			seq = b.Deliver.Seq
+			top = max(top, b.Deliver.Seq)
 		case *nodepb.ForwardFrame_Lookup:
-			seq = b.Lookup.Seq
-		default:
-			continue
+			top = max(top, b.Lookup.Seq)
 		}
-		if c := p.pending[seq]; c != nil {
-			c.sent = true
-		}
+	}
+	if top > p.sent.Load() {
+		p.sent.Store(top) // only the stream's sending goroutine writes it
 	}
 }
 
@@ -270,16 +273,16 @@ func (p *peer) resync() {
 func (p *peer) failAll(reason wirepb.ErrorCode) {
 	p.mu.Lock()
 	pending := p.pending
-	p.pending = map[uint64]*pendingCall{}
+	p.pending = map[uint64]pendingCall{}
 	p.mu.Unlock()
 	for _, c := range pending {
-		c.a.answer(nil, reason, !c.sent)
+		c.a.answer(nil, reason, p.unsent(c))
 	}
 }
 
 // expire fails calls past their deadline, whatever the stream's state.
 func (p *peer) expire(now time.Time) {
-	var late []*pendingCall
+	var late []pendingCall
 	p.mu.Lock()
 	for seq, c := range p.pending {
 		if now.After(c.deadline) {
@@ -289,7 +292,7 @@ func (p *peer) expire(now time.Time) {
 	}
 	p.mu.Unlock()
 	for _, c := range late {
-		c.a.answer(nil, wirepb.ErrorCode_ERROR_CODE_DELIVERY_TIMEOUT, !c.sent)
+		c.a.answer(nil, wirepb.ErrorCode_ERROR_CODE_DELIVERY_TIMEOUT, p.unsent(c))
 	}
 }
 
