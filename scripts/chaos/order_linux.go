@@ -175,12 +175,11 @@ func runOrder(ctx context.Context, r *runner) (res result) {
 		res.Problems = append(res.Problems, "setup: "+err.Error())
 		return res
 	}
-	f, err := startFleet(ctx, r.fleetOpts(), dir)
+	f, tr, err := r.fresh(ctx, dir)
 	if err != nil {
 		return fail(err)
 	}
 	defer f.close()
-	tr := newTracker()
 	tr.burst = size
 	cr := newCrowd(tr)
 	rcp, err := cr.dial(ctx, "ord-r", 2*size+1024)

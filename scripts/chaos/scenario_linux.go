@@ -176,6 +176,15 @@ type scenario struct {
 
 // runTraffic is the standard scenario: a fresh fleet, the paired clients
 // and their traffic, the fault, the tally.
+// fresh starts a fleet for one run in dir, with a tracker for its Sends.
+func (r *runner) fresh(ctx context.Context, dir string) (*fleet, *tracker, error) {
+	f, err := startFleet(ctx, r.fleetOpts(), dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	return f, newTracker(), nil
+}
+
 func (r *runner) runTraffic(ctx context.Context, sc scenario) (res result) {
 	t0 := time.Now()
 	dir := filepath.Join(r.dir, sc.name)
@@ -185,12 +194,11 @@ func (r *runner) runTraffic(ctx context.Context, sc scenario) (res result) {
 		res.Problems = append(res.Problems, "setup: "+err.Error())
 		return res
 	}
-	f, err := startFleet(ctx, r.fleetOpts(), dir)
+	f, tr, err := r.fresh(ctx, dir)
 	if err != nil {
 		return fail(err)
 	}
 	defer f.close()
-	tr := newTracker()
 	cr := newCrowd(tr)
 	e := &env{ctx: ctx, r: r, f: f, tr: tr, cr: cr, tm: r.tm, probe: prober{self: r.self, plan: r.plan}, focus: sc.focus}
 	defer func() {

@@ -44,12 +44,11 @@ func (r *runner) runSoak(ctx context.Context, d time.Duration, seed uint64) (res
 		res.Problems = append(res.Problems, "setup: "+err.Error())
 		return res
 	}
-	f, err := startFleet(ctx, r.fleetOpts(), dir)
+	f, tr, err := r.fresh(ctx, dir)
 	if err != nil {
 		return fail(err)
 	}
 	defer f.close()
-	tr := newTracker()
 	cr := newCrowd(tr)
 	if err := cr.pairUp(ctx, r.tm.clients); err != nil {
 		return fail(err)

@@ -421,19 +421,27 @@ func (r *Relay) installView(next *view) {
 			in.out.push(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Resync{Resync: &nodepb.ResyncRequest{}}})
 		}
 	}
-	peers := map[string]*peer{}
+	peers := map[string]*peer{} // members that were members before
 	for _, n := range next.nodes {
-		if p := r.peers[n.id]; p != nil {
+		p := r.peers[n.id]
+		switch {
+		case p == nil:
+		case !old.has(n.id) || !old.ready:
+			// New to our view: a full registration (its own SyncDone)
+			// instead of the moved sessions, which it contains.
+			p.resync()
+		default:
 			peers[n.id] = p
 		}
 	}
 	r.mu.Unlock()
 
-	// Register again the local sessions whose home moved.
+	// Register again the local sessions whose home moved (to us, or to a
+	// member that was one before: the new ones resync).
 	moved := map[string][]*nodepb.PresenceEntry{}
 	r.local.Sessions(func(uid, device string, loginAt int64) {
 		h := next.home(uid)
-		if old.ready && old.home(uid) == h {
+		if (old.ready && old.home(uid) == h) || (h != self && peers[h] == nil) {
 			return
 		}
 		e := &nodepb.PresenceEntry{Uid: uid, Device: device, Holder: self, LoginAtNs: loginAt, Up: true}

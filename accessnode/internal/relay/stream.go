@@ -477,14 +477,18 @@ func (p *peer) withResync(frames []*nodepb.ForwardFrame, before int) []*nodepb.F
 	}
 	self := p.r.cfg.NodeID
 	v := p.r.view.Load()
-	var entries []*nodepb.PresenceEntry
-	if v.has(p.id) {
-		p.r.local.Sessions(func(uid, device string, loginAt int64) {
-			if v.home(uid) == p.id {
-				entries = append(entries, &nodepb.PresenceEntry{Uid: uid, Device: device, Holder: self, LoginAtNs: loginAt, Up: true})
-			}
-		})
+	if !v.has(p.id) {
+		// Not a member of our view (yet): we home nothing there. The view
+		// that takes it in asks for this resync again (installView), and a
+		// reset now would only sweep what it holds of ours for nothing.
+		return append(out, frames[before:]...)
 	}
+	var entries []*nodepb.PresenceEntry
+	p.r.local.Sessions(func(uid, device string, loginAt int64) {
+		if v.home(uid) == p.id {
+			entries = append(entries, &nodepb.PresenceEntry{Uid: uid, Device: device, Holder: self, LoginAtNs: loginAt, Up: true})
+		}
+	})
 	out = append(out, &nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Presence{Presence: &nodepb.PresenceUpdate{ResetHolder: true}}})
 	for len(entries) > 0 {
 		n := min(len(entries), resyncChunk)
