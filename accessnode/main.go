@@ -377,8 +377,16 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 	dctx, dcancel := context.WithTimeout(context.Background(), cfg.drainTimeout)
 	gw.Drain(dctx, cfg.drainRate)
 	dcancel()
+	// Leave: the key goes (the registrar revokes its lease, bounded), then
+	// the Forward streams, so peers see "key gone, stream down" and drop
+	// this node at once instead of holding it as through an etcd flap.
 	reg.Deregister()
+	select {
+	case <-reg.Done():
+	case <-time.After(5 * time.Second):
+	}
 	gw.Close()
+	rl.Close()
 
 	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer scancel()

@@ -185,6 +185,11 @@ type Counts struct {
 	// more than 5 s after a heal (a subset of FalseOfflineConnected, the
 	// one that says presence did not converge).
 	OfflineAfterHeal int `json:"offline_after_heal"`
+	// FailedAfterHeal: FAILED between two clients both connected
+	// throughout, sent later than heal + 5 s: links or presence that did
+	// not converge. (A client that was itself moving or reconnecting may
+	// see a not-confirmed answer then, rightly.)
+	FailedAfterHeal int `json:"failed_after_heal"`
 
 	FailedByReason  map[string]int `json:"failed_by_reason,omitempty"`
 	FailedByPhase   map[string]int `json:"failed_by_phase,omitempty"`
@@ -211,6 +216,11 @@ type TallyInput struct {
 // been connected for an OFFLINE to count as false (a fresh login takes a
 // round trip between nodes to reach its home).
 const offlineLookback = time.Second
+
+// connected reports whether client i was connected throughout [from, to].
+func (in TallyInput) connected(i int32, from, to time.Duration) bool {
+	return int(i) < len(in.Timelines) && in.Timelines[i].connectedThroughout(from, to)
+}
 
 // Tally adds up the records.
 func Tally(in TallyInput) Counts {
@@ -246,11 +256,14 @@ func Tally(in TallyInput) Counts {
 			c.Failed++
 			c.FailedByReason[reasonName(s.Reason)]++
 			c.FailedByPhase[ph.String()]++
+			if ph == PhaseAfter && in.connected(s.Sender, s.Start-offlineLookback, s.End) && in.connected(s.To, s.Start-offlineLookback, s.End) {
+				c.FailedAfterHeal++
+			}
 		case OutOffline:
 			c.Offline++
 			c.OfflineByPhase[ph.String()]++
 			recv := got > 0
-			conn := int(s.To) < len(in.Timelines) && in.Timelines[s.To].connectedThroughout(s.Start-offlineLookback, s.End)
+			conn := in.connected(s.To, s.Start-offlineLookback, s.End)
 			if recv {
 				c.FalseOfflineReceived++
 			}
@@ -353,7 +366,7 @@ func (c Counts) Problems() []string {
 	add(c.NoAnswer, "without answer")
 	add(c.FalseOffline, fmt.Sprintf("false OFFLINE (%d received, %d to connected recipients)", c.FalseOfflineReceived, c.FalseOfflineConnected))
 	add(c.OfflineAfterHeal, "OFFLINE to connected recipients later than heal+5s")
-	add(c.FailedByPhase["after"], "FAILED later than heal+5s (links or presence did not converge)")
+	add(c.FailedAfterHeal, "FAILED between connected clients later than heal+5s (links or presence did not converge)")
 	add(c.Reordered, "reordered first transmissions")
 	return p
 }

@@ -224,3 +224,24 @@ func TestPairAcross(t *testing.T) {
 		t.Fatalf("one node: %v %v", pairs, left)
 	}
 }
+
+// TestFailedAfterHealCountsOnlyConnectedPairs: a FAILED after heal + 5 s
+// fails the run only between two clients connected throughout; a client
+// that was itself reconnecting may rightly hear "not confirmed".
+func TestFailedAfterHealCountsOnlyConnectedPairs(t *testing.T) {
+	up := Timeline{{At: 0, Up: true}}
+	moving := Timeline{{At: 0, Up: true}, {At: 29 * s, Up: false}, {At: 31 * s, Up: true}}
+	w := []Window{{Fault: 10 * s, Heal: 20 * s}}
+	sends := []SendRecord{
+		rec(0, 1, 1, 30*s, 30*s, OutFailed), // both up: counts
+		rec(0, 2, 2, 30*s, 30*s, OutFailed), // the recipient was moving: does not
+		rec(0, 1, 3, 22*s, 22*s, OutFailed), // within heal + 5 s: allowed
+	}
+	c := Tally(TallyInput{Sends: sends, Windows: w, Received: map[uint64]uint32{}, Timelines: []Timeline{up, up, moving}})
+	if c.FailedAfterHeal != 1 || c.FailedByPhase["after"] != 2 {
+		t.Fatalf("failed after heal %d (by phase %v), want 1 of 2", c.FailedAfterHeal, c.FailedByPhase)
+	}
+	if p := strings.Join(c.Problems(), "; "); !strings.Contains(p, "1 FAILED between connected clients") {
+		t.Fatalf("problems %q", p)
+	}
+}

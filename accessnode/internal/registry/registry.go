@@ -71,6 +71,7 @@ type Registrar struct {
 	restored   atomic.Uint64
 	stop       chan struct{} // closed by Deregister
 	stopped    atomic.Bool
+	done       chan struct{} // closed when Run returns
 }
 
 // New prepares the registration of reg under schema.
@@ -83,7 +84,7 @@ func New(cli *clientv3.Client, schema etcdkeys.Schema, reg etcdkeys.Registration
 		return nil, err
 	}
 	cfg.setDefaults()
-	return &Registrar{cli: cli, cfg: cfg, key: schema.Node(reg.ID), value: v, log: log, stop: make(chan struct{})}, nil
+	return &Registrar{cli: cli, cfg: cfg, key: schema.Node(reg.ID), value: v, log: log, stop: make(chan struct{}), done: make(chan struct{})}, nil
 }
 
 // Registered reports whether the key is in etcd, with this node's value,
@@ -101,6 +102,10 @@ func (r *Registrar) Stats() Stats {
 	return Stats{Leases: r.leases.Load(), Restored: r.restored.Load()}
 }
 
+// Done is closed when Run has returned (after Deregister: the lease is
+// revoked, or the attempt timed out).
+func (r *Registrar) Done() <-chan struct{} { return r.done }
+
 // Deregister makes Run revoke the lease (removing the key) and return.
 func (r *Registrar) Deregister() {
 	if r.stopped.CompareAndSwap(false, true) {
@@ -113,6 +118,7 @@ var errLeaseLost = errors.New("lease lost")
 // Run keeps the registration until ctx ends or Deregister is called; then it
 // revokes the lease (bounded by CallTimeout) and returns nil.
 func (r *Registrar) Run(ctx context.Context) error {
+	defer close(r.done)
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	go func() {
