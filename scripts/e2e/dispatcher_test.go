@@ -370,8 +370,21 @@ func TestOpsDrainThroughEtcd(t *testing.T) {
 	base := f.dispatcher("dispatcher")
 	f.node("node-1", "north")
 	f.node("node-2", "north")
-	f.node("node-3", "south")
+	ops := freeAddr(t)
+	f.node("node-3", "south", "--http-addr", ops)
 	dWaitEligible(t, base, "node-1", "node-2", "node-3")
+	readyz := func() (int, string) {
+		resp, err := http.Get("http://" + ops + "/readyz")
+		if err != nil {
+			return 0, err.Error()
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, strings.TrimSpace(string(b))
+	}
+	if code, body := readyz(); code != 200 {
+		t.Fatalf("readyz before the drain: %d %q", code, body)
+	}
 
 	var cs []*client.Client
 	for k := range 20 {
@@ -392,6 +405,9 @@ func TestOpsDrainThroughEtcd(t *testing.T) {
 		return true
 	})
 	t.Logf("20 clients moved off a node drained through etcd in %v", time.Since(drained).Round(time.Millisecond))
+	if code, body := readyz(); code != 503 || !strings.Contains(body, "drained by ops") {
+		t.Fatalf("readyz while drained by ops: %d %q", code, body)
+	}
 	waitFor(t, "node-3 reports 0 connections", 10*time.Second, func() bool {
 		st, err := dNodes(base)
 		n := st.node("node-3")
@@ -403,6 +419,16 @@ func TestOpsDrainThroughEtcd(t *testing.T) {
 	}
 	f.del(f.keys.NodeConfig("node-3", etcdkeys.FieldState))
 	dWaitEligible(t, base, "node-3")
+	waitFor(t, "readyz 200 after the drain", 5*time.Second, func() bool { code, _ := readyz(); return code == 200 })
+	// Its key deleted by mistake: the node puts it back; readyz says so.
+	f.del(f.keys.Node("node-3"))
+	waitFor(t, "node-3's key back and readyz 200", 10*time.Second, func() bool {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		g, err := f.cli.Get(ctx, f.keys.Node("node-3"))
+		code, _ := readyz()
+		return err == nil && len(g.Kvs) == 1 && code == 200
+	})
 	if c := dial(t, base, "south-late", "south"); c.NodeID() != "node-3" {
 		t.Fatalf("after the drain ended: %s", c.NodeID())
 	}
