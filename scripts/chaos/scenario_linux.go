@@ -50,12 +50,13 @@ func fullTiming() timing {
 }
 
 // shortTiming keeps every fault's meaning: etcd and key faults last 10 s,
-// twice the 5 s lease TTL; network faults 15 s.
+// twice the 5 s lease TTL; network faults 10 s, twice the nodes' 5 s
+// --peer-timeout.
 func shortTiming() timing {
 	t := fullTiming()
 	t.clients, t.rate = 100, 500
 	t.pre, t.post = 3*time.Second, 8*time.Second
-	t.kill9Down, t.etcdWindow, t.netWindow, t.keyWindow = 3*time.Second, 10*time.Second, 15*time.Second, 10*time.Second
+	t.kill9Down, t.etcdWindow, t.netWindow, t.keyWindow = 3*time.Second, 10*time.Second, 10*time.Second, 10*time.Second
 	t.drainTimeout = 5 * time.Second
 	return t
 }
