@@ -191,11 +191,24 @@ func (c *cluster) allRegistered() bool {
 
 var four = []string{"n1", "n2", "n3", "n4"}
 
-func (c *cluster) startFour() {
+// steadyFour starts four nodes with 8 pairs of users across them and
+// traffic between the pairs, and waits until it flows.
+func steadyFour(t *testing.T) (*cluster, *traffic) {
+	c := newCluster(t)
 	for _, id := range four {
 		c.start(id)
 	}
 	c.settled(4)
+	tr := startTraffic(t, c.pairUp(8, four...), 4)
+	waitFor(t, "traffic", func() bool { return tr.sentSince(time.Time{}) > 100 })
+	return c, tr
+}
+
+// hold lets a fault last d (the fault's window, not a wait for a condition).
+func hold(d time.Duration) {
+	for end := time.Now().Add(d); time.Now().Before(end); {
+		time.Sleep(50 * time.Millisecond)
+	}
 }
 
 // TestEtcdKilledAndRestarted: etcd is down for longer than every lease,
@@ -203,17 +216,9 @@ func (c *cluster) startFour() {
 // down; afterwards, no recipient who stayed connected is ever answered
 // OFFLINE, and within 5 s of etcd's return every Send is delivered.
 func TestEtcdKilledAndRestarted(t *testing.T) {
-	c := newCluster(t)
-	c.startFour()
-	pairs := c.pairUp(8, four...)
-	tr := startTraffic(t, pairs, 4)
-	waitFor(t, "traffic", func() bool { return tr.sentSince(time.Time{}) > 100 })
+	c, tr := steadyFour(t)
 	c.stopEtcd()
-	down := time.Now()
-	waitFor(t, "every registrar to notice its lease is lost", func() bool { return !c.allRegistered() || time.Since(down) > 5*time.Second })
-	for time.Since(down) < 5*time.Second { // longer than 2 × the 2 s lease
-		time.Sleep(50 * time.Millisecond)
-	}
+	hold(5 * time.Second) // longer than 2 × the 2 s lease
 	c.restartEtcd()
 	waitFor(t, "every node registered again", c.allRegistered)
 	healed := time.Now().Add(5 * time.Second)
@@ -229,11 +234,7 @@ func TestEtcdKilledAndRestarted(t *testing.T) {
 // revisions start again below what the nodes saw. The nodes notice, take
 // its listing as it is, register again, and keep delivering.
 func TestEtcdReplacedByAnEmptyOne(t *testing.T) {
-	c := newCluster(t)
-	c.startFour()
-	pairs := c.pairUp(8, four...)
-	tr := startTraffic(t, pairs, 4)
-	waitFor(t, "traffic", func() bool { return tr.sentSince(time.Time{}) > 100 })
+	c, tr := steadyFour(t)
 	for i := 0; i < 200; i++ { // history, so the new cluster's revisions are lower
 		if _, err := c.cli.Put(context.Background(), "/t/history", fmt.Sprint(i)); err != nil {
 			t.Fatal(err)
@@ -259,17 +260,10 @@ func TestEtcdReplacedByAnEmptyOne(t *testing.T) {
 // lengths, so every lease expires at once when it resumes. No member
 // leaves anyone's view, and no Send fails or is answered OFFLINE.
 func TestEtcdStalled(t *testing.T) {
-	c := newCluster(t)
-	c.startFour()
-	pairs := c.pairUp(8, four...)
+	c, tr := steadyFour(t)
 	before := c.viewChanges()
-	tr := startTraffic(t, pairs, 4)
-	waitFor(t, "traffic", func() bool { return tr.sentSince(time.Time{}) > 100 })
 	c.proxy.stall()
-	stalled := time.Now()
-	for time.Since(stalled) < 6*time.Second {
-		time.Sleep(50 * time.Millisecond)
-	}
+	hold(6 * time.Second)
 	c.proxy.resume()
 	waitFor(t, "every lease lost at once, and every node registered again", func() bool {
 		c.mu.Lock()
@@ -328,9 +322,6 @@ func regJSON(id, grpcAddr string) string {
 // view; every Send is answered and delivered; a call queued on such a
 // stream ends by its deadline.
 func TestGhostAndTwinRegistrations(t *testing.T) {
-	c := newCluster(t)
-	c.startFour()
-	pairs := c.pairUp(8, four...)
 	silent, err := net.Listen("tcp", "127.0.0.1:0") // accepts, never answers
 	if err != nil {
 		t.Fatal(err)
@@ -356,8 +347,7 @@ func TestGhostAndTwinRegistrations(t *testing.T) {
 		}
 		hmu.Unlock()
 	}()
-	tr := startTraffic(t, pairs, 4)
-	waitFor(t, "traffic", func() bool { return tr.sentSince(time.Time{}) > 100 })
+	c, tr := steadyFour(t)
 	revoke := c.putUnderLease(t, map[string]string{
 		c.schema.Node("ghost-silent"): regJSON("ghost-silent", silent.Addr().String()),
 		c.schema.Node("ghost-closed"): regJSON("ghost-closed", freeAddr(t)),
@@ -405,12 +395,8 @@ func TestGhostAndTwinRegistrations(t *testing.T) {
 // TestOwnKeyDeleted: a live node's key deleted by mistake while its lease
 // lives comes back at once; nobody's view changes and nothing fails.
 func TestOwnKeyDeleted(t *testing.T) {
-	c := newCluster(t)
-	c.startFour()
-	pairs := c.pairUp(8, four...)
+	c, tr := steadyFour(t)
 	before := c.viewChanges()
-	tr := startTraffic(t, pairs, 4)
-	waitFor(t, "traffic", func() bool { return tr.sentSince(time.Time{}) > 100 })
 	n3 := c.node("n3")
 	if _, err := c.cli.Delete(context.Background(), c.schema.Node("n3")); err != nil {
 		t.Fatal(err)

@@ -214,8 +214,15 @@ func (m *membership) del(id string, rev int64) {
 	c.reg, c.rev, c.goneAt = nil, rev, time.Now()
 }
 
+// listed is one registration of a listing, with the revision it was last
+// written at.
+type listed struct {
+	reg etcdkeys.Registration
+	rev int64
+}
+
 // listing applies a full listing of the registrations at revision rev.
-func (m *membership) listing(regs []etcdkeys.Registration, revs []int64, rev int64) {
+func (m *membership) listing(regs []listed, rev int64) {
 	if rev < m.maxRev {
 		// etcd went back in time (restored from a snapshot, or a new
 		// cluster): the listing is the truth now.
@@ -226,9 +233,9 @@ func (m *membership) listing(regs []etcdkeys.Registration, revs []int64, rev int
 		m.maxRev = rev
 	}
 	seen := map[string]bool{}
-	for i, reg := range regs {
-		seen[reg.ID] = true
-		m.put(reg, revs[i])
+	for _, l := range regs {
+		seen[l.reg.ID] = true
+		m.put(l.reg, l.rev)
 	}
 	for id, c := range m.cands {
 		if !seen[id] && c.reg != nil && c.rev <= rev {
@@ -311,15 +318,14 @@ func (m *membership) watchOnce(ctx context.Context) error {
 		if err != nil {
 			return 0, fmt.Errorf("list members: %w", err)
 		}
-		var regs []etcdkeys.Registration
-		var revs []int64
+		var regs []listed
 		for _, kv := range resp.Kvs {
 			if reg, ok := m.parse(kv.Key, kv.Value); ok {
-				regs, revs = append(regs, reg), append(revs, kv.ModRevision)
+				regs = append(regs, listed{reg, kv.ModRevision})
 			}
 		}
 		rev := resp.Header.Revision
-		m.do(func() { m.listing(regs, revs, rev) })
+		m.do(func() { m.listing(regs, rev) })
 		return rev, nil
 	}
 	rev, err := list()

@@ -50,7 +50,15 @@ func (o *orderer) shard(uid string) *orderShard { return &o.shards[hash64(uid)&6
 
 // join queues m behind a lookup of its uid in flight and reports whether
 // there was one.
-func (o *orderer) join(m *message) bool {
+func (o *orderer) join(m *message) bool { return o.queue(m, false) }
+
+// begin queues m; it reports true when m is the first and its caller must
+// start the lookup and later call resolve.
+func (o *orderer) begin(m *message) bool { return !o.queue(m, true) }
+
+// queue appends m to the lookup of its uid in flight (true), or, with
+// create and none in flight, starts one with m first (false).
+func (o *orderer) queue(m *message, create bool) bool {
 	sh := o.shard(m.uid)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -58,21 +66,10 @@ func (o *orderer) join(m *message) bool {
 		f.waiting = append(f.waiting, m)
 		return true
 	}
-	return false
-}
-
-// begin queues m; it reports true when m is the first and its caller must
-// start the lookup and later call resolve.
-func (o *orderer) begin(m *message) bool {
-	sh := o.shard(m.uid)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	if f := sh.m[m.uid]; f != nil {
-		f.waiting = append(f.waiting, m)
-		return false
+	if create {
+		sh.m[m.uid] = &inflight{waiting: []*message{m}}
 	}
-	sh.m[m.uid] = &inflight{waiting: []*message{m}}
-	return true
+	return false
 }
 
 // resolve hands every message waiting for uid's lookup to fn, in order,

@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"io"
 	"net"
 	"sync"
 	"testing"
@@ -76,10 +75,7 @@ func (p *stallProxy) pipe(dst, src net.Conn) {
 			}
 		}
 		if err != nil {
-			if err != io.EOF {
-				return
-			}
-			return
+			return // EOF or a closed connection: close both ends
 		}
 	}
 }

@@ -533,7 +533,7 @@ func (r *Relay) Forward(uid string, d *wirepb.Deliver, done gateway.Done) {
 		// once; a miss may have to wait for the directory to settle.
 		if hs := r.dir.holders(uid); len(hs) > 0 {
 			r.lookups.Add(1)
-			r.forwardTo(m, hs, false, !r.isComplete(now))
+			r.forwardTo(m, hs, false, false) // holders known: completeness cannot turn them into OFFLINE
 			return
 		}
 	} else if hs, ok := r.cache.get(uid, v.epoch, now); ok {
