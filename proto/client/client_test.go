@@ -665,8 +665,8 @@ func TestUnknownFrameTypesAreIgnored(t *testing.T) {
 	cl := clienttest.Start(t, "n1")
 	bob := dial(t, config(cl, "bob", "phone"))
 	s := cl.Node("n1").Session("bob")
-	s.WriteRaw([]byte{0, 0, 0, 2, 0x62, 0x00}) // field 12: a future frame type
-	s.WriteRaw([]byte{0, 0, 0, 0})             // no frame type at all
+	s.WriteRaw([]byte{0, 0, 0, 3, 0x9a, 0x06, 0x00}) // field 99: a future frame type (protocol §12.1)
+	s.WriteRaw([]byte{0, 0, 0, 0})                   // no frame type at all
 	s.Deliver(&wirepb.Deliver{MsgId: "m-1", Payload: []byte("after")})
 	if m := nextMessage(t, bob); m.ID != "m-1" {
 		t.Fatalf("%+v", m)

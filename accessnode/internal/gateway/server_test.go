@@ -323,6 +323,27 @@ func TestHostileInput(t *testing.T) {
 			t.Fatalf("error %v", e)
 		}
 	})
+	// The decoding vectors of protocol §12.1, before login.
+	t.Run("unknown frame type before login", func(t *testing.T) {
+		c := f.dial()
+		if _, err := c.c.Write([]byte{0, 0, 0, 3, 0x9a, 0x06, 0x00}); err != nil { // field 99
+			t.Fatal(err)
+		}
+		if e := c.read().GetError(); e == nil || e.Code != wirepb.ErrorCode_ERROR_CODE_BAD_REQUEST || e.Fatal {
+			t.Fatalf("error %v", e)
+		}
+		if ack := c.login(tok(t, "late", "d", node, time.Minute)).GetLoginAck(); ack == nil {
+			t.Fatal("no LoginAck after an unknown frame type")
+		}
+	})
+	t.Run("empty request before login", func(t *testing.T) {
+		c := f.dial()
+		if _, err := c.c.Write([]byte{0, 0, 0, 2, 0x62, 0x00}); err != nil { // Request{}
+			t.Fatal(err)
+		}
+		wantError(t, c.read(), wirepb.ErrorCode_ERROR_CODE_NOT_LOGGED_IN)
+		c.expectClosed()
+	})
 	// The bystander still works.
 	bystander.write(&wirepb.Frame{Body: &wirepb.Frame_Ping{Ping: &wirepb.Ping{Seq: 1}}})
 	if bystander.read().GetPong() == nil {
