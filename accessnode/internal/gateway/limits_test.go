@@ -45,7 +45,8 @@ func TestMessageRatePerConnection(t *testing.T) {
 	}
 	alice.send("nobody", "x")
 	a := alice.read().GetSendAck()
-	if a.GetOutcome() != wirepb.Outcome_OUTCOME_FAILED || a.Reason != wirepb.ErrorCode_ERROR_CODE_RATE_LIMITED {
+	// Refused before the message got an id: msg_id is empty (protocol §3.5).
+	if a.GetOutcome() != wirepb.Outcome_OUTCOME_FAILED || a.Reason != wirepb.ErrorCode_ERROR_CODE_RATE_LIMITED || a.MsgId != "" {
 		t.Fatalf("over budget: %v", a)
 	}
 	// The connection stays up.
