@@ -63,8 +63,9 @@ type Config struct {
 	// LoginAck.deliver_timeout_ms + 15 s (the node's cross-node worst case
 	// plus a margin), or 25 s when the node does not say.
 	SendAckTimeout time.Duration
-	// DrainTimeout is how long a connection the node sent GoAway on may keep
-	// running after the new one is up, to collect outstanding SendAcks.
+	// DrainTimeout bounds how long, after a GoAway, new Sends are held while
+	// the old connection collects its outstanding SendAcks (protocol §8.2),
+	// and how long it may keep running after the new one is up.
 	// Default: the SendAck timeout, since no SendAck can come later.
 	DrainTimeout time.Duration
 	// MaxPending bounds the Sends awaiting their SendAck; Send waits for a
@@ -183,7 +184,8 @@ type Client struct {
 
 	mu         sync.Mutex    // guards the fields below
 	cur        *conn         // the connection Sends go to; replaced only by run
-	curChanged chan struct{} // closed and replaced whenever cur changes
+	holding    bool          // a GoAway move holds new Sends until cur's are answered; cleared by setCurrent
+	curChanged chan struct{} // closed and replaced whenever cur or holding changes
 	backoff    Backoff       // cfg.Backoff merged with the dispatcher's hints
 	hbHint     time.Duration // the dispatcher's heartbeat hint
 	err        error         // why the client stopped, set before done closes
@@ -407,9 +409,9 @@ func knownOutcome(o wirepb.Outcome) bool {
 func (c *Client) waitConn(ctx context.Context) (*conn, error) {
 	for {
 		c.mu.Lock()
-		cn, changed := c.cur, c.curChanged
+		cn, changed, holding := c.cur, c.curChanged, c.holding
 		c.mu.Unlock()
-		if cn != nil && !cn.isClosed() {
+		if cn != nil && !holding && !cn.isClosed() {
 			return cn, nil
 		}
 		select {
@@ -495,6 +497,16 @@ func (c *Client) setCurrent(cn *conn) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.cur = cn
+	c.holding = false
+	close(c.curChanged)
+	c.curChanged = make(chan struct{})
+}
+
+// hold makes new Sends wait (in waitConn) until setCurrent.
+func (c *Client) hold() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.holding = true
 	close(c.curChanged)
 	c.curChanged = make(chan struct{})
 }
@@ -548,6 +560,14 @@ func (c *Client) run(cur *conn) {
 				t.Stop()
 				continue // dropped meanwhile: the ordinary reconnect path
 			}
+			// The new login replaces this session, and the Kick that follows
+			// would leave the old connection's Sends without an answer. So
+			// new Sends wait until those are answered (protocol §8.2); the
+			// reconnect paths below all end in setCurrent, which lets them go.
+			c.hold()
+			if !c.awaitAnswered(cur) {
+				continue // dropped or closing meanwhile: the loop takes it from here
+			}
 			next, err := c.connectLoop(c.life, retryPlan{exclude: []string{cur.nodeID}, inRun: true})
 			if err != nil {
 				c.finish(cur, err)
@@ -561,6 +581,23 @@ func (c *Client) run(cur *conn) {
 			c.drain(old)
 		}
 	}
+}
+
+// awaitAnswered waits until no Send waits on cur (or DrainTimeout passes);
+// false when cur dropped or the client is closing meanwhile.
+func (c *Client) awaitAnswered(cur *conn) bool {
+	t := time.NewTimer(cur.drainTimeout)
+	defer t.Stop()
+	select {
+	case <-cur.startDraining():
+	case <-t.C:
+		cur.log.Warn().Msg("goaway: outstanding SendAcks did not arrive in time; moving anyway")
+	case <-cur.done:
+		return false
+	case <-c.life.Done():
+		return false
+	}
+	return true
 }
 
 // swap makes next the connection Sends use.

@@ -315,22 +315,33 @@ func TestGoAwayMovesWithoutLosingSends(t *testing.T) {
 	if e := waitEvent(t, alice, client.EventGoAway, "n1"); e.Delay != 10*time.Millisecond || e.Detail != "draining" {
 		t.Fatalf("goaway event %v", e)
 	}
-	waitEvent(t, alice, client.EventConnected, "n2")
-	if r := lastRequest(cl, "alice"); !slices.Equal(r.Exclude, []string{"n1"}) {
-		t.Fatalf("move request %+v", r)
-	}
-	select {
-	case <-old.Done():
-		t.Fatal("old connection closed while a SendAck was outstanding")
-	default:
+	// Protocol §8.2: new Sends are held, and the client does not log in
+	// elsewhere (which would replace the old session and leave its Send
+	// unanswered) until the old connection's SendAcks are in.
+	// (A Send made before the GoAway's delay ran out still goes on n1.)
+	later := asyncSend(alice, "bob", "sent during the move")
+	// Nothing to wait for: a client that moved too early would have done
+	// so well within ten times the GoAway's delay.
+	time.Sleep(100 * time.Millisecond)
+	if n := cl.Node("n2").Sessions(); n != 0 {
+		t.Fatalf("logged in on n2 with a SendAck outstanding on n1 (%d sessions)", n)
 	}
 
 	n1.ReleaseSendAcks()
 	if r := result(t, out); r.err != nil || r.res.Outcome != wirepb.Outcome_OUTCOME_DELIVERED || r.res.NodeID != "n1" {
 		t.Fatalf("send across goaway: %+v %v", r.res, r.err)
 	}
-	if m := nextMessage(t, bob); string(m.Payload) != "in flight during goaway" {
-		t.Fatalf("%+v", m)
+	waitEvent(t, alice, client.EventConnected, "n2")
+	if r := lastRequest(cl, "alice"); !slices.Equal(r.Exclude, []string{"n1"}) {
+		t.Fatalf("move request %+v", r)
+	}
+	if r := result(t, later); r.err != nil || r.res.Outcome != wirepb.Outcome_OUTCOME_DELIVERED {
+		t.Fatalf("held send: %+v %v", r.res, r.err)
+	}
+	for _, want := range []string{"in flight during goaway", "sent during the move"} {
+		if m := nextMessage(t, bob); string(m.Payload) != want {
+			t.Fatalf("got %+v, want %q", m, want)
+		}
 	}
 	select {
 	case <-old.Done(): // the client closed the drained connection
@@ -342,12 +353,15 @@ func TestGoAwayMovesWithoutLosingSends(t *testing.T) {
 	}
 }
 
-// A node that kicks the old connection (REPLACED) when the moved client logs
-// in elsewhere must not stop the client.
+// When the old connection's SendAcks do not come within DrainTimeout, the
+// client moves anyway; a Kick REPLACED on the old connection then ends the
+// move, not the client.
 func TestReplacedOnOldConnectionAfterGoAwayIsNotFatal(t *testing.T) {
 	cl := clienttest.Start(t, "n1", "n2")
 	n1 := cl.Node("n1")
-	alice := dial(t, config(cl, "alice", "phone"))
+	cfg := config(cl, "alice", "phone")
+	cfg.DrainTimeout = 200 * time.Millisecond
+	alice := dial(t, cfg)
 	n1.HoldSendAcks()
 	out := asyncSend(alice, "carol", "pending")
 	waitFor(t, "the SendAck held", func() bool { return n1.Held() == 1 })

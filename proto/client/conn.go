@@ -430,7 +430,9 @@ func (cn *conn) writeLoop() {
 func (cn *conn) register(id uint64) (chan sendReply, bool) {
 	cn.mu.Lock()
 	defer cn.mu.Unlock()
-	if cn.closed {
+	if cn.closed || cn.drained != nil {
+		// Draining after a GoAway: a Send registered now could outlive the
+		// session; it goes to the next connection instead.
 		return nil, false
 	}
 	ch := make(chan sendReply, 1)

@@ -60,7 +60,7 @@
 // may or may not have been delivered: the connection closed before the
 // SendAck (ErrConnectionLost), no SendAck within SendAckTimeout
 // (ErrSendAckTimeout; by default the node's LoginAck.deliver_timeout_ms +
-// 5 s, else 15 s), ctx ended after the Send was queued, or an outcome value
+// 15 s, else 25 s), ctx ended after the Send was queued, or an outcome value
 // this client does not know. The SDK never re-sends by itself. A Send that
 // was never queued (its connection died first) waits for the next
 // connection instead. Payloads above max_frame_bytes − 1024 are refused
@@ -84,10 +84,12 @@
 // exclude list, so a one-node fleet comes back. Permanent failures (400, 401,
 // a Login refused for what the client sent) stop the client.
 //
-// GoAway: after reconnect_after_ms the client connects elsewhere (excluding
-// the node) and switches new Sends to the new connection. The old one keeps
-// reading, ACKing and pinging until its outstanding SendAcks are in (or
-// DrainTimeout, by default the SendAck timeout), then the client closes it.
+// GoAway: after reconnect_after_ms the client holds new Sends until the old
+// connection's outstanding SendAcks are in (or DrainTimeout, by default the
+// SendAck timeout, passes), because the new login replaces the old session;
+// then it connects elsewhere (excluding the node) and sends the held ones
+// there. The old connection keeps reading, ACKing and pinging until it has
+// nothing outstanding, then the client closes it.
 // A Kick REPLACED on that old connection is taken for the effect of its own
 // new login, not as the end of the client.
 //
