@@ -15,6 +15,7 @@ PROTOC_GEN_GO      := google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
 PROTOC_GEN_VTPROTO := github.com/planetscale/vtprotobuf/cmd/protoc-gen-go-vtproto@v0.6.0
 ETCDCTL            := go.etcd.io/etcd/etcdctl/v3@v3.7.3
+GOTESTSUM          := gotest.tools/gotestsum@v1.13.0
 
 .PHONY: all build run test vet fmt-check race fuzz bench microbench chaos chaos-short proto tools etcdctl clean
 
@@ -38,8 +39,13 @@ fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-race:
-	$(GO) test -race -count=1 -timeout 10m ./...
+# race prints each package as it finishes (gotestsum, pinned), with the
+# failing tests' output; `go test` alone says nothing for minutes.
+race: $(BIN)/tools/gotestsum
+	$(BIN)/tools/gotestsum --format pkgname-and-test-fails --format-hide-empty-pkg -- -race -count=1 -timeout 10m ./...
+
+$(BIN)/tools/gotestsum:
+	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install $(GOTESTSUM)
 
 ## fuzz: every fuzz target, ~10 s each (or FUZZTIME each)
 fuzz:
