@@ -1,12 +1,15 @@
 package gateway
 
 import (
+	"bufio"
 	"context"
 	"errors"
+	"net"
 	"testing"
 	"time"
 
 	"github.com/coder/websocket"
+	"github.com/gobwas/ws"
 
 	"github.com/imgate/imgate/proto/wire"
 	"github.com/imgate/imgate/proto/wirepb"
@@ -152,4 +155,111 @@ func TestWSLoginTimeout(t *testing.T) {
 	c := f.dialWS()
 	wantError(t, c.read(), wirepb.ErrorCode_ERROR_CODE_LOGIN_TIMEOUT)
 	c.expectClose(4005)
+}
+
+// rawWSConn is an upgraded connection driven by hand, to break the rules.
+func (f *fixture) rawWS() (net.Conn, *bufio.Reader) {
+	f.t.Helper()
+	c, err := net.Dial("tcp", f.wsAddr)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	f.t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, br, _, err := (ws.Dialer{NetDial: func(context.Context, string, string) (net.Conn, error) { return c, nil }}).Dial(context.Background(), "ws://"+f.wsAddr+"/v1/ws")
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	if br == nil {
+		br = bufio.NewReader(c)
+	}
+	return c, br
+}
+
+// readCloseCode reads frames until the node's Close; it returns the Error
+// frames met on the way and the close code.
+func readCloseCode(t *testing.T, br *bufio.Reader) ([]*wirepb.Frame, ws.StatusCode) {
+	t.Helper()
+	var frames []*wirepb.Frame
+	for {
+		fr, err := ws.ReadFrame(br)
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		switch fr.Header.OpCode {
+		case ws.OpClose:
+			code, _ := ws.ParseCloseFrameData(fr.Payload)
+			return frames, code
+		case ws.OpBinary:
+			var f wirepb.Frame
+			if err := wire.Decode(fr.Payload, &f); err != nil {
+				t.Fatal(err)
+			}
+			frames = append(frames, &f)
+		}
+	}
+}
+
+func TestWSCloseCodes(t *testing.T) {
+	masked := func(op ws.OpCode, fin bool, p []byte) []byte {
+		b, _ := ws.CompileFrame(ws.MaskFrame(ws.NewFrame(op, fin, p)))
+		return b
+	}
+	for _, tc := range []struct {
+		name    string
+		b       []byte
+		code    ws.StatusCode
+		errCode wirepb.ErrorCode // 0: no Error frame before the Close
+	}{
+		{"text", masked(ws.OpText, true, []byte("hi")), 1003, 0},
+		{"unmasked", func() []byte { b, _ := ws.CompileFrame(ws.NewBinaryFrame([]byte("x"))); return b }(), 1002, 0},
+		{"oversize", masked(ws.OpBinary, true, make([]byte, wire.DefaultMaxFrame+1)), 1009, wirepb.ErrorCode_ERROR_CODE_FRAME_TOO_LARGE},
+		{"oversize fragmented", append(masked(ws.OpBinary, false, make([]byte, wire.DefaultMaxFrame)), masked(ws.OpContinuation, true, []byte("x"))...), 1009, wirepb.ErrorCode_ERROR_CODE_FRAME_TOO_LARGE},
+		{"not a frame", masked(ws.OpBinary, true, []byte{0xff, 0xff}), 4001, wirepb.ErrorCode_ERROR_CODE_BAD_FRAME},
+		{"send before login", func() []byte {
+			b, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Send{Send: &wirepb.Send{ToUid: "x"}}}, wire.DefaultMaxFrame)
+			return masked(ws.OpBinary, true, b[wire.HeaderSize:])
+		}(), 4003, wirepb.ErrorCode_ERROR_CODE_NOT_LOGGED_IN},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f := newFixture(t, Config{})
+			c, br := f.rawWS()
+			if _, err := c.Write(tc.b); err != nil {
+				t.Fatal(err)
+			}
+			frames, code := readCloseCode(t, br)
+			if code != tc.code {
+				t.Fatalf("close %d, want %d", code, tc.code)
+			}
+			if tc.errCode == 0 && len(frames) != 0 || tc.errCode != 0 && (len(frames) != 1 || frames[0].GetError().GetCode() != tc.errCode || !frames[0].GetError().GetFatal()) {
+				t.Fatalf("frames before the close: %v", frames)
+			}
+		})
+	}
+}
+
+// The per-address cap applies to WebSocket connections too; the refused
+// one hears why after its handshake: Error OVERLOADED, close 4032.
+func TestWSPerIPCap(t *testing.T) {
+	f := newFixture(t, Config{MaxConnsPerIP: 1})
+	f.loggedInWS("alice", "browser")
+	c := f.dialWS()
+	wantError(t, c.read(), wirepb.ErrorCode_ERROR_CODE_OVERLOADED)
+	c.expectClose(4032)
+}
+
+// A silent logged-in WebSocket client is closed: Error IDLE_TIMEOUT, 4006.
+func TestWSIdleTimeout(t *testing.T) {
+	f := newFixture(t, Config{HeartbeatInterval: 100 * time.Millisecond, IdleTimeout: 300 * time.Millisecond})
+	c := f.loggedInWS("alice", "browser")
+	wantError(t, c.read(), wirepb.ErrorCode_ERROR_CODE_IDLE_TIMEOUT)
+	c.expectClose(4006)
+}
+
+// The node's close after a GoAway's grace (its shutdown) says 1001.
+func TestWSShutdownGoingAway(t *testing.T) {
+	f := newFixture(t, Config{})
+	c := f.loggedInWS("alice", "browser")
+	f.srv.Close()
+	c.expectClose(1001)
 }
