@@ -29,6 +29,9 @@ func TestClientTLSFlagsRejected(t *testing.T) {
 		{"--tls-addr", ":7443", "--tls-cert", "c.pem"},
 		{"--tls-cert", "c.pem", "--tls-key", "k.pem"},
 		{"--tls-advertise", "im.example.com:7443"},
+		{"--wss-addr", ":7444"},
+		{"--wss-advertise", "im.example.com:7444"},
+		{"--ws-advertise", "im.example.com:7080"},
 	} {
 		if _, err := parseFlags(args); err == nil {
 			t.Errorf("%q accepted", args)
