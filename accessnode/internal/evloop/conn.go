@@ -36,11 +36,11 @@ type Conn struct {
 	// Owned by the loop goroutine.
 	in          []byte // incomplete frame, borrowed from the pool; nil when idle
 	lastRead    int64
-	lingerUntil int64 // set once the conn is closing and lingering
-	badStream   bool  // framing broken; input is discarded
-	wsst        wsState
+	lingerUntil int64   // set once the conn is closing and lingering
+	badStream   bool    // framing broken; input is discarded
+	wsst        wsState // WebSocket message in assembly (ws.go)
 
-	mu    sync.Mutex // guards out, state, watch, dirty
+	mu    sync.Mutex // guards out, state, watch, dirty, ws
 	out   []byte     // bytes the kernel did not take yet, pooled; nil when idle
 	state uint8
 	watch bool // EPOLLOUT registered: the kernel refused part of out

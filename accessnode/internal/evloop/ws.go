@@ -144,11 +144,22 @@ func httpRefusal(status int, body string) []byte {
 var headEnd = []byte("\r\n\r\n")
 
 // wsState is what a connection keeps of a WebSocket message between reads:
-// whether a fragmented message is open, and how many of its bytes are
-// assembled at the start of the connection's input buffer.
-type wsState struct {
-	frag bool
-	asm  uint32
+// whether a fragmented message is open (the top bit), and how many of its
+// bytes are assembled at the start of the connection's input buffer. One
+// word, so that it fits the padding of Conn (whose size class it would
+// otherwise raise).
+type wsState uint32
+
+const wsFragBit = 1 << 31
+
+func (s wsState) frag() bool { return s&wsFragBit != 0 }
+func (s wsState) asm() int   { return int(s &^ wsFragBit) }
+
+func makeWSState(frag bool, asm int) wsState {
+	if frag {
+		return wsState(asm) | wsFragBit
+	}
+	return wsState(asm)
 }
 
 // wsSink receives what wsScan finds. Either method returns false to stop
@@ -172,7 +183,8 @@ type wsScratch struct {
 // far (st.asm of it), then the incomplete frame; keep is its length and
 // need the bytes the wait will hold at least. stopped: a sink said stop.
 func wsScan(st *wsState, b []byte, max int, sc *wsScratch, s wsSink) (keep, need int, stopped bool, err error) {
-	msgStart, msgEnd := 0, int(st.asm)
+	frag := st.frag()
+	msgStart, msgEnd := 0, st.asm()
 	pos := msgEnd
 	for pos < len(b) {
 		rest := b[pos:]
@@ -186,7 +198,7 @@ func wsScan(st *wsState, b []byte, max int, sc *wsScratch, s wsSink) (keep, need
 			return 0, 0, false, fmt.Errorf("%w: %v", ErrWSProtocol, herr)
 		}
 		state := ws.StateServerSide
-		if st.frag {
+		if frag {
 			state |= ws.StateFragmented
 		}
 		if cerr := ws.CheckHeader(h, state); cerr != nil {
@@ -220,12 +232,12 @@ func wsScan(st *wsState, b []byte, max int, sc *wsScratch, s wsSink) (keep, need
 			}
 			continue
 		}
-		if !st.frag {
+		if !frag {
 			msgStart, msgEnd = pos-len(payload), pos // in place, no copy
 		} else {
 			msgEnd += copy(b[msgEnd:], payload)
 		}
-		st.frag = !h.Fin
+		frag = !h.Fin
 		if h.Fin {
 			if !s.wsMessage(b[msgStart:msgEnd]) {
 				return 0, 0, true, nil
@@ -233,12 +245,12 @@ func wsScan(st *wsState, b []byte, max int, sc *wsScratch, s wsSink) (keep, need
 			msgStart, msgEnd = pos, pos
 		}
 	}
-	if !st.frag {
+	if !frag {
 		msgStart, msgEnd = pos, pos
 	}
 	asm := copy(b, b[msgStart:msgEnd])
 	keep = asm + copy(b[asm:], b[pos:])
-	st.asm = uint32(asm)
+	*st = makeWSState(frag, asm)
 	return keep, max2(need, keep), false, nil
 }
 

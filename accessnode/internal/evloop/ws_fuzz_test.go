@@ -41,8 +41,8 @@ func scanChunks(chunks [][]byte, max int) ([]string, bool) {
 		if stopped {
 			return s.events, false
 		}
-		if need < k || k > len(b) || int(st.asm) > k || int(st.asm) > max {
-			panic(fmt.Sprintf("keep %d need %d asm %d len %d", k, need, st.asm, len(b)))
+		if need < k || k > len(b) || st.asm() > k || st.asm() > max {
+			panic(fmt.Sprintf("keep %d need %d asm %d len %d", k, need, st.asm(), len(b)))
 		}
 		buf, keep = b, k
 	}

@@ -13,6 +13,7 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/gobwas/ws"
 	"github.com/rs/zerolog"
@@ -326,3 +327,45 @@ func (a *atomicErr) Load() error {
 
 type errBox struct{ err error }
 type atomicValue = atomic.Value
+
+// The WebSocket state lives in Conn's padding: a Conn stays in the 176-byte
+// size class, the node's per-connection floor.
+func TestConnSizeClass(t *testing.T) {
+	if n := unsafe.Sizeof(Conn{}); n > 176 {
+		t.Fatalf("Conn is %d bytes, over the 176-byte size class", n)
+	}
+}
+
+// Frames sent right behind the request, in the same write, and a request
+// that arrives in two reads with a frame behind its second part.
+func TestWSFramesBehindTheHandshake(t *testing.T) {
+	_, _, addr := serveWS(t, Config{})
+	req := []byte(wsRequest("/v1/ws"))
+	for _, cut := range []int{-1, 30} {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		r := &rawWS{t: t, c: c, br: bufio.NewReader(c)}
+		all := append(append([]byte(nil), req...), clientFrame(ws.OpBinary, true, []byte("early"))...)
+		all = append(all, clientFrame(ws.OpBinary, false, []byte("half"))...)
+		if cut < 0 {
+			r.send(all)
+		} else {
+			r.send(all[:cut])
+			time.Sleep(20 * time.Millisecond) // a separate read on the node
+			r.send(all[cut : len(all)-3])
+			time.Sleep(20 * time.Millisecond)
+			r.send(all[len(all)-3:])
+		}
+		r.send(clientFrame(ws.OpContinuation, true, []byte("-done")))
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		resp, err := http.ReadResponse(r.br, nil)
+		if err != nil || resp.StatusCode != 101 {
+			t.Fatalf("cut %d: %v %v", cut, resp, err)
+		}
+		r.wantBinary("early")
+		r.wantBinary("half-done")
+	}
+}
