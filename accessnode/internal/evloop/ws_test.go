@@ -184,6 +184,19 @@ func TestWSHandshakeRefusals(t *testing.T) {
 	}
 }
 
+// By default no web page may connect; a client without Origin may.
+func TestWSDefaultRefusesEveryOrigin(t *testing.T) {
+	_, _, addr := serveWS(t, Config{})
+	for _, h := range []string{"Origin: http://127.0.0.1:8080\r\n", "origin: null\r\n"} {
+		if _, resp := dialRaw(t, addr, wsRequest("/v1/ws", h)); resp.StatusCode != 403 {
+			t.Fatalf("%q: status %d", h, resp.StatusCode)
+		}
+	}
+	if _, resp := dialRaw(t, addr, wsRequest("/v1/ws")); resp.StatusCode != 101 {
+		t.Fatalf("no Origin: status %d", resp.StatusCode)
+	}
+}
+
 func TestWSAnyOrigin(t *testing.T) {
 	_, _, addr := serveWS(t, Config{WS: WSConfig{AllowedOrigins: []string{"*"}}})
 	if _, resp := dialRaw(t, addr, wsRequest("/v1/ws", "Origin: https://anything.example\r\n")); resp.StatusCode != 101 {
