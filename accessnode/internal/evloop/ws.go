@@ -77,7 +77,7 @@ func (c *Conn) WebSocket() bool {
 	return c.ws != wsNone
 }
 
-// upgrader is the gobwas Upgrader for cfg, made once per engine.
+// newUpgrader is the gobwas Upgrader for cfg, made once per engine.
 func newUpgrader(cfg WSConfig) ws.Upgrader {
 	anyOrigin := false
 	origins := map[string]bool{}
