@@ -2,8 +2,10 @@ package gateway
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
+	"io"
 	"net"
 	"testing"
 	"time"
@@ -262,4 +264,29 @@ func TestWSShutdownGoingAway(t *testing.T) {
 	c := f.loggedInWS("alice", "browser")
 	f.srv.Close()
 	c.expectClose(1001)
+}
+
+// The test vector of protocol.md §2.2: the masked Ping, and the Pong's
+// first bytes (server_time_ms differs).
+func TestWSProtocolTestVector(t *testing.T) {
+	f := newFixture(t, Config{})
+	c, br := f.rawWS()
+	login, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Login{Login: &wirepb.Login{Token: tok(t, "alice", "web", node, time.Minute)}}}, wire.DefaultMaxFrame)
+	b, _ := ws.CompileFrame(ws.MaskFrame(ws.NewBinaryFrame(login[wire.HeaderSize:])))
+	if _, err := c.Write(b); err != nil {
+		t.Fatal(err)
+	}
+	if fr, err := ws.ReadFrame(br); err != nil || fr.Header.OpCode != ws.OpBinary {
+		t.Fatalf("LoginAck: %v %v", fr.Header, err)
+	}
+	if _, err := c.Write([]byte{0x82, 0x84, 0x37, 0xfa, 0x21, 0x3d, 0x2d, 0xf8, 0x29, 0x3c}); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 13)
+	if _, err := io.ReadFull(br, got); err != nil {
+		t.Fatal(err)
+	}
+	if want := []byte{0x82, 0x0b, 0x22, 0x09, 0x08, 0x01, 0x10}; !bytes.HasPrefix(got, want) {
+		t.Fatalf("answer % x, want it to start % x", got, want)
+	}
 }
