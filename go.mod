@@ -3,7 +3,9 @@ module github.com/imgate/imgate
 go 1.26.8
 
 require (
+	github.com/coder/websocket v1.8.14
 	github.com/go-chi/chi/v5 v5.5.0
+	github.com/gobwas/ws v1.5.0
 	github.com/golang-jwt/jwt/v5 v5.3.1
 	github.com/peterbourgon/ff/v3 v3.4.0
 	github.com/prometheus/client_golang v1.25.0
@@ -20,6 +22,8 @@ require (
 	google.golang.org/grpc v1.85.0
 	google.golang.org/protobuf v1.36.12
 )
+
+require github.com/gobwas/httphead v0.1.0 // indirect
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect

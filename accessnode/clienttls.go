@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -20,6 +21,8 @@ import (
 // that speaks TLS, in front of the same protocol.
 type clientTLSFlags struct {
 	addr, advertise  string
+	wssAddr          string // WebSocket inside TLS, through the same front
+	wssAdvertise     string
 	cert, key        string
 	handshakeTimeout time.Duration
 	maxHandshakes    int
@@ -28,7 +31,9 @@ type clientTLSFlags struct {
 func (f *clientTLSFlags) define(fs *flag.FlagSet) {
 	fs.StringVar(&f.addr, "tls-addr", "", "client TLS listen address, e.g. :7443 (empty: no TLS listener)")
 	fs.StringVar(&f.advertise, "tls-advertise", "", "client TLS address given to clients by the dispatcher (default: the bound TLS address)")
-	fs.StringVar(&f.cert, "tls-cert", "", "certificate chain (PEM) of the client TLS listener; re-read when the file changes")
+	fs.StringVar(&f.wssAddr, "wss-addr", "", "client WebSocket-over-TLS listen address (path /v1/ws; needs --tls-cert, --tls-key; empty: none)")
+	fs.StringVar(&f.wssAdvertise, "wss-advertise", "", "wss address given to clients by the dispatcher (default: the bound wss address)")
+	fs.StringVar(&f.cert, "tls-cert", "", "certificate chain (PEM) of the client TLS and wss listeners; re-read when the file changes")
 	fs.StringVar(&f.key, "tls-key", "", "key (PEM) of --tls-cert; re-read when the file changes")
 	fs.DurationVar(&f.handshakeTimeout, "tls-handshake-timeout", 10*time.Second, "a client must complete the TLS handshake within this after connecting")
 	fs.IntVar(&f.maxHandshakes, "tls-max-handshakes", 4096, "TLS handshakes in progress at once; more connections wait in the listen backlog")
@@ -36,14 +41,20 @@ func (f *clientTLSFlags) define(fs *flag.FlagSet) {
 
 // check validates the flags; called by parseFlags.
 func (f *clientTLSFlags) check() error {
-	if f.addr == "" {
-		if f.cert != "" || f.key != "" || f.advertise != "" {
-			return errors.New("--tls-cert, --tls-key and --tls-advertise need --tls-addr")
+	if f.addr == "" && f.advertise != "" {
+		return errors.New("--tls-advertise needs --tls-addr")
+	}
+	if f.wssAddr == "" && f.wssAdvertise != "" {
+		return errors.New("--wss-advertise needs --wss-addr")
+	}
+	if f.addr == "" && f.wssAddr == "" {
+		if f.cert != "" || f.key != "" {
+			return errors.New("--tls-cert and --tls-key need --tls-addr or --wss-addr")
 		}
 		return nil
 	}
 	if f.cert == "" || f.key == "" {
-		return errors.New("--tls-addr needs --tls-cert and --tls-key")
+		return errors.New("--tls-addr and --wss-addr need --tls-cert and --tls-key")
 	}
 	return nil
 }
@@ -52,7 +63,8 @@ func (f *clientTLSFlags) check() error {
 // (no --tls-addr) does nothing.
 type clientTLS struct {
 	flags clientTLSFlags
-	ln    net.Listener
+	ln    net.Listener // nil without --tls-addr
+	wssLn net.Listener // nil without --wss-addr
 	front *tlsfront.Front
 	wg    sync.WaitGroup // the accept loop
 }
@@ -60,27 +72,52 @@ type clientTLS struct {
 // listenClientTLS listens at once, so a taken port fails the start; nil
 // when --tls-addr is empty.
 func listenClientTLS(f clientTLSFlags) (*clientTLS, error) {
-	if f.addr == "" {
+	if f.addr == "" && f.wssAddr == "" {
 		return nil, nil
 	}
-	ln, err := net.Listen("tcp", f.addr)
-	if err != nil {
-		return nil, fmt.Errorf("client TLS listener: %w", err)
+	t := &clientTLS{flags: f}
+	if f.addr != "" {
+		ln, err := net.Listen("tcp", f.addr)
+		if err != nil {
+			return nil, fmt.Errorf("client TLS listener: %w", err)
+		}
+		t.ln = ln
+		if t.flags.advertise == "" {
+			t.flags.advertise = ln.Addr().String()
+		}
 	}
-	if f.advertise == "" {
-		f.advertise = ln.Addr().String()
+	if f.wssAddr != "" {
+		ln, err := net.Listen("tcp", f.wssAddr)
+		if err != nil {
+			if t.ln != nil {
+				t.ln.Close()
+			}
+			return nil, fmt.Errorf("client wss listener: %w", err)
+		}
+		t.wssLn = ln
+		if t.flags.wssAdvertise == "" {
+			t.flags.wssAdvertise = ln.Addr().String()
+		}
 	}
-	return &clientTLS{flags: f, ln: ln}, nil
+	return t, nil
 }
 
-// addrs are the client addresses the node registers: tcp, and tls when on.
-func (t *clientTLS) addrs(tcp string) map[string]string {
-	m := map[string]string{"tcp": tcp}
-	if t != nil {
+// addrs adds the client addresses of the TLS front to m: tls and wss,
+// those that are on.
+func (t *clientTLS) addrs(m map[string]string) map[string]string {
+	if t != nil && t.ln != nil {
 		m["tls"] = t.flags.advertise
+	}
+	if t != nil && t.wssLn != nil {
+		m["wss"] = t.flags.wssAdvertise
 	}
 	return m
 }
+
+// wsAdopter hands the front's wss connections to the gateway as WebSocket.
+type wsAdopter struct{ gw *gateway.Server }
+
+func (a wsAdopter) Adopt(fd int, remote netip.AddrPort) error { return a.gw.AdoptWS(fd, remote) }
 
 // serve loads the certificate (an unreadable one fails the start) and
 // accepts TLS clients for gw until stopAccepting or close.
@@ -96,10 +133,17 @@ func (t *clientTLS) serve(gw *gateway.Server, log zerolog.Logger) error {
 		return fmt.Errorf("--tls-cert, --tls-key: %w", err)
 	}
 	t.front = front
-	t.wg.Go(func() { _ = front.Serve(t.ln) })
 	st := front.Stats()
-	log.Info().Str("tls", t.ln.Addr().String()).Str("advertise", t.flags.advertise).
-		Time("cert_not_after", st.CertNotAfter).Msg("client TLS listener up")
+	if t.ln != nil {
+		t.wg.Go(func() { _ = front.ServeTo(t.ln, gw) })
+		log.Info().Str("tls", t.ln.Addr().String()).Str("advertise", t.flags.advertise).
+			Time("cert_not_after", st.CertNotAfter).Msg("client TLS listener up")
+	}
+	if t.wssLn != nil {
+		t.wg.Go(func() { _ = front.ServeTo(t.wssLn, wsAdopter{gw}) })
+		log.Info().Str("wss", t.wssLn.Addr().String()).Str("advertise", t.flags.wssAdvertise).
+			Time("cert_not_after", st.CertNotAfter).Msg("client wss listener up")
+	}
 	return nil
 }
 
@@ -114,7 +158,16 @@ func (t *clientTLS) collectors(nodeID string) []prometheus.Collector {
 // stopAccepting closes the listener (drain); established connections stay.
 func (t *clientTLS) stopAccepting() {
 	if t != nil {
+		t.closeListeners()
+	}
+}
+
+func (t *clientTLS) closeListeners() {
+	if t.ln != nil {
 		t.ln.Close()
+	}
+	if t.wssLn != nil {
+		t.wssLn.Close()
 	}
 }
 
@@ -123,7 +176,7 @@ func (t *clientTLS) close() {
 	if t == nil {
 		return
 	}
-	t.ln.Close()
+	t.closeListeners()
 	if t.front != nil {
 		t.front.Close()
 	}

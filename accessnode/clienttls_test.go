@@ -29,6 +29,9 @@ func TestClientTLSFlagsRejected(t *testing.T) {
 		{"--tls-addr", ":7443", "--tls-cert", "c.pem"},
 		{"--tls-cert", "c.pem", "--tls-key", "k.pem"},
 		{"--tls-advertise", "im.example.com:7443"},
+		{"--wss-addr", ":7444"},
+		{"--wss-advertise", "im.example.com:7444"},
+		{"--ws-advertise", "im.example.com:7080"},
 	} {
 		if _, err := parseFlags(args); err == nil {
 			t.Errorf("%q accepted", args)
@@ -40,7 +43,7 @@ func TestClientTLSFlagsRejected(t *testing.T) {
 // --tls-advertise says otherwise), and a bad certificate fails the start.
 func TestClientTLSListener(t *testing.T) {
 	var off *clientTLS
-	if a := off.addrs("h:7000"); len(a) != 1 || a["tcp"] != "h:7000" {
+	if a := off.addrs(map[string]string{"tcp": "h:7000"}); len(a) != 1 || a["tcp"] != "h:7000" {
 		t.Fatalf("off: %v", a)
 	}
 	off.stopAccepting()
@@ -51,7 +54,7 @@ func TestClientTLSListener(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if a := on.addrs("h:7000"); a["tls"] != on.ln.Addr().String() || a["tcp"] != "h:7000" {
+	if a := on.addrs(map[string]string{"tcp": "h:7000"}); a["tls"] != on.ln.Addr().String() || a["tcp"] != "h:7000" {
 		t.Fatalf("on: %v", a)
 	}
 	if err := on.serve(nil, zerolog.Nop()); err != nil {
@@ -67,7 +70,7 @@ func TestClientTLSListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer adv.close()
-	if a := adv.addrs("h:7000"); a["tls"] != "im.example.com:7443" {
+	if a := adv.addrs(map[string]string{"tcp": "h:7000"}); a["tls"] != "im.example.com:7443" {
 		t.Fatalf("advertise: %v", a)
 	}
 	if err := adv.serve(nil, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "--tls-") {

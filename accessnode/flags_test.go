@@ -23,3 +23,26 @@ func TestMembershipFlags(t *testing.T) {
 		}
 	}
 }
+
+func TestWebSocketFlags(t *testing.T) {
+	t.Setenv("IMGATE_WS_ALLOWED_ORIGINS", "https://chat.example.com, http://127.0.0.1:8080")
+	c, err := parseFlags([]string{"--ws-addr", "127.0.0.1:0", "--wss-addr", "127.0.0.1:0", "--tls-cert", "c.pem", "--tls-key", "k.pem"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if o := splitList(c.wsAllowedOrigins); len(o) != 2 || o[0] != "https://chat.example.com" || o[1] != "http://127.0.0.1:8080" {
+		t.Fatalf("origins %q", o)
+	}
+	c.clientAdvertise, c.wsAdvertise = "h:7000", "h:7080"
+	if a := c.clientAddrs(); len(a) != 2 || a["tcp"] != "h:7000" || a["ws"] != "h:7080" {
+		t.Fatalf("addrs %v", a)
+	}
+	ct, err := listenClientTLS(c.clientTLS)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ct.close()
+	if a := ct.addrs(map[string]string{}); a["wss"] != ct.wssLn.Addr().String() || a["tls"] != "" {
+		t.Fatalf("tls front addrs %v", a)
+	}
+}

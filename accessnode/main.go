@@ -89,7 +89,10 @@ type config struct {
 	msgBurst          int
 	bytesPerSec       float64
 	bytesBurst        int
-	clientTLS         clientTLSFlags // --tls-*: the client TLS listener (clienttls.go)
+	clientTLS         clientTLSFlags // --tls-*, --wss-*: the client TLS front (clienttls.go)
+	wsAddr            string
+	wsAdvertise       string
+	wsAllowedOrigins  string
 }
 
 func parseFlags(args []string) (config, error) {
@@ -143,6 +146,9 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.etcdTLS.Key, "etcd-key", "", "key (PEM) of --etcd-cert")
 	fs.StringVar(&c.adminToken, "admin-token", "", "bearer token /metrics and /debug/ on --http-addr need (empty: open; prefer the env var)")
 	c.clientTLS.define(fs)
+	fs.StringVar(&c.wsAddr, "ws-addr", "", "client WebSocket listen address (path /v1/ws, subprotocol imgate.v1; empty: none)")
+	fs.StringVar(&c.wsAdvertise, "ws-advertise", "", "ws address given to clients by the dispatcher (default: the bound ws address)")
+	fs.StringVar(&c.wsAllowedOrigins, "ws-allowed-origins", "", "origins whose web pages may open ws/wss connections, comma-separated exact values (https://chat.example.com) or *; a request without an Origin header (not a browser) is always accepted (empty: every Origin refused)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: accessnode [flags]\n\nEvery flag can also be set by the environment variable shown.\n\n")
 		fs.VisitAll(func(f *flag.Flag) {
@@ -166,6 +172,9 @@ func parseFlags(args []string) (config, error) {
 	}
 	if err := c.clientTLS.check(); err != nil {
 		return c, err
+	}
+	if c.wsAddr == "" && c.wsAdvertise != "" {
+		return c, errors.New("--ws-advertise needs --ws-addr")
 	}
 	if c.memberHold < time.Second || c.peerTimeout < time.Second {
 		return c, fmt.Errorf("--member-hold %v, --peer-timeout %v: each must be at least 1s", c.memberHold, c.peerTimeout)
@@ -231,6 +240,16 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 		return err
 	}
 	defer clientTLS.close() // after gw.Close (defers run in reverse)
+	var wsLn net.Listener
+	if cfg.wsAddr != "" {
+		if wsLn, err = net.Listen("tcp", cfg.wsAddr); err != nil {
+			return fmt.Errorf("client ws listener: %w", err)
+		}
+		defer wsLn.Close()
+		if cfg.wsAdvertise == "" {
+			cfg.wsAdvertise = wsLn.Addr().String()
+		}
+	}
 	grpcLn, err := net.Listen("tcp", cfg.grpcAddr)
 	if err != nil {
 		return fmt.Errorf("grpc listener: %w", err)
@@ -275,7 +294,8 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 		IdleTimeout:        cfg.idleTimeout,
 		DeliverRetry:       cfg.deliverRetry,
 		DeliverTimeout:     cfg.deliverTimeout,
-		Engine:             evloop.Config{Loops: cfg.loops, MaxFrame: cfg.maxFrame, MaxConns: cfg.maxConns, Tick: cfg.sweep, IdleSweep: cfg.idleSweep},
+		Engine: evloop.Config{Loops: cfg.loops, MaxFrame: cfg.maxFrame, MaxConns: cfg.maxConns, Tick: cfg.sweep, IdleSweep: cfg.idleSweep,
+			WS: evloop.WSConfig{AllowedOrigins: splitList(cfg.wsAllowedOrigins)}},
 	}, token.NewVerifier(keys, cfg.id, nil), log)
 	if err != nil {
 		return err
@@ -299,7 +319,7 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 	defer rl.Close()
 	reg, err := registry.New(cli, etcdkeys.New(cfg.etcdPrefix), etcdkeys.Registration{
 		ID:        cfg.id,
-		Addrs:     clientTLS.addrs(cfg.clientAdvertise),
+		Addrs:     clientTLS.addrs(cfg.clientAddrs()),
 		GRPCAddr:  cfg.grpcAdvertise,
 		Region:    cfg.region,
 		Version:   version,
@@ -311,6 +331,12 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 	gw.SetRouter(rl)
 	if err := gw.Serve(clientLn.(*net.TCPListener)); err != nil {
 		return err
+	}
+	if wsLn != nil {
+		if err := gw.ServeWS(wsLn.(*net.TCPListener)); err != nil {
+			return err
+		}
+		log.Info().Str("ws", wsLn.Addr().String()).Str("advertise", cfg.wsAdvertise).Msg("client WebSocket listener up")
 	}
 	if err := clientTLS.serve(gw, log); err != nil {
 		return err
@@ -373,6 +399,9 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 	// Close our copy of the listening socket: with the engine's copy gone
 	// too, new connects are refused at once instead of hanging unserved.
 	clientLn.Close()
+	if wsLn != nil {
+		wsLn.Close()
+	}
 	clientTLS.stopAccepting()
 	dctx, dcancel := context.WithTimeout(context.Background(), cfg.drainTimeout)
 	gw.Drain(dctx, cfg.drainRate)
@@ -402,4 +431,25 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 	err = g.Wait()
 	log.Info().Msg("access node stopped")
 	return err
+}
+
+// clientAddrs are the plain client addresses the node registers: tcp, and
+// ws when on (the TLS front adds tls and wss).
+func (c *config) clientAddrs() map[string]string {
+	m := map[string]string{"tcp": c.clientAdvertise}
+	if c.wsAddr != "" {
+		m["ws"] = c.wsAdvertise
+	}
+	return m
+}
+
+// splitList splits a comma-separated flag value, dropping empty items.
+func splitList(s string) []string {
+	var out []string
+	for _, v := range strings.Split(s, ",") {
+		if v = strings.TrimSpace(v); v != "" {
+			out = append(out, v)
+		}
+	}
+	return out
 }

@@ -3,11 +3,15 @@
 package evloop
 
 import (
+	"fmt"
 	"net/netip"
 	"sync"
 	"sync/atomic"
 
+	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
+
+	"github.com/imgate/imgate/proto/wire"
 )
 
 const (
@@ -32,16 +36,18 @@ type Conn struct {
 	// Owned by the loop goroutine.
 	in          []byte // incomplete frame, borrowed from the pool; nil when idle
 	lastRead    int64
-	lingerUntil int64 // set once the conn is closing and lingering
-	badStream   bool  // framing broken; input is discarded
+	lingerUntil int64   // set once the conn is closing and lingering
+	badStream   bool    // framing broken; input is discarded
+	wsst        wsState // WebSocket message in assembly (ws.go)
 
-	mu    sync.Mutex // guards out, state, watch, dirty
+	mu    sync.Mutex // guards out, state, watch, dirty, ws
 	out   []byte     // bytes the kernel did not take yet, pooled; nil when idle
 	state uint8
 	watch bool // EPOLLOUT registered: the kernel refused part of out
 	// dirty: c is in its loop's dirty list; the loop offers out to the
 	// kernel before it next sleeps (see Write).
 	dirty bool
+	ws    uint8 // framing: wsNone (length prefix) or a WebSocket state (ws.go)
 
 	// hot: the conn is in its loop's hot list (or on its way there) and is
 	// ticked every Tick.
@@ -113,31 +119,78 @@ func (c *Conn) PublishThenWrite(publish func(), b []byte) error {
 const deferMax = 64 << 10
 
 func (c *Conn) writeLocked(b []byte) error {
-	if !c.watch && len(c.out) > 0 && len(c.out)+len(b) > deferMax {
+	if c.ws != wsNone {
+		return c.writeWSLocked(b)
+	}
+	return c.queueLocked(nil, b)
+}
+
+// writeWSLocked sends each length-prefixed frame in b as one binary
+// WebSocket message: the prefix is swapped for a WebSocket header.
+func (c *Conn) writeWSLocked(b []byte) error {
+	for len(b) > 0 {
+		body, rest, need, err := wire.Split(b, 1<<31-1)
+		if err != nil || need > 0 {
+			return fmt.Errorf("evloop: Write of a partial frame (%d bytes)", len(b))
+		}
+		var h [ws.MaxHeaderSize]byte
+		if err := c.queueLocked(appendWSHeader(h[:0], ws.OpBinary, len(body)), body); err != nil {
+			return err
+		}
+		b = rest
+	}
+	return nil
+}
+
+// controlLocked queues a WebSocket control frame.
+func (c *Conn) controlLocked(op ws.OpCode, payload []byte) error {
+	var h [ws.MaxHeaderSize]byte
+	return c.queueLocked(appendWSHeader(h[:0], op, len(payload)), payload)
+}
+
+// queueLocked gathers h and then b for the loop's flush.
+func (c *Conn) queueLocked(h, b []byte) error {
+	n := len(h) + len(b)
+	if !c.watch && len(c.out) > 0 && len(c.out)+n > deferMax {
 		if err := c.flushLocked(); err != nil {
 			return err
 		}
 	}
 	if len(c.out) == 0 {
-		c.out = append(getBuf(len(b)), b...)
+		c.out = append(append(getBuf(n), h...), b...)
 		if !c.dirty {
 			c.dirty = true
 			c.loop.markDirty(c)
 		}
 		return nil
 	}
-	if c.watch && len(c.out)+len(b) > c.loop.e.cfg.MaxQueue {
+	if c.watch && len(c.out)+n > c.loop.e.cfg.MaxQueue {
 		c.loop.e.slowClosed.Add(1)
 		c.breakLocked()
 		return ErrSlow
 	}
-	c.out = append(c.out, b...)
+	c.out = append(append(c.out, h...), b...)
 	return nil
+}
+
+// sayCloseLocked offers the kernel a WebSocket Close with code, once and
+// without waiting, before the conn is dropped; only when nothing is queued
+// (a Close in the middle of a message would break the stream).
+func (c *Conn) sayCloseLocked(code uint16) {
+	if c.ws != wsOpen || len(c.out) > 0 {
+		return
+	}
+	var f [ws.MaxHeaderSize + 2]byte
+	b := closeBody(appendWSHeader(f[:0], ws.OpClose, 2), code, "")
+	_, _ = rawWrite(c.fd, b)
 }
 
 // flushLocked offers out to the kernel; what it does not take waits for
 // EPOLLOUT. c.mu is held.
 func (c *Conn) flushLocked() error {
+	if c.ws == wsHandshake {
+		return nil // held until the 101 answer goes out ahead of it
+	}
 	for len(c.out) > 0 {
 		n, err := rawWrite(c.fd, c.out)
 		c.loop.writeCalls.Add(1)
@@ -183,8 +236,15 @@ func (c *Conn) setWatch(on bool) {
 // CloseAfter writes b (may be nil) and then closes the connection gracefully:
 // queued bytes are flushed, the write side is shut down, and input is
 // discarded until the peer closes or the linger time passes. No more writes
-// are accepted. Safe from any goroutine.
-func (c *Conn) CloseAfter(b []byte) {
+// are accepted. Safe from any goroutine. On a WebSocket the Close frame
+// says 1000 (see CloseWith).
+func (c *Conn) CloseAfter(b []byte) { c.CloseWith(b, wire.CloseNormal, "") }
+
+// CloseWith is CloseAfter whose WebSocket Close frame carries code and
+// reason (wire.CloseForError, wire.CloseForKick); on a length-prefixed
+// connection they are not sent. On a WebSocket whose handshake is not yet
+// complete, b and the Close wait for it (at most the linger time).
+func (c *Conn) CloseWith(b []byte, code uint16, reason string) {
 	c.mu.Lock()
 	if c.state != stateOpen {
 		c.mu.Unlock()
@@ -192,6 +252,13 @@ func (c *Conn) CloseAfter(b []byte) {
 	}
 	if len(b) > 0 {
 		if err := c.writeLocked(b); err != nil {
+			c.mu.Unlock()
+			return
+		}
+	}
+	if c.ws == wsOpen || c.ws == wsHandshake {
+		var p [ws.MaxControlFramePayloadSize]byte
+		if err := c.controlLocked(ws.OpClose, closeBody(p[:0], code, reason)); err != nil {
 			c.mu.Unlock()
 			return
 		}
@@ -207,6 +274,9 @@ func (c *Conn) CloseAfter(b []byte) {
 func (c *Conn) Close() {
 	c.mu.Lock()
 	if c.state == stateOpen || c.state == stateClosing {
+		if c.state == stateOpen {
+			c.sayCloseLocked(wire.CloseNormal)
+		}
 		c.breakLocked()
 	}
 	c.mu.Unlock()

@@ -38,7 +38,12 @@
 //   - Engine.Adopt takes a connected socket from elsewhere (the TLS front's
 //     end of a socketpair) with the real client's address, and serves it
 //     like an accepted connection, under the same MaxConns.
+//   - A listener (Engine.ServeWS) or adopted socket (Engine.AdoptWS) may
+//     speak WebSocket instead of the length prefix: the loop answers the
+//     handshake and parses frame headers from its own buffer (ws.go,
+//     ws_loop.go), and Conn.Write turns each length-prefixed frame into one
+//     binary message, so the Handler sees the same frames either way.
 //
-// The package knows the framing (proto/wire) but not what frames mean; it
-// never blocks its loop on anything but epoll_wait.
+// The package knows the framing (proto/wire, and WebSocket) but not what
+// frames mean; it never blocks its loop on anything but epoll_wait.
 package evloop

@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/gobwas/ws"
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
@@ -51,6 +52,8 @@ type Config struct {
 	// IdleSweep is how often every connection is ticked, a slice of the
 	// slot table each Tick; default 8 Ticks. Idle timeouts are this precise.
 	IdleSweep time.Duration
+	// WS is the WebSocket side (ServeWS, AdoptWS).
+	WS WSConfig
 }
 
 func (c *Config) setDefaults() {
@@ -72,6 +75,7 @@ func (c *Config) setDefaults() {
 	if c.IdleSweep < c.Tick {
 		c.IdleSweep = 8 * c.Tick
 	}
+	c.WS.setDefaults()
 }
 
 // writeCalls is how many write(2) calls the loops made on client sockets.
@@ -102,6 +106,8 @@ type Counters struct {
 	Rejected     uint64 // over MaxConns
 	SlowClosed   uint64 // closed because their queue was full
 	AcceptErrors uint64
+	WSUpgrades   uint64 // WebSocket handshakes answered 101
+	WSRefused    uint64 // WebSocket handshakes answered with an HTTP error
 }
 
 // Engine runs the loops.
@@ -120,6 +126,10 @@ type Engine struct {
 	rejected     atomic.Uint64
 	slowClosed   atomic.Uint64
 	acceptErrors atomic.Uint64
+	wsUpgrades   atomic.Uint64
+	wsRefused    atomic.Uint64
+
+	upgrader ws.Upgrader
 
 	mu       sync.Mutex // guards lnfds, closed, refusing
 	lnfds    []int
@@ -131,7 +141,7 @@ type Engine struct {
 // New prepares an engine with cfg.Loops loops and no listener; Start runs it.
 func New(cfg Config, h Handler, log zerolog.Logger) (*Engine, error) {
 	cfg.setDefaults()
-	e := &Engine{cfg: cfg, h: h, log: log, start: time.Now(), stopped: make(chan struct{})}
+	e := &Engine{cfg: cfg, h: h, log: log, start: time.Now(), stopped: make(chan struct{}), upgrader: newUpgrader(cfg.WS)}
 	for i := 0; i < cfg.Loops; i++ {
 		l, err := newLoop(e, i)
 		if err != nil {
@@ -172,13 +182,20 @@ func (e *Engine) Stats() Counters {
 		Rejected:     e.rejected.Load(),
 		SlowClosed:   e.slowClosed.Load(),
 		AcceptErrors: e.acceptErrors.Load(),
+		WSUpgrades:   e.wsUpgrades.Load(),
+		WSRefused:    e.wsRefused.Load(),
 	}
 }
 
 // Serve starts accepting the connections of ln in every loop. The engine
 // accepts on its own duplicate of the socket; the caller still owns ln and
 // closes it after StopAccepting or Close.
-func (e *Engine) Serve(ln *net.TCPListener) error {
+func (e *Engine) Serve(ln *net.TCPListener) error { return e.serve(ln, false) }
+
+// ServeWS is Serve for a listener whose clients speak WebSocket (Config.WS).
+func (e *Engine) ServeWS(ln *net.TCPListener) error { return e.serve(ln, true) }
+
+func (e *Engine) serve(ln *net.TCPListener, websocket bool) error {
 	rc, err := ln.SyscallConn()
 	if err != nil {
 		return fmt.Errorf("evloop: listener: %w", err)
@@ -205,7 +222,7 @@ func (e *Engine) Serve(ln *net.TCPListener) error {
 		return ErrClosed
 	}
 	for _, l := range e.loops {
-		if err := l.addListener(fd); err != nil {
+		if err := l.addListener(listenFD{fd: fd, ws: websocket}); err != nil {
 			unix.Close(fd)
 			return fmt.Errorf("evloop: register listener: %w", err)
 		}
@@ -221,7 +238,13 @@ func (e *Engine) Serve(ln *net.TCPListener) error {
 // MaxConns (ErrFull) and is refused once StopAccepting or Close ran
 // (ErrNotAccepting, ErrClosed). Adopt returns after the connection is in its
 // loop and OnOpen has run. It must not be called from a loop goroutine.
-func (e *Engine) Adopt(fd int, remote netip.AddrPort) error {
+func (e *Engine) Adopt(fd int, remote netip.AddrPort) error { return e.adoptConn(fd, remote, false) }
+
+// AdoptWS is Adopt for a connection that speaks WebSocket (wss behind the
+// TLS front).
+func (e *Engine) AdoptWS(fd int, remote netip.AddrPort) error { return e.adoptConn(fd, remote, true) }
+
+func (e *Engine) adoptConn(fd int, remote netip.AddrPort, websocket bool) error {
 	e.mu.Lock()
 	closed, refusing := e.closed, e.refusing
 	e.mu.Unlock()
@@ -244,7 +267,7 @@ func (e *Engine) Adopt(fd int, remote netip.AddrPort) error {
 	}
 	l := e.loops[e.adopt.Add(1)%uint64(len(e.loops))]
 	done := make(chan error, 1)
-	if !l.post(func() { done <- l.register(fd, remote) }) {
+	if !l.post(func() { done <- l.register(fd, remote, websocket) }) {
 		unix.Close(fd)
 		return ErrClosed
 	}

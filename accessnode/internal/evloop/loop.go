@@ -21,9 +21,16 @@ import (
 // slot's generation (or, for a listener, its fd), so an event for a slot that
 // was closed and reused within one epoll_wait batch is recognised and dropped.
 const (
-	slotListener = -2
-	slotWake     = -1
+	slotListenerWS = -3 // a listener whose connections speak WebSocket
+	slotListener   = -2
+	slotWake       = -1
 )
+
+// listenFD is a listening socket and its framing.
+type listenFD struct {
+	fd int
+	ws bool
+}
 
 // maxEvents is how many readiness events one epoll_wait returns at most.
 const maxEvents = 256
@@ -46,13 +53,16 @@ type loop struct {
 	buf       []byte
 	events    []unix.EpollEvent
 	now       int64
-	paused    []int   // listener fds taken out after EMFILE, re-added next tick
-	hot       []*Conn // ticked every Tick
-	full      bool    // the last poll filled the event batch
-	parkUntil int64   // the poller deadline last set, engine clock
-	cursor    int     // where the next slice of the idle sweep starts
+	paused    []listenFD // listeners taken out after EMFILE, re-added next tick
+	hot       []*Conn    // ticked every Tick
+	full      bool       // the last poll filled the event batch
+	parkUntil int64      // the poller deadline last set, engine clock
+	cursor    int        // where the next slice of the idle sweep starts
 
 	spare []*Conn // the dirty list's other buffer
+
+	wsScratch wsScratch // WebSocket header parsing
+	wsSink    loopSink
 
 	// write(2) calls on this loop's conns (tests: gathering); per loop, so
 	// the loops share no cache line for it.
@@ -144,9 +154,12 @@ func (l *loop) wait(ms int, until int64) (n int, err error) {
 	return n, werr
 }
 
-func (l *loop) addListener(fd int) error {
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: slotListener, Pad: int32(fd)}
-	return unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
+func (l *loop) addListener(ln listenFD) error {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLEXCLUSIVE, Fd: slotListener, Pad: int32(ln.fd)}
+	if ln.ws {
+		ev.Fd = slotListenerWS
+	}
+	return unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, ln.fd, &ev)
 }
 
 // post runs fn in the loop goroutine soon. It reports false when the loop
@@ -210,6 +223,11 @@ func (l *loop) run() {
 	l.runTasks()
 	for _, c := range l.slots {
 		if c != nil {
+			c.mu.Lock()
+			if c.state == stateOpen {
+				c.sayCloseLocked(wire.CloseGoingAway)
+			}
+			c.mu.Unlock()
 			l.closeConn(c)
 		}
 	}
@@ -238,8 +256,8 @@ func (l *loop) dispatch(ev *unix.EpollEvent) {
 		var b [8]byte
 		_, _ = rawRead(l.evfd, b[:])
 		return
-	case slotListener:
-		l.accept(int(ev.Pad))
+	case slotListener, slotListenerWS:
+		l.accept(listenFD{fd: int(ev.Pad), ws: ev.Fd == slotListenerWS})
 		return
 	}
 	if int(ev.Fd) >= len(l.slots) {
@@ -257,8 +275,9 @@ func (l *loop) dispatch(ev *unix.EpollEvent) {
 	}
 }
 
-func (l *loop) accept(lfd int) {
+func (l *loop) accept(ln listenFD) {
 	e := l.e
+	lfd := ln.fd
 	for i := 0; i < 64; i++ {
 		nfd, remote, err := rawAccept4(lfd, unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC)
 		if err != nil {
@@ -269,7 +288,7 @@ func (l *loop) accept(lfd int) {
 				// level-triggered listener would spin. Step back for a tick.
 				e.acceptErrors.Add(1)
 				if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, lfd, nil); err == nil {
-					l.paused = append(l.paused, lfd)
+					l.paused = append(l.paused, ln)
 				}
 				e.log.Warn().Err(err).Int("loop", l.id).Msg("accept: out of resources; pausing accepts for one tick")
 			default:
@@ -282,13 +301,13 @@ func (l *loop) accept(lfd int) {
 			unix.Close(nfd)
 			continue
 		}
-		_ = l.register(nfd, remote)
+		_ = l.register(nfd, remote, ln.ws)
 	}
 }
 
 // register makes the non-blocking socket fd a connection of this loop and
 // tells the handler (OnOpen). On failure fd is closed.
-func (l *loop) register(fd int, remote netip.AddrPort) error {
+func (l *loop) register(fd int, remote netip.AddrPort, websocket bool) error {
 	e := l.e
 	c := &Conn{
 		fd:       fd,
@@ -297,6 +316,9 @@ func (l *loop) register(fd int, remote netip.AddrPort) error {
 		remote:   remote,
 		created:  l.now,
 		lastRead: l.now,
+	}
+	if websocket {
+		c.ws = wsHandshake
 	}
 	l.gen++
 	c.gen = l.gen
@@ -338,6 +360,10 @@ func (l *loop) readable(c *Conn) {
 		return
 	}
 	c.lastRead = l.now
+	if c.ws != wsNone {
+		l.readWS(c, l.buf[:n])
+		return
+	}
 	if c.lingerUntil != 0 || c.badStream || c.closing() {
 		return // closing: discard input so our close does not reset the peer
 	}

@@ -178,6 +178,13 @@ func New(cfg Config, verify *token.Verifier, log zerolog.Logger) (*Server, error
 // Serve accepts client connections from ln (the caller keeps ownership).
 func (s *Server) Serve(ln *net.TCPListener) error { return s.eng.Serve(ln) }
 
+// ServeWS accepts WebSocket clients from ln (Config.Engine.WS: path,
+// origins); the caller keeps ownership.
+func (s *Server) ServeWS(ln *net.TCPListener) error { return s.eng.ServeWS(ln) }
+
+// AdoptWS is Adopt for a connection that speaks WebSocket (wss).
+func (s *Server) AdoptWS(fd int, remote netip.AddrPort) error { return s.eng.AdoptWS(fd, remote) }
+
 // Adopt serves fd, a connected socket from elsewhere (the TLS front's end of
 // a socketpair), as a client connection from remote: per-address limits,
 // the connection cap and draining apply as to accepted ones. The server owns
@@ -324,7 +331,8 @@ func (s *Server) fail(c *evloop.Conn, code wirepb.ErrorCode, msg string) {
 		s.endSession(sess)
 	}
 	b, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Error{Error: &wirepb.Error{Code: code, Message: msg, Fatal: true}}}, s.cfg.Engine.MaxFrame)
-	c.CloseAfter(b)
+	closeCode, reason := wire.CloseForError(code)
+	c.CloseWith(b, closeCode, reason)
 }
 
 // endSession takes sess out of the user index and fails its pending
@@ -347,7 +355,8 @@ func (s *Server) endSession(sess *session) {
 func (s *Server) kick(sess *session, reason wirepb.KickReason, detail string) {
 	s.endSession(sess)
 	b, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Kick{Kick: &wirepb.Kick{Reason: reason, Detail: detail}}}, s.cfg.Engine.MaxFrame)
-	sess.c.CloseAfter(b)
+	closeCode, why := wire.CloseForKick(reason)
+	sess.c.CloseWith(b, closeCode, why)
 }
 
 func (s *Server) errorFrame(c *evloop.Conn, code wirepb.ErrorCode, msg string) {
@@ -374,6 +383,15 @@ func (s *Server) OnOpen(c *evloop.Conn) {
 // OnFrameError implements evloop.Handler.
 func (s *Server) OnFrameError(c *evloop.Conn, err error) {
 	s.protocolErrors.Add(1)
+	// WebSocket violations outside any Frame: the close code says it all.
+	switch {
+	case errors.Is(err, evloop.ErrTextMessage):
+		c.CloseWith(nil, wire.CloseUnsupportedData, "binary messages only")
+		return
+	case errors.Is(err, evloop.ErrWSProtocol):
+		c.CloseWith(nil, wire.CloseProtocolError, "protocol error")
+		return
+	}
 	code := wirepb.ErrorCode_ERROR_CODE_BAD_FRAME
 	if errors.Is(err, wire.ErrFrameTooLarge) {
 		code = wirepb.ErrorCode_ERROR_CODE_FRAME_TOO_LARGE

@@ -24,9 +24,10 @@ const node = "n1"
 var keys, _ = token.ParseKeys("k1=0123456789abcdef0123")
 
 type fixture struct {
-	t    *testing.T
-	srv  *Server
-	addr string
+	t      *testing.T
+	srv    *Server
+	addr   string
+	wsAddr string // the same server's WebSocket listener (ws_test.go)
 }
 
 func newFixture(t *testing.T, cfg Config) *fixture {
@@ -46,11 +47,19 @@ func newFixture(t *testing.T, cfg Config) *fixture {
 	if err := srv.Serve(ln.(*net.TCPListener)); err != nil {
 		t.Fatal(err)
 	}
+	wsLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.ServeWS(wsLn.(*net.TCPListener)); err != nil {
+		t.Fatal(err)
+	}
 	t.Cleanup(func() {
 		srv.Close()
 		ln.Close()
+		wsLn.Close()
 	})
-	return &fixture{t: t, srv: srv, addr: ln.Addr().String()}
+	return &fixture{t: t, srv: srv, addr: ln.Addr().String(), wsAddr: wsLn.Addr().String()}
 }
 
 func tok(t *testing.T, uid, device, nodeID string, ttl time.Duration) string {

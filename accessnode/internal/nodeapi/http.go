@@ -95,6 +95,8 @@ func registerGateway(reg *prometheus.Registry, gw Gateway, nodeID string) {
 	counter("accepted_total", "Connections accepted.", func(s gateway.Stats) uint64 { return s.Engine.Accepted })
 	counter("rejected_total", "Connections refused over the cap.", func(s gateway.Stats) uint64 { return s.Engine.Rejected })
 	counter("slow_closed_total", "Connections closed because they did not read.", func(s gateway.Stats) uint64 { return s.Engine.SlowClosed })
+	counter("ws_upgrades_total", "WebSocket handshakes answered 101.", func(s gateway.Stats) uint64 { return s.Engine.WSUpgrades })
+	counter("ws_refused_total", "WebSocket handshakes answered with an HTTP error (bad path, method, upgrade, origin, size).", func(s gateway.Stats) uint64 { return s.Engine.WSRefused })
 	counter("logins_total", "Successful logins.", func(s gateway.Stats) uint64 { return s.Logins })
 	counter("login_failures_total", "Refused logins.", func(s gateway.Stats) uint64 { return s.LoginFailures })
 	counter("login_timeouts_total", "Connections closed for not logging in.", func(s gateway.Stats) uint64 { return s.LoginTimeouts })

@@ -157,7 +157,12 @@ func (f *Front) Stats() Stats {
 // Serve accepts connections on ln until ln or the front is closed; it then
 // returns nil (ErrClosed if the front was closed before the call). The
 // caller keeps ln and closes it to stop accepting (Close closes it too).
-func (f *Front) Serve(ln net.Listener) error {
+func (f *Front) Serve(ln net.Listener) error { return f.ServeTo(ln, f.to) }
+
+// ServeTo is Serve handing ln's connections to to instead of the front's
+// Adopter: one front (one certificate, one set of counters) serves both the
+// TLS and the WebSocket-over-TLS listeners of a node.
+func (f *Front) ServeTo(ln net.Listener, to Adopter) error {
 	f.mu.Lock()
 	if f.closed {
 		f.mu.Unlock()
@@ -198,7 +203,7 @@ func (f *Front) Serve(ln net.Listener) error {
 			continue
 		}
 		backoff = 0
-		f.handle(raw)
+		f.handle(raw, to)
 	}
 }
 
@@ -208,20 +213,20 @@ func (f *Front) Serve(ln net.Listener) error {
 func (f *Front) Handle(raw net.Conn) {
 	select {
 	case f.slots <- struct{}{}:
-		f.handle(raw)
+		f.handle(raw, f.to)
 	case <-f.done:
 		raw.Close()
 	}
 }
 
 // handle starts serving raw; a handshake slot is held for it.
-func (f *Front) handle(raw net.Conn) {
+func (f *Front) handle(raw net.Conn, to Adopter) {
 	if tc, ok := raw.(*net.TCPConn); ok {
 		// The client's Ping does the keep-alive's job (as on the plain
 		// port, where Go's keep-alive is not used either).
 		_ = tc.SetKeepAlive(false)
 	}
-	c := &conn{f: f, raw: raw}
+	c := &conn{f: f, raw: raw, to: to}
 	f.mu.Lock()
 	if f.closed {
 		f.mu.Unlock()
@@ -265,6 +270,7 @@ func (f *Front) remove(c *conn) {
 type conn struct {
 	f   *Front
 	raw net.Conn
+	to  Adopter
 	far *os.File // our end of the socketpair; nil until adopted
 }
 
@@ -315,7 +321,7 @@ func (c *conn) serve() {
 	c.far = far
 	f.mu.Unlock()
 	defer far.Close()
-	if err := f.to.Adopt(fds[0], remoteOf(c.raw)); err != nil {
+	if err := c.to.Adopt(fds[0], remoteOf(c.raw)); err != nil {
 		f.refused.Add(1)
 		f.noisy.Debug().Err(err).Str("remote", c.raw.RemoteAddr().String()).Msg("tls: the node refused the connection")
 		return

@@ -64,7 +64,14 @@ type fixture struct {
 	front   *Front
 	tlsAddr string // the front
 	tcpAddr string // the gateway's plain TCP port
+	wsAddr  string // the gateway's WebSocket port
+	wssAddr string // the front, WebSocket inside
 }
+
+// wsAdopter hands the front's connections to the gateway as WebSocket.
+type wsAdopter struct{ gw *gateway.Server }
+
+func (a wsAdopter) Adopt(fd int, remote netip.AddrPort) error { return a.gw.AdoptWS(fd, remote) }
 
 func newFixture(t *testing.T, gcfg gateway.Config, fcfg Config) *fixture {
 	t.Helper()
@@ -83,7 +90,14 @@ func newFixture(t *testing.T, gcfg gateway.Config, fcfg Config) *fixture {
 	if err := srv.Serve(tcpLn.(*net.TCPListener)); err != nil {
 		t.Fatal(err)
 	}
-	f := &fixture{t: t, ca: tlstest.NewCA(t, "test"), gw: &recorder{Server: srv}, tcpAddr: tcpLn.Addr().String()}
+	wsLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.ServeWS(wsLn.(*net.TCPListener)); err != nil {
+		t.Fatal(err)
+	}
+	f := &fixture{t: t, ca: tlstest.NewCA(t, "test"), gw: &recorder{Server: srv}, tcpAddr: tcpLn.Addr().String(), wsAddr: wsLn.Addr().String()}
 	f.files = f.ca.Server("node")
 	fcfg.Cert, fcfg.Key = f.files.Cert, f.files.Key
 	f.front, err = New(fcfg, f.gw, zerolog.Nop())
@@ -95,16 +109,26 @@ func newFixture(t *testing.T, gcfg gateway.Config, fcfg Config) *fixture {
 		t.Fatal(err)
 	}
 	f.tlsAddr = ln.Addr().String()
-	served := make(chan error, 1)
+	wssLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.wssAddr = wssLn.Addr().String()
+	served := make(chan error, 2)
 	go func() { served <- f.front.Serve(ln) }()
+	go func() { served <- f.front.ServeTo(wssLn, wsAdopter{srv}) }()
 	t.Cleanup(func() {
 		// As the node shuts down: the engine first, then the front.
 		ln.Close()
+		wssLn.Close()
 		srv.Close()
 		tcpLn.Close()
+		wsLn.Close()
 		f.front.Close()
-		if err := <-served; err != nil {
-			t.Errorf("Serve: %v", err)
+		for range 2 {
+			if err := <-served; err != nil {
+				t.Errorf("Serve: %v", err)
+			}
 		}
 	})
 	return f

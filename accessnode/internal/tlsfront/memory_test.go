@@ -2,7 +2,9 @@ package tlsfront
 
 import (
 	"bufio"
+	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -16,6 +18,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gobwas/ws"
+	"github.com/gobwas/ws/wsutil"
+
 	"github.com/imgate/imgate/accessnode/internal/gateway"
 	"github.com/imgate/imgate/proto/tlsconf"
 	"github.com/imgate/imgate/proto/token"
@@ -28,22 +33,27 @@ import (
 const memChildEnv = "TLSFRONT_MEM_CHILD"
 
 // TestMemoryPerIdleConn measures the node's memory per idle logged-in
-// connection, plain TCP and TLS side by side, in this process (the node's
+// connection, plain TCP, TLS, WebSocket and WebSocket over TLS side by side, in this process (the node's
 // pieces) with the clients in a child process, so that only the server side
 // is counted. It runs when IMGATE_MEM_CONNS is set:
 //
 //	IMGATE_MEM_CONNS=5000 go test -run TestMemoryPerIdleConn -v ./accessnode/internal/tlsfront
+//
+// IMGATE_MEM_MODES picks some of tcp,tls,ws,wss (default all). A TLS
+// connection holds three descriptors in this process (the client's socket
+// and both ends of the socketpair), so mind the open-file limit.
 func TestMemoryPerIdleConn(t *testing.T) {
 	n, _ := strconv.Atoi(os.Getenv("IMGATE_MEM_CONNS"))
 	if n <= 0 {
 		t.Skip("set IMGATE_MEM_CONNS to the number of connections to measure with")
 	}
 	f := newFixture(t, gateway.Config{}, Config{})
-	for _, mode := range []string{"tcp", "tls"} {
-		addr := f.tcpAddr
-		if mode == "tls" {
-			addr = f.tlsAddr
-		}
+	modes := []string{"tcp", "tls", "ws", "wss"}
+	if m := os.Getenv("IMGATE_MEM_MODES"); m != "" {
+		modes = strings.Split(m, ",")
+	}
+	for _, mode := range modes {
+		addr := map[string]string{"tcp": f.tcpAddr, "tls": f.tlsAddr, "ws": f.wsAddr, "wss": f.wssAddr}[mode]
 		before := readMem()
 		child := exec.Command(os.Args[0], "-test.run=^$")
 		child.Env = append(os.Environ(), fmt.Sprintf("%s=%s,%s,%d,%s", memChildEnv, mode, addr, n, f.ca.File))
@@ -118,11 +128,14 @@ func memChild(spec string) error {
 		wg.Go(func() {
 			defer func() { <-sem }()
 			c, err := net.DialTimeout("tcp", addr, 30*time.Second)
-			if err == nil && mode == "tls" {
+			if err == nil && (mode == "tls" || mode == "wss") {
 				tc := tls.Client(c, cfg)
 				if err = tc.Handshake(); err == nil {
 					c = tc
 				}
+			}
+			if err == nil && (mode == "ws" || mode == "wss") {
+				c, err = memUpgrade(c, addr)
 			}
 			if err == nil {
 				err = memLogin(c, fmt.Sprintf("u%d", i))
@@ -173,4 +186,53 @@ func memLogin(c net.Conn, uid string) error {
 
 func tokenClaims(uid string) token.Claims {
 	return token.Claims{UID: uid, Device: "phone", Node: node, ExpiresAt: time.Now().Add(10 * time.Minute)}
+}
+
+// memUpgrade runs the WebSocket handshake on c and returns a conn that
+// speaks the length-prefixed framing over it, so memLogin serves both.
+func memUpgrade(c net.Conn, addr string) (net.Conn, error) {
+	d := ws.Dialer{NetDial: func(context.Context, string, string) (net.Conn, error) { return c, nil }, Timeout: 30 * time.Second}
+	_, br, _, err := d.Dial(context.Background(), "ws://"+addr+"/v1/ws")
+	if err != nil {
+		return nil, err
+	}
+	if br != nil {
+		ws.PutReader(br)
+	}
+	return &wsFramed{Conn: c}, nil
+}
+
+// wsFramed turns length-prefixed writes into masked binary messages and
+// binary messages back into length-prefixed reads.
+type wsFramed struct {
+	net.Conn
+	pending []byte
+}
+
+func (w *wsFramed) Write(b []byte) (int, error) {
+	for rest := b; len(rest) > 0; {
+		body, next, _, err := wire.Split(rest, 1<<30)
+		if err != nil {
+			return 0, err
+		}
+		if err := wsutil.WriteClientBinary(w.Conn, body); err != nil {
+			return 0, err
+		}
+		rest = next
+	}
+	return len(b), nil
+}
+
+func (w *wsFramed) Read(p []byte) (int, error) {
+	if len(w.pending) == 0 {
+		msg, err := wsutil.ReadServerBinary(w.Conn)
+		if err != nil {
+			return 0, err
+		}
+		w.pending = binary.BigEndian.AppendUint32(nil, uint32(len(msg)))
+		w.pending = append(w.pending, msg...)
+	}
+	n := copy(p, w.pending)
+	w.pending = w.pending[n:]
+	return n, nil
 }
