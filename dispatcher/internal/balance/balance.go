@@ -294,14 +294,6 @@ func (s *Snapshot) Len() int { return len(s.nodes) }
 // At returns the i-th candidate, in the snapshot's order.
 func (s *Snapshot) At(i int) *Candidate { return &s.nodes[i] }
 
-// Find returns the candidate with id, or nil.
-func (s *Snapshot) Find(id string) *Candidate {
-	if i, ok := s.index[id]; ok {
-		return &s.nodes[i]
-	}
-	return nil
-}
-
 // claim counts one handout on node i unless that would take it past its
 // limit (a concurrent pick took the last slot); it reports success.
 func (s *Snapshot) claim(i int, now int64) bool {
