@@ -574,7 +574,7 @@ func (s *Server) deliverLocal(uid string, d *wirepb.Deliver, skip *session, done
 		done(uint32(len(targets)), 0, wirepb.ErrorCode_ERROR_CODE_PAYLOAD_TOO_LARGE)
 		return
 	}
-	f := &flight{done: done, devices: uint32(len(targets))}
+	f := &flight{done: done, sum: Tally{Devices: uint32(len(targets))}}
 	now := s.eng.Now()
 	for _, t := range targets {
 		s.delivers.Add(1)

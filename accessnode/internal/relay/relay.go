@@ -584,13 +584,11 @@ type forwarding struct {
 	m      *message
 	cached bool
 
-	mu      sync.Mutex // guards the fields below
-	parts   int
-	devices uint32
-	acked   uint32
-	reason  wirepb.ErrorCode
-	stale   bool // a holder was wrong ("not here") or unreachable
-	retry   bool // every holder surely did not deliver: asking again is safe
+	mu    sync.Mutex // guards the fields below
+	parts int
+	sum   gateway.Tally
+	stale bool // a holder was wrong ("not here") or unreachable
+	retry bool // every holder surely did not deliver: asking again is safe
 }
 
 // forwardTo delivers m through the given holders. incomplete: the home
@@ -642,11 +640,7 @@ func (fw *forwarding) answer(res *nodepb.ForwardFrame, reason wirepb.ErrorCode, 
 	}
 	fw.mu.Lock()
 	fw.parts--
-	fw.devices += devices
-	fw.acked += acked
-	if reason != 0 && fw.reason == 0 {
-		fw.reason = reason
-	}
+	fw.sum.Add(devices, acked, reason)
 	// Unreachable, or "not here" (it reports no device): the cached holders
 	// were wrong. Only a definite "not here", or a request that never left
 	// this node, proves nothing was delivered through that holder: a holder
@@ -655,8 +649,7 @@ func (fw *forwarding) answer(res *nodepb.ForwardFrame, reason wirepb.ErrorCode, 
 	notHere := res != nil && devices == 0 && reason == 0
 	fw.stale = fw.stale || res == nil || devices == 0
 	fw.retry = fw.retry && (notHere || (res == nil && unsent))
-	last := fw.parts == 0
-	devices, acked, reason = fw.devices, fw.acked, fw.reason
+	last, sum := fw.parts == 0, fw.sum
 	stale, retry := fw.stale, fw.retry
 	fw.mu.Unlock()
 	if !last {
@@ -665,15 +658,15 @@ func (fw *forwarding) answer(res *nodepb.ForwardFrame, reason wirepb.ErrorCode, 
 	m := fw.m
 	if fw.cached && stale {
 		fw.r.cache.drop(m.uid)
-		if devices == 0 && retry && time.Now().Before(m.deadline) {
+		if sum.Devices == 0 && retry && time.Now().Before(m.deadline) {
 			fw.r.relookup(m) // nobody got it: ask the home
 			return
 		}
 	}
-	if devices == 0 && reason != 0 {
+	if sum.Devices == 0 && sum.Reason != 0 {
 		fw.r.forwardFailures.Add(1)
 	}
-	m.done(devices, acked, reason)
+	m.done(sum.Devices, sum.Acked, sum.Reason)
 }
 
 // lookup finds the holders of uid through its home, retrying while views
