@@ -525,11 +525,7 @@ func (s *Server) handleSend(from *session, m *wirepb.Send) {
 	}
 	var idb [64]byte
 	msgID := string(strconv.AppendUint(append(idb[:0], s.msgPrefix...), s.msgSeq.Add(1), 36))
-	d := &wirepb.Deliver{
-		MsgId: msgID, FromUid: from.uid, FromDevice: from.device,
-		Payload: m.Payload, ContentType: m.ContentType,
-		SentAtMs: time.Now().UnixMilli(), Attempt: 1,
-	}
+	d := newDeliver(msgID, from.uid, from.device, m.Payload, m.ContentType)
 	op := &sendOp{srv: s, sender: from, clientMsgID: m.ClientMsgId, msgID: msgID, parts: 1, to: m.ToUid, msg: d}
 	if s.router != nil {
 		op.parts = 2
@@ -588,8 +584,7 @@ func (s *Server) deliverLocal(uid string, d *wirepb.Deliver, skip *session, done
 // node and, through the router, on others; done is called once.
 func (s *Server) Push(uid, from string, payload []byte, contentType string, done Done) string {
 	msgID := s.msgPrefix + strconv.FormatUint(s.msgSeq.Add(1), 36)
-	d := &wirepb.Deliver{MsgId: msgID, FromUid: from, Payload: payload, ContentType: contentType,
-		SentAtMs: time.Now().UnixMilli(), Attempt: 1}
+	d := newDeliver(msgID, from, "", payload, contentType)
 	if s.router == nil {
 		s.deliverLocal(uid, d, nil, done)
 		return msgID

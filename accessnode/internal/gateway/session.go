@@ -6,7 +6,6 @@ import (
 	"sync/atomic"
 
 	"github.com/imgate/imgate/accessnode/internal/evloop"
-	"github.com/imgate/imgate/proto/nodepb"
 	"github.com/imgate/imgate/proto/wirepb"
 )
 
@@ -176,10 +175,7 @@ func (s *session) retry(srv *Server, now int64) {
 			ob.attempt++
 			ob.nextRetry = now + int64(srv.cfg.DeliverRetry)
 			srv.retries.Add(1)
-			m := ob.msg
-			again := &wirepb.Deliver{MsgId: m.MsgId, FromUid: m.FromUid, FromDevice: m.FromDevice,
-				Payload: m.Payload, ContentType: m.ContentType, SentAtMs: m.SentAtMs, Attempt: ob.attempt}
-			srv.send(s.c, &wirepb.Frame{Body: &wirepb.Frame_Deliver{Deliver: again}})
+			srv.send(s.c, &wirepb.Frame{Body: &wirepb.Frame_Deliver{Deliver: resend(ob.msg, ob.attempt)}})
 		}
 	}
 	s.npending.Store(int32(len(s.pending)))
@@ -205,9 +201,8 @@ func (s *session) close() {
 // store hands a message nobody was online for to the backend, then answers
 // the sender STORED, or OFFLINE when the backend could not take it.
 func (o *sendOp) store(ack *wirepb.SendAck) {
-	s, m := o.srv, o.msg
-	req := &nodepb.StoreRequest{MsgId: o.msgID, FromUid: m.FromUid, FromDevice: m.FromDevice, ToUid: o.to,
-		Payload: m.Payload, ContentType: m.ContentType, SentAtMs: m.SentAtMs}
+	s := o.srv
+	req := storeRequest(o.to, o.msg)
 	finish := func(ok bool) {
 		if ok {
 			ack.Outcome = wirepb.Outcome_OUTCOME_STORED

@@ -624,10 +624,7 @@ func (r *Relay) forwardTo(m *message, holders []string, cached, incomplete bool)
 			fw.answer(nil, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE, true)
 			continue
 		}
-		p.call(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Deliver{Deliver: &nodepb.ForwardDeliver{
-			ToUid: m.uid, MsgId: d.MsgId, FromUid: d.FromUid, FromDevice: d.FromDevice,
-			Payload: d.Payload, ContentType: d.ContentType, SentAtMs: d.SentAtMs,
-		}}}, deadline, fw)
+		p.call(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Deliver{Deliver: gateway.ToForward(m.uid, d)}}, deadline, fw)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/imgate/imgate/accessnode/internal/gateway"
 	"github.com/imgate/imgate/proto/etcdkeys"
 	"github.com/imgate/imgate/proto/nodepb"
 	"github.com/imgate/imgate/proto/wirepb"
@@ -634,10 +635,7 @@ func (r *Relay) handle(in *inbound, frames []*nodepb.ForwardFrame) {
 		case *nodepb.ForwardFrame_Deliver:
 			d := body.Deliver
 			seq := d.Seq
-			r.local.DeliverLocal(d.ToUid, &wirepb.Deliver{
-				MsgId: d.MsgId, FromUid: d.FromUid, FromDevice: d.FromDevice, Payload: d.Payload,
-				ContentType: d.ContentType, SentAtMs: d.SentAtMs, Attempt: 1,
-			}, func(devices, acked uint32, reason wirepb.ErrorCode) {
+			r.local.DeliverLocal(d.ToUid, gateway.FromForward(d), func(devices, acked uint32, reason wirepb.ErrorCode) {
 				out.push(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Result{Result: &nodepb.ForwardResult{
 					Seq: seq, Devices: devices, Acked: acked, Reason: int32(reason)}}})
 			})
