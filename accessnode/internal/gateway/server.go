@@ -10,7 +10,6 @@ package gateway
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"strconv"
@@ -669,11 +668,13 @@ func (s *Server) Kick(uid, device, detail string) int {
 func (s *Server) Draining() bool { return s.draining.Load() }
 
 // Drain stops accepting, refuses new logins and asks every client to move
-// (GoAway), at most perSecond clients a second so the fleet does not see a
-// reconnect storm. It returns when no connection is left or ctx ends.
+// (GoAway), at most perSecond clients a second (the pacer of shed.go) so
+// the fleet does not see a reconnect storm. It takes over from a running
+// Shed or ops drain. It returns when no connection is left or ctx ends.
 func (s *Server) Drain(ctx context.Context, perSecond int) {
 	s.draining.Store(true)
 	s.eng.StopAccepting()
+	s.yieldSheds()
 	if perSecond <= 0 {
 		perSecond = 1000
 	}
@@ -688,29 +689,9 @@ func (s *Server) Drain(ctx context.Context, perSecond int) {
 		conns = append(conns, c)
 		mu.Unlock()
 	})
-	// Each client waits a random 0–1 s before it reconnects, so even a batch
-	// does not arrive at the dispatcher at one instant.
-	goAway := func() []byte {
-		b, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_GoAway{GoAway: &wirepb.GoAway{
-			Reason: "node draining", ReconnectAfterMs: rand.Uint32N(1000)}}}, s.cfg.Engine.MaxFrame)
-		return b
-	}
-	const step = 100 * time.Millisecond
-	batch := max(1, perSecond/10)
-	t := time.NewTicker(step)
+	s.pace(ctx, conns, perSecond, "node draining")
+	t := time.NewTicker(shedStep)
 	defer t.Stop()
-	for len(conns) > 0 {
-		n := min(batch, len(conns))
-		for _, c := range conns[:n] {
-			_ = c.Write(goAway())
-		}
-		conns = conns[n:]
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 	for s.eng.Stats().Conns > 0 {
 		select {
 		case <-ctx.Done():
