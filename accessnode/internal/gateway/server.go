@@ -488,12 +488,14 @@ func (s *Server) login(c *evloop.Conn, l *wirepb.Login) {
 	sess := &session{c: c, uid: claims.UID, device: claims.Device, loginAt: time.Now().UnixNano()}
 	var old *session
 	c.Data = sess // OnClose ends the session if the write below fails
+	// Lock order (locks.go): Conn.mu → hubShard.mu; publish runs under Conn.mu.
 	if err := c.PublishThenWrite(func() { old = s.hub.add(sess) }, ack); err != nil {
 		return
 	}
 	if s.router != nil {
 		// Under presMu: an endSession racing with us waits, then sends
-		// SessionDown after our SessionUp (or neither is sent).
+		// SessionDown after our SessionUp (or neither is sent). Lock order
+		// (locks.go): presMu → the relay's locks.
 		sess.presMu.Lock()
 		if !sess.presEnded {
 			sess.presUp = true

@@ -165,6 +165,8 @@ func (s *session) acked(msgID []byte) {
 // their deadline. It runs in the session's loop.
 func (s *session) retry(srv *Server, now int64) {
 	var failed []*outbound
+	// Lock order (locks.go): session.mu → Conn.mu → loop.mu; the re-sends
+	// are written under s.mu.
 	s.mu.Lock()
 	for id, ob := range s.pending {
 		switch {

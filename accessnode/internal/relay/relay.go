@@ -281,7 +281,7 @@ func (r *Relay) Run(ctx context.Context) error {
 // node's etcd session was created anew, and peers may have dropped what it
 // had registered.
 func (r *Relay) Resync() {
-	r.mu.Lock()
+	r.mu.Lock() // lock order (gateway/locks.go): Relay.mu → peer.mu → sendQueue.mu
 	defer r.mu.Unlock()
 	for _, p := range r.peers {
 		p.resync()
@@ -410,7 +410,8 @@ func (r *Relay) installView(next *view) {
 	r.dir.dropWhere(func(uid string) bool { return next.home(uid) != self })
 
 	// Anti-entropy: a node that (re)joins our view may have kept its
-	// stream to us up all along while we dropped its entries.
+	// stream to us up all along while we dropped its entries. Lock order
+	// (gateway/locks.go): Relay.mu → peer.mu → sendQueue.mu.
 	r.mu.Lock()
 	for _, n := range next.nodes {
 		if n.id == self || old.has(n.id) {

@@ -204,7 +204,8 @@ func (p *peer) call(f *nodepb.ForwardFrame, deadline time.Time, a answerer) {
 		b.Lookup.Seq = seq
 	}
 	p.pending[seq] = pendingCall{seq: seq, deadline: deadline, a: a}
-	// Queued under p.mu, so the queue is in seq order (see sent).
+	// Queued under p.mu, so the queue is in seq order (see sent). Lock
+	// order (gateway/locks.go): peer.mu → sendQueue.mu.
 	ok := p.q.push(f)
 	p.mu.Unlock()
 	if !ok {
