@@ -342,7 +342,9 @@ func (r *Relay) currentInbound(in *inbound) bool {
 	return r.inbound[in.from] == in
 }
 
-// touchSettle forgets the cached completeness after a reset or a SyncDone.
+// touchSettle marks the directory unsettled from now (settleBy counts from
+// it) and forgets the cached completeness: after a reset, a SyncDone or a
+// view change.
 func (r *Relay) touchSettle() {
 	r.mu.Lock()
 	r.unsettled = time.Now()
@@ -353,8 +355,8 @@ func (r *Relay) touchSettle() {
 // isComplete reports whether this node's directory shard is known whole:
 // its view is ready, and every other member has registered with it for
 // this very view on a stream that is alive (heard from within the link
-// timeout). Cached for a few milliseconds; every event that can
-// make it false drops the cache.
+// timeout). Cached for 20 ms; every event that can make it false drops
+// the cache.
 func (r *Relay) isComplete(now time.Time) bool {
 	v := r.view.Load()
 	if c := r.complete.Load(); c != nil && c.viewID == v.id && now.Sub(c.at) < 20*time.Millisecond {
@@ -381,9 +383,9 @@ func (r *Relay) isComplete(now time.Time) bool {
 	return ok
 }
 
-// settleBy is how long a lookup that finds nobody may wait for the
-// directory to become whole: until SettleTimeout after it last stopped
-// being whole.
+// settleBy is until when a lookup that finds nobody may wait for the
+// directory to become whole: SettleTimeout after it last stopped being
+// whole.
 func (r *Relay) settleBy() time.Time {
 	r.mu.Lock()
 	defer r.mu.Unlock()

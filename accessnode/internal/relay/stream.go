@@ -45,6 +45,8 @@ type sendQueue struct {
 
 func newSendQueue() *sendQueue { return &sendQueue{wake: make(chan struct{}, 1)} }
 
+// push queues f; it reports false when the queue is closed or full (a
+// presence update that does not fit asks for a resync instead).
 func (q *sendQueue) push(f *nodepb.ForwardFrame) bool {
 	q.mu.Lock()
 	if q.closed || len(q.frames) >= maxQueued {
@@ -381,8 +383,8 @@ type refusal struct{ actual string }
 func (e *refusal) Error() string { return fmt.Sprintf("%v: %q", errRefused, e.actual) }
 
 // stream runs one Forward stream until it fails: the handshake, a full
-// resync of the sessions homed at the peer, then whatever is queued, with
-// heartbeats when idle. up says the handshake succeeded.
+// resync of the sessions homed at the peer, then whatever is queued, with a
+// heartbeat every interval, busy or not. up says the handshake succeeded.
 func (p *peer) stream(cli nodepb.NodeServiceClient) (up bool, err error) {
 	ctx, cancel := context.WithCancel(p.ctx)
 	defer cancel()
