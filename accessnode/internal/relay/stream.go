@@ -389,38 +389,9 @@ func (p *peer) stream(cli nodepb.NodeServiceClient) (up bool, err error) {
 	ctx, cancel := context.WithCancel(p.ctx)
 	defer cancel()
 	cfg := &p.r.cfg
-	// The handshake — connect, open, Hello both ways — has one deadline:
-	// a registration whose address answers TCP but not gRPC (or nothing)
-	// never holds a call longer than this.
-	hs := time.AfterFunc(cfg.HandshakeTimeout, cancel)
-	st, err := cli.Forward(ctx)
+	st, reply, err := p.handshake(ctx, cancel, cli)
 	if err != nil {
-		hs.Stop()
-		return false, fmt.Errorf("open: %w", err)
-	}
-	self := cfg.NodeID
-	hello := &nodepb.ForwardBatch{Frames: []*nodepb.ForwardFrame{{Body: &nodepb.ForwardFrame_Hello{Hello: &nodepb.Hello{
-		NodeId: self, Expect: p.id, Incarnation: cfg.Incarnation}}}}}
-	if err := st.Send(hello); err != nil {
-		hs.Stop()
-		return false, fmt.Errorf("hello: %w", err)
-	}
-	first, err := st.Recv()
-	if !hs.Stop() {
-		return false, errors.New("handshake timed out")
-	}
-	if err != nil {
-		return false, fmt.Errorf("hello: %w", err)
-	}
-	var reply *nodepb.Hello
-	if len(first.Frames) > 0 {
-		reply = first.Frames[0].GetHello()
-	}
-	switch {
-	case reply == nil:
-		return false, errors.New("the peer did not answer Hello")
-	case reply.NodeId != p.id:
-		return false, &refusal{actual: reply.NodeId}
+		return false, err
 	}
 	var lastRecv atomic.Int64
 	lastRecv.Store(time.Now().UnixNano())
@@ -466,6 +437,44 @@ func (p *peer) stream(cli nodepb.NodeServiceClient) (up bool, err error) {
 			}
 		}
 	}
+}
+
+// handshake opens the stream on ctx and exchanges Hello: the peer must
+// answer as p.id. Connect, open and both Hellos share one deadline, after
+// which cancel ends ctx: a registration whose address answers TCP but not
+// gRPC (or nothing) never holds a call longer than HandshakeTimeout.
+func (p *peer) handshake(ctx context.Context, cancel context.CancelFunc, cli nodepb.NodeServiceClient) (nodepb.NodeService_ForwardClient, *nodepb.Hello, error) {
+	cfg := &p.r.cfg
+	hs := time.AfterFunc(cfg.HandshakeTimeout, cancel)
+	st, err := cli.Forward(ctx)
+	if err != nil {
+		hs.Stop()
+		return nil, nil, fmt.Errorf("open: %w", err)
+	}
+	hello := &nodepb.ForwardBatch{Frames: []*nodepb.ForwardFrame{{Body: &nodepb.ForwardFrame_Hello{Hello: &nodepb.Hello{
+		NodeId: cfg.NodeID, Expect: p.id, Incarnation: cfg.Incarnation}}}}}
+	if err := st.Send(hello); err != nil {
+		hs.Stop()
+		return nil, nil, fmt.Errorf("hello: %w", err)
+	}
+	first, err := st.Recv()
+	if !hs.Stop() {
+		return nil, nil, errors.New("handshake timed out")
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("hello: %w", err)
+	}
+	var reply *nodepb.Hello
+	if len(first.Frames) > 0 {
+		reply = first.Frames[0].GetHello()
+	}
+	switch {
+	case reply == nil:
+		return nil, nil, errors.New("the peer did not answer Hello")
+	case reply.NodeId != p.id:
+		return nil, nil, &refusal{actual: reply.NodeId}
+	}
+	return st, reply, nil
 }
 
 // withResync puts a full registration of the sessions homed at the peer
@@ -578,21 +587,7 @@ func (r *Relay) ServeStream(st nodepb.NodeService_ForwardServer) error {
 
 	ctx := st.Context()
 	sendErr := make(chan error, 1)
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				sendErr <- ctx.Err()
-				return
-			case <-in.out.wake:
-				frames, _, _ := in.out.take()
-				if err := sendAll(st.Send, frames); err != nil {
-					sendErr <- err
-					return
-				}
-			}
-		}
-	}()
+	go func() { sendErr <- in.send(ctx, st) }()
 	recvDone := make(chan struct{})
 	r.wg.Add(1)
 	go func() {
@@ -625,6 +620,22 @@ func (r *Relay) ServeStream(st nodepb.NodeService_ForwardServer) error {
 			if silent := now.Sub(time.Unix(0, in.lastRecv.Load())); silent > r.cfg.LinkTimeout {
 				r.log.Warn().Str("peer", in.from).Dur("silent", silent).Msg("inbound forward stream silent; ending it")
 				return status.Error(codes.DeadlineExceeded, "relay: nothing heard within the link timeout")
+			}
+		}
+	}
+}
+
+// send writes what is queued for the peer until the stream fails or ctx
+// ends; the one sending goroutine of an inbound stream.
+func (in *inbound) send(ctx context.Context, st nodepb.NodeService_ForwardServer) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-in.out.wake:
+			frames, _, _ := in.out.take()
+			if err := sendAll(st.Send, frames); err != nil {
+				return err
 			}
 		}
 	}
