@@ -171,9 +171,6 @@ func (e *Engine) Start() {
 // Conn.LastRead use it.
 func (e *Engine) Now() int64 { return int64(time.Since(e.start)) }
 
-// Config returns the configuration in force (defaults filled in).
-func (e *Engine) Config() Config { return e.cfg }
-
 // Stats returns the engine's counters.
 func (e *Engine) Stats() Counters {
 	return Counters{

@@ -33,7 +33,8 @@ func (h *hub) shard(uid string) *hubShard {
 }
 
 // add registers s and returns the session it replaces (same uid and device),
-// if any. The newest login always wins.
+// if any. The newest login always wins. It runs under s.c's Conn.mu (lock
+// order: locks.go), so it must take no other lock than its shard's.
 func (h *hub) add(s *session) (replaced *session) {
 	sh := h.shard(s.uid)
 	sh.mu.Lock()

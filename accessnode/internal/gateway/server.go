@@ -10,7 +10,6 @@ package gateway
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"strconv"
@@ -507,12 +506,14 @@ func (s *Server) login(c *evloop.Conn, l *wirepb.Login) {
 	sess := &session{c: c, uid: claims.UID, device: claims.Device, loginAt: time.Now().UnixNano()}
 	var old *session
 	c.Data = sess // OnClose ends the session if the write below fails
+	// Lock order (locks.go): Conn.mu → hubShard.mu; publish runs under Conn.mu.
 	if err := c.PublishThenWrite(func() { old = s.hub.add(sess) }, ack); err != nil {
 		return
 	}
 	if s.router != nil {
 		// Under presMu: an endSession racing with us waits, then sends
-		// SessionDown after our SessionUp (or neither is sent).
+		// SessionDown after our SessionUp (or neither is sent). Lock order
+		// (locks.go): presMu → the relay's locks.
 		sess.presMu.Lock()
 		if !sess.presEnded {
 			sess.presUp = true
@@ -543,11 +544,7 @@ func (s *Server) handleSend(from *session, m *wirepb.Send) {
 	}
 	var idb [64]byte
 	msgID := string(strconv.AppendUint(append(idb[:0], s.msgPrefix...), s.msgSeq.Add(1), 36))
-	d := &wirepb.Deliver{
-		MsgId: msgID, FromUid: from.uid, FromDevice: from.device,
-		Payload: m.Payload, ContentType: m.ContentType,
-		SentAtMs: time.Now().UnixMilli(), Attempt: 1,
-	}
+	d := newDeliver(msgID, from.uid, from.device, m.Payload, m.ContentType)
 	op := &sendOp{srv: s, sender: from, clientMsgID: m.ClientMsgId, msgID: msgID, parts: 1, to: m.ToUid, msg: d}
 	if s.router != nil {
 		op.parts = 2
@@ -592,7 +589,7 @@ func (s *Server) deliverLocal(uid string, d *wirepb.Deliver, skip *session, done
 		done(uint32(len(targets)), 0, wirepb.ErrorCode_ERROR_CODE_PAYLOAD_TOO_LARGE)
 		return
 	}
-	f := &flight{done: done, devices: uint32(len(targets))}
+	f := &flight{done: done, sum: Tally{Devices: uint32(len(targets))}}
 	now := s.eng.Now()
 	for _, t := range targets {
 		s.delivers.Add(1)
@@ -606,8 +603,7 @@ func (s *Server) deliverLocal(uid string, d *wirepb.Deliver, skip *session, done
 // node and, through the router, on others; done is called once.
 func (s *Server) Push(uid, from string, payload []byte, contentType string, done Done) string {
 	msgID := s.msgPrefix + strconv.FormatUint(s.msgSeq.Add(1), 36)
-	d := &wirepb.Deliver{MsgId: msgID, FromUid: from, Payload: payload, ContentType: contentType,
-		SentAtMs: time.Now().UnixMilli(), Attempt: 1}
+	d := newDeliver(msgID, from, "", payload, contentType)
 	if s.router == nil {
 		s.deliverLocal(uid, d, nil, done)
 		return msgID
@@ -692,11 +688,13 @@ func (s *Server) Kick(uid, device, detail string) int {
 func (s *Server) Draining() bool { return s.draining.Load() }
 
 // Drain stops accepting, refuses new logins and asks every client to move
-// (GoAway), at most perSecond clients a second so the fleet does not see a
-// reconnect storm. It returns when no connection is left or ctx ends.
+// (GoAway), at most perSecond clients a second (the pacer of shed.go) so
+// the fleet does not see a reconnect storm. It takes over from a running
+// Shed or ops drain. It returns when no connection is left or ctx ends.
 func (s *Server) Drain(ctx context.Context, perSecond int) {
 	s.draining.Store(true)
 	s.eng.StopAccepting()
+	s.yieldSheds()
 	if perSecond <= 0 {
 		perSecond = 1000
 	}
@@ -711,29 +709,9 @@ func (s *Server) Drain(ctx context.Context, perSecond int) {
 		conns = append(conns, c)
 		mu.Unlock()
 	})
-	// Each client waits a random 0–1 s before it reconnects, so even a batch
-	// does not arrive at the dispatcher at one instant.
-	goAway := func() []byte {
-		b, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_GoAway{GoAway: &wirepb.GoAway{
-			Reason: "node draining", ReconnectAfterMs: rand.Uint32N(1000)}}}, s.cfg.Engine.MaxFrame)
-		return b
-	}
-	const step = 100 * time.Millisecond
-	batch := max(1, perSecond/10)
-	t := time.NewTicker(step)
+	s.pace(ctx, conns, perSecond, "node draining")
+	t := time.NewTicker(shedStep)
 	defer t.Stop()
-	for len(conns) > 0 {
-		n := min(batch, len(conns))
-		for _, c := range conns[:n] {
-			_ = c.Write(goAway())
-		}
-		conns = conns[n:]
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 	for s.eng.Stats().Conns > 0 {
 		select {
 		case <-ctx.Done():

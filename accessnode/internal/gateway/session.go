@@ -6,7 +6,6 @@ import (
 	"sync/atomic"
 
 	"github.com/imgate/imgate/accessnode/internal/evloop"
-	"github.com/imgate/imgate/proto/nodepb"
 	"github.com/imgate/imgate/proto/wirepb"
 )
 
@@ -45,13 +44,11 @@ type outbound struct {
 // flight is one message on its way to the devices of one user held by this
 // node; once every device has acknowledged or failed it calls done once.
 type flight struct {
-	done func(devices, acked uint32, reason wirepb.ErrorCode)
+	done Done
 
-	mu      sync.Mutex // guards the counts
-	devices uint32
-	acked   uint32
-	failed  uint32
-	reason  wirepb.ErrorCode
+	mu     sync.Mutex // guards sum, failed
+	sum    Tally      // Devices is set at the start
+	failed uint32
 }
 
 func (f *flight) ack() { f.resolve(true, 0) }
@@ -61,18 +58,16 @@ func (f *flight) fail(reason wirepb.ErrorCode) { f.resolve(false, reason) }
 func (f *flight) resolve(ok bool, reason wirepb.ErrorCode) {
 	f.mu.Lock()
 	if ok {
-		f.acked++
+		f.sum.Add(0, 1, 0)
 	} else {
+		f.sum.Add(0, 0, reason)
 		f.failed++
-		if f.reason == 0 {
-			f.reason = reason
-		}
 	}
-	done := f.acked+f.failed == f.devices
-	acked, reason := f.acked, f.reason
+	done := f.sum.Acked+f.failed == f.sum.Devices
+	sum := f.sum
 	f.mu.Unlock()
 	if done {
-		f.done(f.devices, acked, reason)
+		f.done(sum.Devices, sum.Acked, sum.Reason)
 	}
 }
 
@@ -87,30 +82,24 @@ type sendOp struct {
 	to          string
 	msg         *wirepb.Deliver
 
-	mu      sync.Mutex // guards the fields below
-	parts   int        // not yet resolved
-	devices uint32
-	acked   uint32
-	reason  wirepb.ErrorCode
+	mu    sync.Mutex // guards parts, sum
+	parts int        // not yet resolved
+	sum   Tally
 }
 
 // part resolves one part of the send.
 func (o *sendOp) part(devices, acked uint32, reason wirepb.ErrorCode) {
 	o.mu.Lock()
 	o.parts--
-	o.devices += devices
-	o.acked += acked
-	if reason != 0 && (o.reason == 0 || o.reason == wirepb.ErrorCode_ERROR_CODE_DELIVERY_TIMEOUT) {
-		o.reason = reason
-	}
-	done := o.parts == 0
-	devices, acked, reason = o.devices, o.acked, o.reason
+	o.sum.Add(devices, acked, reason)
+	done, sum := o.parts == 0, o.sum
 	o.mu.Unlock()
 	if !done {
 		return
 	}
 	s := o.srv
-	ack := &wirepb.SendAck{ClientMsgId: o.clientMsgID, Devices: devices, Acked: acked, Outcome: Outcome(devices, acked, reason)}
+	reason = sum.Reason
+	ack := &wirepb.SendAck{ClientMsgId: o.clientMsgID, Devices: sum.Devices, Acked: sum.Acked, Outcome: sum.Outcome()}
 	switch ack.Outcome {
 	case wirepb.Outcome_OUTCOME_OFFLINE:
 		if s.cfg.StoreOffline && s.cfg.Upstream != nil {
@@ -176,6 +165,8 @@ func (s *session) acked(msgID []byte) {
 // their deadline. It runs in the session's loop.
 func (s *session) retry(srv *Server, now int64) {
 	var failed []*outbound
+	// Lock order (locks.go): session.mu → Conn.mu → loop.mu; the re-sends
+	// are written under s.mu.
 	s.mu.Lock()
 	for id, ob := range s.pending {
 		switch {
@@ -186,10 +177,7 @@ func (s *session) retry(srv *Server, now int64) {
 			ob.attempt++
 			ob.nextRetry = now + int64(srv.cfg.DeliverRetry)
 			srv.retries.Add(1)
-			m := ob.msg
-			again := &wirepb.Deliver{MsgId: m.MsgId, FromUid: m.FromUid, FromDevice: m.FromDevice,
-				Payload: m.Payload, ContentType: m.ContentType, SentAtMs: m.SentAtMs, Attempt: ob.attempt}
-			srv.send(s.c, &wirepb.Frame{Body: &wirepb.Frame_Deliver{Deliver: again}})
+			srv.send(s.c, &wirepb.Frame{Body: &wirepb.Frame_Deliver{Deliver: resend(ob.msg, ob.attempt)}})
 		}
 	}
 	s.npending.Store(int32(len(s.pending)))
@@ -215,9 +203,8 @@ func (s *session) close() {
 // store hands a message nobody was online for to the backend, then answers
 // the sender STORED, or OFFLINE when the backend could not take it.
 func (o *sendOp) store(ack *wirepb.SendAck) {
-	s, m := o.srv, o.msg
-	req := &nodepb.StoreRequest{MsgId: o.msgID, FromUid: m.FromUid, FromDevice: m.FromDevice, ToUid: o.to,
-		Payload: m.Payload, ContentType: m.ContentType, SentAtMs: m.SentAtMs}
+	s := o.srv
+	req := storeRequest(o.to, o.msg)
 	finish := func(ok bool) {
 		if ok {
 			ack.Outcome = wirepb.Outcome_OUTCOME_STORED

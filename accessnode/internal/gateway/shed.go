@@ -17,7 +17,7 @@ import (
 // etcd). Both send GoAway at a bounded pace, so the clients come back
 // through the dispatcher spread over time, not as a storm. Unlike Drain
 // (SIGTERM), neither stops accepting nor refuses logins, and both can be
-// stopped.
+// stopped. All three pace their GoAways with pace, the one pacer.
 
 // shedder is the state of the background sheds. Its goroutines are started
 // and waited for here; Server.Close stops them.
@@ -52,8 +52,8 @@ func (s *Server) Shed(count, perSecond int, reason string) int {
 	sh := &s.shed
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if sh.closed || len(conns) == 0 {
-		return 0
+	if sh.closed || len(conns) == 0 || s.draining.Load() {
+		return 0 // (draining again under mu: Drain's yieldSheds may just have run)
 	}
 	if sh.shedCancel != nil {
 		sh.shedCancel()
@@ -91,6 +91,10 @@ func (s *Server) SetOpsDrain(on bool, perSecond int) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	sh.drainCancel = cancel
+	if s.draining.Load() {
+		cancel() // Drain asks everyone already; the state is still recorded
+		return
+	}
 	s.log.Info().Int("per_second", perSecond).Msg("ops drain: asking every client to move (GoAway)")
 	sh.wg.Go(func() { s.opsDrain(ctx, perSecond) })
 }
@@ -137,15 +141,16 @@ func (s *Server) opsDrain(ctx context.Context, perSecond int) {
 }
 
 // pace sends GoAway to conns, perSecond a second in batches every shedStep,
-// until done or ctx ends; it returns how many were sent.
+// until done or ctx ends; it returns how many were sent. It is the one
+// pacer: Shed, the ops drain and Drain (SIGTERM) all move clients with it.
 func (s *Server) pace(ctx context.Context, conns []*evloop.Conn, perSecond int, reason string) int {
 	batch := max(1, perSecond*int(shedStep)/int(time.Second))
 	t := time.NewTicker(shedStep)
 	defer t.Stop()
 	sent := 0
 	for len(conns) > 0 {
-		if ctx.Err() != nil || s.draining.Load() {
-			return sent // SIGTERM drain took over
+		if ctx.Err() != nil {
+			return sent // stopped, or Drain took over (yieldSheds)
 		}
 		n := min(batch, len(conns))
 		for _, c := range conns[:n] {
@@ -185,6 +190,19 @@ func (s *Server) loggedIn(dst []*evloop.Conn) []*evloop.Conn {
 		}
 	})
 	return dst
+}
+
+// yieldSheds stops the running Shed and ops drain because Drain (SIGTERM)
+// takes over; the ops drain stays recorded as on (OpsDraining).
+func (s *Server) yieldSheds() {
+	sh := &s.shed
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	for _, cancel := range []context.CancelFunc{sh.shedCancel, sh.drainCancel} {
+		if cancel != nil {
+			cancel()
+		}
+	}
 }
 
 // stopShedding stops every background shed and waits for it; called by

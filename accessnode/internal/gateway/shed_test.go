@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"context"
 	"fmt"
 	"testing"
 	"time"
@@ -88,5 +89,49 @@ func TestOpsDrainAsksEveryClientOnceAndStops(t *testing.T) {
 	again := loggedInClients(t, f, 1)[0]
 	if _, ok := gotGoAway(again, 1500*time.Millisecond); ok {
 		t.Fatal("asked after the drain stopped")
+	}
+}
+
+// TestDrainTakesOverFromAShed: SIGTERM's Drain paces with the same pacer,
+// stops a running Shed, and asks every client itself.
+func TestDrainTakesOverFromAShed(t *testing.T) {
+	f := newFixture(t, Config{})
+	cs := loggedInClients(t, f, 10)
+	if n := f.srv.Shed(10, 10, "rebalancing"); n != 10 { // one every 100 ms
+		t.Fatalf("accepted %d", n)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	done := make(chan struct{})
+	go func() {
+		f.srv.Drain(ctx, 1000)
+		close(done)
+	}()
+	rebalanced := 0
+	for i, c := range cs {
+		for {
+			ga, ok := gotGoAway(c, 5*time.Second)
+			if !ok {
+				t.Fatalf("client %d: no GoAway from the drain", i)
+			}
+			if ga.GetReason() == "node draining" {
+				break
+			}
+			rebalanced++
+		}
+	}
+	if rebalanced == len(cs) {
+		t.Fatal("the shed ran to its end under the drain")
+	}
+	if f.srv.Shed(5, 10, "") != 0 {
+		t.Fatal("a Shed started while draining")
+	}
+	for _, c := range cs {
+		c.c.Close()
+	}
+	select {
+	case <-done:
+	case <-ctx.Done():
+		t.Fatal("drain did not finish when the last client left")
 	}
 }

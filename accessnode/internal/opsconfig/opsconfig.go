@@ -12,8 +12,6 @@ package opsconfig
 
 import (
 	"context"
-	"errors"
-	"fmt"
 	"sync"
 	"time"
 
@@ -21,6 +19,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/imgate/imgate/proto/etcdkeys"
+	"github.com/imgate/imgate/proto/etcdwatch"
 )
 
 // Drainer moves clients off the node; *gateway.Server is one.
@@ -60,58 +59,32 @@ func (w *Watcher) State() etcdkeys.State {
 	return w.state
 }
 
-// Run reads the key, then watches it, until ctx is done; etcd errors are
-// retried with backoff. It returns nil when ctx is done.
+// Run reads the key, then watches it, until ctx is done (etcdwatch: etcd
+// errors are retried with backoff, and the key is read again every few
+// seconds besides the watch). It returns nil when ctx is done.
 func (w *Watcher) Run(ctx context.Context) error {
-	wait := retryMin
-	for {
-		rev, err := w.read(ctx)
-		if err == nil {
-			wait = retryMin
-			err = w.watch(ctx, rev+1)
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		w.log.Warn().Err(err).Dur("retry_in", wait).Str("key", w.key).Msg("ops config: etcd watch interrupted")
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil
-		case <-t.C:
-		}
-		wait = min(2*wait, retryMax)
-	}
-}
-
-func (w *Watcher) read(ctx context.Context) (int64, error) {
-	gctx, cancel := context.WithTimeout(ctx, getTimeout)
-	defer cancel()
-	resp, err := w.cli.Get(gctx, w.key)
-	if err != nil {
-		return 0, fmt.Errorf("get %s: %w", w.key, err)
-	}
-	if len(resp.Kvs) == 0 {
-		w.apply("", true)
-	} else {
-		w.apply(string(resp.Kvs[0].Value), false)
-	}
-	return resp.Header.Revision, nil
-}
-
-func (w *Watcher) watch(ctx context.Context, rev int64) error {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	for resp := range w.cli.Watch(wctx, w.key, clientv3.WithRev(rev)) {
-		if err := resp.Err(); err != nil {
-			return err
-		}
-		for _, ev := range resp.Events {
-			w.apply(string(ev.Kv.Value), ev.Type == clientv3.EventTypeDelete)
-		}
-	}
-	return errors.New("watch channel closed")
+	_ = etcdwatch.Run(ctx, w.cli, etcdwatch.Config{
+		Ranges:      []etcdwatch.Range{{Key: w.key}},
+		CallTimeout: getTimeout,
+		RetryMin:    retryMin,
+		RetryMax:    retryMax,
+		Listed: func(l etcdwatch.Listing) {
+			if kvs := l.KVs[0]; len(kvs) == 0 {
+				w.apply("", true)
+			} else {
+				w.apply(string(kvs[0].Value), false)
+			}
+		},
+		Changed: func(_ int, evs []*clientv3.Event) {
+			for _, ev := range evs {
+				w.apply(string(ev.Kv.Value), ev.Type == clientv3.EventTypeDelete)
+			}
+		},
+		Failed: func(err error, retryIn time.Duration) {
+			w.log.Warn().Err(err).Dur("retry_in", retryIn).Str("key", w.key).Msg("ops config: etcd watch interrupted")
+		},
+	})
+	return nil
 }
 
 // apply puts a state value in force; a bad one is logged and ignored.

@@ -3,9 +3,6 @@ package relay
 import (
 	"context"
 	"encoding/json"
-	"errors"
-	"fmt"
-	"math/rand/v2"
 	"slices"
 	"time"
 
@@ -13,6 +10,7 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 
 	"github.com/imgate/imgate/proto/etcdkeys"
+	"github.com/imgate/imgate/proto/etcdwatch"
 )
 
 // membership decides which nodes this node forwards to and homes uids on.
@@ -44,7 +42,6 @@ type membership struct {
 
 	// Owned by the loop goroutine.
 	cands    map[string]*candidate
-	maxRev   int64 // highest etcd revision seen
 	listedAt time.Time
 	ready    bool
 	epoch    int64
@@ -178,7 +175,6 @@ func (m *membership) remove(id string) {
 
 // put applies a registration seen in etcd at revision rev.
 func (m *membership) put(reg etcdkeys.Registration, rev int64) {
-	m.maxRev = max(m.maxRev, rev)
 	if reg.ID == m.r.cfg.NodeID {
 		return // this node's own key: the registrar guards it
 	}
@@ -206,7 +202,6 @@ func (m *membership) put(reg etcdkeys.Registration, rev int64) {
 
 // del applies the deletion of id's key at revision rev.
 func (m *membership) del(id string, rev int64) {
-	m.maxRev = max(m.maxRev, rev)
 	c := m.cands[id]
 	if c == nil || c.reg == nil || rev <= c.rev {
 		return
@@ -222,15 +217,15 @@ type listed struct {
 }
 
 // listing applies a full listing of the registrations at revision rev.
-func (m *membership) listing(regs []listed, rev int64) {
-	if rev < m.maxRev {
-		// etcd went back in time (restored from a snapshot, or a new
-		// cluster): the listing is the truth now.
-		m.log.Warn().Int64("revision", rev).Int64("seen", m.maxRev).Msg("etcd revision went back; taking its listing as it is")
+// wentBack: etcd went back in time (restored from a snapshot, or a new
+// cluster), so the revisions applied before mean nothing.
+func (m *membership) listing(regs []listed, rev int64, wentBack bool) {
+	if wentBack {
+		// The listing is the truth now.
+		m.log.Warn().Int64("revision", rev).Msg("etcd revision went back; taking its listing as it is")
 		for _, c := range m.cands {
 			c.rev = 0
 		}
-		m.maxRev = rev
 	}
 	seen := map[string]bool{}
 	for _, l := range regs {
@@ -285,71 +280,27 @@ func (m *membership) linkRefused(p *peer, actual string) {
 	})
 }
 
-// watchEtcd feeds the registrations in etcd to the loop until ctx ends:
-// a listing, then the watch from that revision, with a listing again every
-// ReListInterval (a watch can miss what a restore does) and after any
-// failure, with backoff.
+// watchEtcd feeds the registrations in etcd to the loop until ctx ends,
+// through etcdwatch: a listing, then the watch from that revision, a listing
+// again every ReListInterval (a watch can miss what a restore does) and
+// after any failure, with backoff.
 func (m *membership) watchEtcd(ctx context.Context) {
-	backoff := 200 * time.Millisecond
-	for ctx.Err() == nil {
-		start := time.Now()
-		err := m.watchOnce(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if time.Since(start) > 10*time.Second {
-			backoff = 200 * time.Millisecond
-		}
-		m.log.Warn().Err(err).Msg("membership watch ended; listing again")
-		select {
-		case <-ctx.Done():
-		case <-time.After(backoff + rand.N(backoff)):
-		}
-		backoff = min(backoff*2, 5*time.Second)
-	}
-}
-
-func (m *membership) watchOnce(ctx context.Context) error {
-	prefix := m.r.cfg.Schema.NodesPrefix()
-	list := func() (int64, error) {
-		gctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		resp, err := m.r.cli.Get(gctx, prefix, clientv3.WithPrefix())
-		cancel()
-		if err != nil {
-			return 0, fmt.Errorf("list members: %w", err)
-		}
-		var regs []listed
-		for _, kv := range resp.Kvs {
-			if reg, ok := m.parse(kv.Key, kv.Value); ok {
-				regs = append(regs, listed{reg, kv.ModRevision})
+	schema := m.r.cfg.Schema
+	_ = etcdwatch.Run(ctx, m.r.cli, etcdwatch.Config{
+		Ranges: []etcdwatch.Range{{Key: schema.NodesPrefix(), Prefix: true}},
+		ReList: m.r.cfg.ReListInterval,
+		Listed: func(l etcdwatch.Listing) {
+			var regs []listed
+			for _, kv := range l.KVs[0] {
+				if reg, ok := m.parse(kv.Key, kv.Value); ok {
+					regs = append(regs, listed{reg, kv.ModRevision})
+				}
 			}
-		}
-		rev := resp.Header.Revision
-		m.do(func() { m.listing(regs, rev) })
-		return rev, nil
-	}
-	rev, err := list()
-	if err != nil {
-		return err
-	}
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	w := m.r.cli.Watch(wctx, prefix, clientv3.WithPrefix(), clientv3.WithRev(rev+1))
-	t := time.NewTicker(m.r.cfg.ReListInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case wr, ok := <-w:
-			if !ok {
-				return errors.New("watch channel closed")
-			}
-			if err := wr.Err(); err != nil {
-				return err
-			}
-			for _, ev := range wr.Events {
-				id := m.r.cfg.Schema.NodeIDFromKey(string(ev.Kv.Key))
+			m.do(func() { m.listing(regs, l.Revision, l.WentBack) })
+		},
+		Changed: func(_ int, evs []*clientv3.Event) {
+			for _, ev := range evs {
+				id := schema.NodeIDFromKey(string(ev.Kv.Key))
 				if id == "" {
 					continue
 				}
@@ -360,16 +311,11 @@ func (m *membership) watchOnce(ctx context.Context) error {
 					m.do(func() { m.put(reg, rev) })
 				}
 			}
-		case <-t.C:
-			r2, err := list()
-			if err != nil {
-				return err
-			}
-			if r2 < rev {
-				return errors.New("etcd revision went back; watching again")
-			}
-		}
-	}
+		},
+		Failed: func(err error, retryIn time.Duration) {
+			m.log.Warn().Err(err).Dur("retry_in", retryIn).Msg("membership watch ended; listing again")
+		},
+	})
 }
 
 // parse reads a registration; a bad one is logged and skipped (for a known

@@ -281,7 +281,7 @@ func (r *Relay) Run(ctx context.Context) error {
 // node's etcd session was created anew, and peers may have dropped what it
 // had registered.
 func (r *Relay) Resync() {
-	r.mu.Lock()
+	r.mu.Lock() // lock order (gateway/locks.go): Relay.mu → peer.mu → sendQueue.mu
 	defer r.mu.Unlock()
 	for _, p := range r.peers {
 		p.resync()
@@ -342,7 +342,9 @@ func (r *Relay) currentInbound(in *inbound) bool {
 	return r.inbound[in.from] == in
 }
 
-// touchSettle forgets the cached completeness after a reset or a SyncDone.
+// touchSettle marks the directory unsettled from now (settleBy counts from
+// it) and forgets the cached completeness: after a reset, a SyncDone or a
+// view change.
 func (r *Relay) touchSettle() {
 	r.mu.Lock()
 	r.unsettled = time.Now()
@@ -353,8 +355,8 @@ func (r *Relay) touchSettle() {
 // isComplete reports whether this node's directory shard is known whole:
 // its view is ready, and every other member has registered with it for
 // this very view on a stream that is alive (heard from within the link
-// timeout). Cached for a few milliseconds; every event that can
-// make it false drops the cache.
+// timeout). Cached for 20 ms; every event that can make it false drops
+// the cache.
 func (r *Relay) isComplete(now time.Time) bool {
 	v := r.view.Load()
 	if c := r.complete.Load(); c != nil && c.viewID == v.id && now.Sub(c.at) < 20*time.Millisecond {
@@ -381,9 +383,9 @@ func (r *Relay) isComplete(now time.Time) bool {
 	return ok
 }
 
-// settleBy is how long a lookup that finds nobody may wait for the
-// directory to become whole: until SettleTimeout after it last stopped
-// being whole.
+// settleBy is until when a lookup that finds nobody may wait for the
+// directory to become whole: SettleTimeout after it last stopped being
+// whole.
 func (r *Relay) settleBy() time.Time {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -410,7 +412,8 @@ func (r *Relay) installView(next *view) {
 	r.dir.dropWhere(func(uid string) bool { return next.home(uid) != self })
 
 	// Anti-entropy: a node that (re)joins our view may have kept its
-	// stream to us up all along while we dropped its entries.
+	// stream to us up all along while we dropped its entries. Lock order
+	// (gateway/locks.go): Relay.mu → peer.mu → sendQueue.mu.
 	r.mu.Lock()
 	for _, n := range next.nodes {
 		if n.id == self || old.has(n.id) {
@@ -584,13 +587,11 @@ type forwarding struct {
 	m      *message
 	cached bool
 
-	mu      sync.Mutex // guards the fields below
-	parts   int
-	devices uint32
-	acked   uint32
-	reason  wirepb.ErrorCode
-	stale   bool // a holder was wrong ("not here") or unreachable
-	retry   bool // every holder surely did not deliver: asking again is safe
+	mu    sync.Mutex // guards the fields below
+	parts int
+	sum   gateway.Tally
+	stale bool // a holder was wrong ("not here") or unreachable
+	retry bool // every holder surely did not deliver: asking again is safe
 }
 
 // forwardTo delivers m through the given holders. incomplete: the home
@@ -626,10 +627,7 @@ func (r *Relay) forwardTo(m *message, holders []string, cached, incomplete bool)
 			fw.answer(nil, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE, true)
 			continue
 		}
-		p.call(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Deliver{Deliver: &nodepb.ForwardDeliver{
-			ToUid: m.uid, MsgId: d.MsgId, FromUid: d.FromUid, FromDevice: d.FromDevice,
-			Payload: d.Payload, ContentType: d.ContentType, SentAtMs: d.SentAtMs,
-		}}}, deadline, fw)
+		p.call(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Deliver{Deliver: gateway.ToForward(m.uid, d)}}, deadline, fw)
 	}
 }
 
@@ -642,11 +640,7 @@ func (fw *forwarding) answer(res *nodepb.ForwardFrame, reason wirepb.ErrorCode, 
 	}
 	fw.mu.Lock()
 	fw.parts--
-	fw.devices += devices
-	fw.acked += acked
-	if reason != 0 && fw.reason == 0 {
-		fw.reason = reason
-	}
+	fw.sum.Add(devices, acked, reason)
 	// Unreachable, or "not here" (it reports no device): the cached holders
 	// were wrong. Only a definite "not here", or a request that never left
 	// this node, proves nothing was delivered through that holder: a holder
@@ -655,8 +649,7 @@ func (fw *forwarding) answer(res *nodepb.ForwardFrame, reason wirepb.ErrorCode, 
 	notHere := res != nil && devices == 0 && reason == 0
 	fw.stale = fw.stale || res == nil || devices == 0
 	fw.retry = fw.retry && (notHere || (res == nil && unsent))
-	last := fw.parts == 0
-	devices, acked, reason = fw.devices, fw.acked, fw.reason
+	last, sum := fw.parts == 0, fw.sum
 	stale, retry := fw.stale, fw.retry
 	fw.mu.Unlock()
 	if !last {
@@ -665,15 +658,15 @@ func (fw *forwarding) answer(res *nodepb.ForwardFrame, reason wirepb.ErrorCode, 
 	m := fw.m
 	if fw.cached && stale {
 		fw.r.cache.drop(m.uid)
-		if devices == 0 && retry && time.Now().Before(m.deadline) {
+		if sum.Devices == 0 && retry && time.Now().Before(m.deadline) {
 			fw.r.relookup(m) // nobody got it: ask the home
 			return
 		}
 	}
-	if devices == 0 && reason != 0 {
+	if sum.Devices == 0 && sum.Reason != 0 {
 		fw.r.forwardFailures.Add(1)
 	}
-	m.done(devices, acked, reason)
+	m.done(sum.Devices, sum.Acked, sum.Reason)
 }
 
 // lookup finds the holders of uid through its home, retrying while views

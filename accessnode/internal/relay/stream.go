@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/imgate/imgate/accessnode/internal/gateway"
 	"github.com/imgate/imgate/proto/etcdkeys"
 	"github.com/imgate/imgate/proto/nodepb"
 	"github.com/imgate/imgate/proto/wirepb"
@@ -44,6 +45,8 @@ type sendQueue struct {
 
 func newSendQueue() *sendQueue { return &sendQueue{wake: make(chan struct{}, 1)} }
 
+// push queues f; it reports false when the queue is closed or full (a
+// presence update that does not fit asks for a resync instead).
 func (q *sendQueue) push(f *nodepb.ForwardFrame) bool {
 	q.mu.Lock()
 	if q.closed || len(q.frames) >= maxQueued {
@@ -203,7 +206,8 @@ func (p *peer) call(f *nodepb.ForwardFrame, deadline time.Time, a answerer) {
 		b.Lookup.Seq = seq
 	}
 	p.pending[seq] = pendingCall{seq: seq, deadline: deadline, a: a}
-	// Queued under p.mu, so the queue is in seq order (see sent).
+	// Queued under p.mu, so the queue is in seq order (see sent). Lock
+	// order (gateway/locks.go): peer.mu → sendQueue.mu.
 	ok := p.q.push(f)
 	p.mu.Unlock()
 	if !ok {
@@ -379,44 +383,15 @@ type refusal struct{ actual string }
 func (e *refusal) Error() string { return fmt.Sprintf("%v: %q", errRefused, e.actual) }
 
 // stream runs one Forward stream until it fails: the handshake, a full
-// resync of the sessions homed at the peer, then whatever is queued, with
-// heartbeats when idle. up says the handshake succeeded.
+// resync of the sessions homed at the peer, then whatever is queued, with a
+// heartbeat every interval, busy or not. up says the handshake succeeded.
 func (p *peer) stream(cli nodepb.NodeServiceClient) (up bool, err error) {
 	ctx, cancel := context.WithCancel(p.ctx)
 	defer cancel()
 	cfg := &p.r.cfg
-	// The handshake — connect, open, Hello both ways — has one deadline:
-	// a registration whose address answers TCP but not gRPC (or nothing)
-	// never holds a call longer than this.
-	hs := time.AfterFunc(cfg.HandshakeTimeout, cancel)
-	st, err := cli.Forward(ctx)
+	st, reply, err := p.handshake(ctx, cancel, cli)
 	if err != nil {
-		hs.Stop()
-		return false, fmt.Errorf("open: %w", err)
-	}
-	self := cfg.NodeID
-	hello := &nodepb.ForwardBatch{Frames: []*nodepb.ForwardFrame{{Body: &nodepb.ForwardFrame_Hello{Hello: &nodepb.Hello{
-		NodeId: self, Expect: p.id, Incarnation: cfg.Incarnation}}}}}
-	if err := st.Send(hello); err != nil {
-		hs.Stop()
-		return false, fmt.Errorf("hello: %w", err)
-	}
-	first, err := st.Recv()
-	if !hs.Stop() {
-		return false, errors.New("handshake timed out")
-	}
-	if err != nil {
-		return false, fmt.Errorf("hello: %w", err)
-	}
-	var reply *nodepb.Hello
-	if len(first.Frames) > 0 {
-		reply = first.Frames[0].GetHello()
-	}
-	switch {
-	case reply == nil:
-		return false, errors.New("the peer did not answer Hello")
-	case reply.NodeId != p.id:
-		return false, &refusal{actual: reply.NodeId}
+		return false, err
 	}
 	var lastRecv atomic.Int64
 	lastRecv.Store(time.Now().UnixNano())
@@ -462,6 +437,44 @@ func (p *peer) stream(cli nodepb.NodeServiceClient) (up bool, err error) {
 			}
 		}
 	}
+}
+
+// handshake opens the stream on ctx and exchanges Hello: the peer must
+// answer as p.id. Connect, open and both Hellos share one deadline, after
+// which cancel ends ctx: a registration whose address answers TCP but not
+// gRPC (or nothing) never holds a call longer than HandshakeTimeout.
+func (p *peer) handshake(ctx context.Context, cancel context.CancelFunc, cli nodepb.NodeServiceClient) (nodepb.NodeService_ForwardClient, *nodepb.Hello, error) {
+	cfg := &p.r.cfg
+	hs := time.AfterFunc(cfg.HandshakeTimeout, cancel)
+	st, err := cli.Forward(ctx)
+	if err != nil {
+		hs.Stop()
+		return nil, nil, fmt.Errorf("open: %w", err)
+	}
+	hello := &nodepb.ForwardBatch{Frames: []*nodepb.ForwardFrame{{Body: &nodepb.ForwardFrame_Hello{Hello: &nodepb.Hello{
+		NodeId: cfg.NodeID, Expect: p.id, Incarnation: cfg.Incarnation}}}}}
+	if err := st.Send(hello); err != nil {
+		hs.Stop()
+		return nil, nil, fmt.Errorf("hello: %w", err)
+	}
+	first, err := st.Recv()
+	if !hs.Stop() {
+		return nil, nil, errors.New("handshake timed out")
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("hello: %w", err)
+	}
+	var reply *nodepb.Hello
+	if len(first.Frames) > 0 {
+		reply = first.Frames[0].GetHello()
+	}
+	switch {
+	case reply == nil:
+		return nil, nil, errors.New("the peer did not answer Hello")
+	case reply.NodeId != p.id:
+		return nil, nil, &refusal{actual: reply.NodeId}
+	}
+	return st, reply, nil
 }
 
 // withResync puts a full registration of the sessions homed at the peer
@@ -574,21 +587,7 @@ func (r *Relay) ServeStream(st nodepb.NodeService_ForwardServer) error {
 
 	ctx := st.Context()
 	sendErr := make(chan error, 1)
-	go func() {
-		for {
-			select {
-			case <-ctx.Done():
-				sendErr <- ctx.Err()
-				return
-			case <-in.out.wake:
-				frames, _, _ := in.out.take()
-				if err := sendAll(st.Send, frames); err != nil {
-					sendErr <- err
-					return
-				}
-			}
-		}
-	}()
+	go func() { sendErr <- in.send(ctx, st) }()
 	recvDone := make(chan struct{})
 	r.wg.Add(1)
 	go func() {
@@ -626,6 +625,22 @@ func (r *Relay) ServeStream(st nodepb.NodeService_ForwardServer) error {
 	}
 }
 
+// send writes what is queued for the peer until the stream fails or ctx
+// ends; the one sending goroutine of an inbound stream.
+func (in *inbound) send(ctx context.Context, st nodepb.NodeService_ForwardServer) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-in.out.wake:
+			frames, _, _ := in.out.take()
+			if err := sendAll(st.Send, frames); err != nil {
+				return err
+			}
+		}
+	}
+}
+
 // handle applies the frames a peer sent on its stream; answers go to out.
 func (r *Relay) handle(in *inbound, frames []*nodepb.ForwardFrame) {
 	from, out := in.from, in.out
@@ -634,10 +649,7 @@ func (r *Relay) handle(in *inbound, frames []*nodepb.ForwardFrame) {
 		case *nodepb.ForwardFrame_Deliver:
 			d := body.Deliver
 			seq := d.Seq
-			r.local.DeliverLocal(d.ToUid, &wirepb.Deliver{
-				MsgId: d.MsgId, FromUid: d.FromUid, FromDevice: d.FromDevice, Payload: d.Payload,
-				ContentType: d.ContentType, SentAtMs: d.SentAtMs, Attempt: 1,
-			}, func(devices, acked uint32, reason wirepb.ErrorCode) {
+			r.local.DeliverLocal(d.ToUid, gateway.FromForward(d), func(devices, acked uint32, reason wirepb.ErrorCode) {
 				out.push(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Result{Result: &nodepb.ForwardResult{
 					Seq: seq, Devices: devices, Acked: acked, Reason: int32(reason)}}})
 			})

@@ -170,18 +170,7 @@ type Snapshot struct {
 // afterwards) and orders them. Every candidate must have a Load and a
 // Weight > 0.
 func NewSnapshot(nodes []Candidate) *Snapshot {
-	slices.SortFunc(nodes, func(a, b Candidate) int {
-		switch {
-		case a.Backup != b.Backup:
-			if a.Backup {
-				return 1
-			}
-			return -1
-		case a.Region != b.Region:
-			return strings.Compare(a.Region, b.Region)
-		}
-		return strings.Compare(a.ID, b.ID)
-	})
+	sortCandidates(nodes)
 	n := len(nodes)
 	s := &Snapshot{
 		nodes:   nodes,
@@ -198,6 +187,35 @@ func NewSnapshot(nodes []Candidate) *Snapshot {
 		topo:    map[string]uint64{},
 	}
 	s.allGroup = [2]int32{-1, -1}
+	s.indexNodes()
+	s.groupBlocks()
+	for c := range s.bound {
+		s.bound[c].Store(math.Float64bits(s.chunkMin(c)))
+	}
+	return s
+}
+
+// sortCandidates orders nodes as a snapshot holds them: active before
+// backup, then by region, then by id.
+func sortCandidates(nodes []Candidate) {
+	slices.SortFunc(nodes, func(a, b Candidate) int {
+		switch {
+		case a.Backup != b.Backup:
+			if a.Backup {
+				return 1
+			}
+			return -1
+		case a.Region != b.Region:
+			return strings.Compare(a.Region, b.Region)
+		}
+		return strings.Compare(a.ID, b.ID)
+	})
+}
+
+// indexNodes fills the per-node arrays (weights, limits, prefix sums,
+// regions) from s.nodes, defaulting what the candidates leave unset.
+func (s *Snapshot) indexNodes() {
+	nodes := s.nodes
 	for i := range nodes {
 		c := &nodes[i]
 		if c.Weight < 1 {
@@ -220,6 +238,12 @@ func NewSnapshot(nodes []Candidate) *Snapshot {
 		}
 		s.region[i] = r
 	}
+}
+
+// groupBlocks splits the nodes into the active and backup blocks, and each
+// block into its regions, one group each.
+func (s *Snapshot) groupBlocks() {
+	nodes, n := s.nodes, len(s.nodes)
 	for b := range 2 {
 		s.regGroup[b] = make([]int32, len(s.regions))
 		for r := range s.regGroup[b] {
@@ -255,10 +279,6 @@ func NewSnapshot(nodes []Candidate) *Snapshot {
 			lo = hi
 		}
 	}
-	for c := range s.bound {
-		s.bound[c].Store(math.Float64bits(s.chunkMin(c)))
-	}
-	return s
 }
 
 func (s *Snapshot) addGroup(r rng, region int32, key string) int32 {
@@ -293,14 +313,6 @@ func (s *Snapshot) Len() int { return len(s.nodes) }
 
 // At returns the i-th candidate, in the snapshot's order.
 func (s *Snapshot) At(i int) *Candidate { return &s.nodes[i] }
-
-// Find returns the candidate with id, or nil.
-func (s *Snapshot) Find(id string) *Candidate {
-	if i, ok := s.index[id]; ok {
-		return &s.nodes[i]
-	}
-	return nil
-}
 
 // claim counts one handout on node i unless that would take it past its
 // limit (a concurrent pick took the last slot); it reports success.

@@ -3,8 +3,8 @@
 //
 // Data flow:
 //
-//	etcd <prefix>/nodes/*          ─┐ watch (list once, then watch from that
-//	etcd <prefix>/config/nodes/*/* ─┤ revision; re-list after a compaction)
+//	etcd <prefix>/nodes/*          ─┐ etcdwatch (list, watch from that revision;
+//	etcd <prefix>/config/nodes/*/* ─┤ list again every 10 s and after any failure)
 //	etcd <prefix>/config/policy    ─┘         │
 //	                                          ▼
 //	                 node table (guarded by Fleet.mu) ──rebuild──▶ balance.Snapshot ──Publish──▶ balancer

@@ -418,12 +418,3 @@ func closeConns(conns []*grpc.ClientConn) {
 		_ = c.Close()
 	}
 }
-
-func sleep(ctx context.Context, d time.Duration) {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-	case <-t.C:
-	}
-}

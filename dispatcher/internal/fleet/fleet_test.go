@@ -8,11 +8,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/rs/zerolog"
+	"go.etcd.io/etcd/api/v3/mvccpb"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.uber.org/zap"
 
 	"github.com/imgate/imgate/dispatcher/internal/balance"
 	"github.com/imgate/imgate/proto/etcdkeys"
+	"github.com/imgate/imgate/proto/etcdwatch"
 )
 
 func TestDiscoveryAndNoHandoutBeforeFirstPull(t *testing.T) {
@@ -414,7 +416,6 @@ func TestPolicyKey(t *testing.T) {
 
 func TestResyncMatchesEtcd(t *testing.T) {
 	t.Parallel()
-	// No Run: drive resync by hand, as after a watch compaction.
 	cli := startEtcd(t)
 	bal := balance.New(balance.LeastConn{})
 	f, err := New(Config{PullInterval: time.Second, PullTimeout: time.Second, MaxFails: 2}, cli, bal,
@@ -423,24 +424,36 @@ func TestResyncMatchesEtcd(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := &harness{t: t, cli: cli, keys: f.keys, fleet: f, bal: bal}
+	// No Run: drive resync by hand, as after a watch compaction.
+	resync := func() {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := cli.Txn(ctx).Then(
+			clientv3.OpGet(f.keys.NodesPrefix(), clientv3.WithPrefix()),
+			clientv3.OpGet(f.keys.ConfigPrefix(), clientv3.WithPrefix()),
+		).Commit()
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.resync(etcdwatch.Listing{Revision: resp.Header.Revision, KVs: [][]*mvccpb.KeyValue{
+			rangeNodes:  resp.Responses[0].GetResponseRange().GetKvs(),
+			rangeConfig: resp.Responses[1].GetResponseRange().GetKvs(),
+		}})
+	}
 	n1, n2 := startNode(t, "n1"), startNode(t, "n2")
 	h.put(h.keys.Node("n1"), n1.registration(""))
 	h.put(h.keys.Node("n2"), n2.registration(""))
 	h.setConfig("n1", etcdkeys.FieldWeight, "250")
 	h.setConfig("n2", etcdkeys.FieldState, "drain")
-	ctx := context.Background()
-	if _, err := f.resync(ctx); err != nil {
-		t.Fatal(err)
-	}
+	resync()
 	if st := h.node("n1"); st.Config.Weight != 250 || st.Registration == nil {
 		t.Fatalf("%+v", st)
 	}
 	h.del(h.keys.Node("n2"))
 	h.del(h.keys.NodeConfig("n2", etcdkeys.FieldState))
 	h.setConfig("n1", etcdkeys.FieldWeight, "bogus")
-	if _, err := f.resync(ctx); err != nil {
-		t.Fatal(err)
-	}
+	resync()
 	if st := h.node("n2"); st.ID != "" {
 		t.Fatalf("n2 survived a resync without its key: %+v", st)
 	}
@@ -448,9 +461,7 @@ func TestResyncMatchesEtcd(t *testing.T) {
 		t.Fatalf("resync must keep the last good value: %+v", st.Config)
 	}
 	h.del(h.keys.NodeConfig("n1", etcdkeys.FieldWeight))
-	if _, err := f.resync(ctx); err != nil {
-		t.Fatal(err)
-	}
+	resync()
 	if st := h.node("n1"); st.Config.Weight != etcdkeys.DefaultWeight || st.Config.Rejected != nil {
 		t.Fatalf("resync must reset a deleted field: %+v", st.Config)
 	}

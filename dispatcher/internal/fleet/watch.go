@@ -2,7 +2,6 @@ package fleet
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/imgate/imgate/dispatcher/internal/balance"
 	"github.com/imgate/imgate/proto/etcdkeys"
+	"github.com/imgate/imgate/proto/etcdwatch"
 	"github.com/imgate/imgate/proto/nodepb"
 )
 
@@ -26,50 +26,39 @@ const (
 	reconnectMaxGap    = 2 * time.Second
 )
 
-// watchLoop lists, then watches, and lists again whenever the watch ends,
-// until ctx is done. Owned by Run.
+// Indexes of the ranges watchLoop follows.
+const (
+	rangeNodes = iota
+	rangeConfig
+)
+
+// watchLoop follows nodes and config in etcd until ctx is done, through
+// etcdwatch: a listing of both at one revision, the watch from there, a
+// listing again every few seconds (which also catches an etcd restored or
+// replaced) and after any failure. Owned by Run.
 func (f *Fleet) watchLoop(ctx context.Context) {
-	wait := retryMin
-	for {
-		rev, err := f.resync(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if err != nil {
+	_ = etcdwatch.Run(ctx, f.etcd, etcdwatch.Config{
+		Ranges: []etcdwatch.Range{
+			rangeNodes:  {Key: f.keys.NodesPrefix(), Prefix: true},
+			rangeConfig: {Key: f.keys.ConfigPrefix(), Prefix: true},
+		},
+		CallTimeout: f.listTimeout,
+		RetryMin:    retryMin,
+		RetryMax:    retryMax,
+		Listed:      f.resync,
+		Changed:     f.changed,
+		Failed: func(err error, retryIn time.Duration) {
 			f.m.etcdErrors.Inc()
-			f.log.Warn().Err(err).Dur("retry_in", wait).Msg("etcd: cannot list nodes and config")
-			sleep(ctx, wait)
-			wait = min(2*wait, retryMax)
-			continue
-		}
-		wait = retryMin
-		err = f.watch(ctx, rev+1)
-		if ctx.Err() != nil {
-			return
-		}
-		f.m.etcdErrors.Inc()
-		f.log.Warn().Err(err).Msg("etcd: watch ended, listing again")
-		sleep(ctx, retryMin)
-	}
+			f.log.Warn().Err(err).Dur("retry_in", retryIn).Msg("etcd: cannot list or watch nodes and config; listing again")
+		},
+	})
 }
 
-// resync reads nodes and config at one revision and makes the table match
-// it: entries absent from etcd are removed or reset to defaults, present
-// ones are applied like watch events (so a bad value keeps the last good
-// one). It returns that revision.
-func (f *Fleet) resync(ctx context.Context) (int64, error) {
-	lctx, cancel := context.WithTimeout(ctx, f.listTimeout)
-	defer cancel()
-	resp, err := f.etcd.Txn(lctx).Then(
-		clientv3.OpGet(f.keys.NodesPrefix(), clientv3.WithPrefix()),
-		clientv3.OpGet(f.keys.ConfigPrefix(), clientv3.WithPrefix()),
-	).Commit()
-	if err != nil {
-		return 0, fmt.Errorf("list %s: %w", f.keys.Prefix, err)
-	}
-	nodeKVs := resp.Responses[0].GetResponseRange().GetKvs()
-	cfgKVs := resp.Responses[1].GetResponseRange().GetKvs()
-
+// resync makes the table match a listing of nodes and config: entries
+// absent from etcd are removed or reset to defaults, present ones are
+// applied like watch events (so a bad value keeps the last good one).
+func (f *Fleet) resync(l etcdwatch.Listing) {
+	nodeKVs, cfgKVs := l.KVs[rangeNodes], l.KVs[rangeConfig]
 	var toClose []*grpc.ClientConn
 	f.mu.Lock()
 	seenNodes := map[string]bool{}
@@ -114,56 +103,35 @@ func (f *Fleet) resync(ctx context.Context) (int64, error) {
 	}
 	if !f.synced {
 		f.synced = true
-		f.log.Info().Int("nodes", len(nodeKVs)).Int64("revision", resp.Header.Revision).Msg("etcd: synced")
+		f.log.Info().Int("nodes", len(nodeKVs)).Int64("revision", l.Revision).Msg("etcd: synced")
+	}
+	if l.WentBack {
+		f.log.Warn().Int64("revision", l.Revision).Msg("etcd revision went back (restored or replaced); its listing is the truth now")
 	}
 	f.m.etcdSynced.Set(1)
 	f.rebuild()
 	f.mu.Unlock()
 	closeConns(toClose)
-	return resp.Header.Revision, nil
 }
 
-// watch applies changes from revision rev on until the watch fails or ctx is
-// done.
-func (f *Fleet) watch(ctx context.Context, rev int64) error {
-	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
-	defer cancel()
-	nodesCh := f.etcd.Watch(wctx, f.keys.NodesPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev))
-	cfgCh := f.etcd.Watch(wctx, f.keys.ConfigPrefix(), clientv3.WithPrefix(), clientv3.WithRev(rev))
-	for {
-		var resp clientv3.WatchResponse
-		var ok, isNodes bool
-		select {
-		case resp, ok = <-nodesCh:
-			isNodes = true
-		case resp, ok = <-cfgCh:
+// changed applies the events of one watch response on range i.
+func (f *Fleet) changed(i int, evs []*clientv3.Event) {
+	var toClose []*grpc.ClientConn
+	f.mu.Lock()
+	for _, ev := range evs {
+		typ := mvccpb.PUT
+		if ev.Type == clientv3.EventTypeDelete {
+			typ = mvccpb.DELETE
 		}
-		if !ok {
-			return errors.New("watch channel closed")
+		if i == rangeNodes {
+			toClose = append(toClose, f.applyNodeEvent(typ, ev.Kv)...)
+		} else {
+			f.applyConfigEvent(typ, ev.Kv)
 		}
-		if err := resp.Err(); err != nil {
-			return err
-		}
-		if len(resp.Events) == 0 {
-			continue
-		}
-		var toClose []*grpc.ClientConn
-		f.mu.Lock()
-		for _, ev := range resp.Events {
-			typ := mvccpb.PUT
-			if ev.Type == clientv3.EventTypeDelete {
-				typ = mvccpb.DELETE
-			}
-			if isNodes {
-				toClose = append(toClose, f.applyNodeEvent(typ, ev.Kv)...)
-			} else {
-				f.applyConfigEvent(typ, ev.Kv)
-			}
-		}
-		f.rebuild()
-		f.mu.Unlock()
-		closeConns(toClose)
 	}
+	f.rebuild()
+	f.mu.Unlock()
+	closeConns(toClose)
 }
 
 // applyNodeEvent applies a put or delete of <prefix>/nodes/<id>. It returns
