@@ -8,6 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 CONNS=${CONNS:-15000}
+# wss at 15,000 loses connections mid-login here (EOF after ~6,700 TLS
+# handshakes); measured at 5,000 until that is understood.
+WSS_CONNS=${WSS_CONNS:-5000}
 CENTRIFUGO_VERSION=${CENTRIFUGO_VERSION:-v6.9.1}
 mkdir -p bin/wsmem
 if [ ! -x bin/wsmem/centrifugo ]; then
@@ -16,7 +19,10 @@ fi
 (cd scripts/wsmem && go build -o ../../bin/wsmem/wsmem .)
 ulimit -n 20000
 date -u +%F
-IMGATE_MEM_CONNS=$CONNS IMGATE_MEM_MODES=ws,wss go test -count=1 -timeout 20m \
-  -run TestMemoryPerIdleConn -v ./accessnode/internal/tlsfront | grep -E 'KiB|ok|FAIL'
+for m in "ws $CONNS" "wss $WSS_CONNS"; do
+  set -- $m
+  IMGATE_MEM_CONNS=$2 IMGATE_MEM_MODES=$1 go test -count=1 -timeout 20m \
+    -run TestMemoryPerIdleConn -v ./accessnode/internal/tlsfront | grep -E 'KiB|EOF|FAIL' || true
+done
 bin/wsmem/wsmem --conns "$CONNS"
 bin/wsmem/wsmem --conns "$CONNS" --deflate
