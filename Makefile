@@ -17,7 +17,7 @@ PROTOC_GEN_VTPROTO := github.com/planetscale/vtprotobuf/cmd/protoc-gen-go-vtprot
 ETCDCTL            := go.etcd.io/etcd/etcdctl/v3@v3.7.3
 GOTESTSUM          := gotest.tools/gotestsum@v1.13.0
 
-.PHONY: all build run test vet fmt-check race fuzz bench microbench chaos chaos-short proto tools etcdctl clean
+.PHONY: all build run test vet fmt-check race fuzz bench bench-ws microbench chaos chaos-short proto tools etcdctl clean
 
 all: build
 
@@ -59,6 +59,10 @@ fuzz:
 ## bench: the standard load scenario (whole system + load tool, a few minutes)
 bench:
 	scripts/bench.sh
+
+## bench-ws: memory per idle WebSocket connection, imgate ws/wss beside Centrifugo 6.9 (CONNS=15000)
+bench-ws:
+	scripts/bench-ws.sh
 
 ## chaos: the fault harness, every scenario with full fault windows (root; about 10 min); CHAOS_ARGS="--scenario kill9 --json f"
 chaos:
