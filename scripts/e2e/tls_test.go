@@ -104,6 +104,8 @@ func TestTLSEndToEnd(t *testing.T) {
 			t.Fatalf("%s: got %+v", payload, m)
 		}
 	}
+	waitLinked(t, alice, "bob", bob)
+	waitLinked(t, bob, "alice", alice)
 	exchange(alice, "bob", bob, "tls to tls, across nodes")
 	exchange(bob, "alice", alice, "and back")
 	exchange(alice, "carol", carol, "tls to plain tcp")
