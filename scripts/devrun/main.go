@@ -57,10 +57,10 @@ func main() {
 	flag.IntVar(&c.basePort, "base-port", 7000, "node i uses client port base+i, gRPC base+100+i, HTTP base+200+i")
 	flag.StringVar(&c.host, "host", "127.0.0.1", "address the nodes listen on (e.g. a veth address when the clients run in another network namespace)")
 	flag.BoolVar(&c.demo, "demo", true, "run the demo exchange once the fleet is ready")
-	flag.StringVar(&c.nodeArgs, "node-args", "", "extra flags for every access node, space-separated (e.g. \"--heartbeat-interval 60s\")")
+	flag.StringVar(&c.nodeArgs, "node-args", "", "extra flags for every access node, space-separated (e.g. \"--heartbeat-interval 60s\"); a --heartbeat-interval or --idle-timeout here is also given to the dispatcher, whose hints to clients must match. Always passed: --id node-i, --client-addr/--grpc-addr/--http-addr from --base-port, --region east|west alternating, --drain-timeout 5s, --etcd-endpoints, --log-level info")
 	flag.StringVar(&c.nodeEnv, "node-env", "", "extra environment for every access node, space-separated KEY=VALUE (e.g. GOMAXPROCS=1 when many nodes share few cores)")
 	flag.BoolVar(&c.keepGoing, "keep-going", false, "keep running when an access node exits (failure drills: kill -9 a node and watch its clients move)")
-	flag.StringVar(&c.dispatcherArgs, "dispatcher-args", "", "extra flags for the dispatcher, space-separated")
+	flag.StringVar(&c.dispatcherArgs, "dispatcher-args", "", "extra flags for the dispatcher, space-separated. Always passed: --http-addr, --etcd-endpoints, --log-level info, and --rate-limit-per-ip 0 (dev and load runs make many requests from 127.0.0.1)")
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -137,8 +137,9 @@ func run(ctx context.Context, c config) error {
 		return nil
 	}
 	// Dev and load runs make many requests from 127.0.0.1: no per-IP limit.
-	if err := start("dispatcher", nil, append([]string{filepath.Join(c.bin, "dispatcher"), "--http-addr", c.dispatcher,
-		"--rate-limit-per-ip", "0"}, append(common, strings.Fields(c.dispatcherArgs)...)...)...); err != nil {
+	dargs := append([]string{filepath.Join(c.bin, "dispatcher"), "--http-addr", c.dispatcher, "--rate-limit-per-ip", "0"}, common...)
+	dargs = append(dargs, hintFlags(strings.Fields(c.nodeArgs))...)
+	if err := start("dispatcher", nil, append(dargs, strings.Fields(c.dispatcherArgs)...)...); err != nil {
 		return err
 	}
 	regions := []string{"east", "west"}
@@ -401,4 +402,24 @@ func status(base string) {
 		line += fmt.Sprintf("  %s: %d conns (eligible=%v)", n.ID, conns, n.Eligible)
 	}
 	say("fleet:%s", line)
+}
+
+// hintFlags picks from the nodes' flags the ones whose values the
+// dispatcher repeats to clients as hints (heartbeat interval, idle
+// timeout), so that both say the same; --dispatcher-args, given after
+// them, still wins.
+func hintFlags(nodeArgs []string) []string {
+	var out []string
+	for i := 0; i < len(nodeArgs); i++ {
+		a := nodeArgs[i]
+		for _, name := range []string{"--heartbeat-interval", "--idle-timeout"} {
+			switch {
+			case strings.HasPrefix(a, name+"="):
+				out = append(out, a)
+			case a == name && i+1 < len(nodeArgs):
+				out = append(out, a, nodeArgs[i+1])
+			}
+		}
+	}
+	return out
 }
