@@ -202,30 +202,6 @@ func send(t *testing.T, from *client.Client, to string, payload string) client.S
 	return res
 }
 
-// waitLinked waits until a message from one client reaches the other
-// DELIVERED: nodes that the dispatcher already calls eligible may still be
-// opening their Forward streams to each other, and until then a cross-node
-// Send is rightly answered "not confirmed". Probe messages that arrive are
-// taken off rcv, so the test's own messages come next.
-func waitLinked(t *testing.T, from *client.Client, to string, rcv *client.Client) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for i := 0; ; i++ {
-		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
-		res, err := from.Send(ctx, to, []byte(fmt.Sprintf("link probe %d", i)))
-		cancel()
-		if err == nil && res.Outcome == wirepb.Outcome_OUTCOME_DELIVERED {
-			for m := receive(t, rcv); m.ID != res.MsgID; m = receive(t, rcv) {
-			}
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s never reached: %+v %v", to, res, err)
-		}
-		time.Sleep(100 * time.Millisecond) // the streams come up within a second or two
-	}
-}
-
 func receive(t *testing.T, c *client.Client) client.Message {
 	t.Helper()
 	select {
