@@ -7,9 +7,12 @@ import "time"
 
 // EndpointResponse is the 200 answer of GET /v1/endpoint (and /get-tcp-ip).
 type EndpointResponse struct {
-	NodeID    string    `json:"node_id"`
-	Addr      string    `json:"addr"`
-	Transport string    `json:"transport"`
+	NodeID    string `json:"node_id"`
+	Addr      string `json:"addr"`
+	Transport string `json:"transport"`
+	// URL is the WebSocket URL (ws://host:port/v1/ws, wss://…) for the ws
+	// and wss transports; empty for tcp and tls.
+	URL       string    `json:"url,omitempty"`
 	Token     string    `json:"token"`
 	ExpiresAt time.Time `json:"expires_at"`
 	// What the client should do, so the fleet can retune clients without an
@@ -47,5 +50,8 @@ const (
 	CodeNotFound     = "not_found"     // 404
 	CodeRateLimited  = "rate_limited"  // 429, Retry-After
 	CodeNoNode       = "no_node"       // 503, Retry-After
-	CodeInternal     = "internal"      // 500
+	// CodeTransportUnavailable: no registered node offers the asked
+	// transport (400, permanent: retrying cannot help until ops add one).
+	CodeTransportUnavailable = "transport_unavailable"
+	CodeInternal             = "internal" // 500
 )

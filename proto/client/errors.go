@@ -128,7 +128,7 @@ func (e *DispatcherError) Error() string {
 // bad credentials are not.
 func (e *DispatcherError) Temporary() bool {
 	switch e.Code {
-	case api.CodeBadParameter, api.CodeUnauthorized, api.CodeNotFound:
+	case api.CodeBadParameter, api.CodeUnauthorized, api.CodeNotFound, api.CodeTransportUnavailable:
 		return false
 	case api.CodeRateLimited, api.CodeNoNode, api.CodeInternal:
 		return true

@@ -9,6 +9,7 @@ import (
 // keep the status, bound the message.
 func FuzzParseDispatcherError(f *testing.F) {
 	f.Add(503, "1", []byte(`{"error":{"code":"no_node","message":"none"}}`))
+	f.Add(400, "", []byte(`{"error":{"code":"transport_unavailable","message":"no ws"}}`))
 	f.Add(502, "Wed, 21 Oct 2015 07:28:00 GMT", []byte("<html>bad gateway</html>"))
 	f.Add(400, "", []byte(`{"error":null}`))
 	f.Add(429, "-1", []byte(`{"error":{"code":7}}`))

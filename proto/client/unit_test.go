@@ -123,6 +123,7 @@ func TestParseDispatcherError(t *testing.T) {
 		temporary bool
 	}{
 		{400, `{"error":{"code":"bad_parameter","message":"uid missing"}}`, api.CodeBadParameter, "uid missing", false},
+		{400, `{"error":{"code":"transport_unavailable","message":"no ws"}}`, api.CodeTransportUnavailable, "no ws", false},
 		{401, `{"error":{"code":"unauthorized","message":"no"}}`, api.CodeUnauthorized, "no", false},
 		{429, `{"error":{"code":"rate_limited","message":"slow down"}}`, api.CodeRateLimited, "slow down", true},
 		{503, `{"error":{"code":"no_node","message":"none"}}`, api.CodeNoNode, "none", true},

@@ -17,6 +17,11 @@ const MaxExclude = 16
 // ErrNoNode is returned by Pick when no candidate is eligible.
 var ErrNoNode = errors.New("balance: no eligible node")
 
+// ErrTransportUnavailable: nodes are registered, but none of them has an
+// address for the asked transport. Unlike ErrNoNode, waiting does not help
+// until ops add such a listener, so clients should not retry.
+var ErrTransportUnavailable = errors.New("balance: no registered node offers this transport")
+
 // Load is what the dispatcher believes about one node's connection count
 // between two Stats pulls: the pulled count plus this dispatcher's handouts
 // since. A new pull installs a new Load, which resets the handouts.
@@ -719,6 +724,9 @@ func (b *Balancer) Pick(q *Query) (*Candidate, error) {
 	if q.Transport != "" && q.Transport != TransportTCP {
 		alt, ok := p.alt[q.Transport]
 		if !ok {
+			if len(s.nodes) > 0 {
+				return nil, ErrTransportUnavailable
+			}
 			return nil, ErrNoNode
 		}
 		s, prep = alt.snap, alt.prep

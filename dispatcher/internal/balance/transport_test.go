@@ -52,7 +52,7 @@ func TestPickByTransport(t *testing.T) {
 					t.Fatal("c picked over its limit")
 				}
 			}
-			if _, err := b.Pick(&Query{Transport: "ws"}); !errors.Is(err, ErrNoNode) {
+			if _, err := b.Pick(&Query{Transport: "ws"}); !errors.Is(err, ErrTransportUnavailable) {
 				t.Fatalf("a transport no node has: err = %v", err)
 			}
 			b.SetPolicy(Random{})
@@ -63,10 +63,10 @@ func TestPickByTransport(t *testing.T) {
 	}
 }
 
-// With no tls node, a tls pick finds none (and tcp picks are unaffected).
+// With no tls node, a tls pick is ErrTransportUnavailable (and tcp picks are unaffected).
 func TestPickTransportNobodyHas(t *testing.T) {
 	b := newBalancer(node{id: "a"})
-	if _, err := b.Pick(&Query{Transport: "tls"}); !errors.Is(err, ErrNoNode) {
+	if _, err := b.Pick(&Query{Transport: "tls"}); !errors.Is(err, ErrTransportUnavailable) {
 		t.Fatalf("err = %v", err)
 	}
 	if c, err := b.Pick(&Query{}); err != nil || c.ID != "a" {

@@ -17,12 +17,16 @@ import (
 
 // Limits of the /v1/endpoint query.
 const (
-	MaxUIDLen       = 128 // characters
-	MaxDeviceLen    = 64
-	MaxRegionLen    = 64
-	DefaultDevice   = "default"
-	TransportTCP    = balance.TransportTCP
-	TransportTLS    = "tls"
+	MaxUIDLen     = 128 // characters
+	MaxDeviceLen  = 64
+	MaxRegionLen  = 64
+	DefaultDevice = "default"
+	TransportTCP  = balance.TransportTCP
+	TransportTLS  = "tls"
+	TransportWS   = "ws"
+	TransportWSS  = "wss"
+	// WSPath is the access node's fixed WebSocket path.
+	WSPath          = "/v1/ws"
 	maxExcludeItems = balance.MaxExclude
 	// RegionHeader carries the client's region when the query does not.
 	RegionHeader = "X-Imgate-Region"
@@ -71,11 +75,17 @@ func (s *Server) serveEndpoint(w http.ResponseWriter, r *http.Request) int {
 		return s.fail(w, r, err)
 	}
 	reconnect := s.cfg.Reconnect
+	var wsURL string
+	switch q.transport {
+	case TransportWS, TransportWSS:
+		wsURL = q.transport + "://" + c.Addr + WSPath
+	}
 	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, http.StatusOK, api.EndpointResponse{
 		NodeID:              c.ID,
 		Addr:                c.Addr,
 		Transport:           q.transport,
+		URL:                 wsURL,
 		Token:               tok,
 		ExpiresAt:           exp.UTC(),
 		HeartbeatIntervalMS: s.cfg.HeartbeatInterval.Milliseconds(),
@@ -127,14 +137,14 @@ func parseEndpointQuery(raw string, uidRequired bool) (endpointQuery, error) {
 	switch q.transport {
 	case "":
 		q.transport = TransportTCP
-	case TransportTCP, TransportTLS:
+	case TransportTCP, TransportTLS, TransportWS, TransportWSS:
 	default:
 		if checkText("transport", q.transport, 16) == nil {
-			return q, badParam("transport", "%q is not supported, want tcp or tls", q.transport)
+			return q, badParam("transport", "%q is not supported, want tcp, tls, ws or wss", q.transport)
 		}
-		return q, badParam("transport", "not supported, want tcp or tls")
+		return q, badParam("transport", "not supported, want tcp, tls, ws or wss")
 	}
-	// tls: only nodes with a TLS listener, answering its address.
+	// tls, ws, wss: only nodes with such a listener, answering its address.
 	q.pick.Transport = q.transport
 	for _, list := range vals["exclude"] { // exclude=a,b and exclude=a&exclude=b
 		for id := range strings.SplitSeq(list, ",") {

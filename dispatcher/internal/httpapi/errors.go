@@ -34,7 +34,7 @@ func badParam(name, format string, args ...any) *Error {
 // statusOf is the one place where an error code becomes an HTTP status.
 func statusOf(code string) int {
 	switch code {
-	case api.CodeBadParameter:
+	case api.CodeBadParameter, api.CodeTransportUnavailable:
 		return http.StatusBadRequest
 	case api.CodeUnauthorized:
 		return http.StatusUnauthorized
@@ -59,6 +59,8 @@ func asError(err error) (e *Error, known bool) {
 	switch {
 	case errors.As(err, &e):
 		return e, true
+	case errors.Is(err, balance.ErrTransportUnavailable):
+		return &Error{Code: api.CodeTransportUnavailable, Message: "no access node offers this transport"}, true
 	case errors.Is(err, balance.ErrNoNode):
 		return &Error{Code: api.CodeNoNode, Message: "no access node is available, retry later"}, true
 	}

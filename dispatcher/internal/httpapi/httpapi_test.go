@@ -178,7 +178,7 @@ func TestEndpointBadParameters(t *testing.T) {
 		{"uid=u&device=a&device=b", "device"},
 		{"uid=u&region=" + long(65), "region"},
 		{"uid=u&region=%1b", "region"},
-		{"uid=u&transport=ws", "transport"},
+		{"uid=u&transport=quic", "transport"},
 		{"uid=u&transport=udp%00", "transport"},
 		{"uid=u&transport=tcp&transport=tcp", "transport"},
 		{"uid=u&exclude=" + many(17), "exclude"},

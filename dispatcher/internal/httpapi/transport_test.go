@@ -39,15 +39,37 @@ func TestEndpointTLS(t *testing.T) {
 	}
 }
 
-// Without a node that has a TLS listener, transport=tls is no_node (503),
-// not a bad parameter: the client's request is valid.
-func TestEndpointTLSNoNode(t *testing.T) {
+// With registered nodes but none with a TLS listener, transport=tls is
+// transport_unavailable (400, permanent); ws likewise.
+func TestEndpointTransportUnavailable(t *testing.T) {
 	f := newFixture(t, balance.Candidate{ID: "1"})
-	w := f.get("/v1/endpoint?uid=alice&transport=tls")
-	if w.Code != http.StatusServiceUnavailable {
-		t.Fatalf("%d %s", w.Code, w.Body)
+	for _, tr := range []string{"tls", "ws", "wss"} {
+		w := f.get("/v1/endpoint?uid=alice&transport=" + tr)
+		if w.Code != http.StatusBadRequest {
+			t.Fatalf("%s: %d %s", tr, w.Code, w.Body)
+		}
+		if e := decode[api.ErrorResponse](t, w); e.Error.Code != api.CodeTransportUnavailable {
+			t.Fatalf("%s: error %+v", tr, e)
+		}
 	}
-	if e := decode[api.ErrorResponse](t, w); e.Error.Code != api.CodeNoNode {
-		t.Fatalf("error %+v", e)
+}
+
+// transport=ws/wss answer the node's ws/wss address and its URL.
+func TestEndpointWS(t *testing.T) {
+	f := newFixture(t,
+		balance.Candidate{ID: "1", Addrs: map[string]string{"tcp": "127.0.0.1:7001", "ws": "127.0.0.1:7081", "wss": "127.0.0.1:7443"}},
+		balance.Candidate{ID: "2", Addrs: map[string]string{"tcp": "127.0.0.1:7002"}})
+	for range 10 {
+		r := decode[api.EndpointResponse](t, f.get("/v1/endpoint?uid=alice&transport=ws"))
+		if r.NodeID != "1" || r.Addr != "127.0.0.1:7081" || r.Transport != "ws" || r.URL != "ws://127.0.0.1:7081/v1/ws" {
+			t.Fatalf("ws: %+v", r)
+		}
+		r = decode[api.EndpointResponse](t, f.get("/v1/endpoint?uid=alice&transport=wss"))
+		if r.Addr != "127.0.0.1:7443" || r.URL != "wss://127.0.0.1:7443/v1/ws" {
+			t.Fatalf("wss: %+v", r)
+		}
+		if r := decode[api.EndpointResponse](t, f.get("/v1/endpoint?uid=bob")); r.URL != "" {
+			t.Fatalf("tcp has a url: %+v", r)
+		}
 	}
 }
