@@ -16,7 +16,7 @@ PROTOC_GEN_GO_GRPC := google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
 PROTOC_GEN_VTPROTO := github.com/planetscale/vtprotobuf/cmd/protoc-gen-go-vtproto@v0.6.0
 ETCDCTL            := go.etcd.io/etcd/etcdctl/v3@v3.7.3
 
-.PHONY: all build run test vet fmt-check race fuzz bench microbench chaos chaos-short proto tools etcdctl clean
+.PHONY: all build run test vet fmt-check race fuzz bench microbench chaos chaos-short proto proto-ts tools etcdctl ts-test clean
 
 all: build
 
@@ -66,7 +66,11 @@ chaos-short:
 microbench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
-## proto: regenerate proto/*pb from the .proto files with pinned tools
+## ts-test: the TypeScript SDK (proto/ts): install from the lock file, build (library + browser bundle), test against the real binaries
+ts-test:
+	cd proto/ts && npm ci --no-audit --no-fund && npm run build && npm test
+
+## proto: regenerate proto/*pb (and the TypeScript SDK's proto/ts/src/gen) from the .proto files with pinned tools
 proto: tools
 	protoc -I proto \
 	  --plugin=protoc-gen-go=$(BIN)/tools/protoc-gen-go \
@@ -76,6 +80,13 @@ proto: tools
 	  --go-grpc_out=proto --go-grpc_opt=paths=source_relative \
 	  --go-vtproto_out=proto --go-vtproto_opt=paths=source_relative,features=marshal+unmarshal+size \
 	  wirepb/frame.proto nodepb/node.proto
+	$(MAKE) proto-ts
+
+## proto-ts: regenerate proto/ts/src/gen with the protoc-gen-es pinned in proto/ts/package-lock.json
+proto-ts:
+	@command -v protoc >/dev/null || { echo "installing protoc (Debian protobuf-compiler)"; \
+	  (apt-get update -qq && apt-get install -y -qq protobuf-compiler) >/dev/null; }
+	cd proto/ts && npm ci --no-audit --no-fund && npm run gen
 
 tools:
 	@command -v protoc >/dev/null || { echo "installing protoc (Debian protobuf-compiler)"; \
@@ -89,4 +100,4 @@ etcdctl:
 	GOBIN=$(CURDIR)/$(BIN) $(GO) install $(ETCDCTL)
 
 clean:
-	rm -rf $(BIN) .run
+	rm -rf $(BIN) .run proto/ts/dist proto/ts/build-test
