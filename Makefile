@@ -17,7 +17,7 @@ PROTOC_GEN_VTPROTO := github.com/planetscale/vtprotobuf/cmd/protoc-gen-go-vtprot
 ETCDCTL            := go.etcd.io/etcd/etcdctl/v3@v3.7.3
 GOTESTSUM          := gotest.tools/gotestsum@v1.13.0
 
-.PHONY: all build run test vet fmt-check race fuzz bench bench-ws microbench chaos chaos-short proto tools etcdctl clean
+.PHONY: all build run test vet fmt-check race fuzz bench bench-ws microbench chaos chaos-short proto proto-ts tools etcdctl ts-test clean
 
 all: build
 
@@ -29,8 +29,8 @@ build:
 run: build
 	$(BIN)/devrun --bin $(BIN)
 
-## test: vet, gofmt, the race-enabled test suite (includes the end-to-end test), then every fault scenario, short (root)
-test: vet fmt-check race chaos-short
+## test: vet, gofmt, the race-enabled test suite (includes the end-to-end test), the TypeScript SDK against the real binaries, then every fault scenario, short (root)
+test: vet fmt-check race ts-test chaos-short
 
 vet:
 	$(GO) vet ./...
@@ -76,7 +76,11 @@ chaos-short:
 microbench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
-## proto: regenerate proto/*pb from the .proto files with pinned tools
+## ts-test: the TypeScript SDK (proto/ts): install from the lock file, build (library + browser bundle), test against the real binaries
+ts-test:
+	cd proto/ts && npm ci --no-audit --no-fund && npm run build && npm test
+
+## proto: regenerate proto/*pb (and the TypeScript SDK's proto/ts/src/gen) from the .proto files with pinned tools
 proto: tools
 	protoc -I proto \
 	  --plugin=protoc-gen-go=$(BIN)/tools/protoc-gen-go \
@@ -86,6 +90,13 @@ proto: tools
 	  --go-grpc_out=proto --go-grpc_opt=paths=source_relative \
 	  --go-vtproto_out=proto --go-vtproto_opt=paths=source_relative,features=marshal+unmarshal+size \
 	  wirepb/frame.proto nodepb/node.proto
+	$(MAKE) proto-ts
+
+## proto-ts: regenerate proto/ts/src/gen with the protoc-gen-es pinned in proto/ts/package-lock.json
+proto-ts:
+	@command -v protoc >/dev/null || { echo "installing protoc (Debian protobuf-compiler)"; \
+	  (apt-get update -qq && apt-get install -y -qq protobuf-compiler) >/dev/null; }
+	cd proto/ts && npm ci --no-audit --no-fund && npm run gen
 
 tools:
 	@command -v protoc >/dev/null || { echo "installing protoc (Debian protobuf-compiler)"; \
@@ -99,4 +110,4 @@ etcdctl:
 	GOBIN=$(CURDIR)/$(BIN) $(GO) install $(ETCDCTL)
 
 clean:
-	rm -rf $(BIN) .run
+	rm -rf $(BIN) .run proto/ts/dist proto/ts/build-test
