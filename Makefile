@@ -17,7 +17,7 @@ PROTOC_GEN_VTPROTO := github.com/planetscale/vtprotobuf/cmd/protoc-gen-go-vtprot
 ETCDCTL            := go.etcd.io/etcd/etcdctl/v3@v3.7.3
 GOTESTSUM          := gotest.tools/gotestsum@v1.13.0
 
-.PHONY: all build run test vet fmt-check race fuzz bench bench-ws microbench chaos chaos-short proto proto-ts tools etcdctl ts-test clean
+.PHONY: all build run test vet fmt-check race lockcheck fuzz bench bench-ws microbench chaos chaos-short proto proto-ts tools etcdctl ts-test clean
 
 all: build
 
@@ -29,8 +29,8 @@ build:
 run: build
 	$(BIN)/devrun --bin $(BIN)
 
-## test: vet, gofmt, the race-enabled test suite (includes the end-to-end test), the TypeScript SDK against the real binaries, then every fault scenario, short (root)
-test: vet fmt-check race ts-test chaos-short
+## test: vet, gofmt, the race-enabled test suite (includes the end-to-end test), the lock-order check, the TypeScript SDK against the real binaries, then every fault scenario, short (root)
+test: vet fmt-check race lockcheck ts-test chaos-short
 
 vet:
 	$(GO) vet ./...
@@ -43,6 +43,10 @@ fmt-check:
 # failing tests' output; `go test` alone says nothing for minutes.
 race: $(BIN)/tools/gotestsum
 	$(BIN)/tools/gotestsum --format pkgname-and-test-fails --format-hide-empty-pkg -- -race -count=1 -timeout 10m ./...
+
+## lockcheck: the tests of the packages whose locks nest, built so that any two locks taken in both orders fail them (gateway/locks.go)
+lockcheck:
+	$(GO) test -tags lockcheck -count=1 -timeout 10m ./accessnode/internal/lockorder/ ./accessnode/internal/gateway/ ./accessnode/internal/evloop/ ./accessnode/internal/relay/
 
 $(BIN)/tools/gotestsum:
 	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install $(GOTESTSUM)

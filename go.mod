@@ -23,7 +23,11 @@ require (
 	google.golang.org/protobuf v1.36.12
 )
 
-require github.com/gobwas/httphead v0.1.0 // indirect
+require (
+	github.com/gobwas/httphead v0.1.0 // indirect
+	github.com/petermattis/goid v0.0.0-20250813065127-a731cc31b4fe // indirect
+	github.com/sasha-s/go-deadlock v0.3.9 // indirect
+)
 
 require (
 	github.com/beorn7/perks v1.0.1 // indirect

@@ -11,6 +11,7 @@ import (
 	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
 
+	"github.com/imgate/imgate/accessnode/internal/lockorder"
 	"github.com/imgate/imgate/proto/wire"
 )
 
@@ -40,8 +41,8 @@ type Conn struct {
 	badStream   bool    // framing broken; input is discarded
 	wsst        wsState // WebSocket message in assembly (ws.go)
 
-	mu    sync.Mutex // guards out, state, watch, dirty, ws
-	out   []byte     // bytes the kernel did not take yet, pooled; nil when idle
+	mu    lockorder.Mutex // guards out, state, watch, dirty, ws
+	out   []byte          // bytes the kernel did not take yet, pooled; nil when idle
 	state uint8
 	watch bool // EPOLLOUT registered: the kernel refused part of out
 	// dirty: c is in its loop's dirty list; the loop offers out to the

@@ -7,13 +7,13 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/imgate/imgate/accessnode/internal/lockorder"
 	"github.com/imgate/imgate/proto/wire"
 )
 
@@ -68,8 +68,8 @@ type loop struct {
 	// the loops share no cache line for it.
 	writeCalls atomic.Uint64
 
-	mu      sync.Mutex // guards tasks, woken, stopped, hotIn, dirty, awake
-	hotIn   []*Conn    // Conn.Hot since the last tick
+	mu      lockorder.Mutex // guards tasks, woken, stopped, hotIn, dirty, awake
+	hotIn   []*Conn         // Conn.Hot since the last tick
 	tasks   []func()
 	woken   bool
 	stopped bool

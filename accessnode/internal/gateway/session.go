@@ -6,6 +6,7 @@ import (
 	"sync/atomic"
 
 	"github.com/imgate/imgate/accessnode/internal/evloop"
+	"github.com/imgate/imgate/accessnode/internal/lockorder"
 	"github.com/imgate/imgate/proto/wirepb"
 )
 
@@ -20,14 +21,14 @@ type session struct {
 
 	npending atomic.Int32 // len(pending), read without the lock by the sweep
 
-	mu      sync.Mutex // guards pending, gone
+	mu      lockorder.Mutex // guards pending, gone
 	pending map[string]*outbound
 	gone    bool
 
 	// The router hears SessionUp before SessionDown, never the reverse,
 	// even when the session ends (a kick from another goroutine) while its
 	// login is still being published.
-	presMu    sync.Mutex // guards presUp, presEnded; held across the router call
+	presMu    lockorder.Mutex // guards presUp, presEnded; held across the router call
 	presUp    bool
 	presEnded bool
 }

@@ -41,6 +41,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/imgate/imgate/accessnode/internal/gateway"
+	"github.com/imgate/imgate/accessnode/internal/lockorder"
 	"github.com/imgate/imgate/proto/etcdkeys"
 	"github.com/imgate/imgate/proto/nodepb"
 	"github.com/imgate/imgate/proto/wirepb"
@@ -133,7 +134,7 @@ type Relay struct {
 
 	view atomic.Pointer[view]
 
-	mu        sync.Mutex // guards peers, inbound, closed, unsettled
+	mu        lockorder.Mutex // guards peers, inbound, closed, unsettled
 	peers     map[string]*peer
 	inbound   map[string]*inbound // the newest stream from each node
 	unsettled time.Time           // when the presence of the members last stopped being known whole

@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -17,6 +16,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/imgate/imgate/accessnode/internal/gateway"
+	"github.com/imgate/imgate/accessnode/internal/lockorder"
 	"github.com/imgate/imgate/proto/etcdkeys"
 	"github.com/imgate/imgate/proto/nodepb"
 	"github.com/imgate/imgate/proto/wirepb"
@@ -35,7 +35,7 @@ const (
 // push never blocks. A resync request is a mark in the queue: the frames
 // queued before it carry presence the resync supersedes.
 type sendQueue struct {
-	mu       sync.Mutex // guards frames, closed, resync, resyncAt
+	mu       lockorder.Mutex // guards frames, closed, resync, resyncAt
 	frames   []*nodepb.ForwardFrame
 	closed   bool
 	resync   bool
@@ -137,7 +137,7 @@ type peer struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu      sync.Mutex // guards state, pending, seq, q
+	mu      lockorder.Mutex // guards state, pending, seq, q
 	state   peerState
 	pending map[uint64]pendingCall
 	seq     uint64
