@@ -1,24 +1,27 @@
 package main
 
-import "testing"
+import (
+	"io"
+	"testing"
+)
 
 func TestIdleSweepFlag(t *testing.T) {
-	c, err := parseFlags([]string{"--idle-sweep", "10s"})
+	c, err := parseFlags([]string{"--idle-sweep", "10s"}, io.Discard)
 	if err != nil || c.idleSweep.String() != "10s" {
 		t.Fatalf("--idle-sweep 10s: %v, %v", c.idleSweep, err)
 	}
-	if _, err := parseFlags([]string{"--idle-sweep", "-1s"}); err == nil {
+	if _, err := parseFlags([]string{"--idle-sweep", "-1s"}, io.Discard); err == nil {
 		t.Fatal("a negative --idle-sweep was accepted")
 	}
 }
 
 func TestMembershipFlags(t *testing.T) {
-	c, err := parseFlags([]string{"--member-hold", "30s", "--peer-timeout", "8s"})
+	c, err := parseFlags([]string{"--member-hold", "30s", "--peer-timeout", "8s"}, io.Discard)
 	if err != nil || c.memberHold.String() != "30s" || c.peerTimeout.String() != "8s" {
 		t.Fatalf("%v %v %v", c.memberHold, c.peerTimeout, err)
 	}
 	for _, bad := range [][]string{{"--member-hold", "0s"}, {"--peer-timeout", "100ms"}} {
-		if _, err := parseFlags(bad); err == nil {
+		if _, err := parseFlags(bad, io.Discard); err == nil {
 			t.Fatalf("%v accepted", bad)
 		}
 	}
@@ -26,11 +29,11 @@ func TestMembershipFlags(t *testing.T) {
 
 func TestWebSocketFlags(t *testing.T) {
 	t.Setenv("IMGATE_WS_ALLOWED_ORIGINS", "https://chat.example.com, http://127.0.0.1:8080")
-	c, err := parseFlags([]string{"--ws-addr", "127.0.0.1:0", "--wss-addr", "127.0.0.1:0", "--tls-cert", "c.pem", "--tls-key", "k.pem"})
+	c, err := parseFlags([]string{"--ws-addr", "127.0.0.1:0", "--wss-addr", "127.0.0.1:0", "--tls-cert", "c.pem", "--tls-key", "k.pem"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if o := splitList(c.wsAllowedOrigins); len(o) != 2 || o[0] != "https://chat.example.com" || o[1] != "http://127.0.0.1:8080" {
+	if o := c.wsAllowedOrigins; len(o) != 2 || o[0] != "https://chat.example.com" || o[1] != "http://127.0.0.1:8080" {
 		t.Fatalf("origins %q", o)
 	}
 	c.clientAdvertise, c.wsAdvertise = "h:7000", "h:7080"

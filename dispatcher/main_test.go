@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -26,6 +27,7 @@ import (
 
 	"github.com/imgate/imgate/dispatcher/internal/fleet"
 	"github.com/imgate/imgate/proto/api"
+	"github.com/imgate/imgate/proto/cliflags"
 	"github.com/imgate/imgate/proto/etcdkeys"
 	"github.com/imgate/imgate/proto/nodepb"
 	"github.com/imgate/imgate/proto/token"
@@ -46,16 +48,17 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestParseConfigDefaults(t *testing.T) {
-	c, err := parseConfig(nil, io.Discard)
+	c, err := parseFlags(nil, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := config{HTTPAddr: "127.0.0.1:8080", EtcdEndpoints: []string{"127.0.0.1:2379"}, EtcdPrefix: "/imgate",
+	want := config{HTTPAddr: "127.0.0.1:8080",
 		TokenKeys: defaultTokenKeys, TokenTTL: time.Minute, PullInterval: 500 * time.Millisecond,
 		PullTimeout: 300 * time.Millisecond, MaxFails: 2, HeartbeatInterval: 30 * time.Second,
-		IdleTimeout: 90 * time.Second, ShutdownTimeout: 10 * time.Second, LogLevel: zerolog.InfoLevel}
-	if c.HTTPAddr != want.HTTPAddr || strings.Join(c.EtcdEndpoints, ",") != "127.0.0.1:2379" ||
-		c.EtcdPrefix != want.EtcdPrefix || c.TokenKeys != want.TokenKeys || c.TokenTTL != want.TokenTTL ||
+		IdleTimeout: 90 * time.Second, ShutdownTimeout: 10 * time.Second, LogLevel: cliflags.LogLevel{Level: zerolog.InfoLevel}}
+	wantEtcd := cliflags.Etcd{Endpoints: cliflags.List{"127.0.0.1:2379"}, Prefix: "/imgate", DialTimeout: 5 * time.Second,
+		KeepAliveTime: 10 * time.Second, KeepAliveTimeout: 5 * time.Second}
+	if c.HTTPAddr != want.HTTPAddr || !reflect.DeepEqual(c.Etcd, wantEtcd) || c.TokenKeys != want.TokenKeys || c.TokenTTL != want.TokenTTL ||
 		c.PullInterval != want.PullInterval || c.PullTimeout != want.PullTimeout || c.MaxFails != want.MaxFails ||
 		c.HeartbeatInterval != want.HeartbeatInterval || c.IdleTimeout != want.IdleTimeout ||
 		c.ShutdownTimeout != want.ShutdownTimeout || c.LogLevel != want.LogLevel {
@@ -68,17 +71,17 @@ func TestParseConfigEnvAndFlags(t *testing.T) {
 	t.Setenv("IMGATE_ETCD_ENDPOINTS", "a:1, b:2 ,")
 	t.Setenv("IMGATE_MAX_FAILS", "5")
 	t.Setenv("IMGATE_PULL_INTERVAL", "1s")
-	c, err := parseConfig([]string{"--max-fails", "3", "--log-level", "debug"}, io.Discard)
+	c, err := parseFlags([]string{"--max-fails", "3", "--log-level", "debug"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.HTTPAddr != "127.0.0.1:9999" || strings.Join(c.EtcdEndpoints, "|") != "a:1|b:2" ||
-		c.MaxFails != 3 || c.PullInterval != time.Second || c.LogLevel != zerolog.DebugLevel {
+	if c.HTTPAddr != "127.0.0.1:9999" || strings.Join(c.Etcd.Endpoints, "|") != "a:1|b:2" ||
+		c.MaxFails != 3 || c.PullInterval != time.Second || c.LogLevel.Level != zerolog.DebugLevel {
 		t.Fatalf("%+v", c)
 	}
 	t.Setenv("IMGATE_POLICY", "consistent_hash")
 	t.Setenv("IMGATE_LOAD_AWARE", "false")
-	c, err = parseConfig([]string{"--slow-start", "0s", "--id", "d-1"}, io.Discard)
+	c, err = parseFlags([]string{"--slow-start", "0s", "--id", "d-1"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +102,7 @@ func TestParseConfigRejects(t *testing.T) {
 		{"--auth-jwks-file", "f"}, {"--auth", "jwt", "--auth-jwt-secret", "x", "--auth-uid-claim", ""},
 		{"--rate-limit-per-ip", "-1"}, {"--rate-limit-burst", "-1"}, {"--rate-limit-per-ip", "NaN"},
 	} {
-		if _, err := parseConfig(args, io.Discard); err == nil {
+		if _, err := parseFlags(args, io.Discard); err == nil {
 			t.Errorf("%q accepted", args)
 		}
 	}
@@ -107,7 +110,7 @@ func TestParseConfigRejects(t *testing.T) {
 
 func TestHelpListsEveryFlagWithItsEnvVar(t *testing.T) {
 	var out bytes.Buffer
-	if _, err := parseConfig([]string{"--help"}, &out); !errors.Is(err, flag.ErrHelp) {
+	if _, err := parseFlags([]string{"--help"}, &out); !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("err = %v", err)
 	}
 	for _, name := range []string{"http-addr", "etcd-endpoints", "etcd-prefix", "token-keys", "token-ttl",
@@ -122,12 +125,12 @@ func TestHelpListsEveryFlagWithItsEnvVar(t *testing.T) {
 				line = l
 			}
 		}
-		if !strings.Contains(line, envName(name)) {
-			t.Errorf("--%s: no line with %s in:\n%s", name, envName(name), out.String())
+		if !strings.Contains(line, cliflags.EnvName(name)) {
+			t.Errorf("--%s: no line with %s in:\n%s", name, cliflags.EnvName(name), out.String())
 		}
 	}
-	if envName("http-addr") != "IMGATE_HTTP_ADDR" {
-		t.Fatal(envName("http-addr"))
+	if cliflags.EnvName("http-addr") != "IMGATE_HTTP_ADDR" {
+		t.Fatal(cliflags.EnvName("http-addr"))
 	}
 	if strings.Contains(out.String(), "change-me") {
 		t.Fatal("--help prints the dev secret")
@@ -146,11 +149,11 @@ func (n *statsNode) Stats(context.Context, *nodepb.StatsRequest) (*nodepb.StatsR
 }
 
 func testConfig(etcd string) config {
-	c, err := parseConfig(nil, io.Discard) // the defaults
+	c, err := parseFlags(nil, io.Discard) // the defaults
 	if err != nil {
 		panic(err)
 	}
-	c.HTTPAddr, c.EtcdEndpoints, c.EtcdPrefix = "127.0.0.1:0", []string{etcd}, "/imgate"
+	c.HTTPAddr, c.Etcd.Endpoints, c.Etcd.Prefix = "127.0.0.1:0", cliflags.List{etcd}, "/imgate"
 	c.TokenKeys, c.PullInterval, c.PullTimeout = "k1=0123456789abcdef0123", 50*time.Millisecond, time.Second
 	c.ShutdownTimeout, c.RebalanceInterval = 5*time.Second, 100*time.Millisecond
 	return c
@@ -160,28 +163,35 @@ func testConfig(etcd string) config {
 // must have returned nil, by the end of the test.
 func start(t *testing.T, cfg config) string {
 	t.Helper()
+	m := startMain(t, cfg)
+	return "http://" + m.ln.Addr().String()
+}
+
+// startMain starts a Main for cfg and serves it until the end of the test,
+// when it must stop cleanly once its context is cancelled.
+func startMain(t *testing.T, cfg config) *Main {
+	t.Helper()
+	m := newMain(cfg, zerolog.New(zerolog.NewTestWriter(t)))
+	if err := m.start(); err != nil {
+		m.Close()
+		t.Fatalf("start: %v", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	addr := make(chan net.Addr, 1)
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, cfg, zerolog.New(zerolog.NewTestWriter(t)), func(a net.Addr) { addr <- a }) }()
+	go func() { done <- m.serve(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
 		case err := <-done:
 			if err != nil {
-				t.Errorf("run: %v", err)
+				t.Errorf("serve: %v", err)
 			}
 		case <-time.After(10 * time.Second):
-			t.Error("run did not return after cancel")
+			t.Error("serve did not return after cancel")
 		}
+		m.Close()
 	})
-	select {
-	case a := <-addr:
-		return "http://" + a.String()
-	case err := <-done:
-		t.Fatalf("run: %v", err)
-	}
-	return ""
+	return m
 }
 
 func get(t *testing.T, url string) (int, []byte, http.Header) {
@@ -250,7 +260,7 @@ func TestDispatcher(t *testing.T) {
 		return code == http.StatusServiceUnavailable && strings.Contains(string(body), "no eligible node")
 	})
 
-	keys := etcdkeys.New(cfg.EtcdPrefix)
+	keys := etcdkeys.New(cfg.Etcd.Prefix)
 	reg, _ := json.Marshal(etcdkeys.Registration{ID: "node-1", Addrs: map[string]string{"tcp": "127.0.0.1:7000"},
 		GRPCAddr: ln.Addr().String(), Region: "east", Version: "test", StartedAt: time.Now().UnixMilli()})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
