@@ -1,9 +1,25 @@
 package main
 
 import (
+	"bytes"
+	"errors"
 	"io"
+	"runtime"
 	"testing"
+
+	"github.com/imgate/imgate/proto/cliflags"
 )
+
+func TestVersionFlag(t *testing.T) {
+	var out bytes.Buffer
+	m := &Main{Stdout: &out}
+	if err := m.ParseFlags([]string{"--version"}); !errors.Is(err, cliflags.ErrVersion) {
+		t.Fatal(err)
+	}
+	if want := "accessnode " + cliflags.Version(version) + " " + runtime.Version() + "\n"; out.String() != want {
+		t.Fatalf("%q, want %q", out.String(), want)
+	}
+}
 
 func TestIdleSweepFlag(t *testing.T) {
 	c, err := parseFlags([]string{"--idle-sweep", "10s"}, io.Discard)

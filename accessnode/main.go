@@ -35,18 +35,20 @@ import (
 	"github.com/imgate/imgate/accessnode/internal/registry"
 	"github.com/imgate/imgate/accessnode/internal/relay"
 	"github.com/imgate/imgate/accessnode/internal/sysstat"
+	"github.com/imgate/imgate/proto/cliflags"
 	"github.com/imgate/imgate/proto/etcdkeys"
 	"github.com/imgate/imgate/proto/nodepb"
 	"github.com/imgate/imgate/proto/token"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
+// version is set at build time with -ldflags "-X main.version=..." (the
+// Makefile does); cliflags.Version falls back to what Go stamped.
 var version = "dev"
 
 func main() {
-	m := &Main{Stderr: os.Stderr}
+	m := &Main{Stdout: os.Stdout, Stderr: os.Stderr}
 	if err := m.ParseFlags(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
+		if errors.Is(err, flag.ErrHelp) || errors.Is(err, cliflags.ErrVersion) {
 			os.Exit(0)
 		}
 		fmt.Fprintln(os.Stderr, "accessnode:", err)
@@ -65,6 +67,7 @@ func main() {
 // Main is one access node: ParseFlags, then Run until its context ends
 // (SIGTERM: drain, leave etcd), then Close.
 type Main struct {
+	Stdout io.Writer // --version
 	Stderr io.Writer // --help and parse errors
 
 	cfg config
@@ -90,12 +93,20 @@ type Main struct {
 	closers []func() // run by Close, last first
 }
 
-// ParseFlags reads the flags and the environment into m's config.
+// ParseFlags reads the flags and the environment into m's config. For
+// --version it prints the version to Stdout and returns
+// cliflags.ErrVersion.
 func (m *Main) ParseFlags(args []string) error {
+	if m.Stdout == nil {
+		m.Stdout = io.Discard
+	}
 	if m.Stderr == nil {
 		m.Stderr = io.Discard
 	}
 	cfg, err := parseFlags(args, m.Stderr)
+	if errors.Is(err, cliflags.ErrVersion) {
+		fmt.Fprintln(m.Stdout, cliflags.VersionLine(command.Name, cliflags.Version(version)))
+	}
 	if err != nil {
 		return err
 	}
@@ -156,7 +167,7 @@ func (m *Main) start() error {
 	}
 	m.newServers()
 	m.log.Info().Str("client", m.clientLn.Addr().String()).Str("grpc", m.grpcLn.Addr().String()).
-		Str("http", m.httpLn.Addr().String()).Int64("max_conns", cfg.maxConns).Msg("access node up")
+		Str("http", m.httpLn.Addr().String()).Int64("max_conns", cfg.maxConns).Str("version", cliflags.Version(version)).Msg("access node up")
 	return nil
 }
 
@@ -262,7 +273,7 @@ func (m *Main) join() error {
 		Addrs:     m.clientTLS.addrs(cfg.clientAddrs()),
 		GRPCAddr:  cfg.grpcAdvertise,
 		Region:    cfg.region,
-		Version:   version,
+		Version:   cliflags.Version(version),
 		StartedAt: m.started.UnixMilli(),
 	}, registry.Config{TTL: cfg.leaseTTL, OnRegister: m.rl.Resync}, m.log)
 	return err
@@ -289,10 +300,11 @@ func (m *Main) newServers() {
 	cfg := &m.cfg
 	m.sys = sysstat.New()
 	m.grpcSrv = grpc.NewServer(append(m.itls.grpcServer, grpc.MaxRecvMsgSize(relay.MaxMsgSize), grpc.MaxSendMsgSize(relay.MaxMsgSize))...)
-	nodepb.RegisterNodeServiceServer(m.grpcSrv, &nodeapi.Service{NodeID: cfg.id, Version: version, Started: m.started, GW: m.gw, Sys: m.sys, Relay: m.rl})
+	nodepb.RegisterNodeServiceServer(m.grpcSrv, &nodeapi.Service{NodeID: cfg.id, Version: cliflags.Version(version), Started: m.started, GW: m.gw, Sys: m.sys, Relay: m.rl})
 	m.healthSrv = health.NewServer()
 	healthpb.RegisterHealthServer(m.grpcSrv, m.healthSrv)
 	collectors := append(m.clientTLS.collectors(cfg.id), m.rl.Collectors(cfg.id)...)
+	collectors = append(collectors, cliflags.BuildInfo(cliflags.Version(version)))
 	m.httpSrv = &http.Server{Handler: nodeapi.Handler(m.gw, m.ready, cfg.id, cfg.adminToken, collectors...), ReadHeaderTimeout: 5 * time.Second}
 }
 

@@ -39,14 +39,19 @@ import (
 	"github.com/imgate/imgate/dispatcher/internal/ratelimit"
 	"github.com/imgate/imgate/dispatcher/internal/rebalance"
 	"github.com/imgate/imgate/proto/api"
+	"github.com/imgate/imgate/proto/cliflags"
 	"github.com/imgate/imgate/proto/etcdkeys"
 	"github.com/imgate/imgate/proto/token"
 )
 
+// version is set at build time with -ldflags "-X main.version=..." (the
+// Makefile does); cliflags.Version falls back to what Go stamped.
+var version = "dev"
+
 func main() {
-	m := &Main{Stderr: os.Stderr}
+	m := &Main{Stdout: os.Stdout, Stderr: os.Stderr}
 	if err := m.ParseFlags(os.Args[1:]); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
+		if errors.Is(err, flag.ErrHelp) || errors.Is(err, cliflags.ErrVersion) {
 			os.Exit(0)
 		}
 		fmt.Fprintln(os.Stderr, "dispatcher:", err)
@@ -65,6 +70,7 @@ func main() {
 // Main is one dispatcher: ParseFlags, then Run until its context ends,
 // then Close.
 type Main struct {
+	Stdout io.Writer // --version
 	Stderr io.Writer // --help, parse errors and the log
 
 	cfg config
@@ -89,12 +95,20 @@ type Main struct {
 // newMain is a Main for cfg, as ParseFlags would make it (tests).
 func newMain(cfg config, log zerolog.Logger) *Main { return &Main{cfg: cfg, log: log} }
 
-// ParseFlags reads the flags and the environment into m's config.
+// ParseFlags reads the flags and the environment into m's config. For
+// --version it prints the version to Stdout and returns
+// cliflags.ErrVersion.
 func (m *Main) ParseFlags(args []string) error {
+	if m.Stdout == nil {
+		m.Stdout = io.Discard
+	}
 	if m.Stderr == nil {
 		m.Stderr = io.Discard
 	}
 	cfg, err := parseFlags(args, m.Stderr)
+	if errors.Is(err, cliflags.ErrVersion) {
+		fmt.Fprintln(m.Stdout, cliflags.VersionLine(command.Name, cliflags.Version(version)))
+	}
 	if err != nil {
 		return err
 	}
@@ -159,7 +173,8 @@ func (m *Main) start() error {
 	}
 	m.onClose(func() { m.etcd.Close() })
 	m.reg = prometheus.NewRegistry()
-	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		cliflags.BuildInfo(cliflags.Version(version)))
 	if err := m.newFleet(); err != nil {
 		return err
 	}
@@ -270,7 +285,7 @@ func (m *Main) logStart() {
 	}
 	m.log.Info().Str("http", m.ln.Addr().String()).Strs("etcd", cfg.Etcd.Endpoints).Str("prefix", cfg.Etcd.Prefix).
 		Dur("pull_interval", cfg.PullInterval).Str("policy", m.bal.Policy().Name()).Bool("load_aware", cfg.LoadAware).
-		Dur("slow_start", cfg.SlowStart).Bool("rebalance", cfg.Rebalance).Str("id", cfg.ID).
+		Dur("slow_start", cfg.SlowStart).Bool("rebalance", cfg.Rebalance).Str("id", cfg.ID).Str("version", cliflags.Version(version)).
 		Str("auth", cfg.Auth).Float64("rate_limit_per_ip", cfg.RateLimitPerIP).Int("rate_limit_burst", cfg.RateLimitBurst).
 		Bool("trust_proxy", cfg.TrustProxy).Bool("https", m.ltls.http != nil).Str("admin", adminAt).
 		Bool("admin_token", cfg.AdminToken != "").Bool("grpc_mtls", m.ltls.grpc != nil).Bool("etcd_tls", m.ltls.etcd != nil).

@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"path/filepath"
 	"reflect"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -134,6 +135,17 @@ func TestHelpListsEveryFlagWithItsEnvVar(t *testing.T) {
 	}
 	if strings.Contains(out.String(), "change-me") {
 		t.Fatal("--help prints the dev secret")
+	}
+}
+
+func TestVersionFlag(t *testing.T) {
+	var out bytes.Buffer
+	m := &Main{Stdout: &out}
+	if err := m.ParseFlags([]string{"--version"}); !errors.Is(err, cliflags.ErrVersion) {
+		t.Fatal(err)
+	}
+	if want := "dispatcher " + cliflags.Version(version) + " " + runtime.Version() + "\n"; out.String() != want {
+		t.Fatalf("%q, want %q", out.String(), want)
 	}
 }
 
@@ -322,7 +334,8 @@ func TestDispatcher(t *testing.T) {
 		"imgate_dispatcher_slow_start_nodes 0", "imgate_dispatcher_ejections_suppressed_total 0",
 		`imgate_dispatcher_endpoint_requests_total{code="200"} 1`, `imgate_dispatcher_endpoint_requests_total{code="400"} 1`,
 		"imgate_dispatcher_pulls_total", "imgate_dispatcher_pull_duration_seconds_bucket",
-		`imgate_dispatcher_config_rejections_total{kind="weight"} 1`, "go_goroutines"} {
+		`imgate_dispatcher_config_rejections_total{kind="weight"} 1`, "go_goroutines",
+		`imgate_build_info{goversion="` + runtime.Version() + `",version="` + cliflags.Version(version) + `"} 1`} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %s", want)
 		}

@@ -2,8 +2,9 @@
 // is parsed (flags, then IMGATE_* environment variables), how --help lists
 // it, and the flags both binaries have with the same meaning — etcd
 // (--etcd-*), gRPC mutual TLS (--grpc-ca, --grpc-cert, --grpc-key) and
-// --log-level. A flag is defined here once, with one help text, so the two
-// binaries cannot drift apart.
+// --log-level — and the version both report (--version, the
+// imgate_build_info gauge). A flag is defined here once, with one help
+// text, so the two binaries cannot drift apart.
 //
 // It must never read os.Args or the global flag set, keep state of its own
 // beyond the values it parses into, or start anything: each binary's main
@@ -41,11 +42,13 @@ type Command struct {
 	Hidden map[string]string
 }
 
-// Parse parses args, then the IMGATE_* environment variables for the flags
-// not given on the command line. --help prints the usage to out and
-// returns flag.ErrHelp. Positional arguments are refused: every option is
-// a flag.
+// Parse defines --version on fs, then parses args, then the IMGATE_*
+// environment variables for the flags not given on the command line.
+// --help prints the usage to out and returns flag.ErrHelp; --version
+// returns ErrVersion. Positional arguments are refused: every option is a
+// flag.
 func Parse(fs *flag.FlagSet, args []string, out io.Writer, cmd Command) error {
+	version := fs.Bool("version", false, "print the version and the Go version, then exit")
 	fs.SetOutput(out)
 	fs.Usage = func() { Usage(fs, cmd) }
 	if err := ff.Parse(fs, args, ff.WithEnvVarPrefix(EnvPrefix)); err != nil {
@@ -53,6 +56,9 @@ func Parse(fs *flag.FlagSet, args []string, out io.Writer, cmd Command) error {
 			return flag.ErrHelp
 		}
 		return err
+	}
+	if *version {
+		return ErrVersion
 	}
 	if fs.NArg() > 0 {
 		return fmt.Errorf("unexpected arguments: %q (every option is a --flag)", fs.Args())

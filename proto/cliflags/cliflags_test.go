@@ -5,10 +5,13 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"github.com/rs/zerolog"
 
 	"github.com/imgate/imgate/proto/tlsconf"
@@ -112,5 +115,32 @@ func TestWarnPlaintext(t *testing.T) {
 	(&Etcd{Endpoints: List{"a:1"}}).WarnPlaintext(nil, log)
 	if !strings.Contains(buf.String(), "etcd without TLS") {
 		t.Fatal(buf.String())
+	}
+}
+
+func TestVersion(t *testing.T) {
+	if Version("v1.2.3") != "v1.2.3" {
+		t.Fatal(Version("v1.2.3"))
+	}
+	if v := Version("dev"); v == "" {
+		t.Fatal("empty version")
+	}
+	if l := VersionLine("accessnode", "v1.2.3"); l != "accessnode v1.2.3 "+runtime.Version() {
+		t.Fatal(l)
+	}
+	var e Etcd
+	var lv LogLevel
+	var g tlsconf.Files
+	if err := Parse(newSet(&e, &lv, &g), []string{"--version"}, io.Discard, Command{Name: "t"}); !errors.Is(err, ErrVersion) {
+		t.Fatal(err)
+	}
+	reg := prometheus.NewPedanticRegistry()
+	reg.MustRegister(BuildInfo("v1.2.3"))
+	want := `# HELP imgate_build_info Always 1; the labels say which build this process runs.
+# TYPE imgate_build_info gauge
+imgate_build_info{goversion="` + runtime.Version() + `",version="v1.2.3"} 1
+`
+	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "imgate_build_info"); err != nil {
+		t.Fatal(err)
 	}
 }
