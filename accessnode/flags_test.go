@@ -3,9 +3,11 @@ package main
 import (
 	"bytes"
 	"errors"
+	"flag"
 	"io"
 	"runtime"
 	"testing"
+	"time"
 
 	"github.com/imgate/imgate/proto/cliflags"
 )
@@ -63,5 +65,27 @@ func TestWebSocketFlags(t *testing.T) {
 	defer ct.close()
 	if a := ct.addrs(map[string]string{}); a["wss"] != ct.wssLn.Addr().String() || a["tls"] != "" {
 		t.Fatalf("tls front addrs %v", a)
+	}
+}
+
+// TestExampleConfig: the deploy kit's example file parses and passes the
+// start's checks with the real flag set, names every flag, and the
+// command line still overrides it.
+func TestExampleConfig(t *testing.T) {
+	const file = "../scripts/deploy/examples/accessnode.yaml"
+	c, err := parseFlags([]string{"--config", file, "--drain-timeout", "5s"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.id != "node-1" || c.etcd.Endpoints.String() != "10.0.0.2:2379,10.0.0.3:2379,10.0.0.4:2379" || !c.etcd.TLS.Enabled() ||
+		c.clientTLS.addr != "0.0.0.0:7443" || len(c.wsAllowedOrigins) != 1 || c.drainTimeout != 5*time.Second {
+		t.Fatalf("%+v", c)
+	}
+	var all config
+	fs := flag.NewFlagSet("accessnode", flag.ContinueOnError)
+	all.define(fs)
+	missing, err := cliflags.MissingKeys(fs, file)
+	if err != nil || len(missing) > 0 {
+		t.Fatalf("%s does not show --%v (add \"# name: default\" lines): %v", file, missing, err)
 	}
 }

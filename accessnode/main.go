@@ -3,7 +3,8 @@
 // (docs/protocol.md), the gRPC NodeService the dispatcher pulls, and ops
 // HTTP (/healthz, /readyz, /metrics).
 //
-// Every option is a flag and an IMGATE_* environment variable; see --help.
+// Every option is a flag, an IMGATE_* environment variable and a key of
+// the --config file; see --help.
 // main is the same shape as the dispatcher's: a Main with ParseFlags,
 // Run(ctx) and Close; the flags are in config.go.
 package main

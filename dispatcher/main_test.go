@@ -374,3 +374,26 @@ func TestEveryPackageHasADocComment(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestExampleConfig: the deploy kit's example file parses and passes the
+// start's checks with the real flag set, names every flag, and the
+// environment still overrides it.
+func TestExampleConfig(t *testing.T) {
+	const file = "../scripts/deploy/examples/dispatcher.yaml"
+	t.Setenv("IMGATE_LOG_LEVEL", "debug")
+	c, err := parseFlags([]string{"--config", file}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HTTPAddr != "0.0.0.0:8443" || c.Auth != AuthJWT || len(c.Etcd.Endpoints) != 3 || !c.GRPCTLS.Enabled() ||
+		c.AdminAddr != "10.0.0.5:8081" || c.LogLevel.Level != zerolog.DebugLevel {
+		t.Fatalf("%+v", c)
+	}
+	var all config
+	fs := flag.NewFlagSet("dispatcher", flag.ContinueOnError)
+	all.define(fs)
+	missing, err := cliflags.MissingKeys(fs, file)
+	if err != nil || len(missing) > 0 {
+		t.Fatalf("%s does not show --%v (add \"# name: default\" lines): %v", file, missing, err)
+	}
+}

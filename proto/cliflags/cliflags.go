@@ -16,6 +16,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	iofs "io/fs"
 	"strings"
 	"text/tabwriter"
 
@@ -42,19 +43,28 @@ type Command struct {
 	Hidden map[string]string
 }
 
-// Parse defines --version on fs, then parses args, then the IMGATE_*
-// environment variables for the flags not given on the command line.
+// Parse defines --version and --config on fs, then parses args, then the
+// IMGATE_* environment variables for the flags not given on the command
+// line, then the --config file (config.go) for the flags still not given.
 // --help prints the usage to out and returns flag.ErrHelp; --version
 // returns ErrVersion. Positional arguments are refused: every option is a
 // flag.
 func Parse(fs *flag.FlagSet, args []string, out io.Writer, cmd Command) error {
 	version := fs.Bool("version", false, "print the version and the Go version, then exit")
+	config := fs.String("config", "", "YAML file of flag-name: value lines, read after the flags and the environment, which override it (empty: none)")
 	fs.SetOutput(out)
 	fs.Usage = func() { Usage(fs, cmd) }
-	if err := ff.Parse(fs, args, ff.WithEnvVarPrefix(EnvPrefix)); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return flag.ErrHelp
-		}
+	err := ff.Parse(fs, args, ff.WithEnvVarPrefix(EnvPrefix),
+		ff.WithConfigFileFlag("config"), ff.WithConfigFileParser(configParser(fs)))
+	var cerr configError
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		return flag.ErrHelp
+	case errors.As(err, &cerr):
+		return fmt.Errorf("--config %s: %w", *config, cerr.err)
+	case errors.As(err, new(*iofs.PathError)):
+		return fmt.Errorf("--config: %w", err) // the file cannot be read
+	case err != nil:
 		return err
 	}
 	if *version {
@@ -74,7 +84,7 @@ func Usage(fs *flag.FlagSet, cmd Command) {
 	if cmd.Summary != "" {
 		fmt.Fprintf(out, "%s\n\n", strings.TrimSpace(cmd.Summary))
 	}
-	fmt.Fprintf(out, "Every flag can also be set through its environment variable; a flag given\non the command line wins.\n\n")
+	fmt.Fprintf(out, "Every flag can also be set through its environment variable, or as a key in\nthe --config file; a flag on the command line wins over both, the\nenvironment over the file.\n\n")
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "  FLAG\tENV\tDEFAULT\tMEANING")
 	fs.VisitAll(func(f *flag.Flag) {
@@ -127,7 +137,7 @@ type LogLevel struct{ zerolog.Level }
 func (l *LogLevel) Set(s string) error {
 	lv, err := zerolog.ParseLevel(s)
 	if err != nil || s == "" || lv == zerolog.NoLevel {
-		return fmt.Errorf("%q: want debug, info, warn or error", s)
+		return errors.New("want debug, info, warn or error")
 	}
 	l.Level = lv
 	return nil

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -142,5 +144,109 @@ imgate_build_info{goversion="` + runtime.Version() + `",version="v1.2.3"} 1
 `
 	if err := testutil.GatherAndCompare(reg, strings.NewReader(want), "imgate_build_info"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// configSet is a flag set like a binary's, with a config file written
+// from yaml.
+func configSet(t *testing.T, yaml string) (*flag.FlagSet, *Etcd, *LogLevel, *int, *bool, string) {
+	t.Helper()
+	var e Etcd
+	var l LogLevel
+	var g tlsconf.Files
+	fs := newSet(&e, &l, &g)
+	n := fs.Int("max-fails", 2, "")
+	b := fs.Bool("rebalance", true, "")
+	fs.String("region", "", "")
+	file := filepath.Join(t.TempDir(), "c.yaml")
+	if err := os.WriteFile(file, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return fs, &e, &l, n, b, file
+}
+
+func TestConfigFile(t *testing.T) {
+	fs, e, l, n, b, file := configSet(t, `# a comment
+etcd-endpoints: [10.0.0.2:2379, "10.0.0.3:2379"]
+etcd-dial-timeout: 2s
+log-level: warn
+max-fails: 7
+rebalance: false
+region: off   # reaches the flag as written, not as YAML 1.1's false
+etcd-prefix:
+`)
+	if err := Parse(fs, []string{"--config", file}, io.Discard, Command{Name: "t"}); err != nil {
+		t.Fatal(err)
+	}
+	if e.Endpoints.String() != "10.0.0.2:2379,10.0.0.3:2379" || e.DialTimeout != 2*time.Second || l.Level != zerolog.WarnLevel ||
+		*n != 7 || *b || fs.Lookup("region").Value.String() != "off" || e.Prefix != "" {
+		t.Fatalf("%+v %v %d %v %q", e, l, *n, *b, fs.Lookup("region").Value)
+	}
+}
+
+// The command line beats the environment, which beats the file; the file
+// itself can be named in the environment.
+func TestConfigFilePrecedence(t *testing.T) {
+	fs, e, l, n, _, file := configSet(t, "max-fails: 7\nlog-level: warn\netcd-dial-timeout: 2s\n")
+	t.Setenv("IMGATE_CONFIG", file)
+	t.Setenv("IMGATE_LOG_LEVEL", "error")
+	t.Setenv("IMGATE_MAX_FAILS", "8")
+	if err := Parse(fs, []string{"--max-fails", "9"}, io.Discard, Command{Name: "t"}); err != nil {
+		t.Fatal(err)
+	}
+	if *n != 9 || l.Level != zerolog.ErrorLevel || e.DialTimeout != 2*time.Second {
+		t.Fatalf("max-fails %d (want the flag's 9), log-level %v (want the env's error), dial %v (want the file's 2s)", *n, l, e.DialTimeout)
+	}
+}
+
+func TestConfigFileRefuses(t *testing.T) {
+	for yaml, want := range map[string]string{
+		"max-fails: x\n":                     `line 1: key "max-fails": bad value "x"`,
+		"region: a\nnope: 1\n":               `line 2: key "nope": unknown key`,
+		"IMGATE_MAX_FAILS: 3\n":              `key "IMGATE_MAX_FAILS": unknown key`,
+		"region: [a, b]\n":                   `key "region": a list, but the flag takes one value`,
+		"etcd:\n  endpoints: a:1\n":          `key "etcd": unknown key`,
+		"region:\n  x: 1\n":                  `key "region": want a plain value`,
+		"max-fails: 3\nmax-fails: 4\n":       `line 2: key "max-fails": given twice`,
+		"config: other.yaml\n":               `key "config": not settable`,
+		"version: true\n":                    `key "version": not settable`,
+		"log-level: loud\n":                  `key "log-level": bad value "loud"`,
+		"rebalance: yes\n":                   `key "rebalance": bad value "yes"`,
+		"etcd-dial-timeout: 5\n":             `key "etcd-dial-timeout": bad value "5"`,
+		"- a\n- b\n":                         `want "flag-name: value" lines`,
+		"region: [\n":                        `yaml:`,
+		"region: a\n---\nregion: b\n":        `one YAML document only`,
+		"etcd-endpoints: [a:1, [b:2]]\n":     `key "etcd-endpoints": want a list of plain values`,
+		"etcd-endpoints: [\"a:1,b:2\", c]\n": `must not contain a comma`,
+	} {
+		fs, _, _, _, _, file := configSet(t, yaml)
+		err := Parse(fs, []string{"--config", file}, io.Discard, Command{Name: "t"})
+		if err == nil || !strings.Contains(err.Error(), want) || !strings.Contains(err.Error(), "--config "+file) {
+			t.Errorf("%q: %v, want an error with --config %s and %q", yaml, err, file, want)
+		}
+	}
+	fs, _, _, _, _, _ := configSet(t, "")
+	if err := Parse(fs, []string{"--config", "/nonexistent/c.yaml"}, io.Discard, Command{Name: "t"}); err == nil ||
+		!strings.Contains(err.Error(), "--config: open /nonexistent/c.yaml") {
+		t.Errorf("missing file: %v", err)
+	}
+	for _, empty := range []string{"", "# only a comment\n"} {
+		fs, _, _, n, _, file := configSet(t, empty)
+		if err := Parse(fs, []string{"--config", file}, io.Discard, Command{Name: "t"}); err != nil || *n != 2 {
+			t.Errorf("%q: %v, max-fails %d", empty, err, *n)
+		}
+	}
+}
+
+func TestMissingKeys(t *testing.T) {
+	fs, _, _, _, _, file := configSet(t, "max-fails: 3\n# rebalance: true\n#region: \"\"\n# etcd-prefix is commented prose, not a key\n")
+	missing, err := MissingKeys(fs, file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := strings.Join(missing, ",")
+	if strings.Contains(got, "max-fails") || strings.Contains(got, "rebalance") || strings.Contains(got, "region") ||
+		!strings.Contains(got, "etcd-prefix") || !strings.Contains(got, "log-level") {
+		t.Fatalf("missing %q", got)
 	}
 }

@@ -1,10 +1,12 @@
 package e2e
 
 import (
+	"errors"
 	"io"
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"testing"
@@ -61,7 +63,16 @@ func TestVersionAndBuildInfo(t *testing.T) {
 	t.Cleanup(e.Close)
 	endpoint := strings.TrimPrefix(e.Endpoint, "http://")
 	dispHTTP, nodeHTTP := freeAddr(t), freeAddr(t)
-	start(t, "dispatcher", bin+"/dispatcher", "--http-addr", dispHTTP, "--etcd-endpoints", endpoint)
+	// The dispatcher is configured by a file, an environment variable
+	// overriding one of its keys; the node by flags.
+	conf := filepath.Join(t.TempDir(), "dispatcher.yaml")
+	yaml := "http-addr: 127.0.0.1:1\netcd-endpoints: [" + endpoint + "]\npull-interval: 200ms\n"
+	if err := os.WriteFile(conf, []byte(yaml), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	disp := exec.Command(bin+"/dispatcher", "--config", conf)
+	disp.Env = append(os.Environ(), "IMGATE_HTTP_ADDR="+dispHTTP)
+	startCmd(t, "dispatcher", disp)
 	start(t, "node-1", bin+"/accessnode", "--id", "node-1", "--client-addr", "127.0.0.1:0", "--grpc-addr", "127.0.0.1:0",
 		"--http-addr", nodeHTTP, "--etcd-endpoints", endpoint)
 	want := `imgate_build_info{goversion="` + runtime.Version() + `",version="` + version + `"} 1`
@@ -70,5 +81,16 @@ func TestVersionAndBuildInfo(t *testing.T) {
 			code, body := httpGet(url)
 			return code == http.StatusOK && strings.Contains(body, want)
 		})
+	}
+
+	// A bad key stops the start with exit code 2 and a line naming it.
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	if err := os.WriteFile(bad, []byte("drain-timeout: 30s\ndrian-rate: 10\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(bin+"/accessnode", "--config", bad).CombinedOutput()
+	var exit *exec.ExitError
+	if !errors.As(err, &exit) || exit.ExitCode() != 2 || !strings.Contains(string(out), `line 2: key "drian-rate": unknown key`) {
+		t.Fatalf("bad config: %v %q", err, out)
 	}
 }
