@@ -1,10 +1,10 @@
-// Package cliflags is the command line both binaries share: how a flag set
-// is parsed (flags, then IMGATE_* environment variables), how --help lists
-// it, and the flags both binaries have with the same meaning — etcd
-// (--etcd-*), gRPC mutual TLS (--grpc-ca, --grpc-cert, --grpc-key) and
-// --log-level — and the version both report (--version, the
-// imgate_build_info gauge). A flag is defined here once, with one help
-// text, so the two binaries cannot drift apart.
+// Package cliflags is the command line both binaries share: how a flag
+// set is parsed (flags, then IMGATE_* environment variables, then the YAML
+// --config file), how --help lists it, the flags both binaries have with
+// the same meaning (etcd's --etcd-*, gRPC mutual TLS's --grpc-ca,
+// --grpc-cert, --grpc-key, and --log-level), and the version both report
+// (--version, the imgate_build_info gauge). A flag is defined here once,
+// with one help text, so the two binaries cannot drift apart.
 //
 // It must never read os.Args or the global flag set, keep state of its own
 // beyond the values it parses into, or start anything: each binary's main
