@@ -1,6 +1,7 @@
 package main
 
 import (
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -13,7 +14,7 @@ import (
 func TestClientTLSFlags(t *testing.T) {
 	t.Setenv("IMGATE_TLS_CERT", "client.pem")
 	t.Setenv("IMGATE_TLS_KEY", "client-key.pem")
-	c, err := parseFlags([]string{"--tls-addr", "127.0.0.1:0", "--tls-handshake-timeout", "3s"})
+	c, err := parseFlags([]string{"--tls-addr", "127.0.0.1:0", "--tls-handshake-timeout", "3s"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +34,7 @@ func TestClientTLSFlagsRejected(t *testing.T) {
 		{"--wss-advertise", "im.example.com:7444"},
 		{"--ws-advertise", "im.example.com:7080"},
 	} {
-		if _, err := parseFlags(args); err == nil {
+		if _, err := parseFlags(args, io.Discard); err == nil {
 			t.Errorf("%q accepted", args)
 		}
 	}
