@@ -55,6 +55,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzEndpointQuery$$' -fuzztime $(or $(FUZZTIME),6000x) ./dispatcher/internal/httpapi
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(or $(FUZZTIME),100000x) ./dispatcher/internal/auth
 	$(GO) test -run '^$$' -fuzz '^FuzzWebSocket$$' -fuzztime $(or $(FUZZTIME),300000x) ./accessnode/internal/evloop
+	$(GO) test -run '^$$' -fuzz '^FuzzProxyHeader$$' -fuzztime $(or $(FUZZTIME),300000x) ./accessnode/internal/proxyhdr
 
 ## bench: the standard load scenario (whole system + load tool, a few minutes)
 bench:
