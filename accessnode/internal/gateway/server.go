@@ -70,6 +70,11 @@ func (c *Config) setDefaults() {
 	if c.LoginTimeout <= 0 {
 		c.LoginTimeout = 10 * time.Second
 	}
+	// A PROXY header comes before the Login, within the same deadline
+	// from accept (the login deadline counts from accept too).
+	if c.Engine.Proxy.Timeout <= 0 {
+		c.Engine.Proxy.Timeout = c.LoginTimeout
+	}
 	if c.HeartbeatInterval <= 0 {
 		c.HeartbeatInterval = 30 * time.Second
 	}
