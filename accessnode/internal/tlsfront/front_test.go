@@ -78,7 +78,6 @@ type fixture struct {
 	wssAddr string // the front, WebSocket inside
 }
 
-
 func newFixture(t *testing.T, gcfg gateway.Config, fcfg Config) *fixture {
 	t.Helper()
 	gcfg.NodeID = node
