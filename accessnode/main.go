@@ -33,6 +33,7 @@ import (
 	"github.com/imgate/imgate/accessnode/internal/gateway"
 	"github.com/imgate/imgate/accessnode/internal/nodeapi"
 	"github.com/imgate/imgate/accessnode/internal/opsconfig"
+	"github.com/imgate/imgate/accessnode/internal/proxyhdr"
 	"github.com/imgate/imgate/accessnode/internal/registry"
 	"github.com/imgate/imgate/accessnode/internal/relay"
 	"github.com/imgate/imgate/accessnode/internal/sysstat"
@@ -93,6 +94,7 @@ type config struct {
 	wsAddr            string
 	wsAdvertise       string
 	wsAllowedOrigins  string
+	proxy             proxyhdr.Config // --proxy-*: the PROXY protocol on every client listener
 }
 
 func parseFlags(args []string) (config, error) {
@@ -148,6 +150,8 @@ func parseFlags(args []string) (config, error) {
 	c.clientTLS.define(fs)
 	fs.StringVar(&c.wsAddr, "ws-addr", "", "client WebSocket listen address (path /v1/ws, subprotocol imgate.v1; empty: none)")
 	fs.StringVar(&c.wsAdvertise, "ws-advertise", "", "ws address given to clients by the dispatcher (default: the bound ws address)")
+	fs.Var(&c.proxy.Mode, "proxy-protocol", "PROXY protocol v1/v2 (HAProxy's; nginx stream, cloud NLBs) on every client listener (tcp, ws, tls, wss): off, optional (a trusted source's header is used when present) or required (a connection without a valid one is closed)")
+	fs.Var(&c.proxy.Trusted, "proxy-trusted-cidrs", "the balancers' source addresses, comma-separated CIDRs or addresses; a PROXY header from any other source is refused (needed unless --proxy-protocol=off)")
 	fs.StringVar(&c.wsAllowedOrigins, "ws-allowed-origins", "", "origins whose web pages may open ws/wss connections, comma-separated exact values (https://chat.example.com) or *; a request without an Origin header (not a browser) is always accepted (empty: every Origin refused)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: accessnode [flags]\n\nEvery flag can also be set by the environment variable shown.\n\n")
@@ -171,6 +175,9 @@ func parseFlags(args []string) (config, error) {
 		return c, err
 	}
 	if err := c.clientTLS.check(); err != nil {
+		return c, err
+	}
+	if err := c.proxy.Check(); err != nil {
 		return c, err
 	}
 	if c.wsAddr == "" && c.wsAdvertise != "" {
@@ -295,7 +302,7 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 		DeliverRetry:       cfg.deliverRetry,
 		DeliverTimeout:     cfg.deliverTimeout,
 		Engine: evloop.Config{Loops: cfg.loops, MaxFrame: cfg.maxFrame, MaxConns: cfg.maxConns, Tick: cfg.sweep, IdleSweep: cfg.idleSweep,
-			WS: evloop.WSConfig{AllowedOrigins: splitList(cfg.wsAllowedOrigins)}},
+			WS: evloop.WSConfig{AllowedOrigins: splitList(cfg.wsAllowedOrigins)}, Proxy: cfg.proxy},
 	}, token.NewVerifier(keys, cfg.id, nil), log)
 	if err != nil {
 		return err
@@ -338,7 +345,7 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 		}
 		log.Info().Str("ws", wsLn.Addr().String()).Str("advertise", cfg.wsAdvertise).Msg("client WebSocket listener up")
 	}
-	if err := clientTLS.serve(gw, log); err != nil {
+	if err := clientTLS.serve(gw, cfg.proxy, log); err != nil {
 		return err
 	}
 
