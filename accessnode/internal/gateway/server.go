@@ -374,10 +374,12 @@ func (s *Server) OnOpen(c *evloop.Conn) {
 	}
 	switch s.ipl.admit(c.RemoteAddr().Addr(), time.Now()) {
 	case ipTooMany:
+		s.log.Debug().Uint64("conn", c.ID()).Stringer("remote", c.RemoteAddr()).Msg("connection refused: too many from its address")
 		s.ipRefused.Add(1)
 		c.Data = refusedConn{}
 		s.fail(c, wirepb.ErrorCode_ERROR_CODE_OVERLOADED, "too many connections from your address")
 	case ipTooFast:
+		s.log.Debug().Uint64("conn", c.ID()).Stringer("remote", c.RemoteAddr()).Msg("connection refused: its address opens connections too fast")
 		s.ipRefused.Add(1)
 		c.Data = refusedConn{}
 		s.fail(c, wirepb.ErrorCode_ERROR_CODE_RATE_LIMITED, "your address opens connections too fast; back off")
@@ -486,7 +488,7 @@ func (s *Server) login(c *evloop.Conn, l *wirepb.Login) {
 				code = tc.code
 			}
 		}
-		s.log.Debug().Err(err).Uint64("conn", c.ID()).Msg("login refused")
+		s.log.Debug().Err(err).Uint64("conn", c.ID()).Stringer("remote", c.RemoteAddr()).Msg("login refused")
 		s.fail(c, code, err.Error())
 		return
 	}
@@ -531,6 +533,7 @@ func (s *Server) login(c *evloop.Conn, l *wirepb.Login) {
 		s.kick(old, wirepb.KickReason_KICK_REASON_REPLACED, "logged in again on another connection")
 	}
 	s.logins.Add(1)
+	s.log.Debug().Str("uid", sess.uid).Str("device", sess.device).Uint64("conn", c.ID()).Stringer("remote", c.RemoteAddr()).Msg("logged in")
 }
 
 func (s *Server) handleSend(from *session, m *wirepb.Send) {
