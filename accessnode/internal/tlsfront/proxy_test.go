@@ -128,7 +128,7 @@ func TestProxyHeaderBeforeTLS(t *testing.T) {
 // Without a valid header from a trusted source the TLS handshake never
 // starts: the connection is closed and counted, the node never sees it.
 func TestProxyTLSRefusals(t *testing.T) {
-	f := proxyFixture(t, gateway.Config{}, Config{HandshakeTimeout: 500 * time.Millisecond})
+	f := proxyFixture(t, gateway.Config{}, Config{HandshakeTimeout: 2 * time.Second})
 	want := [proxyhdr.NumReasons]uint64{}
 	check := func(what string, r proxyhdr.Reason) {
 		t.Helper()
