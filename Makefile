@@ -60,6 +60,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(or $(FUZZTIME),100000x) ./dispatcher/internal/auth
 	$(GO) test -run '^$$' -fuzz '^FuzzWebSocket$$' -fuzztime $(or $(FUZZTIME),300000x) ./accessnode/internal/evloop
 	$(GO) test -run '^$$' -fuzz '^FuzzConfigFile$$' -fuzztime $(or $(FUZZTIME),20000x) ./proto/cliflags
+	$(GO) test -run '^$$' -fuzz '^FuzzProxyHeader$$' -fuzztime $(or $(FUZZTIME),300000x) ./accessnode/internal/proxyhdr
 
 ## bench: the standard load scenario (whole system + load tool, a few minutes)
 bench:

@@ -8,6 +8,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/imgate/imgate/accessnode/internal/proxyhdr"
 	"github.com/imgate/imgate/proto/tlsconf/tlstest"
 )
 
@@ -58,7 +59,7 @@ func TestClientTLSListener(t *testing.T) {
 	if a := on.addrs(map[string]string{"tcp": "h:7000"}); a["tls"] != on.ln.Addr().String() || a["tcp"] != "h:7000" {
 		t.Fatalf("on: %v", a)
 	}
-	if err := on.serve(nil, zerolog.Nop()); err != nil {
+	if err := on.serve(nil, proxyhdr.Config{}, zerolog.Nop()); err != nil {
 		t.Fatal(err)
 	}
 	if len(on.collectors("n1")) == 0 {
@@ -74,7 +75,7 @@ func TestClientTLSListener(t *testing.T) {
 	if a := adv.addrs(map[string]string{"tcp": "h:7000"}); a["tls"] != "im.example.com:7443" {
 		t.Fatalf("advertise: %v", a)
 	}
-	if err := adv.serve(nil, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "--tls-") {
+	if err := adv.serve(nil, proxyhdr.Config{}, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "--tls-") {
 		t.Fatalf("bad key: %v", err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/imgate/imgate/accessnode/internal/proxyhdr"
 	"github.com/imgate/imgate/proto/cliflags"
 	"github.com/imgate/imgate/proto/etcdkeys"
 	"github.com/imgate/imgate/proto/tlsconf"
@@ -72,6 +73,7 @@ type config struct {
 	wsAddr            string
 	wsAdvertise       string
 	wsAllowedOrigins  cliflags.List
+	proxy             proxyhdr.Config // --proxy-*: the PROXY protocol on every client listener
 }
 
 // define puts every flag on fs, one line each, defaults included.
@@ -121,6 +123,8 @@ func (c *config) define(fs *flag.FlagSet) {
 	fs.StringVar(&c.wsAddr, "ws-addr", "", "client WebSocket listen address (path /v1/ws, subprotocol imgate.v1; empty: none)")
 	fs.StringVar(&c.wsAdvertise, "ws-advertise", "", "ws address given to clients by the dispatcher (default: the bound ws address)")
 	fs.Var(&c.wsAllowedOrigins, "ws-allowed-origins", "origins whose web pages may open ws/wss connections, comma-separated exact values (https://chat.example.com) or *; a request without an Origin header (not a browser) is always accepted (empty: every Origin refused)")
+	fs.Var(&c.proxy.Mode, "proxy-protocol", "PROXY protocol v1/v2 (HAProxy's; nginx stream, cloud NLBs) on every client listener (tcp, ws, tls, wss): off, optional (a trusted source's header is used when present) or required (a connection without a valid one is closed)")
+	fs.Var(&c.proxy.Trusted, "proxy-trusted-cidrs", "the balancers' source addresses, comma-separated CIDRs or addresses; a PROXY header from any other source is refused (needed unless --proxy-protocol=off)")
 }
 
 // parseFlags reads flags, then IMGATE_* environment variables for the
@@ -154,6 +158,9 @@ func (c *config) check() error {
 		return err
 	}
 	if err := c.clientTLS.check(); err != nil {
+		return err
+	}
+	if err := c.proxy.Check(); err != nil {
 		return err
 	}
 	if c.wsAddr == "" && c.wsAdvertise != "" {

@@ -89,3 +89,23 @@ func TestExampleConfig(t *testing.T) {
 		t.Fatalf("%s does not show --%v (add \"# name: default\" lines): %v", file, missing, err)
 	}
 }
+
+func TestProxyProtocolFlags(t *testing.T) {
+	t.Setenv("IMGATE_PROXY_TRUSTED_CIDRS", "10.0.0.0/8, 127.0.0.1")
+	c, err := parseFlags([]string{"--proxy-protocol", "required"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.proxy.Mode.String() != "required" || c.proxy.Trusted.String() != "10.0.0.0/8,127.0.0.1/32" || c.proxy.Counters == nil {
+		t.Fatalf("proxy config %+v", c.proxy)
+	}
+	t.Setenv("IMGATE_PROXY_TRUSTED_CIDRS", "")
+	for _, bad := range [][]string{{"--proxy-protocol", "required"}, {"--proxy-protocol", "optional"}, {"--proxy-protocol", "yes"}, {"--proxy-trusted-cidrs", "lb.example.com"}} {
+		if _, err := parseFlags(bad, io.Discard); err == nil {
+			t.Fatalf("%v accepted", bad)
+		}
+	}
+	if c, err := parseFlags(nil, io.Discard); err != nil || c.proxy.Mode.String() != "off" {
+		t.Fatalf("default: %v %v", c.proxy.Mode, err)
+	}
+}

@@ -243,7 +243,7 @@ func (m *Main) newGateway(keys *token.Keys) error {
 		DeliverRetry:       cfg.deliverRetry,
 		DeliverTimeout:     cfg.deliverTimeout,
 		Engine: evloop.Config{Loops: cfg.loops, MaxFrame: cfg.maxFrame, MaxConns: cfg.maxConns, Tick: cfg.sweep, IdleSweep: cfg.idleSweep,
-			WS: evloop.WSConfig{AllowedOrigins: cfg.wsAllowedOrigins}},
+			WS: evloop.WSConfig{AllowedOrigins: cfg.wsAllowedOrigins}, Proxy: cfg.proxy},
 	}, token.NewVerifier(keys, cfg.id, nil), m.log)
 	if err != nil {
 		return err
@@ -292,7 +292,7 @@ func (m *Main) serveClients() error {
 		}
 		m.log.Info().Str("ws", m.wsLn.Addr().String()).Str("advertise", m.cfg.wsAdvertise).Msg("client WebSocket listener up")
 	}
-	return m.clientTLS.serve(m.gw, m.log)
+	return m.clientTLS.serve(m.gw, m.cfg.proxy, m.log)
 }
 
 // newServers builds the gRPC server (NodeService, health) and the ops

@@ -25,7 +25,8 @@ const (
 // Conn is one client connection. Its size is the node's per-connection
 // memory floor, so fields are few and small.
 type Conn struct {
-	// Set at accept, then read-only.
+	// Set at accept, then read-only; remote is set again, by the loop,
+	// from a PROXY header before OnOpen (proxy.go).
 	fd      int
 	loop    *loop
 	id      uint64
@@ -39,6 +40,7 @@ type Conn struct {
 	lastRead    int64
 	lingerUntil int64   // set once the conn is closing and lingering
 	badStream   bool    // framing broken; input is discarded
+	pp          uint8   // ppNone, or ppWait: the PROXY header is awaited, no OnOpen yet (proxy.go)
 	wsst        wsState // WebSocket message in assembly (ws.go)
 
 	mu    lockorder.Mutex // guards out, state, watch, dirty, ws
@@ -73,7 +75,8 @@ func (c *Conn) Hot() {
 // ID is unique per connection within the engine.
 func (c *Conn) ID() uint64 { return c.id }
 
-// RemoteAddr is the peer's address.
+// RemoteAddr is the client's address: the socket's peer, or the client a
+// trusted balancer's PROXY header named (Config.Proxy).
 func (c *Conn) RemoteAddr() netip.AddrPort { return c.remote }
 
 // Created is when the connection was accepted, on the engine clock.

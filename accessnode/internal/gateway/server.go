@@ -70,6 +70,11 @@ func (c *Config) setDefaults() {
 	if c.LoginTimeout <= 0 {
 		c.LoginTimeout = 10 * time.Second
 	}
+	// A PROXY header comes before the Login, within the same deadline
+	// from accept (the login deadline counts from accept too).
+	if c.Engine.Proxy.Timeout <= 0 {
+		c.Engine.Proxy.Timeout = c.LoginTimeout
+	}
 	if c.HeartbeatInterval <= 0 {
 		c.HeartbeatInterval = 30 * time.Second
 	}
@@ -369,10 +374,12 @@ func (s *Server) OnOpen(c *evloop.Conn) {
 	}
 	switch s.ipl.admit(c.RemoteAddr().Addr(), time.Now()) {
 	case ipTooMany:
+		s.log.Debug().Uint64("conn", c.ID()).Stringer("remote", c.RemoteAddr()).Msg("connection refused: too many from its address")
 		s.ipRefused.Add(1)
 		c.Data = refusedConn{}
 		s.fail(c, wirepb.ErrorCode_ERROR_CODE_OVERLOADED, "too many connections from your address")
 	case ipTooFast:
+		s.log.Debug().Uint64("conn", c.ID()).Stringer("remote", c.RemoteAddr()).Msg("connection refused: its address opens connections too fast")
 		s.ipRefused.Add(1)
 		c.Data = refusedConn{}
 		s.fail(c, wirepb.ErrorCode_ERROR_CODE_RATE_LIMITED, "your address opens connections too fast; back off")
@@ -481,7 +488,7 @@ func (s *Server) login(c *evloop.Conn, l *wirepb.Login) {
 				code = tc.code
 			}
 		}
-		s.log.Debug().Err(err).Uint64("conn", c.ID()).Msg("login refused")
+		s.log.Debug().Err(err).Uint64("conn", c.ID()).Stringer("remote", c.RemoteAddr()).Msg("login refused")
 		s.fail(c, code, err.Error())
 		return
 	}
@@ -526,6 +533,7 @@ func (s *Server) login(c *evloop.Conn, l *wirepb.Login) {
 		s.kick(old, wirepb.KickReason_KICK_REASON_REPLACED, "logged in again on another connection")
 	}
 	s.logins.Add(1)
+	s.log.Debug().Str("uid", sess.uid).Str("device", sess.device).Uint64("conn", c.ID()).Stringer("remote", c.RemoteAddr()).Msg("logged in")
 }
 
 func (s *Server) handleSend(from *session, m *wirepb.Send) {

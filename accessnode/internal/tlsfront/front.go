@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"github.com/imgate/imgate/accessnode/internal/proxyhdr"
 	"github.com/imgate/imgate/proto/tlsconf"
 )
 
@@ -40,6 +41,11 @@ type Config struct {
 	// Linger is how long the client may take to close once the node has
 	// closed its side (default 2 s, the engine's).
 	Linger time.Duration
+	// Proxy is the PROXY protocol in front of TLS: with a mode other than
+	// off the header is read before the ClientHello, within
+	// HandshakeTimeout, and the connection is handed over as the client
+	// it names (proxy.go).
+	Proxy proxyhdr.Config
 }
 
 func (c *Config) setDefaults() {
@@ -75,6 +81,9 @@ type Stats struct {
 	CertReloadErrors uint64 // they changed but did not load (the old pair stays)
 	// CertNotAfter is when the certificate in service expires.
 	CertNotAfter time.Time
+	// Proxy counts PROXY headers and refusals: Config.Proxy.Counters,
+	// shared with the engine when the node passes both one Config.
+	Proxy proxyhdr.Stats
 }
 
 // Front terminates TLS and hands connections to an Adopter.
@@ -108,6 +117,9 @@ func New(cfg Config, to Adopter, log zerolog.Logger) (*Front, error) {
 	cfg.setDefaults()
 	if cfg.Cert == "" || cfg.Key == "" {
 		return nil, errors.New("tlsfront: a certificate and its key are required")
+	}
+	if err := cfg.Proxy.Check(); err != nil {
+		return nil, fmt.Errorf("tlsfront: %w", err)
 	}
 	// No CA: clients present no certificate.
 	tc, r, err := tlsconf.Server(tlsconf.Files{Cert: cfg.Cert, Key: cfg.Key})
@@ -151,6 +163,7 @@ func (f *Front) Stats() Stats {
 		Refused: f.refused.Load(), WriteTimeouts: f.writeTimeouts.Load(),
 		CertReloads: f.certReloads.Load(), CertReloadErrors: f.certReloadFails.Load(),
 		CertNotAfter: notAfter(f.certs.Certificate()),
+		Proxy:        f.cfg.Proxy.Counters.Stats(),
 	}
 }
 
@@ -290,7 +303,16 @@ func (c *conn) serve() {
 	defer f.remove(c)
 	defer c.raw.Close()
 
-	tc, ok := c.handshake()
+	// One deadline from accept for the PROXY header and the handshake.
+	_ = c.raw.SetDeadline(time.Now().Add(f.cfg.HandshakeTimeout))
+	remote, hs, ok := remoteOf(c.raw), net.Conn(c.raw), true
+	if f.cfg.Proxy.Mode != proxyhdr.Off {
+		remote, hs, ok = c.proxyHeader(remote)
+	}
+	var tc *tls.Conn
+	if ok {
+		tc, ok = c.handshake(hs, remote)
+	}
 	<-f.slots
 	f.handshaking.Add(-1)
 	if !ok {
@@ -321,9 +343,9 @@ func (c *conn) serve() {
 	c.far = far
 	f.mu.Unlock()
 	defer far.Close()
-	if err := c.to.Adopt(fds[0], remoteOf(c.raw)); err != nil {
+	if err := c.to.Adopt(fds[0], remote); err != nil {
 		f.refused.Add(1)
-		f.noisy.Debug().Err(err).Str("remote", c.raw.RemoteAddr().String()).Msg("tls: the node refused the connection")
+		f.noisy.Debug().Err(err).Str("remote", remote.String()).Msg("tls: the node refused the connection")
 		return
 	}
 	f.open.Add(1)
@@ -339,18 +361,18 @@ func (c *conn) serve() {
 	c.down(tc, far, upDone)
 }
 
-// handshake runs the TLS handshake under HandshakeTimeout.
-func (c *conn) handshake() (*tls.Conn, bool) {
+// handshake runs the TLS handshake over hs (raw, or raw behind the bytes
+// read with a PROXY header) under the deadline serve set.
+func (c *conn) handshake(hs net.Conn, remote netip.AddrPort) (*tls.Conn, bool) {
 	f := c.f
-	_ = c.raw.SetDeadline(time.Now().Add(f.cfg.HandshakeTimeout))
-	tc := tls.Server(c.raw, f.tls)
+	tc := tls.Server(hs, f.tls)
 	if err := tc.Handshake(); err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			f.hsTimeouts.Add(1)
 		} else {
 			f.hsErrors.Add(1)
 		}
-		f.noisy.Debug().Err(err).Str("remote", c.raw.RemoteAddr().String()).Msg("tls handshake failed")
+		f.noisy.Debug().Err(err).Str("remote", remote.String()).Msg("tls handshake failed")
 		return nil, false
 	}
 	_ = c.raw.SetDeadline(time.Time{})
