@@ -390,7 +390,7 @@ func (l *loop) input(c *Conn, data []byte) {
 		l.readWS(c, data)
 		return
 	}
-	if c.lingerUntil != 0 || c.badStream || c.closing() {
+	if c.badStream || c.discarding() {
 		return // closing: discard input so our close does not reset the peer
 	}
 	if c.in != nil {
@@ -413,7 +413,7 @@ func (l *loop) input(c *Conn, data []byte) {
 			break
 		}
 		l.e.h.OnFrame(c, body)
-		if l.slots[c.slot] != c || c.closing() {
+		if l.slots[c.slot] != c || c.discarding() {
 			l.dropIn(c)
 			return
 		}

@@ -23,7 +23,7 @@ func (l *loop) readWS(c *Conn, data []byte) {
 		l.wsHandshake(c, data)
 		return
 	}
-	if c.lingerUntil != 0 || c.closing() {
+	if c.discarding() {
 		return
 	}
 	l.wsFrames(c, data)
@@ -148,7 +148,7 @@ type loopSink struct {
 func (s *loopSink) wsMessage(body []byte) bool {
 	l, c := s.l, s.c
 	l.e.h.OnFrame(c, body)
-	return l.slots[c.slot] == c && !c.closing()
+	return l.slots[c.slot] == c && !c.discarding()
 }
 
 func (s *loopSink) wsControl(op ws.OpCode, p []byte) bool {

@@ -343,6 +343,13 @@ func (s *Server) fail(c *evloop.Conn, code wirepb.ErrorCode, msg string) {
 // Delivers at once, so senders are answered without waiting for the
 // connection's graceful close. Safe from any goroutine, idempotent.
 func (s *Server) endSession(sess *session) {
+	s.endPresence(sess)
+	sess.close()
+}
+
+// endPresence takes sess out of the hub and the presence directory, so no
+// new Deliver is routed to it.
+func (s *Server) endPresence(sess *session) {
 	if s.hub.remove(sess) && s.router != nil {
 		sess.presMu.Lock()
 		sess.presEnded = true
@@ -352,15 +359,25 @@ func (s *Server) endSession(sess *session) {
 			s.router.SessionDown(sess.uid, sess.device, sess.loginAt)
 		}
 	}
-	sess.close()
 }
 
 // kick sends Kick and closes sess's connection; safe from any goroutine.
+//
+// The Delivers already written to the connection stay pending while it
+// lingers (CloseReading, at most the engine's linger time): the client
+// acknowledges what it read before the Kick, and those acks, in flight as
+// the node kicks, still count. Failing them at once would tell a sender
+// "failed" for a message its recipient has shown (a replaced login during
+// a GoAway move does this). What is still unacknowledged when the
+// connection closes fails then (OnClose → endSession), RECIPIENT_GONE as
+// before. A kicked session takes no new Deliver and nothing but
+// DeliverAcks from its client.
 func (s *Server) kick(sess *session, reason wirepb.KickReason, detail string) {
-	s.endSession(sess)
+	s.endPresence(sess)
+	sess.kicked.Store(true)
 	b, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Kick{Kick: &wirepb.Kick{Reason: reason, Detail: detail}}}, s.cfg.Engine.MaxFrame)
 	closeCode, why := wire.CloseForKick(reason)
-	sess.c.CloseWith(b, closeCode, why)
+	sess.c.CloseReading(b, closeCode, why)
 }
 
 func (s *Server) errorFrame(c *evloop.Conn, code wirepb.ErrorCode, msg string) {
@@ -422,6 +439,9 @@ func (s *Server) OnFrame(c *evloop.Conn, body []byte) {
 			sess.acked(id)
 			return
 		}
+	}
+	if sess, in := c.Data.(*session); in && sess.kicked.Load() {
+		return // after Kick only DeliverAcks count (kick)
 	}
 	var f wirepb.Frame
 	if err := wire.Decode(body, &f); err != nil {

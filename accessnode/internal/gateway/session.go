@@ -20,6 +20,7 @@ type session struct {
 	bytes   msgBudget // payload bytes; owned by the session's loop
 
 	npending atomic.Int32 // len(pending), read without the lock by the sweep
+	kicked   atomic.Bool  // Kick written; the connection lingers for acks (Server.kick)
 
 	mu      lockorder.Mutex // guards pending, gone
 	pending map[string]*outbound
@@ -125,7 +126,7 @@ func (o *sendOp) part(devices, acked uint32, reason wirepb.ErrorCode) {
 // its acknowledgement. It reports false when the session is gone.
 func (s *session) deliver(msg *wirepb.Deliver, frame []byte, f *flight, now int64, cfg *Config) bool {
 	s.mu.Lock()
-	if s.gone {
+	if s.gone || s.kicked.Load() {
 		s.mu.Unlock()
 		return false
 	}
