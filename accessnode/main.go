@@ -304,9 +304,9 @@ func (m *Main) newServers() {
 	nodepb.RegisterNodeServiceServer(m.grpcSrv, &nodeapi.Service{NodeID: cfg.id, Version: cliflags.Version(version), Started: m.started, GW: m.gw, Sys: m.sys, Relay: m.rl})
 	m.healthSrv = health.NewServer()
 	healthpb.RegisterHealthServer(m.grpcSrv, m.healthSrv)
-	collectors := append(m.clientTLS.collectors(cfg.id), m.rl.Collectors(cfg.id)...)
+	collectors := append(m.clientTLS.collectors(), m.rl.Collectors()...)
 	collectors = append(collectors, cliflags.BuildInfo(cliflags.Version(version)))
-	m.httpSrv = &http.Server{Handler: nodeapi.Handler(m.gw, m.ready, cfg.id, cfg.adminToken, collectors...), ReadHeaderTimeout: 5 * time.Second}
+	m.httpSrv = &http.Server{Handler: nodeapi.Handler(m.gw, m.ready, cfg.adminToken, collectors...), ReadHeaderTimeout: 5 * time.Second}
 }
 
 // ready is /readyz: whether the dispatcher may hand this node out.

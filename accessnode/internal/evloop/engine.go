@@ -17,6 +17,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/imgate/imgate/accessnode/internal/proxyhdr"
+	"github.com/imgate/imgate/accessnode/internal/drop"
 	"github.com/imgate/imgate/proto/wire"
 )
 
@@ -60,6 +61,9 @@ type Config struct {
 	// other than off, a connection is opened (OnOpen) only once its header
 	// is read, as the client it names. proxy.go.
 	Proxy proxyhdr.Config
+	// Drops counts what the engine discards (drop.OutputCap,
+	// drop.ClosingInput); nil: the engine keeps its own.
+	Drops *drop.Counts
 }
 
 func (c *Config) setDefaults() {
@@ -84,6 +88,9 @@ func (c *Config) setDefaults() {
 	c.WS.setDefaults()
 	if c.Proxy.Timeout <= 0 {
 		c.Proxy.Timeout = proxyhdr.DefaultTimeout
+	}
+	if c.Drops == nil {
+		c.Drops = new(drop.Counts)
 	}
 }
 

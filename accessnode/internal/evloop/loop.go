@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/imgate/imgate/accessnode/internal/drop"
 	"github.com/imgate/imgate/accessnode/internal/lockorder"
 	"github.com/imgate/imgate/accessnode/internal/proxyhdr"
 	"github.com/imgate/imgate/proto/wire"
@@ -391,7 +392,9 @@ func (l *loop) input(c *Conn, data []byte) {
 		return
 	}
 	if c.badStream || c.discarding() {
-		return // closing: discard input so our close does not reset the peer
+		// Closing: discard input so our close does not reset the peer.
+		l.e.cfg.Drops.Add(drop.ClosingInput)
+		return
 	}
 	if c.in != nil {
 		c.in = append(c.in, data...)
