@@ -202,10 +202,10 @@ backend node_ws
 	}
 	waitFor(t, "the refusals and HAProxy's LOCAL health checks counted", 30*time.Second, func() bool {
 		m := scrape(t, "http://"+metricsAddr+"/metrics")
-		return m[`imgate_node_proxy_refused_total{node="node-1",reason="missing"}`] >= 1 &&
-			m[`imgate_node_proxy_refused_total{node="node-1",reason="untrusted"}`] >= 1 &&
-			m[`imgate_node_proxy_headers_total{command="proxy",node="node-1"}`] >= 5 &&
-			m[`imgate_node_proxy_headers_total{command="local",node="node-1"}`] >= 1
+		return m[`imgate_node_proxy_refused_total{reason="missing"}`] >= 1 &&
+			m[`imgate_node_proxy_refused_total{reason="untrusted"}`] >= 1 &&
+			m[`imgate_node_proxy_headers_total{command="proxy"}`] >= 5 &&
+			m[`imgate_node_proxy_headers_total{command="local"}`] >= 1
 	})
 }
 
