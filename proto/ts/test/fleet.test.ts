@@ -229,9 +229,13 @@ describe('TypeScript SDK against the real fleet', () => {
   it('moves a client off a node that gets SIGTERM', async () => {
     const rx = await connected('nina', 'tab-1', 'node-2');
     const tx = await connected('omar', 'tab-1', 'node-1');
+    const states: string[] = [];
+    rx.c.on('state', (s) => states.push(`${s.state}@${s.nodeId ?? ''}`));
     await fleet.cmd('term node-2');
     await until('nina to move to node-1', 20_000, () => rx.c.nodeId === 'node-1' && rx.c.state === 'online');
     assert.equal(rx.goaways, 1);
+    // the move is a state event too: online again, on the new node
+    await until('the state event of the move', 10_000, () => states.includes('online@node-1'));
     const r = await tx.c.send('nina', enc('after SIGTERM'));
     assert.equal(r.outcome, 'DELIVERED');
     await until('nina to get it', 10_000, () => rx.messages.length === 1);
