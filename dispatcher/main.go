@@ -37,6 +37,7 @@ import (
 	"github.com/imgate/imgate/dispatcher/internal/httpapi"
 	"github.com/imgate/imgate/dispatcher/internal/ratelimit"
 	"github.com/imgate/imgate/dispatcher/internal/rebalance"
+	"github.com/imgate/imgate/dispatcher/internal/webchat"
 	"github.com/imgate/imgate/proto/api"
 	"github.com/imgate/imgate/proto/etcdkeys"
 	"github.com/imgate/imgate/proto/token"
@@ -199,7 +200,16 @@ func run(ctx context.Context, cfg config, log zerolog.Logger, listening func(net
 			ErrorLog:          stdlog.New(httpLog, "", 0),
 		}
 	}
-	srvs := map[net.Listener]*http.Server{ln: newServer(api)}
+	var public http.Handler = api
+	if cfg.ChatPage {
+		public = webchat.New().Wrap(api)
+		scheme := "http://"
+		if ltls.http != nil {
+			scheme = "https://"
+		}
+		log.Info().Str("url", scheme+ln.Addr().String()+webchat.Prefix+"/").Msg("demo chat page served (--chat-page)")
+	}
+	srvs := map[net.Listener]*http.Server{ln: newServer(public)}
 	adminAt := ""
 	if adminLn != nil {
 		srvs[adminLn] = newServer(api.Admin())

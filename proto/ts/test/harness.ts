@@ -119,9 +119,10 @@ export class Fleet {
     this.dir = dir;
   }
 
-  static async start(opts: { nodes?: number; ws?: boolean; nodeArgs?: string } = {}): Promise<Fleet> {
+  /** web: the dispatcher serves the chat page (/chat/) and the nodes allow its origin */
+  static async start(opts: { nodes?: number; ws?: boolean; web?: boolean; nodeArgs?: string } = {}): Promise<Fleet> {
     const dir = mkdtempSync(join(tmpdir(), 'imgate-ts-'));
-    const argv = [join(binDir, 'fleet'), '--bin', binDir, '--dir', dir, '--nodes', String(opts.nodes ?? 2), `--ws=${opts.ws ?? true}`];
+    const argv = [join(binDir, 'fleet'), '--bin', binDir, '--dir', dir, '--nodes', String(opts.nodes ?? 2), `--ws=${opts.ws ?? true}`, `--web=${opts.web ?? false}`];
     if (opts.nodeArgs) argv.push('--node-args', opts.nodeArgs);
     const f = new Fleet(new LineProc(argv), dir);
     f.info = await f.p.next<FleetInfo>(90_000, (v) => 'dispatcher' in v, 'the fleet to come up');

@@ -66,18 +66,19 @@ func main() {
 	nodes := flag.Int("nodes", 2, "access nodes")
 	nodeArgs := flag.String("node-args", "", "extra flags for every node, space-separated")
 	ws := flag.Bool("ws", true, "give every node a WebSocket listener")
+	web := flag.Bool("web", false, "serve the chat page (dispatcher --chat-page) and let its origin open WebSockets on the nodes (--ws-allowed-origins)")
 	flag.Parse()
 	if *bin == "" || *dir == "" {
 		fmt.Fprintln(os.Stderr, "fleet: --bin and --dir are required")
 		os.Exit(2)
 	}
-	if err := run(*bin, *dir, *nodes, *ws, strings.Fields(*nodeArgs)); err != nil {
+	if err := run(*bin, *dir, *nodes, *ws, *web, strings.Fields(*nodeArgs)); err != nil {
 		fmt.Fprintln(os.Stderr, "fleet:", err)
 		os.Exit(1)
 	}
 }
 
-func run(bin, dir string, n int, ws bool, extra []string) error {
+func run(bin, dir string, n int, ws, web bool, extra []string) error {
 	e, err := devetcd.Start(filepath.Join(dir, "etcd"), "127.0.0.1:0", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -96,8 +97,12 @@ func run(bin, dir string, n int, ws bool, extra []string) error {
 	if err != nil {
 		return err
 	}
-	d, err := spawn(dir, "dispatcher", bin+"/dispatcher", "--http-addr", httpAddr, "--etcd-endpoints", endpoint,
-		"--pull-interval", "200ms", "--rate-limit-per-ip", "0", "--log-level", "debug")
+	dargs := []string{bin + "/dispatcher", "--http-addr", httpAddr, "--etcd-endpoints", endpoint,
+		"--pull-interval", "200ms", "--rate-limit-per-ip", "0", "--log-level", "debug"}
+	if web {
+		dargs = append(dargs, "--chat-page")
+	}
+	d, err := spawn(dir, "dispatcher", dargs...)
 	if err != nil {
 		return err
 	}
@@ -113,6 +118,9 @@ func run(bin, dir string, n int, ws bool, extra []string) error {
 			"--drain-timeout", "10s", "--log-level", "debug"}, extra...)
 		if ws {
 			args = append(args, "--ws-addr", "127.0.0.1:0")
+		}
+		if web {
+			args = append(args, "--ws-allowed-origins", "http://"+httpAddr)
 		}
 		p, err := spawn(dir, id, args...)
 		if err != nil {
