@@ -141,6 +141,9 @@ async function send(to, text) {
   li.dataset.msgid = r.msgId;
   outcome.textContent = r.outcome === 'NOT_SENT' ? `NOT SENT ${r.reason}` : outcomeText(r);
   if (r.outcome === 'UNKNOWN') outcome.title = 'no answer from the node: the message may or may not have arrived';
+  else if (/^(RECIPIENT_GONE|DELIVERY_TIMEOUT|UNAVAILABLE)$/.test(r.reason ?? '')) {
+    outcome.title = 'not confirmed: a device may have shown it without its acknowledgement getting back';
+  }
   meta.textContent = `to ${to}${r.nodeId ? ' · via ' + r.nodeId : ''}${r.msgId ? ' · ' + r.msgId : ''}`;
 }
 

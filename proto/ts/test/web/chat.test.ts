@@ -35,29 +35,12 @@ let browser: Browser;
 const pages: Page[] = [];
 const pageErrors: string[] = [];
 
-before(async () => {
-  if (!existsSync(chromiumPath)) {
-    throw new Error(`no Chromium at ${chromiumPath}: install it (apt-get install -y chromium) or set CHROMIUM to its path`);
-  }
-  rmSync(artifacts, { recursive: true, force: true });
-  mkdirSync(artifacts, { recursive: true });
-  console.log(`screenshots: ${artifacts}`);
-  [fleet, browser] = await Promise.all([
-    Fleet.start({ nodes: 2, web: true }),
-    // playwright-core gives every launch a fresh temporary --user-data-dir.
-    chromium.launch({
-      executablePath: chromiumPath,
-      headless: true,
-      chromiumSandbox: false,
-      args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-        '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-    }),
-  ]);
-});
+const noChromium = `no Chromium at ${chromiumPath}: install it (apt-get install -y chromium) or set CHROMIUM to its path`;
 
-after(async () => {
-  await browser?.close();
-  await fleet?.stop();
+// Its own test, so that a machine without Chromium counts a failure, not
+// only cancelled tests.
+it('has Chromium to drive', () => {
+  assert.ok(existsSync(chromiumPath), noChromium);
 });
 
 /** open loads the page in a context of its own (its own tab, storage and device id), uid filled in from the query. */
@@ -146,6 +129,34 @@ async function shot(page: Page, name: string): Promise<void> {
 }
 
 describe('the chat page in Chromium', () => {
+  before(async () => {
+    if (!existsSync(chromiumPath)) throw new Error(noChromium);
+    rmSync(artifacts, { recursive: true, force: true });
+    mkdirSync(artifacts, { recursive: true });
+    console.log(`screenshots: ${artifacts}`);
+    // both at once; whichever came up is stopped by after() when the other failed
+    const [f, b] = await Promise.allSettled([
+      Fleet.start({ nodes: 2, web: true }),
+      // playwright-core gives every launch a fresh temporary --user-data-dir.
+      chromium.launch({
+        executablePath: chromiumPath,
+        headless: true,
+        chromiumSandbox: false,
+        args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+          '--disable-background-networking', '--disable-component-update', '--disable-sync'],
+      }),
+    ]);
+    if (f.status === 'fulfilled') fleet = f.value;
+    if (b.status === 'fulfilled') browser = b.value;
+    if (f.status === 'rejected') throw f.reason;
+    if (b.status === 'rejected') throw b.reason;
+  });
+
+  after(async () => {
+    await browser?.close();
+    await fleet?.stop();
+  });
+
   let alice: Page;
   let bob: Page;
 
@@ -237,31 +248,43 @@ describe('the chat page in Chromium', () => {
     assert.equal(await nodeOf(alice), 'node-1');
     assert.equal(await state(alice), 'online');
 
-    const report: string[] = [];
+    // Every message is counted. DELIVERED must have been shown exactly
+    // once. FAILED/PARTIAL with RECIPIENT_GONE, DELIVERY_TIMEOUT or
+    // UNAVAILABLE means "not confirmed" (docs/protocol.md §6.1): a Deliver
+    // that was on the old connection when the new login replaced it fails
+    // RECIPIENT_GONE at once, though the page may have shown it just before
+    // — so those may or may not have arrived, and only the Sends in flight
+    // at that moment (at most 4, the page's window) may end so. Nothing
+    // may be unanswered, UNKNOWN (a move waits for the old connection's
+    // SendAcks, §8.2), shown twice, or shown without being sent.
+    const notConfirmed = /^(FAILED|PARTIAL) (.* )?(RECIPIENT_GONE|DELIVERY_TIMEOUT|UNAVAILABLE)$/;
     for (const [from, to, prefix, n] of [[alice, bob, 'a→b #', counts[0]!], [bob, alice, 'b→a #', counts[1]!]] as const) {
       const out = await outRows(from, prefix);
       const got = await inRows(to, prefix);
-      assert.equal(out.length, n, `${prefix}: ${out.length} rows for ${n} sends`);
       const byOutcome: Record<string, number> = {};
       for (const r of out) byOutcome[r.outcome] = (byOutcome[r.outcome] ?? 0) + 1;
       const seen = new Map<string, number>();
       for (const g of got) seen.set(g.text, (seen.get(g.text) ?? 0) + 1);
+      const sent = new Map(out.map((r) => [r.text, r]));
       const dup = [...seen].filter(([, k]) => k > 1).map(([t]) => t);
       const lost = out.filter((r) => r.outcome === 'DELIVERED' && !seen.has(r.text)).map((r) => r.text);
-      const unexpected = got.filter((g) => out.find((r) => r.text === g.text)?.outcome !== 'DELIVERED').map((g) => g.text);
-      const idMismatch = got.filter((g) => out.find((r) => r.text === g.text)?.msgId !== g.msgId).map((g) => g.text);
-      report.push(`${prefix} sent ${n} ${JSON.stringify(byOutcome)} received ${got.length} lost ${lost.length} duplicated ${dup.length}`);
+      const unconfirmed = out.filter((r) => r.outcome !== 'DELIVERED');
+      const unexplained = unconfirmed.filter((r) => !notConfirmed.test(r.shown)).map((r) => `${r.text}: ${r.shown}`);
+      const phantom = got.filter((g) => !sent.has(g.text)).map((g) => g.text);
+      const idMismatch = got.filter((g) => sent.has(g.text) && sent.get(g.text)!.msgId !== g.msgId).map((g) => g.text);
+      console.log(`drain: ${prefix} sent ${n}, rows ${out.length}, ${JSON.stringify(byOutcome)}; received ${got.length}; ` +
+        `lost ${lost.length}, duplicated ${dup.length}, unanswered ${byOutcome['PENDING'] ?? 0}` +
+        (unconfirmed.length ? `; not confirmed: ${unconfirmed.map((r) => `${r.text} ${r.shown} (${seen.has(r.text) ? 'shown' : 'not shown'})`).join(', ')}` : ''));
+      assert.equal(out.length, n, `${prefix}: ${out.length} rows for ${n} sends`);
       assert.deepEqual(lost, [], `${prefix}: DELIVERED but never shown`);
       assert.deepEqual(dup, [], `${prefix}: shown more than once`);
-      assert.deepEqual(unexpected, [], `${prefix}: shown though not DELIVERED`);
+      assert.deepEqual(phantom, [], `${prefix}: shown but never sent`);
       assert.deepEqual(idMismatch, [], `${prefix}: msg id differs between sender and recipient`);
       assert.equal(byOutcome['PENDING'] ?? 0, 0, `${prefix}: unanswered`);
-      // A move waits for the old connection's SendAcks (§8.2): no Send of
-      // the moving page ends without an answer, and none is refused.
       assert.equal(byOutcome['UNKNOWN'] ?? 0, 0, `${prefix}: ${JSON.stringify(byOutcome)}`);
-      assert.equal(byOutcome['DELIVERED'], n, `${prefix}: ${JSON.stringify(byOutcome)}`);
+      assert.deepEqual(unexplained, [], `${prefix}: outcomes other than DELIVERED or not confirmed`);
+      assert.ok(unconfirmed.length <= 4, `${prefix}: ${unconfirmed.length} not confirmed, more than were in flight`);
     }
-    console.log(`drain: ${report.join('; ')}`);
     await shot(alice, '2-alice-after-drain');
     await shot(bob, '2-bob-moved-to-node-1');
     assert.deepEqual(pageErrors, []);
