@@ -17,7 +17,7 @@ PROTOC_GEN_VTPROTO := github.com/planetscale/vtprotobuf/cmd/protoc-gen-go-vtprot
 ETCDCTL            := go.etcd.io/etcd/etcdctl/v3@v3.7.3
 GOTESTSUM          := gotest.tools/gotestsum@v1.13.0
 
-.PHONY: all build run test vet fmt-check race lockcheck fuzz bench bench-ws microbench chaos chaos-short proto proto-ts tools etcdctl ts-test clean
+.PHONY: all build run test vet fmt-check race lockcheck fuzz bench bench-ws microbench chaos chaos-short proto proto-ts tools etcdctl ts-test web-test chat-bundle clean
 
 all: build
 
@@ -29,8 +29,8 @@ build:
 run: build
 	$(BIN)/devrun --bin $(BIN)
 
-## test: vet, gofmt, the race-enabled test suite (includes the end-to-end test), the lock-order check, the TypeScript SDK against the real binaries, then every fault scenario, short (root)
-test: vet fmt-check race lockcheck ts-test chaos-short
+## test: vet, gofmt, the race-enabled test suite (includes the end-to-end test), the lock-order check, the TypeScript SDK against the real binaries, the chat page in headless Chromium, then every fault scenario, short (root)
+test: vet fmt-check race lockcheck ts-test web-test chaos-short
 
 vet:
 	$(GO) vet ./...
@@ -82,9 +82,18 @@ chaos-short:
 microbench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
-## ts-test: the TypeScript SDK (proto/ts): install from the lock file, build (library + browser bundle), test against the real binaries
+## ts-test: the TypeScript SDK (proto/ts): install from the lock file, build (library + browser bundle), test against the real binaries (and that the dispatcher embeds this bundle)
 ts-test:
 	cd proto/ts && npm ci --no-audit --no-fund && npm run build && npm test
+
+## web-test: the dispatcher's chat page (/chat/) in headless Chromium (Debian's chromium, or CHROMIUM=path) against the real binaries; screenshots in proto/ts/artifacts/web
+web-test:
+	cd proto/ts && npm ci --no-audit --no-fund && npm run test:web
+
+## chat-bundle: rebuild the SDK's browser bundle and copy it where the dispatcher embeds it (commit the result)
+chat-bundle:
+	cd proto/ts && npm ci --no-audit --no-fund && npm run build
+	cp proto/ts/dist/imgate.browser.js dispatcher/internal/webchat/static/imgate.browser.js
 
 ## proto: regenerate proto/*pb (and the TypeScript SDK's proto/ts/src/gen) from the .proto files with pinned tools
 proto: tools
@@ -116,4 +125,4 @@ etcdctl:
 	GOBIN=$(CURDIR)/$(BIN) $(GO) install $(ETCDCTL)
 
 clean:
-	rm -rf $(BIN) .run proto/ts/dist proto/ts/build-test
+	rm -rf $(BIN) .run proto/ts/dist proto/ts/build-test proto/ts/artifacts

@@ -84,6 +84,8 @@ type config struct {
 	AdminAddr  string // their own listener; empty: on --http-addr
 	AdminToken string // bearer token of /v1/nodes and /metrics; empty: open
 
+	ChatPage bool // serve the demo chat page at /chat/ on --http-addr
+
 	// Reconnect backoff hints for clients.
 	ReconnectBase   time.Duration
 	ReconnectMax    time.Duration
@@ -140,6 +142,7 @@ func (c *config) define(fs *flag.FlagSet) {
 	fs.StringVar(&c.HTTPTLS.Key, "tls-key", "", "key (PEM) of --tls-cert")
 	fs.StringVar(&c.AdminAddr, "admin-addr", "", "listen address of /v1/nodes, /metrics and POST /v1/push, which then leave the public listener (empty: served there)")
 	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token /v1/nodes and /metrics need (empty: open; prefer the env var)")
+	fs.BoolVar(&c.ChatPage, "chat-page", false, "serve the demo browser chat page at /chat/ on --http-addr (development and demos; make run turns it on)")
 }
 
 // parseFlags reads flags, then IMGATE_* environment variables for the

@@ -38,6 +38,7 @@ import (
 	"github.com/imgate/imgate/dispatcher/internal/httpapi"
 	"github.com/imgate/imgate/dispatcher/internal/ratelimit"
 	"github.com/imgate/imgate/dispatcher/internal/rebalance"
+	"github.com/imgate/imgate/dispatcher/internal/webchat"
 	"github.com/imgate/imgate/proto/api"
 	"github.com/imgate/imgate/proto/cliflags"
 	"github.com/imgate/imgate/proto/etcdkeys"
@@ -254,7 +255,16 @@ func (m *Main) listen() error {
 		return fmt.Errorf("listen: %w", err)
 	}
 	m.onClose(func() { m.ln.Close() }) // the server closes it once serving
-	m.srvs = map[net.Listener]*http.Server{m.ln: m.newServer(m.api)}
+	var public http.Handler = m.api
+	if m.cfg.ChatPage {
+		public = webchat.New().Wrap(m.api)
+		scheme := "http://"
+		if m.ltls.http != nil {
+			scheme = "https://"
+		}
+		m.log.Info().Str("url", scheme+m.ln.Addr().String()+webchat.Prefix+"/").Msg("demo chat page served (--chat-page)")
+	}
+	m.srvs = map[net.Listener]*http.Server{m.ln: m.newServer(public)}
 	if m.cfg.AdminAddr != "" {
 		if m.adminLn, err = net.Listen("tcp", m.cfg.AdminAddr); err != nil {
 			return fmt.Errorf("admin listen: %w", err)

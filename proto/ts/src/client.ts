@@ -194,6 +194,8 @@ export class Client extends Emitter<ClientEvents> {
   /** while true, new Sends wait: a GoAway move waits for the old connection's SendAcks (§8.2) */
   private moving = false;
   private stateNow: State | 'idle' = 'idle';
+  /** the node of the last `online` event */
+  private onlineNode: string | undefined;
   /** one per connect() … close()/stop: aborted to stop the run */
   private life: AbortController | null = null;
   /** wakes the supervisor */
@@ -656,8 +658,11 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   private setState(s: StateEvent): void {
-    if (s.state === this.stateNow && s.state !== 'reconnecting') return;
+    // online → online is a GoAway move that landed on another node: an
+    // event too, so that a UI showing the node follows it.
+    if (s.state === this.stateNow && s.state !== 'reconnecting' && !(s.state === 'online' && s.nodeId !== this.onlineNode)) return;
     this.stateNow = s.state;
+    if (s.state === 'online') this.onlineNode = s.nodeId;
     this.emitEvent('state', s, (e) => this.listenerThrew(e));
   }
 

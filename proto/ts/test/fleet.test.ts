@@ -149,6 +149,36 @@ describe('TypeScript SDK against the real fleet', () => {
     await assert.rejects(first.c.send('hank', enc('x')), (e: Error & { kind?: string }) => e.kind === 'closed');
   });
 
+  it('reconnects one backoff step after Kick ADMIN (close 4102), unlike REPLACED', async () => {
+    const closes: number[] = [];
+    class Watched extends WebSocket {
+      constructor(url: string, protocols?: string | string[]) {
+        super(url, protocols);
+        this.addEventListener('close', (ev) => closes.push(ev.code));
+      }
+    }
+    const pat = await connected('pat', 'tab-1', 'node-1', { WebSocket: Watched });
+    const at: Record<string, number> = {};
+    pat.c.on('kick', () => (at['kick'] = Date.now()));
+    pat.c.on('state', (s) => {
+      if (s.state === 'online' && at['kick'] !== undefined) at['online'] ??= Date.now();
+    });
+    const r = await fleet.cmd('kick node-1 pat tab-1');
+    assert.equal(r['kicked'], 1);
+    await until('the kick', 10_000, () => pat.kicks.length === 1);
+    assert.deepEqual(pat.kicks, ['ADMIN']);
+    await until('pat to be online again', 20_000, () => at['online'] !== undefined);
+    assert.ok(pat.states.includes('reconnecting'), pat.states.join(','));
+    assert.ok(closes.includes(4102), `close codes ${closes.join(',')}`);
+    // one backoff step first (base 500 ms ± 20 %), not at once (§8.1)
+    assert.ok(at['online']! - at['kick']! >= 350, `back after ${at['online']! - at['kick']!} ms`);
+    assert.equal(pat.c.state, 'online');
+    const quinn = await connected('quinn', 'tab-1');
+    const sent = await quinn.c.send('pat', enc('after the kick'));
+    assert.equal(sent.outcome, 'DELIVERED');
+    await until('pat to get it', 10_000, () => pat.messages.some((m) => dec(m.payload) === 'after the kick'));
+  });
+
   it('talks to a Go SDK client over TCP across nodes', async () => {
     const go = await fleet.only('node-1', () => GoClient.start(fleet.dispatcher, 'ivan'));
     try {
@@ -229,9 +259,13 @@ describe('TypeScript SDK against the real fleet', () => {
   it('moves a client off a node that gets SIGTERM', async () => {
     const rx = await connected('nina', 'tab-1', 'node-2');
     const tx = await connected('omar', 'tab-1', 'node-1');
+    const states: string[] = [];
+    rx.c.on('state', (s) => states.push(`${s.state}@${s.nodeId ?? ''}`));
     await fleet.cmd('term node-2');
     await until('nina to move to node-1', 20_000, () => rx.c.nodeId === 'node-1' && rx.c.state === 'online');
     assert.equal(rx.goaways, 1);
+    // the move is a state event too: online again, on the new node
+    await until('the state event of the move', 10_000, () => states.includes('online@node-1'));
     const r = await tx.c.send('nina', enc('after SIGTERM'));
     assert.equal(r.outcome, 'DELIVERED');
     await until('nina to get it', 10_000, () => rx.messages.length === 1);

@@ -106,6 +106,8 @@ export interface FleetInfo {
   etcd: string;
   pid: number;
   nodes: Record<string, { pid: number; log: string }>;
+  /** with wss: the CA's PEM file */
+  ca?: string;
 }
 
 /** Fleet is etcd + dispatcher + nodes, through test/fleet. */
@@ -119,9 +121,12 @@ export class Fleet {
     this.dir = dir;
   }
 
-  static async start(opts: { nodes?: number; ws?: boolean; nodeArgs?: string } = {}): Promise<Fleet> {
+  /** web: the dispatcher serves the chat page (/chat/) and the nodes allow its origin */
+  /** wss: the nodes also serve wss, with a certificate of a CA made for the run (info.ca) */
+  static async start(opts: { nodes?: number; ws?: boolean; wss?: boolean; web?: boolean; nodeArgs?: string } = {}): Promise<Fleet> {
     const dir = mkdtempSync(join(tmpdir(), 'imgate-ts-'));
-    const argv = [join(binDir, 'fleet'), '--bin', binDir, '--dir', dir, '--nodes', String(opts.nodes ?? 2), `--ws=${opts.ws ?? true}`];
+    const argv = [join(binDir, 'fleet'), '--bin', binDir, '--dir', dir, '--nodes', String(opts.nodes ?? 2), `--ws=${opts.ws ?? true}`,
+      `--wss=${opts.wss ?? false}`, `--web=${opts.web ?? false}`];
     if (opts.nodeArgs) argv.push('--node-args', opts.nodeArgs);
     const f = new Fleet(new LineProc(argv), dir);
     f.info = await f.p.next<FleetInfo>(90_000, (v) => 'dispatcher' in v, 'the fleet to come up');

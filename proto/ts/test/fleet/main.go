@@ -10,6 +10,8 @@
 //	term <node>                              SIGTERM the node (it drains)
 //	wait-exit <node>                         wait until the node's process exited
 //	eligible                                 the ids the dispatcher finds eligible
+//	kick <node> <uid> [device]               NodeService.Kick on the node (Kick ADMIN);
+//	                                         answers {"ok":true,"kicked":n}
 //
 // On stdin EOF (the test runner finished or died) or SIGTERM it stops every
 // process it started, by pid, and etcd. The children also get SIGKILL from
@@ -20,10 +22,17 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
+	"math/big"
 	"net"
 	"net/http"
 	"os"
@@ -36,8 +45,11 @@ import (
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/imgate/imgate/proto/etcdkeys"
+	"github.com/imgate/imgate/proto/nodepb"
 	"github.com/imgate/imgate/scripts/devetcd"
 )
 
@@ -58,6 +70,7 @@ type fleetInfo struct {
 	Etcd       string              `json:"etcd"`
 	PID        int                 `json:"pid"`
 	Nodes      map[string]nodeInfo `json:"nodes"`
+	CA         string              `json:"ca,omitempty"` // --wss: the CA's PEM file
 }
 
 func main() {
@@ -66,18 +79,20 @@ func main() {
 	nodes := flag.Int("nodes", 2, "access nodes")
 	nodeArgs := flag.String("node-args", "", "extra flags for every node, space-separated")
 	ws := flag.Bool("ws", true, "give every node a WebSocket listener")
+	wss := flag.Bool("wss", false, "also give every node a wss listener, with a certificate of a CA made for this run (its PEM file: \"ca\" in the JSON line)")
+	web := flag.Bool("web", false, "serve the chat page (dispatcher --chat-page) and let its origin open WebSockets on the nodes (--ws-allowed-origins)")
 	flag.Parse()
 	if *bin == "" || *dir == "" {
 		fmt.Fprintln(os.Stderr, "fleet: --bin and --dir are required")
 		os.Exit(2)
 	}
-	if err := run(*bin, *dir, *nodes, *ws, strings.Fields(*nodeArgs)); err != nil {
+	if err := run(*bin, *dir, *nodes, *ws, *wss, *web, strings.Fields(*nodeArgs)); err != nil {
 		fmt.Fprintln(os.Stderr, "fleet:", err)
 		os.Exit(1)
 	}
 }
 
-func run(bin, dir string, n int, ws bool, extra []string) error {
+func run(bin, dir string, n int, ws, wss, web bool, extra []string) error {
 	e, err := devetcd.Start(filepath.Join(dir, "etcd"), "127.0.0.1:0", "127.0.0.1:0")
 	if err != nil {
 		return err
@@ -96,14 +111,27 @@ func run(bin, dir string, n int, ws bool, extra []string) error {
 	if err != nil {
 		return err
 	}
-	d, err := spawn(dir, "dispatcher", bin+"/dispatcher", "--http-addr", httpAddr, "--etcd-endpoints", endpoint,
-		"--pull-interval", "200ms", "--rate-limit-per-ip", "0", "--log-level", "debug")
+	dargs := []string{bin + "/dispatcher", "--http-addr", httpAddr, "--etcd-endpoints", endpoint,
+		"--pull-interval", "200ms", "--rate-limit-per-ip", "0", "--log-level", "debug"}
+	if web {
+		dargs = append(dargs, "--chat-page")
+	}
+	d, err := spawn(dir, "dispatcher", dargs...)
 	if err != nil {
 		return err
 	}
 	procs = append(procs, d)
 	info := fleetInfo{Dispatcher: "http://" + httpAddr, Etcd: endpoint, PID: os.Getpid(), Nodes: map[string]nodeInfo{}}
 	byID := map[string]*proc{}
+	var tlsArgs []string
+	if wss {
+		ca, cert, key, err := writeCerts(dir)
+		if err != nil {
+			return err
+		}
+		info.CA = ca
+		tlsArgs = []string{"--wss-addr", "127.0.0.1:0", "--tls-cert", cert, "--tls-key", key}
+	}
 	for i := 1; i <= n; i++ {
 		id := fmt.Sprintf("node-%d", i)
 		args := append([]string{bin + "/accessnode", "--id", id,
@@ -114,6 +142,10 @@ func run(bin, dir string, n int, ws bool, extra []string) error {
 		if ws {
 			args = append(args, "--ws-addr", "127.0.0.1:0")
 		}
+		if web {
+			args = append(args, "--ws-allowed-origins", "http://"+httpAddr)
+		}
+		args = append(args, tlsArgs...)
 		p, err := spawn(dir, id, args...)
 		if err != nil {
 			return err
@@ -204,6 +236,17 @@ func run(bin, dir string, n int, ws bool, extra []string) error {
 			}
 		case f[0] == "eligible":
 			reply["ids"] = eligible(base)
+		case f[0] == "kick" && (len(f) == 3 || len(f) == 4) && p != nil:
+			device := ""
+			if len(f) == 4 {
+				device = f[3]
+			}
+			n, err := kick(cli, keys, f[1], f[2], device)
+			if err != nil {
+				fail(err)
+				break
+			}
+			reply["kicked"] = n
 		default:
 			fail(fmt.Errorf("unknown command %q", line))
 		}
@@ -211,6 +254,77 @@ func run(bin, dir string, n int, ws bool, extra []string) error {
 			return err
 		}
 	}
+}
+
+// kick calls NodeService.Kick on node id, found by its registration.
+func kick(cli *clientv3.Client, keys etcdkeys.Schema, id, uid, device string) (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := cli.Get(ctx, keys.Node(id))
+	if err != nil {
+		return 0, err
+	}
+	if len(resp.Kvs) == 0 {
+		return 0, fmt.Errorf("%s is not registered", id)
+	}
+	var reg etcdkeys.Registration
+	if err := json.Unmarshal(resp.Kvs[0].Value, &reg); err != nil {
+		return 0, err
+	}
+	conn, err := grpc.NewClient(reg.GRPCAddr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	r, err := nodepb.NewNodeServiceClient(conn).Kick(ctx, &nodepb.KickRequest{Uid: uid, Device: device, Detail: "fleet test"})
+	if err != nil {
+		return 0, err
+	}
+	return int(r.GetKicked()), nil
+}
+
+// writeCerts makes a CA and a server certificate it signs for 127.0.0.1
+// and localhost, as PEM files in dir.
+func writeCerts(dir string) (caFile, certFile, keyFile string, err error) {
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", "", "", err
+	}
+	now := time.Now()
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "imgate fleet test CA"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour), IsCA: true, BasicConstraintsValid: true,
+		KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		return "", "", "", err
+	}
+	ca, _ := x509.ParseCertificate(caDER)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return "", "", "", err
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "node"},
+		NotBefore: now.Add(-time.Hour), NotAfter: now.Add(24 * time.Hour),
+		DNSNames: []string{"localhost"}, IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca, &key.PublicKey, caKey)
+	if err != nil {
+		return "", "", "", err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return "", "", "", err
+	}
+	caFile, certFile, keyFile = filepath.Join(dir, "ca.pem"), filepath.Join(dir, "node.pem"), filepath.Join(dir, "node-key.pem")
+	for _, f := range []struct {
+		path, typ string
+		der       []byte
+	}{{caFile, "CERTIFICATE", caDER}, {certFile, "CERTIFICATE", der}, {keyFile, "EC PRIVATE KEY", keyDER}} {
+		if err := os.WriteFile(f.path, pem.EncodeToMemory(&pem.Block{Type: f.typ, Bytes: f.der}), 0o600); err != nil {
+			return "", "", "", err
+		}
+	}
+	return caFile, certFile, keyFile, nil
 }
 
 func freeAddr() (string, error) {
