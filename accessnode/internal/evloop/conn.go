@@ -11,8 +11,8 @@ import (
 	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
 
-	"github.com/imgate/imgate/accessnode/internal/lockorder"
 	"github.com/imgate/imgate/accessnode/internal/drop"
+	"github.com/imgate/imgate/accessnode/internal/lockorder"
 	"github.com/imgate/imgate/proto/wire"
 )
 
