@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -460,5 +461,23 @@ func TestKubernetesManifests(t *testing.T) {
 	}
 	if !covered {
 		t.Error("no PodDisruptionBudget selects the nodes")
+	}
+}
+
+// kustomize renders the kit as kubectl apply -k would (when kubectl is
+// installed; it is not a Debian package this project installs).
+func TestKustomizeBuild(t *testing.T) {
+	kubectl, err := exec.LookPath("kubectl")
+	if err != nil {
+		t.Skip("kubectl not installed")
+	}
+	out, err := exec.Command(kubectl, "kustomize", k8sDir).CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl kustomize: %v\n%s", err, out)
+	}
+	for _, want := range []string{"kind: StatefulSet", "kind: HorizontalPodAutoscaler", "namespace: imgate", "image: imgate:"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("kubectl kustomize output has no %q", want)
+		}
 	}
 }
