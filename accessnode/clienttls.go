@@ -148,11 +148,11 @@ func (t *clientTLS) serve(gw *gateway.Server, log zerolog.Logger) error {
 }
 
 // collectors export the front's counters on /metrics; none when off.
-func (t *clientTLS) collectors(nodeID string) []prometheus.Collector {
+func (t *clientTLS) collectors() []prometheus.Collector {
 	if t == nil || t.front == nil {
 		return nil
 	}
-	return nodeapi.TLSCollectors(t.front, nodeID)
+	return nodeapi.TLSCollectors(t.front)
 }
 
 // stopAccepting closes the listener (drain); established connections stay.

@@ -60,7 +60,7 @@ func TestClientTLSListener(t *testing.T) {
 	if err := on.serve(nil, zerolog.Nop()); err != nil {
 		t.Fatal(err)
 	}
-	if len(on.collectors("n1")) == 0 {
+	if len(on.collectors()) == 0 {
 		t.Fatal("no metrics")
 	}
 	on.close()

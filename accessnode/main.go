@@ -358,7 +358,7 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 		}
 		return true, ""
 	}
-	httpSrv := &http.Server{Handler: nodeapi.Handler(gw, ready, cfg.id, cfg.adminToken, append(clientTLS.collectors(cfg.id), rl.Collectors(cfg.id)...)...), ReadHeaderTimeout: 5 * time.Second}
+	httpSrv := &http.Server{Handler: nodeapi.Handler(gw, ready, cfg.adminToken, append(clientTLS.collectors(), rl.Collectors()...)...), ReadHeaderTimeout: 5 * time.Second}
 
 	log.Info().Str("client", clientLn.Addr().String()).Str("grpc", grpcLn.Addr().String()).
 		Str("http", httpLn.Addr().String()).Int64("max_conns", cfg.maxConns).Msg("access node up")

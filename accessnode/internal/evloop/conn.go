@@ -11,6 +11,7 @@ import (
 	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
 
+	"github.com/imgate/imgate/accessnode/internal/drop"
 	"github.com/imgate/imgate/proto/wire"
 )
 
@@ -166,6 +167,7 @@ func (c *Conn) queueLocked(h, b []byte) error {
 	}
 	if c.watch && len(c.out)+n > c.loop.e.cfg.MaxQueue {
 		c.loop.e.slowClosed.Add(1)
+		c.loop.e.cfg.Drops.Add(drop.OutputCap)
 		c.breakLocked()
 		return ErrSlow
 	}

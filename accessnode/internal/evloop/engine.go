@@ -16,6 +16,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"github.com/imgate/imgate/accessnode/internal/drop"
 	"github.com/imgate/imgate/proto/wire"
 )
 
@@ -54,6 +55,9 @@ type Config struct {
 	IdleSweep time.Duration
 	// WS is the WebSocket side (ServeWS, AdoptWS).
 	WS WSConfig
+	// Drops counts what the engine discards (drop.OutputCap,
+	// drop.ClosingInput); nil: the engine keeps its own.
+	Drops *drop.Counts
 }
 
 func (c *Config) setDefaults() {
@@ -76,6 +80,9 @@ func (c *Config) setDefaults() {
 		c.IdleSweep = 8 * c.Tick
 	}
 	c.WS.setDefaults()
+	if c.Drops == nil {
+		c.Drops = new(drop.Counts)
+	}
 }
 
 // writeCalls is how many write(2) calls the loops made on client sockets.

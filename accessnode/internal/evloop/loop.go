@@ -14,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/imgate/imgate/accessnode/internal/drop"
 	"github.com/imgate/imgate/proto/wire"
 )
 
@@ -365,7 +366,9 @@ func (l *loop) readable(c *Conn) {
 		return
 	}
 	if c.lingerUntil != 0 || c.badStream || c.closing() {
-		return // closing: discard input so our close does not reset the peer
+		// Closing: discard input so our close does not reset the peer.
+		l.e.cfg.Drops.Add(drop.ClosingInput)
+		return
 	}
 	data := l.buf[:n]
 	if c.in != nil {

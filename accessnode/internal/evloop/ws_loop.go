@@ -8,6 +8,8 @@ import (
 	"strconv"
 
 	"github.com/gobwas/ws"
+
+	"github.com/imgate/imgate/accessnode/internal/drop"
 )
 
 // The loop's side of WebSocket connections: the handshake, then frames.
@@ -15,6 +17,7 @@ import (
 // readWS takes what one read brought on a WebSocket connection.
 func (l *loop) readWS(c *Conn, data []byte) {
 	if c.badStream {
+		l.e.cfg.Drops.Add(drop.ClosingInput)
 		return
 	}
 	if c.ws == wsHandshake {
@@ -24,6 +27,7 @@ func (l *loop) readWS(c *Conn, data []byte) {
 		return
 	}
 	if c.lingerUntil != 0 || c.closing() {
+		l.e.cfg.Drops.Add(drop.ClosingInput)
 		return
 	}
 	l.wsFrames(c, data)

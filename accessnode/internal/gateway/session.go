@@ -5,6 +5,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/imgate/imgate/accessnode/internal/drop"
 	"github.com/imgate/imgate/accessnode/internal/evloop"
 	"github.com/imgate/imgate/proto/wirepb"
 )
@@ -36,6 +37,7 @@ type session struct {
 type outbound struct {
 	msg       *wirepb.Deliver // shared by every device of the recipient: read-only
 	attempt   uint32
+	sentAt    int64 // engine clock, first transmission
 	nextRetry int64
 	deadline  int64
 	f         *flight
@@ -81,6 +83,7 @@ type sendOp struct {
 	msgID       string
 	to          string
 	msg         *wirepb.Deliver
+	start       int64 // engine clock: when the Send was read
 
 	mu    sync.Mutex // guards parts, sum
 	parts int        // not yet resolved
@@ -118,6 +121,7 @@ func (o *sendOp) part(devices, acked uint32, reason wirepb.ErrorCode) {
 		s.failed.Add(1)
 	}
 	s.send(o.sender.c, &wirepb.Frame{Body: &wirepb.Frame_SendAck{SendAck: ack}})
+	s.observeSend(ack.Outcome, o.start)
 }
 
 // deliver hands msg (already encoded as frame) to this session and tracks
@@ -134,6 +138,7 @@ func (s *session) deliver(msg *wirepb.Deliver, frame []byte, f *flight, now int6
 	s.pending[msg.MsgId] = &outbound{
 		msg:       msg,
 		attempt:   1,
+		sentAt:    now,
 		nextRetry: now + int64(cfg.DeliverRetry),
 		deadline:  now + int64(cfg.DeliverTimeout),
 		f:         f,
@@ -147,8 +152,9 @@ func (s *session) deliver(msg *wirepb.Deliver, frame []byte, f *flight, now int6
 	return true
 }
 
-// acked resolves the Deliver msgID; unknown ids (late duplicates) are ignored.
-func (s *session) acked(msgID []byte) {
+// acked resolves the Deliver msgID and returns when it was first sent;
+// ok is false for an id not pending (a late duplicate), which is ignored.
+func (s *session) acked(msgID []byte) (sentAt int64, ok bool) {
 	s.mu.Lock()
 	ob := s.pending[string(msgID)] // no copy: a map index by converted bytes
 	if ob != nil {
@@ -156,9 +162,11 @@ func (s *session) acked(msgID []byte) {
 		s.npending.Store(int32(len(s.pending)))
 	}
 	s.mu.Unlock()
-	if ob != nil {
-		ob.f.ack()
+	if ob == nil {
+		return 0, false
 	}
+	ob.f.ack()
+	return ob.sentAt, true
 }
 
 // retry re-sends Delivers whose retry time has come and fails those past
@@ -182,13 +190,15 @@ func (s *session) retry(srv *Server, now int64) {
 	}
 	s.npending.Store(int32(len(s.pending)))
 	s.mu.Unlock()
+	srv.drops.AddN(drop.DeliverTimeout, len(failed))
 	for _, ob := range failed {
 		ob.f.fail(wirepb.ErrorCode_ERROR_CODE_DELIVERY_TIMEOUT)
 	}
 }
 
-// close marks the session gone and fails its pending Delivers.
-func (s *session) close() {
+// close marks the session gone and fails its pending Delivers; it returns
+// how many there were.
+func (s *session) close() int {
 	s.mu.Lock()
 	s.gone = true
 	pending := s.pending
@@ -198,6 +208,7 @@ func (s *session) close() {
 	for _, ob := range pending {
 		ob.f.fail(wirepb.ErrorCode_ERROR_CODE_RECIPIENT_GONE)
 	}
+	return len(pending)
 }
 
 // store hands a message nobody was online for to the backend, then answers
@@ -215,8 +226,10 @@ func (o *sendOp) store(ack *wirepb.SendAck) {
 			s.offline.Add(1)
 		}
 		s.send(o.sender.c, &wirepb.Frame{Body: &wirepb.Frame_SendAck{SendAck: ack}})
+		s.observeSend(ack.Outcome, o.start)
 	}
 	if !s.upstream(func(ctx context.Context) { finish(s.cfg.Upstream.Store(ctx, req) == nil) }) {
+		s.drops.Add(drop.UpstreamBusy)
 		finish(false)
 	}
 }

@@ -70,6 +70,10 @@ type Stats struct {
 	HandshakeErrors   uint64 // failed otherwise (not TLS, bad version, reset…)
 	Refused           uint64 // completed, but the engine refused the connection (cap, draining)
 	WriteTimeouts     uint64 // closed after WriteTimeout without progress
+	// Discarded counts reads the front could not pass on because the other
+	// side had gone: the node's bytes for a client that is gone or stuck
+	// (the connection is dropped), a client's bytes after the node closed.
+	Discarded uint64
 
 	CertReloads      uint64 // the certificate files changed and were loaded
 	CertReloadErrors uint64 // they changed but did not load (the old pair stays)
@@ -100,6 +104,7 @@ type Front struct {
 	open, handshaking                           atomic.Int64
 	handshakes, hsTimeouts, hsErrors, refused   atomic.Uint64
 	writeTimeouts, certReloads, certReloadFails atomic.Uint64
+	discarded                                   atomic.Uint64
 }
 
 // New loads the certificate (an unreadable or mismatched pair is an error
@@ -148,7 +153,7 @@ func (f *Front) Stats() Stats {
 	return Stats{
 		Conns: f.open.Load(), Handshaking: f.handshaking.Load(),
 		Handshakes: f.handshakes.Load(), HandshakeTimeouts: f.hsTimeouts.Load(), HandshakeErrors: f.hsErrors.Load(),
-		Refused: f.refused.Load(), WriteTimeouts: f.writeTimeouts.Load(),
+		Refused: f.refused.Load(), WriteTimeouts: f.writeTimeouts.Load(), Discarded: f.discarded.Load(),
 		CertReloads: f.certReloads.Load(), CertReloadErrors: f.certReloadFails.Load(),
 		CertNotAfter: notAfter(f.certs.Certificate()),
 	}
@@ -380,6 +385,7 @@ func (c *conn) up(tc *tls.Conn, far *os.File) {
 		n, err := tc.Read(buf[:])
 		if n > 0 {
 			if _, werr := far.Write(buf[:n]); werr != nil {
+				c.f.discarded.Add(1)
 				return // the node closed its end; down ends the rest
 			}
 		}
@@ -438,6 +444,7 @@ func (c *conn) down(tc *tls.Conn, far *os.File, upDone <-chan struct{}) {
 				f.writeTimeouts.Add(1)
 			}
 			// The client is gone or stuck: drop everything.
+			f.discarded.Add(1)
 			c.raw.Close()
 			far.Close()
 			<-upDone
