@@ -191,6 +191,26 @@ func TestLiveMetricsAndDrain(t *testing.T) {
 			t.Fatalf("send: %v", err)
 		}
 	}
+	// A Send from node-1 to a user on node-2: the relay's lookup and
+	// forward series on node-1, which is the node scraped.
+	var from *client.Client
+	to := ""
+	for i, c := range cs {
+		switch c.NodeID() {
+		case "node-1":
+			from = c
+		case "node-2":
+			to = fmt.Sprintf("user-%d", i)
+		}
+	}
+	if from == nil || to == "" {
+		t.Fatal("no client on node-1 or none on node-2")
+	}
+	if res, err := from.Send(ctx, to, []byte("across")); err != nil {
+		t.Fatalf("send across nodes: %v", err)
+	} else if res.Acked != 1 {
+		t.Fatalf("send across nodes: %+v", res)
+	}
 	// A value the dispatcher rejects.
 	if _, err := cli.Put(ctx, etcdkeys.New(etcdkeys.DefaultPrefix).NodeConfig("node-2", etcdkeys.FieldWeight), "heavy"); err != nil {
 		t.Fatal(err)
