@@ -125,6 +125,12 @@ func TestStreamMetricsAndDrops(t *testing.T) {
 	waitFor(t, "a sees c's streams end", func() bool {
 		return m(`imgate_node_relay_inbound_up{peer="c"}`) != 1 && m(`imgate_node_relay_peer_up{peer="c"}`) != 1
 	})
+	// Once its registration is gone, so are its per-peer series: the
+	// label stays bounded by the fleet.
+	waitFor(t, "c's series gone", func() bool {
+		return m(`imgate_node_relay_peer_up{peer="c"}`) == -1 && m(`imgate_node_relay_inbound_up{peer="c"}`) == -1 &&
+			m(`imgate_node_relay_forward_duration_seconds_count{peer="c"}`) == -1
+	})
 }
 
 // TestSendQueueCountsWhatItRefuses: a frame refused by a full queue, or by
