@@ -17,7 +17,7 @@ PROTOC_GEN_VTPROTO := github.com/planetscale/vtprotobuf/cmd/protoc-gen-go-vtprot
 ETCDCTL            := go.etcd.io/etcd/etcdctl/v3@v3.7.3
 GOTESTSUM          := gotest.tools/gotestsum@v1.13.0
 
-.PHONY: all build run test vet fmt-check race lockcheck fuzz bench bench-ws microbench chaos chaos-short proto proto-ts tools etcdctl ts-test web-test chat-bundle clean
+.PHONY: all build run test vet fmt-check deploy-check race lockcheck fuzz bench bench-ws microbench chaos chaos-short proto proto-ts tools etcdctl ts-test web-test chat-bundle clean
 
 all: build
 
@@ -29,8 +29,8 @@ build:
 run: build
 	$(BIN)/devrun --bin $(BIN)
 
-## test: vet, gofmt, the race-enabled test suite (includes the end-to-end test), the lock-order check, the TypeScript SDK against the real binaries, the chat page in headless Chromium, then every fault scenario, short (root)
-test: vet fmt-check race lockcheck ts-test web-test chaos-short
+## test: vet, gofmt, the deploy kit's own checkers, the race-enabled test suite (includes the end-to-end test and the deploy kit's tests), the lock-order check, the TypeScript SDK against the real binaries, the chat page in headless Chromium, then every fault scenario, short (root)
+test: vet fmt-check deploy-check race lockcheck ts-test web-test chaos-short
 
 vet:
 	$(GO) vet ./...
@@ -38,6 +38,14 @@ vet:
 fmt-check:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+## deploy-check: the deploy kit's alert rules and scrape config through promtool (Debian prometheus), units through systemd-analyze; the manifests, sysctls and dashboard are checked by go test ./scripts/deploy
+PROMTOOL ?= promtool
+deploy-check:
+	cd scripts/deploy/prometheus && $(PROMTOOL) check rules imgate-alerts.yml && \
+	  $(PROMTOOL) test rules imgate-alerts.test.yml && \
+	  $(PROMTOOL) check config --syntax-only prometheus.yml
+	IMGATE_DEPLOY_REQUIRE_TOOLS=1 $(GO) test -count=1 -run 'TestSystemdAnalyzeVerify|TestDashboardQueriesParse' ./scripts/deploy
 
 # race prints each package as it finishes (gotestsum, pinned), with the
 # failing tests' output; `go test` alone says nothing for minutes.
