@@ -305,6 +305,7 @@ func (m *Main) newServers() {
 	m.healthSrv = health.NewServer()
 	healthpb.RegisterHealthServer(m.grpcSrv, m.healthSrv)
 	collectors := append(m.clientTLS.collectors(), m.rl.Collectors()...)
+	collectors = append(collectors, m.reg.Collectors()...)
 	collectors = append(collectors, cliflags.BuildInfo(cliflags.Version(version)))
 	m.httpSrv = &http.Server{Handler: nodeapi.Handler(m.gw, m.ready, cfg.adminToken, collectors...), ReadHeaderTimeout: 5 * time.Second}
 }

@@ -29,6 +29,7 @@ var mainAlerts = []string{
 	"ImgateSendAckFailureRatio",
 	"ImgateNoEligibleNode",
 	"ImgateEtcdUnreachable",
+	"ImgateNodeNotRegistered",
 }
 
 type rule struct {
