@@ -54,6 +54,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseDispatcherError$$' -fuzztime $(or $(FUZZTIME),100000x) ./proto/client
 	$(GO) test -run '^$$' -fuzz '^FuzzEndpointQuery$$' -fuzztime $(or $(FUZZTIME),6000x) ./dispatcher/internal/httpapi
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(or $(FUZZTIME),100000x) ./dispatcher/internal/auth
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeFrame$$' -fuzztime $(or $(FUZZTIME),50000x) ./accessnode/internal/handoff
 	$(GO) test -run '^$$' -fuzz '^FuzzWebSocket$$' -fuzztime $(or $(FUZZTIME),300000x) ./accessnode/internal/evloop
 
 ## bench: the standard load scenario (whole system + load tool, a few minutes)

@@ -31,6 +31,7 @@ import (
 
 	"github.com/imgate/imgate/accessnode/internal/evloop"
 	"github.com/imgate/imgate/accessnode/internal/gateway"
+	"github.com/imgate/imgate/accessnode/internal/handoff"
 	"github.com/imgate/imgate/accessnode/internal/nodeapi"
 	"github.com/imgate/imgate/accessnode/internal/opsconfig"
 	"github.com/imgate/imgate/accessnode/internal/registry"
@@ -93,6 +94,8 @@ type config struct {
 	wsAddr            string
 	wsAdvertise       string
 	wsAllowedOrigins  string
+	upgradeBinary     string // SIGUSR2 starts it and hands the node over (handoff)
+	upgradeTimeout    time.Duration
 }
 
 func parseFlags(args []string) (config, error) {
@@ -149,6 +152,8 @@ func parseFlags(args []string) (config, error) {
 	fs.StringVar(&c.wsAddr, "ws-addr", "", "client WebSocket listen address (path /v1/ws, subprotocol imgate.v1; empty: none)")
 	fs.StringVar(&c.wsAdvertise, "ws-advertise", "", "ws address given to clients by the dispatcher (default: the bound ws address)")
 	fs.StringVar(&c.wsAllowedOrigins, "ws-allowed-origins", "", "origins whose web pages may open ws/wss connections, comma-separated exact values (https://chat.example.com) or *; a request without an Origin header (not a browser) is always accepted (empty: every Origin refused)")
+	fs.StringVar(&c.upgradeBinary, "upgrade-binary", handoff.DefaultBinary(), "on SIGUSR2, the binary started with the same flags and handed every connection (upgrade in place)")
+	fs.DurationVar(&c.upgradeTimeout, "upgrade-timeout", 30*time.Second, "on SIGUSR2, how long the new process has to start, report healthy and take every connection before the old one keeps them")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), "Usage: accessnode [flags]\n\nEvery flag can also be set by the environment variable shown.\n\n")
 		fs.VisitAll(func(f *flag.Flag) {
@@ -228,9 +233,15 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 		return err
 	}
 	started := time.Now()
+	// Started by an upgrade: the old process's listeners, then its
+	// connections in TakeOver (nil otherwise).
+	inh, err := handoff.Inherit(version, log)
+	if err != nil {
+		return err
+	}
 
 	// Listen synchronously so a taken port fails at once.
-	clientLn, err := net.Listen("tcp", cfg.clientAddr)
+	clientLn, err := inh.Listen("client", cfg.clientAddr)
 	if err != nil {
 		return fmt.Errorf("client listener: %w", err)
 	}
@@ -242,7 +253,7 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 	defer clientTLS.close() // after gw.Close (defers run in reverse)
 	var wsLn net.Listener
 	if cfg.wsAddr != "" {
-		if wsLn, err = net.Listen("tcp", cfg.wsAddr); err != nil {
+		if wsLn, err = inh.Listen("ws", cfg.wsAddr); err != nil {
 			return fmt.Errorf("client ws listener: %w", err)
 		}
 		defer wsLn.Close()
@@ -250,11 +261,11 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 			cfg.wsAdvertise = wsLn.Addr().String()
 		}
 	}
-	grpcLn, err := net.Listen("tcp", cfg.grpcAddr)
+	grpcLn, err := inh.Listen("grpc", cfg.grpcAddr)
 	if err != nil {
 		return fmt.Errorf("grpc listener: %w", err)
 	}
-	httpLn, err := net.Listen("tcp", cfg.httpAddr)
+	httpLn, err := inh.Listen("http", cfg.httpAddr)
 	if err != nil {
 		grpcLn.Close()
 		return fmt.Errorf("http listener: %w", err)
@@ -329,6 +340,9 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 		return err
 	}
 	gw.SetRouter(rl)
+	if err := inh.TakeOver(ctx, gw, func(ctx context.Context) error { _, err := cli.Get(ctx, "health"); return err }); err != nil {
+		return err
+	}
 	if err := gw.Serve(clientLn.(*net.TCPListener)); err != nil {
 		return err
 	}
@@ -386,11 +400,20 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 		return nil
 	})
 
+	inh.Finish(gw)
+	upg := handoff.NewOld(&handoff.Old{Binary: cfg.upgradeBinary, Args: os.Args[1:], Timeout: cfg.upgradeTimeout, GW: gw,
+		Listeners: upgradeListeners(clientLn, wsLn, grpcLn, httpLn), Refuse: upgradeRefusal(clientTLS), Log: log,
+		Release: reg.Release, Serve: func() error { return serveAgain(gw, clientLn, wsLn) }})
+	go upg.Watch(gctx)
+
+	handedOver := false
 	select {
 	case <-ctx.Done():
 		log.Info().Dur("deadline", cfg.drainTimeout).Msg("shutting down: draining clients")
 	case <-gctx.Done():
 		log.Error().Msg("a server failed; shutting down")
+	case <-upg.Done():
+		handedOver = true // the new process serves our clients: nothing to drain
 	}
 
 	// Drain: report draining (the dispatcher stops handing us out on its
@@ -403,12 +426,15 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 		wsLn.Close()
 	}
 	clientTLS.stopAccepting()
-	dctx, dcancel := context.WithTimeout(context.Background(), cfg.drainTimeout)
-	gw.Drain(dctx, cfg.drainRate)
-	dcancel()
+	if !handedOver {
+		dctx, dcancel := context.WithTimeout(context.Background(), cfg.drainTimeout)
+		gw.Drain(dctx, cfg.drainRate)
+		dcancel()
+	}
 	// Leave: the key goes (the registrar revokes its lease, bounded), then
 	// the Forward streams, so peers see "key gone, stream down" and drop
 	// this node at once instead of holding it as through an etcd flap.
+	// (After a hand-over the registration was released: the key stays.)
 	reg.Deregister()
 	select {
 	case <-reg.Done():
