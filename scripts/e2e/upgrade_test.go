@@ -3,8 +3,8 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
@@ -86,20 +86,34 @@ func (w *countWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// nodeVersions is every version /v1/nodes shows (registration and pulled
-// stats) for the one node of the fleet.
-func nodeVersions(base string) string {
+// nodeVersions is the version /v1/nodes shows for node id, from its
+// registration and from its last pulled stats ("reg/stats").
+func nodeVersions(base, id string) string {
 	resp, err := http.Get(base + "/v1/nodes")
 	if err != nil {
 		return ""
 	}
 	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	var vs []string
-	for _, m := range regexp.MustCompile(`"version":"([^"]*)"`).FindAllSubmatch(b, -1) {
-		vs = append(vs, string(m[1]))
+	var v struct {
+		Nodes []struct {
+			ID           string `json:"id"`
+			Registration *struct {
+				Version string `json:"version"`
+			} `json:"registration"`
+			Stats *struct {
+				Version string `json:"version"`
+			} `json:"stats"`
+		} `json:"nodes"`
 	}
-	return strings.Join(vs, ",")
+	if json.NewDecoder(resp.Body).Decode(&v) != nil {
+		return ""
+	}
+	for _, n := range v.Nodes {
+		if n.ID == id && n.Registration != nil && n.Stats != nil {
+			return n.Registration.Version + "/" + n.Stats.Version
+		}
+	}
+	return ""
 }
 
 func logCount(t *testing.T, p *process, re *regexp.Regexp) int {
@@ -119,6 +133,23 @@ func TestUpgradeInPlace(t *testing.T) {
 	if testing.Short() {
 		t.Skip("end-to-end: builds and starts the binaries")
 	}
+	upgradeInPlace(t, false)
+}
+
+// TestUpgradeInPlaceWithPeer is the same with a second node: the clients
+// are spread over both, half the traffic crosses between them, and node-1
+// is upgraded. Between nodes the hand-off is not gap-free yet
+// (docs/architecture.md): a message that crosses in the moment of the
+// move may fail, but it is never answered twice, never DELIVERED without
+// arriving, never duplicated, and nobody is disconnected.
+func TestUpgradeInPlaceWithPeer(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end: builds and starts the binaries")
+	}
+	upgradeInPlace(t, true)
+}
+
+func upgradeInPlace(t *testing.T, withPeer bool) {
 	dir := t.TempDir()
 	buildAt(t, dir+"/dispatcher", "github.com/imgate/imgate/dispatcher", "dev")
 	buildAt(t, dir+"/accessnode-v1", "github.com/imgate/imgate/accessnode", "v1")
@@ -148,15 +179,27 @@ func TestUpgradeInPlace(t *testing.T) {
 	node := start(t, "node-1", bin, "--id", "node-1", "--client-addr", clientAddr, "--grpc-addr", "127.0.0.1:0",
 		"--http-addr", "127.0.0.1:0", "--etcd-endpoints", endpoint, "--lease-ttl", "2s", "--sweep-interval", "100ms",
 		"--upgrade-timeout", "5s", "--log-level", "debug")
-	waitFor(t, "node-1 eligible", 60*time.Second, func() bool { return eligible(base)["node-1"] })
-	waitFor(t, "v1 in /v1/nodes", 30*time.Second, func() bool { return nodeVersions(base) != "" && !strings.Contains(nodeVersions(base), "v2") })
+	nodes := 1
+	port2 := 0
+	if withPeer {
+		nodes = 2
+		addr2 := freeAddr(t)
+		_, p2, _ := net.SplitHostPort(addr2)
+		port2, _ = strconv.Atoi(p2)
+		start(t, "node-2", dir+"/accessnode-v1", "--id", "node-2", "--client-addr", addr2, "--grpc-addr", "127.0.0.1:0",
+			"--http-addr", "127.0.0.1:0", "--etcd-endpoints", endpoint, "--lease-ttl", "2s", "--sweep-interval", "100ms",
+			"--log-level", "debug")
+	}
+	waitFor(t, "the nodes eligible", 60*time.Second, func() bool { return len(eligible(base)) == nodes })
+	waitFor(t, "v1 in /v1/nodes", 30*time.Second, func() bool { return nodeVersions(base, "node-1") == "v1/v1" })
 
-	const n = 16
+	n := 16
 	acks := &countWriter{}
 	var clients []*client.Client
 	var inboxes []*inbox
 	var disconnects atomic.Int64
-	for i := 0; i < n; i++ {
+	onNode := map[string]int{}
+	for i := 0; i < n || withPeer && onNode["node-1"]*onNode["node-2"] == 0 && i < 40; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		c, err := client.Dial(ctx, client.Config{Dispatcher: base, UID: fmt.Sprintf("u%d", i), Device: "phone",
 			Logger: zerolog.New(acks).Level(zerolog.DebugLevel)})
@@ -174,6 +217,15 @@ func TestUpgradeInPlace(t *testing.T) {
 		}()
 		clients = append(clients, c)
 		inboxes = append(inboxes, collect(c))
+		onNode[c.NodeID()]++
+	}
+	n = len(clients)
+	if withPeer && onNode["node-1"]*onNode["node-2"] == 0 {
+		t.Fatalf("clients per node: %v", onNode)
+	}
+	homes := make([]string, n)
+	for i, c := range clients {
+		homes[i] = c.NodeID()
 	}
 	sessions := make([]string, n)
 	for i, c := range clients {
@@ -189,17 +241,17 @@ func TestUpgradeInPlace(t *testing.T) {
 		probes[i] = len(in.got)
 		in.mu.Unlock()
 	}
-	portsBefore := clientPorts(t, port)
-	if len(portsBefore) != n {
-		t.Fatalf("%d client connections in the kernel's table, want %d", len(portsBefore), n)
+	portsBefore := fmt.Sprint(clientPorts(t, port), clientPorts(t, port2))
+	if got := len(clientPorts(t, port)) + len(clientPorts(t, port2)); port2 != 0 && got != n || port2 == 0 && len(clientPorts(t, port)) != n {
+		t.Fatalf("%d client connections in the kernel's table, want %d", got, n)
 	}
 
 	// Traffic: every client sends to the next ones, until told to stop.
 	type sent struct {
-		to  int
-		res client.SendResult
-		err error
-		lat time.Duration
+		from, to int
+		res      client.SendResult
+		err      error
+		lat      time.Duration
 	}
 	var (
 		mu      sync.Mutex
@@ -224,7 +276,7 @@ func TestUpgradeInPlace(t *testing.T) {
 				res, err := clients[i].Send(ctx, fmt.Sprintf("u%d", to), []byte(fmt.Sprintf("%d>%d #%d", i, to, k)))
 				cancel()
 				mu.Lock()
-				results = append(results, sent{to: to, res: res, err: err, lat: time.Since(t0)})
+				results = append(results, sent{from: i, to: to, res: res, err: err, lat: time.Since(t0)})
 				mu.Unlock()
 				total.Add(1)
 				time.Sleep(2 * time.Millisecond) // bounded rate: the node is shared with the other tests' processes
@@ -273,21 +325,35 @@ func TestUpgradeInPlace(t *testing.T) {
 	newPID, _ := strconv.Atoi(string(m[1]))
 	t.Cleanup(func() { _ = syscall.Kill(newPID, syscall.SIGKILL) })
 	t.Logf("handed over %s connections; pause %s ms, total %s ms (new pid %d)", m[2], m[3], m[4], newPID)
-	waitFor(t, "v2 in /v1/nodes", 30*time.Second, func() bool { v := nodeVersions(base); return v != "" && !strings.Contains(v, "v1") })
+	waitFor(t, "v2 in /v1/nodes", 30*time.Second, func() bool { return nodeVersions(base, "node-1") == "v2/v2" })
 	flowing("traffic after the upgrade")
 	close(stop)
 	wg.Wait()
 
-	// Every Send answered once, DELIVERED; every message arrived once.
+	// Every Send answered once; DELIVERED (on one node always), and then
+	// arrived exactly once; nothing arrived twice.
 	mu.Lock()
 	defer mu.Unlock()
 	var worst time.Duration
-	want := make([]int, n)
+	want := make([]int, n)  // DELIVERED to each
+	maybe := make([]int, n) // not DELIVERED, may have arrived
+	notDelivered := 0
+	why := map[string]int{}
 	for _, r := range results {
-		if r.err != nil || r.res.Outcome != wirepb.Outcome_OUTCOME_DELIVERED || r.res.Acked != 1 {
-			t.Fatalf("send: %v %+v", r.err, r.res)
-		}
 		worst = max(worst, r.lat)
+		if r.err != nil || r.res.Outcome != wirepb.Outcome_OUTCOME_DELIVERED || r.res.Acked != 1 {
+			cross := homes[r.from] != homes[r.to]
+			if !withPeer || !cross {
+				t.Fatalf("send u%d→u%d (%s→%s): %v %+v", r.from, r.to, homes[r.from], homes[r.to], r.err, r.res)
+			}
+			if r.err == nil && r.res.Outcome == wirepb.Outcome_OUTCOME_OFFLINE {
+				t.Fatalf("send u%d→u%d: OFFLINE while online (%+v)", r.from, r.to, r.res)
+			}
+			notDelivered++
+			maybe[r.to]++
+			why[fmt.Sprintf("%s→%s %v %v/%v", homes[r.from], homes[r.to], r.err, r.res.Outcome, r.res.Reason)]++
+			continue
+		}
 		want[r.to]++
 		if got := inboxes[r.to].count(r.res.MsgID); got != 1 {
 			waitFor(t, "message "+r.res.MsgID, 15*time.Second, func() bool { return inboxes[r.to].count(r.res.MsgID) >= 1 })
@@ -299,11 +365,17 @@ func TestUpgradeInPlace(t *testing.T) {
 	for i, in := range inboxes {
 		in.mu.Lock()
 		got := len(in.got) - probes[i]
+		for id, k := range in.ids {
+			if k != 1 {
+				t.Errorf("u%d: message %s arrived %d times", i, id, k)
+			}
+		}
 		in.mu.Unlock()
-		if got != want[i] {
-			t.Errorf("u%d received %d messages, %d were delivered to it", i, got, want[i])
+		if got < want[i] || got > want[i]+maybe[i] {
+			t.Errorf("u%d received %d messages; %d were delivered to it, %d more may have been", i, got, want[i], maybe[i])
 		}
 	}
+	t.Logf("%d sends not DELIVERED (all crossing between the nodes): %v", notDelivered, why)
 	if d := disconnects.Load(); d != 0 {
 		t.Errorf("%d disconnect events", d)
 	}
@@ -311,11 +383,11 @@ func TestUpgradeInPlace(t *testing.T) {
 		t.Errorf("%d SendAcks for no waiting Send", a)
 	}
 	for i, c := range clients {
-		if c.SessionID() != sessions[i] || c.NodeID() != "node-1" {
+		if c.SessionID() != sessions[i] || c.NodeID() != homes[i] {
 			t.Errorf("u%d: session %s on %s, was %s", i, c.SessionID(), c.NodeID(), sessions[i])
 		}
 	}
-	if after := clientPorts(t, port); fmt.Sprint(after) != fmt.Sprint(portsBefore) {
+	if after := fmt.Sprint(clientPorts(t, port), clientPorts(t, port2)); after != portsBefore {
 		t.Errorf("client connections changed: %v, were %v", after, portsBefore)
 	}
 	t.Logf("%d sends, longest Send round trip %v", len(results), worst)
