@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -101,6 +103,51 @@ func (e *Engine) AdoptDetached(d Detached, init func(c *Conn)) error {
 		return ErrClosed
 	}
 	return <-done
+}
+
+// AdoptDetachedAll is AdoptDetached for many connections at once: one task
+// per loop instead of one round trip per connection (a hand-off adopts tens
+// of thousands in the pause its clients see). init gets each connection's
+// index in ds. It returns how many failed (their fds are closed).
+func (e *Engine) AdoptDetachedAll(ds []Detached, init func(i int, c *Conn)) (failed int) {
+	e.mu.Lock()
+	closed := e.closed
+	e.mu.Unlock()
+	per := make([][]int, len(e.loops))
+	for i := range ds {
+		if closed || (ds[i].WS != wsNone && ds[i].WS != wsHandshake && ds[i].WS != wsOpen) || unix.SetNonblock(ds[i].FD, true) != nil {
+			unix.Close(ds[i].FD)
+			failed++
+			continue
+		}
+		k := int(e.adopt.Add(1) % uint64(len(e.loops)))
+		per[k] = append(per[k], i)
+	}
+	var wg sync.WaitGroup
+	var nfail atomic.Int64
+	for k, l := range e.loops {
+		if len(per[k]) == 0 {
+			continue
+		}
+		idx := per[k]
+		wg.Add(1)
+		if !l.post(func() {
+			defer wg.Done()
+			for _, i := range idx {
+				if err := l.registerDetached(ds[i], func(c *Conn) { init(i, c) }); err != nil {
+					nfail.Add(1)
+				}
+			}
+		}) {
+			wg.Done()
+			for _, i := range idx {
+				unix.Close(ds[i].FD)
+			}
+			nfail.Add(int64(len(idx)))
+		}
+	}
+	wg.Wait()
+	return failed + int(nfail.Load())
 }
 
 func (l *loop) registerDetached(d Detached, init func(c *Conn)) error {

@@ -207,45 +207,54 @@ func (s *Server) takeHeld(c *evloop.Conn) [][]byte {
 // announce tells the router of the session (a new process; the old one's
 // router knew it already). The server owns d.FD from the call on.
 func (s *Server) AdoptSession(d evloop.Detached, st ConnState, announce bool) error {
-	return s.eng.AdoptDetached(d, func(c *evloop.Conn) {
-		if s.ipl != nil {
-			s.ipl.adopt(c.RemoteAddr().Addr(), time.Now())
+	return s.eng.AdoptDetached(d, func(c *evloop.Conn) { s.adoptSession(c, st, announce) })
+}
+
+// AdoptSessions is AdoptSession for many at once (one task per loop); it
+// returns how many failed (closed).
+func (s *Server) AdoptSessions(ds []evloop.Detached, sts []ConnState, announce bool) int {
+	return s.eng.AdoptDetachedAll(ds, func(i int, c *evloop.Conn) { s.adoptSession(c, sts[i], announce) })
+}
+
+// adoptSession runs in c's loop before any of its events.
+func (s *Server) adoptSession(c *evloop.Conn, st ConnState, announce bool) {
+	if s.ipl != nil {
+		s.ipl.adopt(c.RemoteAddr().Addr(), time.Now())
+	}
+	if len(st.Held) > 0 {
+		s.hold.mu.Lock()
+		s.hold.held[c] = st.Held
+		s.hold.mu.Unlock()
+		s.hold.any.Store(true)
+	}
+	if !st.LoggedIn {
+		return
+	}
+	now := s.eng.Now()
+	sess := &session{c: c, uid: st.UID, device: st.Device, loginAt: st.LoginAt}
+	sess.budget = msgBudget{tokens: st.MsgTokens, last: since(now, st.MsgAgoNs)}
+	sess.bytes = msgBudget{tokens: st.ByteTokens, last: since(now, st.ByteAgoNs)}
+	c.Data = sess
+	// The newest login wins, as at Login: a session of the same device
+	// that logged in here during the hand-off is newer only if its login
+	// time says so.
+	if old := s.hub.add(sess); old != nil && old.loginAt > sess.loginAt {
+		s.hub.add(old)
+		s.replaced.Add(1)
+		s.kick(sess, wirepb.KickReason_KICK_REASON_REPLACED, "logged in again on another connection")
+		return
+	} else if old != nil && old.c.ID() != c.ID() && !old.isGone() {
+		s.replaced.Add(1)
+		s.kick(old, wirepb.KickReason_KICK_REASON_REPLACED, "logged in again on another connection")
+	}
+	if s.router != nil {
+		sess.presMu.Lock()
+		sess.presUp = true
+		if announce {
+			s.router.SessionUp(sess.uid, sess.device, sess.loginAt)
 		}
-		if len(st.Held) > 0 {
-			s.hold.mu.Lock()
-			s.hold.held[c] = st.Held
-			s.hold.mu.Unlock()
-			s.hold.any.Store(true)
-		}
-		if !st.LoggedIn {
-			return
-		}
-		now := s.eng.Now()
-		sess := &session{c: c, uid: st.UID, device: st.Device, loginAt: st.LoginAt}
-		sess.budget = msgBudget{tokens: st.MsgTokens, last: since(now, st.MsgAgoNs)}
-		sess.bytes = msgBudget{tokens: st.ByteTokens, last: since(now, st.ByteAgoNs)}
-		c.Data = sess
-		// The newest login wins, as at Login: a session of the same device
-		// that logged in here during the hand-off is newer only if its login
-		// time says so.
-		if old := s.hub.add(sess); old != nil && old.loginAt > sess.loginAt {
-			s.hub.add(old)
-			s.replaced.Add(1)
-			s.kick(sess, wirepb.KickReason_KICK_REASON_REPLACED, "logged in again on another connection")
-			return
-		} else if old != nil && old.c.ID() != c.ID() && !old.isGone() {
-			s.replaced.Add(1)
-			s.kick(old, wirepb.KickReason_KICK_REASON_REPLACED, "logged in again on another connection")
-		}
-		if s.router != nil {
-			sess.presMu.Lock()
-			sess.presUp = true
-			if announce {
-				s.router.SessionUp(sess.uid, sess.device, sess.loginAt)
-			}
-			sess.presMu.Unlock()
-		}
-	})
+		sess.presMu.Unlock()
+	}
 }
 
 func since(now, ago int64) int64 {

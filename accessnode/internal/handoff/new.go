@@ -23,10 +23,11 @@ import (
 // Inherited is the new process's side of an upgrade: nil when the process
 // was started normally (every method then does what a normal start does).
 type Inherited struct {
-	ch      *channel
-	lns     map[string]*os.File
-	version string
-	log     zerolog.Logger
+	ch       *channel
+	lns      map[string]*os.File
+	commitAt time.Time // when the commit came: from then on the clients wait for Finish
+	version  string
+	log      zerolog.Logger
 }
 
 // Inherit connects to the old process when this one was started by an
@@ -156,14 +157,17 @@ func (in *Inherited) TakeOver(ctx context.Context, gw *gateway.Server, health fu
 		closeAll()
 		return fmt.Errorf("upgrade: no commit: %w", err)
 	}
+	in.commitAt = time.Now()
 	// Ours now. Adopting only after the commit: until then the old process
 	// may take them back, and nothing here may have read or written them.
-	failed := 0
-	for _, p := range conns {
-		if err := gw.AdoptSession(p.d, p.st, true); err != nil {
-			failed++
-			in.log.Error().Err(err).Str("remote", p.d.Remote.String()).Msg("upgrade: adopting a connection failed; it is closed")
-		}
+	ds := make([]evloop.Detached, len(conns))
+	sts := make([]gateway.ConnState, len(conns))
+	for i, p := range conns {
+		ds[i], sts[i] = p.d, p.st
+	}
+	failed := gw.AdoptSessions(ds, sts, true)
+	if failed > 0 {
+		in.log.Error().Int("failed", failed).Msg("upgrade: adopting some connections failed; they are closed")
 	}
 	in.log.Info().Int("conns", len(conns)-failed).Int("failed", failed).Msg("upgrade: connections adopted")
 	return nil
@@ -181,7 +185,9 @@ func (in *Inherited) Finish(gw *gateway.Server) {
 		in.log.Warn().Err(err).Msg("upgrade: telling the old process failed")
 	}
 	in.ch.close()
-	in.log.Info().Msg("upgrade: took over")
+	// commit_to_serving: the new process's share of the pause its clients
+	// saw (the old process logs its share, from its hold to the commit).
+	in.log.Info().Dur("commit_to_serving", time.Since(in.commitAt)).Msg("upgrade: took over")
 }
 
 // DefaultBinary is the path this process was started from, made absolute:

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"os"
 	"os/exec"
@@ -194,12 +195,7 @@ func (o *Old) Upgrade() (res Result, err error) {
 	rollback := func(cause error) (Result, error) {
 		_ = ch.send(&message{Type: msgAbort, Error: cause.Error()}, nil)
 		kill()
-		n := 0
-		for i := range ds {
-			if err := o.GW.AdoptSession(ds[i], sts[i], false); err == nil {
-				n++
-			}
-		}
+		n := len(ds) - o.GW.AdoptSessions(ds, sts, false)
 		o.GW.Resume()
 		serr := o.Serve()
 		o.GW.Release()
@@ -208,8 +204,13 @@ func (o *Old) Upgrade() (res Result, err error) {
 		return res, cause
 	}
 	for {
-		batch, states, remaining := o.GW.DetachQuiet(batchSize)
-		if len(batch) > 0 {
+		// Every quiet connection at once (one pass over the loops), then
+		// sent in batches.
+		detached, states, remaining := o.GW.DetachQuiet(math.MaxInt)
+		ds = append(ds, detached...)
+		sts = append(sts, states...)
+		for len(detached) > 0 {
+			batch := detached[:min(batchSize, len(detached))]
 			recs := make([]connRecord, len(batch))
 			bfds := make([]int, len(batch))
 			for i, d := range batch {
@@ -217,12 +218,11 @@ func (o *Old) Upgrade() (res Result, err error) {
 					IdleNs: d.IdleNs, AgeNs: d.AgeNs, State: states[i]}
 				bfds[i] = d.FD
 			}
-			ds = append(ds, batch...)
-			sts = append(sts, states...)
 			if err := ch.send(&message{Type: msgConns, Conns: recs}, bfds); err != nil {
 				return rollback(why(err))
 			}
 			res.Batches++
+			detached, states = detached[len(batch):], states[len(batch):]
 		}
 		if remaining == 0 {
 			break
@@ -230,9 +230,7 @@ func (o *Old) Upgrade() (res Result, err error) {
 		if time.Now().After(deadline) {
 			return rollback(fmt.Errorf("%d connections did not become quiet (Sends or Delivers in flight) within %v", remaining, o.Timeout))
 		}
-		if len(batch) == 0 {
-			time.Sleep(2 * time.Millisecond) // waiting for acks in flight
-		}
+		time.Sleep(2 * time.Millisecond) // the rest wait for acks in flight
 	}
 	if err := ch.send(&message{Type: msgDone, Count: len(ds)}, nil); err != nil {
 		return rollback(why(err))
