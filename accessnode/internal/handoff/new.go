@@ -9,8 +9,10 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
 	"strconv"
+	"syscall"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -34,6 +36,10 @@ type Inherited struct {
 // upgrade, says hello and receives the listening sockets. It returns nil,
 // nil for a normal start.
 func Inherit(version string, log zerolog.Logger) (*Inherited, error) {
+	// SIGUSR2's default action ends the process: one that arrives before
+	// Old.Watch listens (during start-up, or during this take-over) must
+	// not kill the node. It is dropped; Watch's own channel takes the next.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGUSR2)
 	v := os.Getenv(envFD)
 	if v == "" {
 		return nil, nil
