@@ -334,7 +334,7 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 		GRPCAddr:  cfg.grpcAdvertise,
 		Region:    cfg.region,
 		Version:   version,
-		StartedAt: started.UnixMilli(),
+		StartedAt: inh.StartedAt(started), // an upgrade in place keeps the node's
 	}, registry.Config{TTL: cfg.leaseTTL, OnRegister: rl.Resync}, log)
 	if err != nil {
 		return err
@@ -401,7 +401,7 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 	})
 
 	inh.Finish(gw)
-	upg := handoff.NewOld(&handoff.Old{Binary: cfg.upgradeBinary, Args: os.Args[1:], Timeout: cfg.upgradeTimeout, GW: gw,
+	upg := handoff.NewOld(&handoff.Old{Binary: cfg.upgradeBinary, Args: os.Args[1:], Timeout: cfg.upgradeTimeout, GW: gw, StartedAt: inh.StartedAt(started),
 		Listeners: upgradeListeners(clientLn, wsLn, grpcLn, httpLn), Refuse: upgradeRefusal(clientTLS), Log: log,
 		Release: reg.Release, Serve: func() error { return serveAgain(gw, clientLn, wsLn) }})
 	go upg.Watch(gctx)

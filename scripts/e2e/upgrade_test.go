@@ -171,7 +171,7 @@ func upgradeInPlace(t *testing.T, withPeer bool) {
 	endpoint := strings.TrimPrefix(e.Endpoint, "http://")
 	httpAddr := freeAddr(t)
 	base := "http://" + httpAddr
-	start(t, "dispatcher", dir+"/dispatcher", "--http-addr", httpAddr, "--etcd-endpoints", endpoint,
+	disp := start(t, "dispatcher", dir+"/dispatcher", "--http-addr", httpAddr, "--etcd-endpoints", endpoint,
 		"--pull-interval", "200ms", "--rate-limit-per-ip", "0")
 	clientAddr := freeAddr(t)
 	_, portS, _ := net.SplitHostPort(clientAddr)
@@ -327,6 +327,9 @@ func upgradeInPlace(t *testing.T, withPeer bool) {
 	t.Logf("handed over %s connections; pause %s ms, total %s ms (new pid %d)", m[2], m[3], m[4], newPID)
 	waitFor(t, "v2 in /v1/nodes", 30*time.Second, func() bool { return nodeVersions(base, "node-1") == "v2/v2" })
 	flowing("traffic after the upgrade")
+	if logCount(t, disp, regexp.MustCompile(`"node":"node-1"[^\n]*re-registered`)) != 0 {
+		t.Error("the dispatcher took the upgraded node for a restarted one")
+	}
 	close(stop)
 	wg.Wait()
 

@@ -28,6 +28,7 @@ type Inherited struct {
 	ch       *channel
 	lns      map[string]*os.File
 	commitAt time.Time // when the commit came: from then on the clients wait for Finish
+	started  int64     // the node's registered start, from the old process
 	version  string
 	log      zerolog.Logger
 }
@@ -71,8 +72,18 @@ func Inherit(version string, log zerolog.Logger) (*Inherited, error) {
 	for i, name := range m.Names {
 		in.lns[name] = os.NewFile(uintptr(fds[i]), name)
 	}
+	in.started = m.Started
 	log.Info().Strs("listeners", m.Names).Msg("upgrade: listening sockets inherited from the old process")
 	return in, nil
+}
+
+// StartedAt is the start the node registers (Unix ms): the old process's
+// after an upgrade in place, else this process's.
+func (in *Inherited) StartedAt(started time.Time) int64 {
+	if in != nil && in.started > 0 {
+		return in.started
+	}
+	return started.UnixMilli()
 }
 
 // Listen returns the inherited listener name, or listens on addr.

@@ -47,6 +47,10 @@ type Old struct {
 	// Release lets go of the etcd registration without removing it
 	// (registry.Registrar.Release), just before the commit.
 	Release func()
+	// StartedAt is the node's registered start (Unix ms): the new process
+	// registers it again, so the dispatcher sees the same node with a new
+	// version, not a restart (no slow start, no new health check).
+	StartedAt int64
 	// Refuse, when not empty, is why this node cannot be upgraded in place.
 	Refuse string
 	Log    zerolog.Logger
@@ -169,7 +173,7 @@ func (o *Old) Upgrade() (res Result, err error) {
 		names = append(names, l.Name)
 		fds = append(fds, int(f.Fd()))
 	}
-	err = ch.send(&message{Type: msgListeners, Names: names}, fds)
+	err = ch.send(&message{Type: msgListeners, Names: names, Started: o.StartedAt}, fds)
 	for _, f := range files {
 		f.Close()
 	}

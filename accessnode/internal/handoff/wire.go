@@ -43,6 +43,7 @@ type message struct {
 	Names   []string     `json:"names,omitempty"`
 	Conns   []connRecord `json:"conns,omitempty"`
 	Count   int          `json:"count,omitempty"`
+	Started int64        `json:"started,omitempty"` // listeners: the node's registered start (Unix ms), kept
 	Error   string       `json:"error,omitempty"`
 }
 
