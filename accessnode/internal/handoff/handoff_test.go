@@ -214,6 +214,18 @@ func handOff(t *testing.T, mode string, timeout time.Duration) (Result, error, f
 		if got := []int{a.c.LocalAddr().(*net.TCPAddr).Port, c.c.LocalAddr().(*net.TCPAddr).Port}; got[0] != ports[0] || got[1] != ports[1] {
 			t.Fatalf("ports %v, were %v", got, ports)
 		}
+		// And new clients are accepted: by the new process after a
+		// hand-off, by the old one again after a rollback.
+		late := dialPeer(t, ln.Addr().String(), "late")
+		late.send("a", 9)
+		if d := a.read().GetDeliver(); d == nil || d.FromUid != "late" {
+			t.Fatalf("a's Deliver from a new client: %v", d)
+		} else {
+			a.write(&wirepb.Frame{Body: &wirepb.Frame_DeliverAck{DeliverAck: &wirepb.DeliverAck{MsgId: d.MsgId}}})
+		}
+		if ack := late.read().GetSendAck(); ack == nil || ack.Outcome != wirepb.Outcome_OUTCOME_DELIVERED {
+			t.Fatalf("late's SendAck: %v", ack)
+		}
 	}
 	return out.res, out.err, check
 }
