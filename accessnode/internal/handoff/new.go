@@ -57,7 +57,7 @@ func Inherit(version string, log zerolog.Logger) (*Inherited, error) {
 		return nil, fmt.Errorf("handoff: %w", err)
 	}
 	in := &Inherited{ch: newChannel(fc.(*net.UnixConn)), lns: map[string]*os.File{}, version: version, log: log}
-	if err := in.ch.send(&message{Type: msgHello, PID: os.Getpid(), Version: version}, nil); err != nil {
+	if err := in.ch.send(&message{Type: msgHello, PID: os.Getpid(), Version: version, Protocol: protocolVersion}, nil); err != nil {
 		in.ch.close()
 		return nil, err
 	}

@@ -160,6 +160,11 @@ func (o *Old) Upgrade() (res Result, err error) {
 		kill()
 		return res, why(fmt.Errorf("no hello within the deadline: %v (%s)", err, m.Type))
 	}
+	if m.Protocol != protocolVersion {
+		_ = ch.send(&message{Type: msgAbort, Error: "hand-off protocol mismatch"}, nil)
+		kill()
+		return res, fmt.Errorf("the new binary (%s) speaks hand-off protocol %d, this one %d: upgrade by SIGTERM instead", m.Version, m.Protocol, protocolVersion)
+	}
 	names := make([]string, 0, len(o.Listeners))
 	fds := make([]int, 0, len(o.Listeners))
 	var files []*os.File

@@ -44,7 +44,11 @@ type message struct {
 	Conns   []connRecord `json:"conns,omitempty"`
 	Count   int          `json:"count,omitempty"`
 	Started int64        `json:"started,omitempty"` // listeners: the node's registered start (Unix ms), kept
-	Error   string       `json:"error,omitempty"`
+	// Protocol (hello): the version of this hand-off protocol and of
+	// ConnState the new process speaks; the old one hands over only to
+	// the same.
+	Protocol int    `json:"protocol,omitempty"`
+	Error    string `json:"error,omitempty"`
 }
 
 // connRecord is one connection of a batch: what its loop kept and what its
@@ -59,6 +63,9 @@ type connRecord struct {
 	AgeNs   int64             `json:"age_ns,omitempty"`
 	State   gateway.ConnState `json:"state"`
 }
+
+// protocolVersion changes whenever a message or ConnState changes meaning.
+const protocolVersion = 1
 
 const (
 	headerSize = 6        // 4-byte body length, 2-byte fd count, big-endian
