@@ -17,7 +17,7 @@ PROTOC_GEN_VTPROTO := github.com/planetscale/vtprotobuf/cmd/protoc-gen-go-vtprot
 ETCDCTL            := go.etcd.io/etcd/etcdctl/v3@v3.7.3
 GOTESTSUM          := gotest.tools/gotestsum@v1.13.0
 
-.PHONY: all build run test vet fmt-check race fuzz bench bench-ws microbench chaos chaos-short proto tools etcdctl clean
+.PHONY: all build run test vet fmt-check race lockcheck fuzz bench bench-ws microbench chaos chaos-short proto proto-ts tools etcdctl ts-test web-test chat-bundle clean
 
 all: build
 
@@ -29,8 +29,8 @@ build:
 run: build
 	$(BIN)/devrun --bin $(BIN)
 
-## test: vet, gofmt, the race-enabled test suite (includes the end-to-end test), then every fault scenario, short (root)
-test: vet fmt-check race chaos-short
+## test: vet, gofmt, the race-enabled test suite (includes the end-to-end test), the lock-order check, the TypeScript SDK against the real binaries, the chat page in headless Chromium, then every fault scenario, short (root)
+test: vet fmt-check race lockcheck ts-test web-test chaos-short
 
 vet:
 	$(GO) vet ./...
@@ -44,6 +44,10 @@ fmt-check:
 race: $(BIN)/tools/gotestsum
 	$(BIN)/tools/gotestsum --format pkgname-and-test-fails --format-hide-empty-pkg -- -race -count=1 -timeout 10m ./...
 
+## lockcheck: the tests of the packages whose locks nest, built so that any two locks taken in both orders fail them (gateway/locks.go)
+lockcheck:
+	$(GO) test -tags lockcheck -count=1 -timeout 10m ./accessnode/internal/lockorder/ ./accessnode/internal/gateway/ ./accessnode/internal/evloop/ ./accessnode/internal/relay/
+
 $(BIN)/tools/gotestsum:
 	GOBIN=$(CURDIR)/$(BIN)/tools $(GO) install $(GOTESTSUM)
 
@@ -56,6 +60,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(or $(FUZZTIME),100000x) ./dispatcher/internal/auth
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeFrame$$' -fuzztime $(or $(FUZZTIME),50000x) ./accessnode/internal/handoff
 	$(GO) test -run '^$$' -fuzz '^FuzzWebSocket$$' -fuzztime $(or $(FUZZTIME),300000x) ./accessnode/internal/evloop
+	$(GO) test -run '^$$' -fuzz '^FuzzConfigFile$$' -fuzztime $(or $(FUZZTIME),20000x) ./proto/cliflags
+	$(GO) test -run '^$$' -fuzz '^FuzzProxyHeader$$' -fuzztime $(or $(FUZZTIME),300000x) ./accessnode/internal/proxyhdr
 
 ## bench: the standard load scenario (whole system + load tool, a few minutes)
 bench:
@@ -77,7 +83,20 @@ chaos-short:
 microbench:
 	$(GO) test -run '^$$' -bench . -benchmem ./...
 
-## proto: regenerate proto/*pb from the .proto files with pinned tools
+## ts-test: the TypeScript SDK (proto/ts): install from the lock file, build (library + browser bundle), test against the real binaries (and that the dispatcher embeds this bundle)
+ts-test:
+	cd proto/ts && npm ci --no-audit --no-fund && npm run build && npm test
+
+## web-test: the dispatcher's chat page (/chat/) in headless Chromium (Debian's chromium, or CHROMIUM=path) against the real binaries; screenshots in proto/ts/artifacts/web
+web-test:
+	cd proto/ts && npm ci --no-audit --no-fund && npm run test:web
+
+## chat-bundle: rebuild the SDK's browser bundle and copy it where the dispatcher embeds it (commit the result)
+chat-bundle:
+	cd proto/ts && npm ci --no-audit --no-fund && npm run build
+	cp proto/ts/dist/imgate.browser.js dispatcher/internal/webchat/static/imgate.browser.js
+
+## proto: regenerate proto/*pb (and the TypeScript SDK's proto/ts/src/gen) from the .proto files with pinned tools
 proto: tools
 	protoc -I proto \
 	  --plugin=protoc-gen-go=$(BIN)/tools/protoc-gen-go \
@@ -87,6 +106,13 @@ proto: tools
 	  --go-grpc_out=proto --go-grpc_opt=paths=source_relative \
 	  --go-vtproto_out=proto --go-vtproto_opt=paths=source_relative,features=marshal+unmarshal+size \
 	  wirepb/frame.proto nodepb/node.proto
+	$(MAKE) proto-ts
+
+## proto-ts: regenerate proto/ts/src/gen with the protoc-gen-es pinned in proto/ts/package-lock.json
+proto-ts:
+	@command -v protoc >/dev/null || { echo "installing protoc (Debian protobuf-compiler)"; \
+	  (apt-get update -qq && apt-get install -y -qq protobuf-compiler) >/dev/null; }
+	cd proto/ts && npm ci --no-audit --no-fund && npm run gen
 
 tools:
 	@command -v protoc >/dev/null || { echo "installing protoc (Debian protobuf-compiler)"; \
@@ -100,4 +126,4 @@ etcdctl:
 	GOBIN=$(CURDIR)/$(BIN) $(GO) install $(ETCDCTL)
 
 clean:
-	rm -rf $(BIN) .run
+	rm -rf $(BIN) .run proto/ts/dist proto/ts/build-test proto/ts/artifacts

@@ -14,6 +14,7 @@ import (
 
 	"github.com/imgate/imgate/accessnode/internal/gateway"
 	"github.com/imgate/imgate/accessnode/internal/nodeapi"
+	"github.com/imgate/imgate/accessnode/internal/proxyhdr"
 	"github.com/imgate/imgate/accessnode/internal/tlsfront"
 )
 
@@ -120,14 +121,15 @@ type wsAdopter struct{ gw *gateway.Server }
 func (a wsAdopter) Adopt(fd int, remote netip.AddrPort) error { return a.gw.AdoptWS(fd, remote) }
 
 // serve loads the certificate (an unreadable one fails the start) and
-// accepts TLS clients for gw until stopAccepting or close.
-func (t *clientTLS) serve(gw *gateway.Server, log zerolog.Logger) error {
+// accepts TLS clients for gw until stopAccepting or close; proxy is the
+// PROXY protocol setting, read before the TLS handshake.
+func (t *clientTLS) serve(gw *gateway.Server, proxy proxyhdr.Config, log zerolog.Logger) error {
 	if t == nil {
 		return nil
 	}
 	front, err := tlsfront.New(tlsfront.Config{
 		Cert: t.flags.cert, Key: t.flags.key,
-		HandshakeTimeout: t.flags.handshakeTimeout, MaxHandshakes: t.flags.maxHandshakes,
+		HandshakeTimeout: t.flags.handshakeTimeout, MaxHandshakes: t.flags.maxHandshakes, Proxy: proxy,
 	}, gw, log.With().Str("part", "tls").Logger())
 	if err != nil {
 		return fmt.Errorf("--tls-cert, --tls-key: %w", err)
@@ -148,11 +150,11 @@ func (t *clientTLS) serve(gw *gateway.Server, log zerolog.Logger) error {
 }
 
 // collectors export the front's counters on /metrics; none when off.
-func (t *clientTLS) collectors(nodeID string) []prometheus.Collector {
+func (t *clientTLS) collectors() []prometheus.Collector {
 	if t == nil || t.front == nil {
 		return nil
 	}
-	return nodeapi.TLSCollectors(t.front, nodeID)
+	return nodeapi.TLSCollectors(t.front)
 }
 
 // stopAccepting closes the listener (drain); established connections stay.

@@ -1,19 +1,21 @@
 package main
 
 import (
+	"io"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/rs/zerolog"
 
+	"github.com/imgate/imgate/accessnode/internal/proxyhdr"
 	"github.com/imgate/imgate/proto/tlsconf/tlstest"
 )
 
 func TestClientTLSFlags(t *testing.T) {
 	t.Setenv("IMGATE_TLS_CERT", "client.pem")
 	t.Setenv("IMGATE_TLS_KEY", "client-key.pem")
-	c, err := parseFlags([]string{"--tls-addr", "127.0.0.1:0", "--tls-handshake-timeout", "3s"})
+	c, err := parseFlags([]string{"--tls-addr", "127.0.0.1:0", "--tls-handshake-timeout", "3s"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +35,7 @@ func TestClientTLSFlagsRejected(t *testing.T) {
 		{"--wss-advertise", "im.example.com:7444"},
 		{"--ws-advertise", "im.example.com:7080"},
 	} {
-		if _, err := parseFlags(args); err == nil {
+		if _, err := parseFlags(args, io.Discard); err == nil {
 			t.Errorf("%q accepted", args)
 		}
 	}
@@ -57,10 +59,10 @@ func TestClientTLSListener(t *testing.T) {
 	if a := on.addrs(map[string]string{"tcp": "h:7000"}); a["tls"] != on.ln.Addr().String() || a["tcp"] != "h:7000" {
 		t.Fatalf("on: %v", a)
 	}
-	if err := on.serve(nil, zerolog.Nop()); err != nil {
+	if err := on.serve(nil, proxyhdr.Config{}, zerolog.Nop()); err != nil {
 		t.Fatal(err)
 	}
-	if len(on.collectors("n1")) == 0 {
+	if len(on.collectors()) == 0 {
 		t.Fatal("no metrics")
 	}
 	on.close()
@@ -73,7 +75,7 @@ func TestClientTLSListener(t *testing.T) {
 	if a := adv.addrs(map[string]string{"tcp": "h:7000"}); a["tls"] != "im.example.com:7443" {
 		t.Fatalf("advertise: %v", a)
 	}
-	if err := adv.serve(nil, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "--tls-") {
+	if err := adv.serve(nil, proxyhdr.Config{}, zerolog.Nop()); err == nil || !strings.Contains(err.Error(), "--tls-") {
 		t.Fatalf("bad key: %v", err)
 	}
 }

@@ -2,14 +2,13 @@ package main
 
 import (
 	"crypto/tls"
-	"errors"
 	"fmt"
-	"strings"
 
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/imgate/imgate/proto/cliflags"
 	"github.com/imgate/imgate/proto/tlsconf"
 )
 
@@ -24,27 +23,18 @@ type internalTLS struct {
 	etcd       *tls.Config                      // clientv3.Config.TLS
 }
 
-// checkInternalTLS validates the --grpc-*, --upstream-* and --etcd-* files
-// and applies the upstream default (the gRPC identity). Called by
-// parseFlags.
+// checkInternalTLS validates the --grpc-* and --upstream-* files and
+// applies the upstream default (the gRPC identity); the --etcd-* ones are
+// cliflags.Etcd's. Called by config.check.
 func checkInternalTLS(c *config) error {
-	g := c.grpcTLS
-	if g.Enabled() && (g.CA == "" || g.Cert == "" || g.Key == "") {
-		return errors.New("--grpc-ca, --grpc-cert and --grpc-key go together (mutual TLS)")
+	if err := cliflags.CheckGRPCTLS(c.grpcTLS); err != nil {
+		return err
 	}
 	if !c.upstreamTLS.Enabled() {
-		c.upstreamTLS = g
+		c.upstreamTLS = c.grpcTLS
 	}
 	if err := c.upstreamTLS.Validate(); err != nil {
 		return fmt.Errorf("--upstream-cert, --upstream-key: %w", err)
-	}
-	if err := c.etcdTLS.Validate(); err != nil {
-		return fmt.Errorf("--etcd-cert, --etcd-key: %w", err)
-	}
-	if c.etcdTLS.Enabled() {
-		if err := tlsconf.CheckTLSEndpoints("--etcd-endpoints", strings.Split(c.etcdEndpoints, ",")); err != nil {
-			return err
-		}
 	}
 	return nil
 }
@@ -76,15 +66,9 @@ func newInternalTLS(cfg config, log zerolog.Logger) (internalTLS, error) {
 		tlsconf.LogReloads(r, "upstream", log)
 		t.upstream = credentials.NewTLS(cli)
 	}
-	if cfg.etcdTLS.Enabled() {
-		cli, r, err := tlsconf.Client(cfg.etcdTLS)
-		if err != nil {
-			return t, fmt.Errorf("--etcd-*: %w", err)
-		}
-		tlsconf.LogReloads(r, "etcd", log)
-		t.etcd = cli
-	}
-	return t, nil
+	var err error
+	t.etcd, err = cfg.etcd.LoadTLS(log)
+	return t, err
 }
 
 // warn logs one line for each internal surface left without protection.
@@ -96,9 +80,7 @@ func (t internalTLS) warn(cfg config, grpcAddr, httpAddr string, log zerolog.Log
 	if cfg.upstreamAddr != "" && t.upstream == nil {
 		log.Warn().Str("upstream", cfg.upstreamAddr).Msg("the backend (--upstream-addr) is called without TLS: set --grpc-* or --upstream-*")
 	}
-	if t.etcd == nil && !strings.Contains(cfg.etcdEndpoints, "https://") {
-		log.Warn().Msg("etcd without TLS: whoever reaches etcd can register nodes and steer clients. Set --etcd-ca (and --etcd-cert, --etcd-key).")
-	}
+	cfg.etcd.WarnPlaintext(t.etcd, log)
 	if cfg.adminToken == "" {
 		log.Warn().Str("http", httpAddr).Msgf("ops HTTP without --admin-token: anyone who reaches %s can read /metrics and /debug/pprof (heap contents)", httpAddr)
 	}

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"io"
 	"net"
 	"strings"
 	"testing"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/imgate/imgate/accessnode/internal/nodeapi"
+	"github.com/imgate/imgate/proto/cliflags"
 	"github.com/imgate/imgate/proto/nodepb"
 	"github.com/imgate/imgate/proto/tlsconf"
 	"github.com/imgate/imgate/proto/tlsconf/tlstest"
@@ -26,16 +28,16 @@ func TestInternalTLSFlags(t *testing.T) {
 	t.Setenv("IMGATE_GRPC_CERT", "node.pem")
 	t.Setenv("IMGATE_GRPC_KEY", "node-key.pem")
 	t.Setenv("IMGATE_ADMIN_TOKEN", "adm")
-	c, err := parseFlags([]string{"--etcd-ca", "etcd-ca.pem"})
+	c, err := parseFlags([]string{"--etcd-ca", "etcd-ca.pem"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
 	want := tlsconf.Files{CA: "ca.pem", Cert: "node.pem", Key: "node-key.pem"}
-	if c.grpcTLS != want || c.upstreamTLS != want || c.etcdTLS != (tlsconf.Files{CA: "etcd-ca.pem"}) || c.adminToken != "adm" {
+	if c.grpcTLS != want || c.upstreamTLS != want || c.etcd.TLS != (tlsconf.Files{CA: "etcd-ca.pem"}) || c.adminToken != "adm" {
 		t.Fatalf("%+v", c)
 	}
 	// The backend's own files replace the gRPC ones as a whole.
-	c, err = parseFlags([]string{"--upstream-ca", "app-ca.pem"})
+	c, err = parseFlags([]string{"--upstream-ca", "app-ca.pem"}, io.Discard)
 	if err != nil || c.upstreamTLS != (tlsconf.Files{CA: "app-ca.pem"}) {
 		t.Fatalf("%+v %v", c.upstreamTLS, err)
 	}
@@ -50,7 +52,7 @@ func TestInternalTLSFlagsRejected(t *testing.T) {
 		{"--etcd-key", "k.pem"},
 		{"--etcd-ca", "ca.pem", "--etcd-endpoints", "a:1,http://b:2"},
 	} {
-		if _, err := parseFlags(args); err == nil {
+		if _, err := parseFlags(args, io.Discard); err == nil {
 			t.Errorf("%q accepted", args)
 		}
 	}
@@ -183,7 +185,7 @@ func upstreamTrusting(t *testing.T, node tlsconf.Files, backendCA, addr string) 
 // logged when everything is secured.
 func TestPlaintextWarnings(t *testing.T) {
 	var buf bytes.Buffer
-	cfg := config{upstreamAddr: "backend:1", etcdEndpoints: "127.0.0.1:2379"}
+	cfg := config{upstreamAddr: "backend:1", etcd: cliflags.Etcd{Endpoints: cliflags.List{"127.0.0.1:2379"}}}
 	internalTLS{}.warn(cfg, "127.0.0.1:7100", "127.0.0.1:7200", zerolog.New(&buf))
 	for _, want := range []string{"gRPC without mutual TLS: anyone who reaches 127.0.0.1:7100 can Push/Kick",
 		"the backend (--upstream-addr) is called without TLS", "etcd without TLS", "anyone who reaches 127.0.0.1:7200 can read /metrics"} {

@@ -3,7 +3,10 @@
 // (docs/protocol.md), the gRPC NodeService the dispatcher pulls, and ops
 // HTTP (/healthz, /readyz, /metrics).
 //
-// Every option is a flag and an IMGATE_* environment variable; see --help.
+// Every option is a flag, an IMGATE_* environment variable and a key of
+// the --config file; see --help.
+// main is the same shape as the dispatcher's: a Main with ParseFlags,
+// Run(ctx) and Close; the flags are in config.go.
 package main
 
 import (
@@ -11,20 +14,17 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
 	"os/signal"
-	"regexp"
-	"strings"
 	"syscall"
 	"time"
 
-	"github.com/peterbourgon/ff/v3"
 	"github.com/rs/zerolog"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"golang.org/x/sync/errgroup"
-	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -37,255 +37,202 @@ import (
 	"github.com/imgate/imgate/accessnode/internal/registry"
 	"github.com/imgate/imgate/accessnode/internal/relay"
 	"github.com/imgate/imgate/accessnode/internal/sysstat"
+	"github.com/imgate/imgate/proto/cliflags"
 	"github.com/imgate/imgate/proto/etcdkeys"
 	"github.com/imgate/imgate/proto/nodepb"
-	"github.com/imgate/imgate/proto/tlsconf"
 	"github.com/imgate/imgate/proto/token"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
+// version is set at build time with -ldflags "-X main.version=..." (the
+// Makefile does); cliflags.Version falls back to what Go stamped.
 var version = "dev"
 
-const devTokenKeys = "dev=imgate-dev-secret-change-me"
-
-type config struct {
-	id                string
-	clientAddr        string
-	clientAdvertise   string
-	grpcAddr          string
-	grpcAdvertise     string
-	httpAddr          string
-	region            string
-	etcdEndpoints     string
-	etcdPrefix        string
-	etcdDialTimeout   time.Duration
-	leaseTTL          time.Duration
-	memberHold        time.Duration
-	peerTimeout       time.Duration
-	tokenKeys         string
-	maxConns          int64
-	maxFrame          int
-	loops             int
-	loginTimeout      time.Duration
-	heartbeatInterval time.Duration
-	idleTimeout       time.Duration
-	deliverRetry      time.Duration
-	deliverTimeout    time.Duration
-	sweep             time.Duration
-	idleSweep         time.Duration
-	drainTimeout      time.Duration
-	drainRate         int
-	logLevel          string
-	upstreamAddr      string
-	upstreamTimeout   time.Duration
-	upstreamStore     bool
-	upstreamTLS       tlsconf.Files // towards the backend (default: grpcTLS)
-	grpcTLS           tlsconf.Files // mutual TLS of the gRPC server and its clients
-	etcdTLS           tlsconf.Files
-	adminToken        string // /metrics and /debug/ on the ops HTTP
-	maxConnsPerIP     int
-	newConnsPerIP     float64
-	newConnsBurst     int
-	msgsPerSec        float64
-	msgBurst          int
-	bytesPerSec       float64
-	bytesBurst        int
-	clientTLS         clientTLSFlags // --tls-*, --wss-*: the client TLS front (clienttls.go)
-	wsAddr            string
-	wsAdvertise       string
-	wsAllowedOrigins  string
-	upgradeBinary     string // SIGUSR2 starts it and hands the node over (handoff)
-	upgradeTimeout    time.Duration
-}
-
-func parseFlags(args []string) (config, error) {
-	var c config
-	fs := flag.NewFlagSet("accessnode", flag.ContinueOnError)
-	fs.StringVar(&c.id, "id", "", "node id, unique in the fleet (default: <hostname>-<client port>)")
-	fs.StringVar(&c.clientAddr, "client-addr", "127.0.0.1:7000", "client TCP listen address")
-	fs.StringVar(&c.clientAdvertise, "client-advertise", "", "client address given to clients by the dispatcher (default: the bound client address)")
-	fs.StringVar(&c.grpcAddr, "grpc-addr", "127.0.0.1:7100", "gRPC listen address (NodeService, health)")
-	fs.StringVar(&c.grpcAdvertise, "grpc-advertise", "", "gRPC address other processes dial (default: the bound gRPC address)")
-	fs.StringVar(&c.httpAddr, "http-addr", "127.0.0.1:7200", "ops HTTP listen address (/healthz, /readyz, /metrics)")
-	fs.StringVar(&c.region, "region", "", "region label, matched against the client's region by the dispatcher")
-	fs.StringVar(&c.etcdEndpoints, "etcd-endpoints", "127.0.0.1:2379", "etcd endpoints, comma-separated")
-	fs.StringVar(&c.etcdPrefix, "etcd-prefix", etcdkeys.DefaultPrefix, "etcd key prefix")
-	fs.DurationVar(&c.etcdDialTimeout, "etcd-dial-timeout", 5*time.Second, "etcd dial timeout")
-	fs.DurationVar(&c.leaseTTL, "lease-ttl", 5*time.Second, "etcd lease TTL of the registration (a crashed node disappears after this)")
-	fs.DurationVar(&c.memberHold, "member-hold", 15*time.Second, "keep forwarding to a peer whose etcd registration vanished for this long while its Forward stream is alive (rides out etcd restarts and stalls)")
-	fs.DurationVar(&c.peerTimeout, "peer-timeout", 5*time.Second, "a Forward stream to or from a peer that has been silent this long is dead (heartbeats every fifth of it)")
-	fs.StringVar(&c.tokenKeys, "token-keys", devTokenKeys, "access token keys kid=secret[,kid=secret]; all verify (must match the dispatcher's)")
-	fs.Int64Var(&c.maxConns, "max-conns", 0, "most client connections (0: the open-file limit minus a reserve)")
-	fs.IntVar(&c.maxFrame, "max-frame", 64<<10, "largest client frame body in bytes")
-	fs.IntVar(&c.loops, "loops", 0, "event loops (0: one per CPU)")
-	fs.DurationVar(&c.loginTimeout, "login-timeout", 10*time.Second, "a connection must log in within this")
-	fs.DurationVar(&c.heartbeatInterval, "heartbeat-interval", 30*time.Second, "ping interval told to clients")
-	fs.DurationVar(&c.idleTimeout, "idle-timeout", 0, "close a connection silent this long (0: 3 × heartbeat-interval)")
-	fs.DurationVar(&c.deliverRetry, "deliver-retry", 2*time.Second, "re-send an unacknowledged Deliver after this")
-	fs.DurationVar(&c.deliverTimeout, "deliver-timeout", 10*time.Second, "answer the sender 'failed' if a Deliver is not acknowledged within this")
-	fs.DurationVar(&c.sweep, "sweep-interval", time.Second, "how often each loop checks near deadlines (login, re-delivery)")
-	fs.DurationVar(&c.idleSweep, "idle-sweep", 5*time.Second, "how often every connection's idle timeout is checked, a slice of them each sweep")
-	fs.DurationVar(&c.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long to wait for clients to move before closing them")
-	fs.IntVar(&c.drainRate, "drain-rate", 1000, "on SIGTERM, clients asked to move (GoAway) per second")
-	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
-	fs.StringVar(&c.upstreamAddr, "upstream-addr", "", "gRPC address of the app's backend (Upstream service) for client requests; empty: requests are answered UNAVAILABLE")
-	fs.DurationVar(&c.upstreamTimeout, "upstream-timeout", 5*time.Second, "timeout of one backend call")
-	fs.IntVar(&c.maxConnsPerIP, "max-conns-per-ip", 0, "most connections one source address may hold (0: no limit; mind carrier NAT)")
-	fs.Float64Var(&c.newConnsPerIP, "new-conns-per-ip", 0, "new connections per second one source address may open (0: no limit)")
-	fs.IntVar(&c.newConnsBurst, "new-conns-per-ip-burst", 0, "burst for --new-conns-per-ip (0: twice the rate)")
-	fs.Float64Var(&c.msgsPerSec, "msgs-per-sec", 1000, "Sends and Requests per second one connection may make; more are answered RATE_LIMITED (0: no limit)")
-	fs.IntVar(&c.msgBurst, "msg-burst", 0, "burst for --msgs-per-sec (0: twice the rate)")
-	fs.Float64Var(&c.bytesPerSec, "bytes-per-sec", 1<<20, "payload bytes per second one connection may send in Sends and Requests; more are answered RATE_LIMITED (0: no limit)")
-	fs.IntVar(&c.bytesBurst, "bytes-burst", 0, "burst for --bytes-per-sec (0: twice the rate; never below --max-frame)")
-	fs.BoolVar(&c.upstreamStore, "upstream-store-offline", false, "hand messages to users with no device online to the backend's Store (the sender hears STORED)")
-	fs.StringVar(&c.grpcTLS.CA, "grpc-ca", "", "CA (PEM) of gRPC mutual TLS between imgate's processes: peers' certificates must chain to it (with --grpc-cert, --grpc-key; empty: plaintext)")
-	fs.StringVar(&c.grpcTLS.Cert, "grpc-cert", "", "this node's gRPC certificate (PEM), served and presented to other nodes; reloaded when the file changes")
-	fs.StringVar(&c.grpcTLS.Key, "grpc-key", "", "key (PEM) of --grpc-cert")
-	fs.StringVar(&c.upstreamTLS.CA, "upstream-ca", "", "CA (PEM) the backend's certificate must chain to (default, when no --upstream-* is set: the --grpc-* files; empty with --upstream-cert: system roots)")
-	fs.StringVar(&c.upstreamTLS.Cert, "upstream-cert", "", "client certificate (PEM) presented to the backend")
-	fs.StringVar(&c.upstreamTLS.Key, "upstream-key", "", "key (PEM) of --upstream-cert")
-	fs.StringVar(&c.etcdTLS.CA, "etcd-ca", "", "CA (PEM) of etcd's server certificate; any --etcd-* turns TLS on towards etcd")
-	fs.StringVar(&c.etcdTLS.Cert, "etcd-cert", "", "client certificate (PEM) presented to etcd")
-	fs.StringVar(&c.etcdTLS.Key, "etcd-key", "", "key (PEM) of --etcd-cert")
-	fs.StringVar(&c.adminToken, "admin-token", "", "bearer token /metrics and /debug/ on --http-addr need (empty: open; prefer the env var)")
-	c.clientTLS.define(fs)
-	fs.StringVar(&c.wsAddr, "ws-addr", "", "client WebSocket listen address (path /v1/ws, subprotocol imgate.v1; empty: none)")
-	fs.StringVar(&c.wsAdvertise, "ws-advertise", "", "ws address given to clients by the dispatcher (default: the bound ws address)")
-	fs.StringVar(&c.wsAllowedOrigins, "ws-allowed-origins", "", "origins whose web pages may open ws/wss connections, comma-separated exact values (https://chat.example.com) or *; a request without an Origin header (not a browser) is always accepted (empty: every Origin refused)")
-	fs.StringVar(&c.upgradeBinary, "upgrade-binary", handoff.DefaultBinary(), "on SIGUSR2, the binary started with the same flags and handed every connection (upgrade in place)")
-	fs.DurationVar(&c.upgradeTimeout, "upgrade-timeout", 30*time.Second, "on SIGUSR2, how long the new process has to start, report healthy and take every connection before the old one keeps them")
-	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), "Usage: accessnode [flags]\n\nEvery flag can also be set by the environment variable shown.\n\n")
-		fs.VisitAll(func(f *flag.Flag) {
-			env := "IMGATE_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-			fmt.Fprintf(fs.Output(), "  --%s (%s, default %q)\n    \t%s\n", f.Name, env, f.DefValue, f.Usage)
-		})
-	}
-	if err := ff.Parse(fs, args, ff.WithEnvVarPrefix("IMGATE")); err != nil {
-		return c, err
-	}
-	if c.id == "" {
-		host, _ := os.Hostname()
-		_, port, _ := net.SplitHostPort(c.clientAddr)
-		c.id = regexp.MustCompile(`[^A-Za-z0-9_.-]`).ReplaceAllString(host, "-") + "-" + port
-	}
-	if !etcdkeys.ValidNodeID(c.id) {
-		return c, fmt.Errorf("--id %q: use 1-64 letters, digits, '-', '_' or '.'", c.id)
-	}
-	if err := checkInternalTLS(&c); err != nil {
-		return c, err
-	}
-	if err := c.clientTLS.check(); err != nil {
-		return c, err
-	}
-	if c.wsAddr == "" && c.wsAdvertise != "" {
-		return c, errors.New("--ws-advertise needs --ws-addr")
-	}
-	if c.memberHold < time.Second || c.peerTimeout < time.Second {
-		return c, fmt.Errorf("--member-hold %v, --peer-timeout %v: each must be at least 1s", c.memberHold, c.peerTimeout)
-	}
-	if c.idleSweep < 0 {
-		return c, fmt.Errorf("--idle-sweep %v: must not be negative", c.idleSweep)
-	}
-	if c.maxConns <= 0 {
-		var rl unix.Rlimit
-		if err := unix.Getrlimit(unix.RLIMIT_NOFILE, &rl); err == nil {
-			// Go raises the soft limit to the hard one at start.
-			c.maxConns = max(int64(rl.Cur)-256, 1)
-		}
-	}
-	return c, nil
-}
-
 func main() {
-	cfg, err := parseFlags(os.Args[1:])
-	if errors.Is(err, flag.ErrHelp) {
-		os.Exit(0)
-	}
-	if err != nil {
+	m := &Main{Stdout: os.Stdout, Stderr: os.Stderr}
+	if err := m.ParseFlags(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) || errors.Is(err, cliflags.ErrVersion) {
+			os.Exit(0)
+		}
 		fmt.Fprintln(os.Stderr, "accessnode:", err)
 		os.Exit(2)
 	}
-	level, err := zerolog.ParseLevel(cfg.logLevel)
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "accessnode: --log-level:", err)
-		os.Exit(2)
-	}
-	log := zerolog.New(os.Stderr).Level(level).With().Timestamp().Str("node", cfg.id).Logger()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
-	defer stop()
-	if err := run(ctx, cfg, log); err != nil {
-		log.Error().Err(err).Msg("accessnode stopped")
+	err := m.Run(ctx)
+	stop()
+	m.Close()
+	if err != nil {
+		m.log.Error().Err(err).Msg("accessnode stopped")
 		os.Exit(1)
 	}
 }
 
-func run(ctx context.Context, cfg config, log zerolog.Logger) error {
+// Main is one access node: ParseFlags, then Run until its context ends
+// (SIGTERM: drain, leave etcd) or it hands itself to a new process
+// (SIGUSR2: upgrade in place, no drain), then Close.
+type Main struct {
+	Stdout io.Writer // --version
+	Stderr io.Writer // --help and parse errors
+
+	cfg config
+	log zerolog.Logger
+
+	// Built by start, in this order; owned by Run's goroutine.
+	started   time.Time
+	inh       *handoff.Inherited // started by an upgrade in place (nil otherwise)
+	itls      internalTLS
+	clientLn  net.Listener
+	wsLn      net.Listener // nil without --ws-addr
+	grpcLn    net.Listener
+	httpLn    net.Listener
+	clientTLS *clientTLS // nil without --tls-addr/--wss-addr
+	gw        *gateway.Server
+	etcd      *clientv3.Client
+	rl        *relay.Relay
+	reg       *registry.Registrar
+	sys       *sysstat.Sampler
+	grpcSrv   *grpc.Server
+	healthSrv *health.Server
+	httpSrv   *http.Server
+	upg       *handoff.Old // SIGUSR2: hand everything to a new process
+
+	closers []func() // run by Close, last first
+}
+
+// ParseFlags reads the flags and the environment into m's config. For
+// --version it prints the version to Stdout and returns
+// cliflags.ErrVersion.
+func (m *Main) ParseFlags(args []string) error {
+	if m.Stdout == nil {
+		m.Stdout = io.Discard
+	}
+	if m.Stderr == nil {
+		m.Stderr = io.Discard
+	}
+	cfg, err := parseFlags(args, m.Stderr)
+	if errors.Is(err, cliflags.ErrVersion) {
+		fmt.Fprintln(m.Stdout, cliflags.VersionLine(command.Name, cliflags.Version(version)))
+	}
+	if err != nil {
+		return err
+	}
+	m.cfg = cfg
+	m.log = zerolog.New(m.Stderr).Level(cfg.logLevel.Level).With().Timestamp().Str("node", cfg.id).Logger()
+	return nil
+}
+
+// Run starts the node, serves until ctx ends, then drains its clients and
+// leaves the fleet. A start that fails returns at once; Close releases
+// what it had built.
+func (m *Main) Run(ctx context.Context) error {
+	if err := m.start(ctx); err != nil {
+		return err
+	}
+	return m.serve(ctx)
+}
+
+// Close releases everything start built, last first. Safe after a failed
+// or a finished Run.
+func (m *Main) Close() {
+	for i := len(m.closers) - 1; i >= 0; i-- {
+		m.closers[i]()
+	}
+	m.closers = nil
+}
+
+func (m *Main) onClose(f func()) { m.closers = append(m.closers, f) }
+
+// start builds the node: listeners first (a taken port fails at once),
+// then the gateway, etcd, the relay and the registration, then the
+// servers. Nothing is served to clients before the relay is connected.
+// Started by an upgrade in place, it inherits the old process's listeners
+// first and takes its connections over before serving clients.
+func (m *Main) start(ctx context.Context) error {
+	cfg := &m.cfg
 	keys, err := token.ParseKeys(cfg.tokenKeys)
 	if err != nil {
 		return err
 	}
 	if cfg.tokenKeys == devTokenKeys {
-		log.Warn().Msg("USING THE BUILT-IN DEVELOPMENT TOKEN KEY: anyone can mint tokens for this node. Set --token-keys / IMGATE_TOKEN_KEYS in production.")
+		m.log.Warn().Msg("USING THE BUILT-IN DEVELOPMENT TOKEN KEY: anyone can mint tokens for this node. Set --token-keys / IMGATE_TOKEN_KEYS in production.")
 	}
-	itls, err := newInternalTLS(cfg, log)
-	if err != nil {
+	if m.itls, err = newInternalTLS(*cfg, m.log); err != nil {
 		return err
 	}
-	started := time.Now()
-	// Started by an upgrade: the old process's listeners, then its
-	// connections in TakeOver (nil otherwise).
-	inh, err := handoff.Inherit(version, log)
-	if err != nil {
+	m.started = time.Now()
+	if m.inh, err = handoff.Inherit(cliflags.Version(version), m.log); err != nil {
 		return err
 	}
+	if err := m.listen(); err != nil {
+		return err
+	}
+	m.itls.warn(*cfg, m.grpcLn.Addr().String(), m.httpLn.Addr().String(), m.log)
+	if err := m.newGateway(keys); err != nil {
+		return err
+	}
+	if err := m.join(); err != nil {
+		return err
+	}
+	if err := m.serveClients(ctx); err != nil {
+		return err
+	}
+	m.newServers()
+	m.log.Info().Str("client", m.clientLn.Addr().String()).Str("grpc", m.grpcLn.Addr().String()).
+		Str("http", m.httpLn.Addr().String()).Int64("max_conns", cfg.maxConns).Str("version", cliflags.Version(version)).Msg("access node up")
+	return nil
+}
 
-	// Listen synchronously so a taken port fails at once.
-	clientLn, err := inh.Listen("client", cfg.clientAddr)
-	if err != nil {
+// listen binds every listener synchronously, so a taken port fails the
+// start, and fills in the advertised addresses from what was bound (port
+// 0 picks one) unless told otherwise. After an upgrade in place the four
+// plain listeners are the old process's, inherited.
+func (m *Main) listen() error {
+	cfg := &m.cfg
+	var err error
+	if m.clientLn, err = m.inh.Listen("client", cfg.clientAddr); err != nil {
 		return fmt.Errorf("client listener: %w", err)
 	}
-	defer clientLn.Close()
-	clientTLS, err := listenClientTLS(cfg.clientTLS) // nil without --tls-addr
-	if err != nil {
+	m.onClose(func() { m.clientLn.Close() })
+	if m.clientTLS, err = listenClientTLS(cfg.clientTLS); err != nil {
 		return err
 	}
-	defer clientTLS.close() // after gw.Close (defers run in reverse)
-	var wsLn net.Listener
+	m.onClose(m.clientTLS.close) // after gw.Close (Close runs last first)
 	if cfg.wsAddr != "" {
-		if wsLn, err = inh.Listen("ws", cfg.wsAddr); err != nil {
+		if m.wsLn, err = m.inh.Listen("ws", cfg.wsAddr); err != nil {
 			return fmt.Errorf("client ws listener: %w", err)
 		}
-		defer wsLn.Close()
+		m.onClose(func() { m.wsLn.Close() })
 		if cfg.wsAdvertise == "" {
-			cfg.wsAdvertise = wsLn.Addr().String()
+			cfg.wsAdvertise = m.wsLn.Addr().String()
 		}
 	}
-	grpcLn, err := inh.Listen("grpc", cfg.grpcAddr)
-	if err != nil {
+	if m.grpcLn, err = m.inh.Listen("grpc", cfg.grpcAddr); err != nil {
 		return fmt.Errorf("grpc listener: %w", err)
 	}
-	httpLn, err := inh.Listen("http", cfg.httpAddr)
-	if err != nil {
-		grpcLn.Close()
+	m.onClose(func() { m.grpcLn.Close() }) // the gRPC server closes it once serving
+	if m.httpLn, err = m.inh.Listen("http", cfg.httpAddr); err != nil {
 		return fmt.Errorf("http listener: %w", err)
 	}
-	// Advertise what was bound (port 0 picks one), unless told otherwise.
+	m.onClose(func() { m.httpLn.Close() })
 	if cfg.clientAdvertise == "" {
-		cfg.clientAdvertise = clientLn.Addr().String()
+		cfg.clientAdvertise = m.clientLn.Addr().String()
 	}
 	if cfg.grpcAdvertise == "" {
-		cfg.grpcAdvertise = grpcLn.Addr().String()
+		cfg.grpcAdvertise = m.grpcLn.Addr().String()
 	}
-	itls.warn(cfg, grpcLn.Addr().String(), httpLn.Addr().String(), log)
+	return nil
+}
 
+// newGateway dials the backend (with --upstream-addr) and builds the
+// client gateway with its event loops.
+func (m *Main) newGateway(keys *token.Keys) error {
+	cfg := &m.cfg
 	var up gateway.Upstream
 	if cfg.upstreamAddr != "" {
-		u, err := nodeapi.DialUpstream(cfg.upstreamAddr, itls.upstream)
+		u, err := nodeapi.DialUpstream(cfg.upstreamAddr, m.itls.upstream)
 		if err != nil {
 			return err
 		}
-		defer u.Close()
+		m.onClose(func() { u.Close() })
 		up = u
 	}
 	gw, err := gateway.New(gateway.Config{
@@ -306,176 +253,185 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 		DeliverRetry:       cfg.deliverRetry,
 		DeliverTimeout:     cfg.deliverTimeout,
 		Engine: evloop.Config{Loops: cfg.loops, MaxFrame: cfg.maxFrame, MaxConns: cfg.maxConns, Tick: cfg.sweep, IdleSweep: cfg.idleSweep,
-			WS: evloop.WSConfig{AllowedOrigins: splitList(cfg.wsAllowedOrigins)}},
-	}, token.NewVerifier(keys, cfg.id, nil), log)
+			WS: evloop.WSConfig{AllowedOrigins: cfg.wsAllowedOrigins}, Proxy: cfg.proxy},
+	}, token.NewVerifier(keys, cfg.id, nil), m.log)
 	if err != nil {
 		return err
 	}
-	defer gw.Close()
+	m.gw = gw
+	m.onClose(gw.Close)
+	return nil
+}
 
-	cli, err := clientv3.New(clientv3.Config{
-		Endpoints:   strings.Split(cfg.etcdEndpoints, ","),
-		DialTimeout: cfg.etcdDialTimeout,
-		TLS:         itls.etcd,
-	})
+// join connects to etcd and builds the relay (presence directory and
+// Forward streams to the other nodes) before the registration, so no
+// session escapes the relay.
+func (m *Main) join() error {
+	cfg := &m.cfg
+	cli, err := clientv3.New(cfg.etcd.ClientConfig(m.itls.etcd))
 	if err != nil {
 		return fmt.Errorf("etcd client: %w", err)
 	}
-	defer cli.Close()
-	// The relay (presence directory + Forward streams to other nodes) is
-	// connected before the node registers, so no session escapes it.
-	rl := relay.New(relay.Config{NodeID: cfg.id, Schema: etcdkeys.New(cfg.etcdPrefix), Incarnation: started.UnixMilli(),
+	m.etcd = cli
+	m.onClose(func() { cli.Close() })
+	schema := etcdkeys.New(cfg.etcd.Prefix)
+	m.rl = relay.New(relay.Config{NodeID: cfg.id, Schema: schema, Incarnation: m.started.UnixMilli(),
 		CallTimeout: cfg.deliverTimeout + 2*time.Second, MemberHold: cfg.memberHold, LinkTimeout: cfg.peerTimeout,
-		Credentials: itls.grpcClient}, cli, gw, log)
-	defer rl.Close()
-	reg, err := registry.New(cli, etcdkeys.New(cfg.etcdPrefix), etcdkeys.Registration{
+		Credentials: m.itls.grpcClient}, cli, m.gw, m.log)
+	m.onClose(m.rl.Close)
+	m.reg, err = registry.New(cli, schema, etcdkeys.Registration{
 		ID:        cfg.id,
-		Addrs:     clientTLS.addrs(cfg.clientAddrs()),
+		Addrs:     m.clientTLS.addrs(cfg.clientAddrs()),
 		GRPCAddr:  cfg.grpcAdvertise,
 		Region:    cfg.region,
-		Version:   version,
-		StartedAt: inh.StartedAt(started), // an upgrade in place keeps the node's
-	}, registry.Config{TTL: cfg.leaseTTL, OnRegister: rl.Resync}, log)
-	if err != nil {
+		Version:   cliflags.Version(version),
+		StartedAt: m.inh.StartedAt(m.started), // an upgrade in place keeps the node's
+	}, registry.Config{TTL: cfg.leaseTTL, OnRegister: m.rl.Resync}, m.log)
+	return err
+}
+
+// serveClients starts accepting clients on every client listener. After
+// an upgrade in place it first takes the old process's connections over
+// (the gateway holds their Sends until Finish, in serve).
+func (m *Main) serveClients(ctx context.Context) error {
+	m.gw.SetRouter(m.rl)
+	if err := m.inh.TakeOver(ctx, m.gw, func(ctx context.Context) error { _, err := m.etcd.Get(ctx, "health"); return err }); err != nil {
 		return err
 	}
-	gw.SetRouter(rl)
-	if err := inh.TakeOver(ctx, gw, func(ctx context.Context) error { _, err := cli.Get(ctx, "health"); return err }); err != nil {
+	if err := m.gw.Serve(m.clientLn.(*net.TCPListener)); err != nil {
 		return err
 	}
-	if err := gw.Serve(clientLn.(*net.TCPListener)); err != nil {
-		return err
-	}
-	if wsLn != nil {
-		if err := gw.ServeWS(wsLn.(*net.TCPListener)); err != nil {
+	if m.wsLn != nil {
+		if err := m.gw.ServeWS(m.wsLn.(*net.TCPListener)); err != nil {
 			return err
 		}
-		log.Info().Str("ws", wsLn.Addr().String()).Str("advertise", cfg.wsAdvertise).Msg("client WebSocket listener up")
+		m.log.Info().Str("ws", m.wsLn.Addr().String()).Str("advertise", m.cfg.wsAdvertise).Msg("client WebSocket listener up")
 	}
-	if err := clientTLS.serve(gw, log); err != nil {
-		return err
+	return m.clientTLS.serve(m.gw, m.cfg.proxy, m.log)
+}
+
+// newServers builds the gRPC server (NodeService, health) and the ops
+// HTTP server; serve runs them.
+func (m *Main) newServers() {
+	cfg := &m.cfg
+	m.sys = sysstat.New()
+	m.grpcSrv = grpc.NewServer(append(m.itls.grpcServer, grpc.MaxRecvMsgSize(relay.MaxMsgSize), grpc.MaxSendMsgSize(relay.MaxMsgSize))...)
+	nodepb.RegisterNodeServiceServer(m.grpcSrv, &nodeapi.Service{NodeID: cfg.id, Version: cliflags.Version(version), Started: m.started, GW: m.gw, Sys: m.sys, Relay: m.rl})
+	m.healthSrv = health.NewServer()
+	healthpb.RegisterHealthServer(m.grpcSrv, m.healthSrv)
+	collectors := append(m.clientTLS.collectors(), m.rl.Collectors()...)
+	collectors = append(collectors, cliflags.BuildInfo(cliflags.Version(version)))
+	m.httpSrv = &http.Server{Handler: nodeapi.Handler(m.gw, m.ready, cfg.adminToken, collectors...), ReadHeaderTimeout: 5 * time.Second}
+}
+
+// ready is /readyz: whether the dispatcher may hand this node out.
+func (m *Main) ready() (bool, string) {
+	switch {
+	case m.gw.Draining():
+		return false, "draining"
+	case m.gw.OpsDraining():
+		return false, "drained by ops (state drain in etcd)"
+	case !m.reg.Registered():
+		return false, "not registered in etcd"
 	}
+	return true, ""
+}
 
-	sys := sysstat.New()
-	grpcSrv := grpc.NewServer(append(itls.grpcServer, grpc.MaxRecvMsgSize(relay.MaxMsgSize), grpc.MaxSendMsgSize(relay.MaxMsgSize))...)
-	nodepb.RegisterNodeServiceServer(grpcSrv, &nodeapi.Service{NodeID: cfg.id, Version: version, Started: started, GW: gw, Sys: sys, Relay: rl})
-	healthSrv := health.NewServer()
-	healthpb.RegisterHealthServer(grpcSrv, healthSrv)
-	ready := func() (bool, string) {
-		switch {
-		case gw.Draining():
-			return false, "draining"
-		case gw.OpsDraining():
-			return false, "drained by ops (state drain in etcd)"
-		case !reg.Registered():
-			return false, "not registered in etcd"
-		}
-		return true, ""
-	}
-	httpSrv := &http.Server{Handler: nodeapi.Handler(gw, ready, cfg.id, cfg.adminToken, append(clientTLS.collectors(cfg.id), rl.Collectors(cfg.id)...)...), ReadHeaderTimeout: 5 * time.Second}
-
-	log.Info().Str("client", clientLn.Addr().String()).Str("grpc", grpcLn.Addr().String()).
-		Str("http", httpLn.Addr().String()).Int64("max_conns", cfg.maxConns).Msg("access node up")
-
+// serve runs the node's loops and servers until ctx ends or one of them
+// fails, then shuts down. The loops get their own context: they must
+// outlive ctx through the drain.
+func (m *Main) serve(ctx context.Context) error {
+	cfg := &m.cfg
 	runCtx, cancelRun := context.WithCancel(context.Background())
 	defer cancelRun()
 	g, gctx := errgroup.WithContext(runCtx)
-	g.Go(func() error { sys.Run(gctx, time.Second); return nil })
-	g.Go(func() error { return reg.Run(gctx) })
+	g.Go(func() error { m.sys.Run(gctx, time.Second); return nil })
+	g.Go(func() error { return m.reg.Run(gctx) })
 	// state "drain" in etcd: move the clients off at --drain-rate, node stays up.
 	g.Go(func() error {
-		return opsconfig.New(cli, etcdkeys.New(cfg.etcdPrefix), cfg.id, gw, cfg.drainRate, log).Run(gctx)
+		return opsconfig.New(m.etcd, etcdkeys.New(cfg.etcd.Prefix), cfg.id, m.gw, cfg.drainRate, m.log).Run(gctx)
 	})
-	g.Go(func() error { return rl.Run(gctx) })
+	g.Go(func() error { return m.rl.Run(gctx) })
 	g.Go(func() error {
-		if err := grpcSrv.Serve(grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		if err := m.grpcSrv.Serve(m.grpcLn); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			return fmt.Errorf("grpc: %w", err)
 		}
 		return nil
 	})
 	g.Go(func() error {
-		if err := httpSrv.Serve(httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		if err := m.httpSrv.Serve(m.httpLn); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("http: %w", err)
 		}
 		return nil
 	})
 
-	inh.Finish(gw)
-	upg := handoff.NewOld(&handoff.Old{Binary: cfg.upgradeBinary, Args: os.Args[1:], Timeout: cfg.upgradeTimeout, GW: gw, StartedAt: inh.StartedAt(started),
-		Listeners: upgradeListeners(clientLn, wsLn, grpcLn, httpLn), Refuse: upgradeRefusal(clientTLS), Log: log,
-		Release: reg.Release, Serve: func() error { return serveAgain(gw, clientLn, wsLn) }})
-	go upg.Watch(gctx)
+	// Serving: a node that took over its old process's connections lets
+	// their held frames go, and from now on SIGUSR2 upgrades this one.
+	m.inh.Finish(m.gw)
+	m.upg = handoff.NewOld(&handoff.Old{Binary: cfg.upgradeBinary, Args: os.Args[1:], Timeout: cfg.upgradeTimeout, GW: m.gw,
+		StartedAt: m.inh.StartedAt(m.started), Listeners: upgradeListeners(m.clientLn, m.wsLn, m.grpcLn, m.httpLn),
+		Refuse: upgradeRefusal(m.clientTLS), Log: m.log, Release: m.reg.Release,
+		Serve: func() error { return serveAgain(m.gw, m.clientLn, m.wsLn) }})
+	go m.upg.Watch(gctx)
 
 	handedOver := false
 	select {
 	case <-ctx.Done():
-		log.Info().Dur("deadline", cfg.drainTimeout).Msg("shutting down: draining clients")
+		m.log.Info().Dur("deadline", cfg.drainTimeout).Msg("shutting down: draining clients")
 	case <-gctx.Done():
-		log.Error().Msg("a server failed; shutting down")
-	case <-upg.Done():
+		m.log.Error().Msg("a server failed; shutting down")
+	case <-m.upg.Done():
 		handedOver = true // the new process serves our clients: nothing to drain
 	}
+	m.drain(handedOver)
+	m.stopServers()
+	cancelRun()
+	err := g.Wait()
+	m.log.Info().Msg("access node stopped")
+	return err
+}
 
-	// Drain: report draining (the dispatcher stops handing us out on its
-	// next pull), move clients off at a bounded pace, then leave etcd.
-	healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
+// drain reports draining (the dispatcher stops handing us out on its next
+// pull), moves clients off at a bounded pace, then leaves etcd. After a
+// hand-over (handedOver) the clients are the new process's: none is moved,
+// and the registration was released, so the key stays.
+func (m *Main) drain(handedOver bool) {
+	m.healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	// Close our copy of the listening socket: with the engine's copy gone
 	// too, new connects are refused at once instead of hanging unserved.
-	clientLn.Close()
-	if wsLn != nil {
-		wsLn.Close()
+	m.clientLn.Close()
+	if m.wsLn != nil {
+		m.wsLn.Close()
 	}
-	clientTLS.stopAccepting()
+	m.clientTLS.stopAccepting()
 	if !handedOver {
-		dctx, dcancel := context.WithTimeout(context.Background(), cfg.drainTimeout)
-		gw.Drain(dctx, cfg.drainRate)
+		dctx, dcancel := context.WithTimeout(context.Background(), m.cfg.drainTimeout)
+		m.gw.Drain(dctx, m.cfg.drainRate)
 		dcancel()
 	}
 	// Leave: the key goes (the registrar revokes its lease, bounded), then
 	// the Forward streams, so peers see "key gone, stream down" and drop
 	// this node at once instead of holding it as through an etcd flap.
-	// (After a hand-over the registration was released: the key stays.)
-	reg.Deregister()
+	m.reg.Deregister()
 	select {
-	case <-reg.Done():
+	case <-m.reg.Done():
 	case <-time.After(5 * time.Second):
 	}
-	gw.Close()
-	rl.Close()
+	m.gw.Close()
+	m.rl.Close()
+}
 
+// stopServers stops the ops HTTP and the gRPC server, each within a
+// bounded time.
+func (m *Main) stopServers() {
 	sctx, scancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer scancel()
-	_ = httpSrv.Shutdown(sctx)
+	_ = m.httpSrv.Shutdown(sctx)
 	stopped := make(chan struct{})
-	go func() { grpcSrv.GracefulStop(); close(stopped) }()
+	go func() { m.grpcSrv.GracefulStop(); close(stopped) }()
 	select {
 	case <-stopped:
 	case <-sctx.Done():
-		grpcSrv.Stop()
+		m.grpcSrv.Stop()
 	}
-	cancelRun()
-	err = g.Wait()
-	log.Info().Msg("access node stopped")
-	return err
-}
-
-// clientAddrs are the plain client addresses the node registers: tcp, and
-// ws when on (the TLS front adds tls and wss).
-func (c *config) clientAddrs() map[string]string {
-	m := map[string]string{"tcp": c.clientAdvertise}
-	if c.wsAddr != "" {
-		m["ws"] = c.wsAdvertise
-	}
-	return m
-}
-
-// splitList splits a comma-separated flag value, dropping empty items.
-func splitList(s string) []string {
-	var out []string
-	for _, v := range strings.Split(s, ",") {
-		if v = strings.TrimSpace(v); v != "" {
-			out = append(out, v)
-		}
-	}
-	return out
 }

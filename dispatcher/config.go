@@ -9,20 +9,14 @@ import (
 	"net"
 	"os"
 	"strings"
-	"text/tabwriter"
 	"time"
 
-	"github.com/peterbourgon/ff/v3"
-	"github.com/rs/zerolog"
-
 	"github.com/imgate/imgate/dispatcher/internal/balance"
+	"github.com/imgate/imgate/proto/cliflags"
 	"github.com/imgate/imgate/proto/tlsconf"
 )
 
-// envPrefix: --http-addr is also IMGATE_HTTP_ADDR.
-const envPrefix = "IMGATE"
-
-// defaultTokenKeys is a development key; run() warns loudly when it is used.
+// defaultTokenKeys is a development key; start warns loudly when it is used.
 const defaultTokenKeys = "dev=imgate-dev-secret-change-me"
 
 // Values of --auth.
@@ -31,11 +25,18 @@ const (
 	AuthJWT  = "jwt"
 )
 
+// command is the dispatcher's --help header.
+var command = cliflags.Command{
+	Name: "dispatcher",
+	Summary: `The imgate dispatcher answers GET /v1/endpoint with one access node and a
+signed token for it. It discovers nodes in etcd and pulls their load over gRPC.`,
+	Hidden: map[string]string{"token-keys": "(a dev key)"},
+}
+
 // config is everything the dispatcher is told at start.
 type config struct {
 	HTTPAddr          string
-	EtcdEndpoints     []string
-	EtcdPrefix        string
+	Etcd              cliflags.Etcd // --etcd-*, shared with the node
 	TokenKeys         string
 	TokenTTL          time.Duration
 	PullInterval      time.Duration
@@ -45,7 +46,7 @@ type config struct {
 	IdleTimeout       time.Duration
 	ShutdownTimeout   time.Duration
 	PushToken         string
-	LogLevel          zerolog.Level
+	LogLevel          cliflags.LogLevel
 
 	// User authentication on /v1/endpoint.
 	Auth          string // AuthNone or AuthJWT
@@ -75,14 +76,15 @@ type config struct {
 	RebalanceMin       int64
 	ID                 string // this replica's name in the rebalancer election
 
-	// TLS: PEM files; empty means plaintext.
+	// TLS: PEM files; empty means plaintext (etcd's are in Etcd).
 	GRPCTLS tlsconf.Files // mutual TLS towards the nodes' gRPC
-	EtcdTLS tlsconf.Files
 	HTTPTLS tlsconf.Files // Cert and Key of the HTTP listeners
 
 	// Admin routes (/v1/nodes, /metrics, POST /v1/push).
 	AdminAddr  string // their own listener; empty: on --http-addr
 	AdminToken string // bearer token of /v1/nodes and /metrics; empty: open
+
+	ChatPage bool // serve the demo chat page at /chat/ on --http-addr
 
 	// Reconnect backoff hints for clients.
 	ReconnectBase   time.Duration
@@ -91,16 +93,12 @@ type config struct {
 	ReconnectJitter float64
 }
 
-// parseConfig reads flags, then IMGATE_* environment variables for the
-// flags not given. It returns flag.ErrHelp after printing the usage for
-// --help.
-func parseConfig(args []string, out io.Writer) (config, error) {
-	var c config
-	fs := flag.NewFlagSet("dispatcher", flag.ContinueOnError)
-	fs.SetOutput(out)
+// define puts every flag on fs, one line each, defaults included.
+func (c *config) define(fs *flag.FlagSet) {
 	fs.StringVar(&c.HTTPAddr, "http-addr", "127.0.0.1:8080", "HTTP listen address (clients, probes, /metrics)")
-	endpoints := fs.String("etcd-endpoints", "127.0.0.1:2379", "etcd endpoints, comma separated")
-	fs.StringVar(&c.EtcdPrefix, "etcd-prefix", "/imgate", "etcd key prefix of nodes and config")
+	c.Etcd = cliflags.DefaultEtcd()
+	c.Etcd.KeepAliveTime = 10 * time.Second // a dead etcd member is left within seconds
+	c.Etcd.Define(fs)
 	fs.StringVar(&c.TokenKeys, "token-keys", defaultTokenKeys,
 		"token signing keys kid=secret[,kid=secret...]; the first signs, all verify (prefer the env var: argv is visible in ps)")
 	fs.DurationVar(&c.TokenTTL, "token-ttl", 60*time.Second, "lifetime of an access token")
@@ -121,7 +119,7 @@ func parseConfig(args []string, out io.Writer) (config, error) {
 	fs.IntVar(&c.RateLimitBurst, "rate-limit-burst", 40, "burst of the per-source-IP limit (0: no limit)")
 	fs.BoolVar(&c.TrustProxy, "trust-proxy", false,
 		"take the source IP from the last X-Forwarded-For entry (only behind a proxy that appends it; otherwise clients choose their IP)")
-	level := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	cliflags.DefineLogLevel(fs, &c.LogLevel)
 	fs.StringVar(&c.Policy, "policy", balance.PolicyP2C,
 		"selection policy while <prefix>/config/policy is unset: "+strings.Join(balance.Names(), ", "))
 	fs.BoolVar(&c.LoadAware, "load-aware", true, "effective weights follow each node's pulled CPU use and connection headroom")
@@ -139,76 +137,34 @@ func parseConfig(args []string, out io.Writer) (config, error) {
 	fs.DurationVar(&c.ReconnectMax, "reconnect-max", 30*time.Second, "reconnect backoff hint for clients: longest delay")
 	fs.Float64Var(&c.ReconnectFactor, "reconnect-factor", 2, "reconnect backoff hint for clients: growth per attempt")
 	fs.Float64Var(&c.ReconnectJitter, "reconnect-jitter", 0.2, "reconnect backoff hint for clients: ± share of the delay")
-	fs.StringVar(&c.GRPCTLS.CA, "grpc-ca", "", "CA (PEM) of gRPC mutual TLS with the access nodes: their certificates must chain to it (with --grpc-cert, --grpc-key; empty: plaintext)")
-	fs.StringVar(&c.GRPCTLS.Cert, "grpc-cert", "", "client certificate (PEM) presented to the nodes' gRPC; reloaded when the file changes")
-	fs.StringVar(&c.GRPCTLS.Key, "grpc-key", "", "key (PEM) of --grpc-cert")
-	fs.StringVar(&c.EtcdTLS.CA, "etcd-ca", "", "CA (PEM) of etcd's server certificate; any --etcd-* turns TLS on towards etcd")
-	fs.StringVar(&c.EtcdTLS.Cert, "etcd-cert", "", "client certificate (PEM) presented to etcd")
-	fs.StringVar(&c.EtcdTLS.Key, "etcd-key", "", "key (PEM) of --etcd-cert")
+	cliflags.DefineGRPCTLS(fs, &c.GRPCTLS)
 	fs.StringVar(&c.HTTPTLS.Cert, "tls-cert", "", "HTTPS certificate (PEM) of both HTTP listeners (public and admin), reloaded when the file changes (empty: plain HTTP)")
 	fs.StringVar(&c.HTTPTLS.Key, "tls-key", "", "key (PEM) of --tls-cert")
 	fs.StringVar(&c.AdminAddr, "admin-addr", "", "listen address of /v1/nodes, /metrics and POST /v1/push, which then leave the public listener (empty: served there)")
 	fs.StringVar(&c.AdminToken, "admin-token", "", "bearer token /v1/nodes and /metrics need (empty: open; prefer the env var)")
-	fs.Usage = func() { usage(fs) }
+	fs.BoolVar(&c.ChatPage, "chat-page", false, "serve the demo browser chat page at /chat/ on --http-addr (development and demos; make run turns it on)")
+}
 
-	if err := ff.Parse(fs, args, ff.WithEnvVarPrefix(envPrefix)); err != nil {
+// parseFlags reads flags, then IMGATE_* environment variables for the
+// flags not given, and checks the result. It returns flag.ErrHelp after
+// printing the usage to out for --help.
+func parseFlags(args []string, out io.Writer) (config, error) {
+	var c config
+	fs := flag.NewFlagSet(command.Name, flag.ContinueOnError)
+	c.define(fs)
+	if err := cliflags.Parse(fs, args, out, command); err != nil {
 		return c, err
 	}
-	if fs.NArg() > 0 {
-		return c, fmt.Errorf("unexpected arguments: %q", fs.Args())
-	}
-	for e := range strings.SplitSeq(*endpoints, ",") {
-		if e = strings.TrimSpace(e); e != "" {
-			c.EtcdEndpoints = append(c.EtcdEndpoints, e)
+	return c, c.check()
+}
+
+// check validates the values and fills in the defaults that depend on
+// others (the id).
+func (c *config) check() error {
+	for _, check := range []func() error{c.Etcd.Check, c.checkTimings, c.checkSelection, c.checkAuth, c.checkRateLimit, c.checkTLS} {
+		if err := check(); err != nil {
+			return err
 		}
-	}
-	var err error
-	if c.LogLevel, err = zerolog.ParseLevel(*level); err != nil || *level == "" {
-		return c, fmt.Errorf("--log-level %q: want debug, info, warn or error", *level)
-	}
-	switch {
-	case len(c.EtcdEndpoints) == 0:
-		return c, errors.New("--etcd-endpoints: at least one endpoint")
-	case c.TokenTTL <= 0, c.PullInterval <= 0, c.PullTimeout <= 0, c.ShutdownTimeout <= 0,
-		c.HeartbeatInterval < 0, c.IdleTimeout < 0:
-		return c, errors.New("durations must be > 0")
-	case c.MaxFails < 1:
-		return c, errors.New("--max-fails: must be >= 1")
-	case c.OverloadCPU <= 0 || c.OverloadMemory <= 0:
-		return c, errors.New("--overload-cpu, --overload-memory: must be > 0 (1 or more: off)")
-	case c.SlowStart < 0:
-		return c, errors.New("--slow-start: must be >= 0")
-	case c.MaxEjectPercent < 1 || c.MaxEjectPercent > 100:
-		return c, errors.New("--max-eject-percent: 1..100")
-	case c.RebalanceInterval <= 0 || c.RebalanceThreshold <= 0 || c.RebalanceRate <= 0 || c.RebalanceMin < 0:
-		return c, errors.New("--rebalance-interval, -threshold, -rate must be > 0 and --rebalance-min >= 0")
-	case c.ReconnectBase <= 0 || c.ReconnectMax < c.ReconnectBase || c.ReconnectFactor < 1 ||
-		c.ReconnectJitter < 0 || c.ReconnectJitter > 1:
-		return c, errors.New("--reconnect-*: base > 0, max >= base, factor >= 1, jitter 0..1")
-	}
-	switch c.Auth {
-	case AuthNone:
-		if c.AuthJWTSecret != "" || c.AuthJWKSFile != "" || c.AuthAudience != "" {
-			return c, errors.New("--auth-jwt-secret, --auth-jwks-file, --auth-audience need --auth jwt")
-		}
-	case AuthJWT:
-		if c.AuthJWTSecret == "" && c.AuthJWKSFile == "" {
-			return c, errors.New("--auth jwt: give --auth-jwt-secret or --auth-jwks-file (or both)")
-		}
-		if c.AuthUIDClaim == "" {
-			return c, errors.New("--auth-uid-claim: must not be empty")
-		}
-	default:
-		return c, fmt.Errorf("--auth %q: want none or jwt", c.Auth)
-	}
-	if c.RateLimitPerIP < 0 || c.RateLimitBurst < 0 || math.IsNaN(c.RateLimitPerIP) || math.IsInf(c.RateLimitPerIP, 0) {
-		return c, errors.New("--rate-limit-per-ip, --rate-limit-burst: must be >= 0 (0: no limit)")
-	}
-	if err := checkTLSConfig(c); err != nil {
-		return c, err
-	}
-	if _, err := balance.ByName(c.Policy); err != nil {
-		return c, fmt.Errorf("--policy: %w", err)
 	}
 	c.Policy = strings.TrimSpace(c.Policy)
 	if c.ID == "" {
@@ -216,33 +172,65 @@ func parseConfig(args []string, out io.Writer) (config, error) {
 		_, port, _ := net.SplitHostPort(c.HTTPAddr)
 		c.ID = host + "-" + port
 	}
-	return c, nil
+	return nil
 }
 
-// envName is the environment variable ff reads for flag name.
-func envName(name string) string {
-	return envPrefix + "_" + strings.NewReplacer("-", "_", ".", "_", "/", "_").Replace(strings.ToUpper(name))
+// checkTimings: the durations and the client hints.
+func (c *config) checkTimings() error {
+	switch {
+	case c.TokenTTL <= 0, c.PullInterval <= 0, c.PullTimeout <= 0, c.ShutdownTimeout <= 0,
+		c.HeartbeatInterval < 0, c.IdleTimeout < 0:
+		return errors.New("durations must be > 0")
+	case c.ReconnectBase <= 0 || c.ReconnectMax < c.ReconnectBase || c.ReconnectFactor < 1 ||
+		c.ReconnectJitter < 0 || c.ReconnectJitter > 1:
+		return errors.New("--reconnect-*: base > 0, max >= base, factor >= 1, jitter 0..1")
+	}
+	return nil
 }
 
-// usage lists every flag with its environment variable.
-func usage(fs *flag.FlagSet) {
-	out := fs.Output()
-	fmt.Fprintf(out, `Usage: dispatcher [flags]
+// checkSelection: ejection, the policy, overload and rebalancing.
+func (c *config) checkSelection() error {
+	switch {
+	case c.MaxFails < 1:
+		return errors.New("--max-fails: must be >= 1")
+	case c.OverloadCPU <= 0 || c.OverloadMemory <= 0:
+		return errors.New("--overload-cpu, --overload-memory: must be > 0 (1 or more: off)")
+	case c.SlowStart < 0:
+		return errors.New("--slow-start: must be >= 0")
+	case c.MaxEjectPercent < 1 || c.MaxEjectPercent > 100:
+		return errors.New("--max-eject-percent: 1..100")
+	case c.RebalanceInterval <= 0 || c.RebalanceThreshold <= 0 || c.RebalanceRate <= 0 || c.RebalanceMin < 0:
+		return errors.New("--rebalance-interval, -threshold, -rate must be > 0 and --rebalance-min >= 0")
+	}
+	if _, err := balance.ByName(c.Policy); err != nil {
+		return fmt.Errorf("--policy: %w", err)
+	}
+	return nil
+}
 
-The imgate dispatcher answers GET /v1/endpoint with one access node and a
-signed token for it. It discovers nodes in etcd and pulls their load over gRPC.
-Every flag can also be set through its environment variable; a flag given on
-the command line wins.
-
-`)
-	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "  FLAG\tENV\tDEFAULT\tMEANING")
-	fs.VisitAll(func(f *flag.Flag) {
-		def := f.DefValue
-		if f.Name == "token-keys" {
-			def = "(a dev key)"
+// checkAuth: the --auth-* flags belong to --auth jwt.
+func (c *config) checkAuth() error {
+	switch c.Auth {
+	case AuthNone:
+		if c.AuthJWTSecret != "" || c.AuthJWKSFile != "" || c.AuthAudience != "" {
+			return errors.New("--auth-jwt-secret, --auth-jwks-file, --auth-audience need --auth jwt")
 		}
-		fmt.Fprintf(tw, "  --%s\t%s\t%s\t%s\n", f.Name, envName(f.Name), def, f.Usage)
-	})
-	_ = tw.Flush()
+	case AuthJWT:
+		if c.AuthJWTSecret == "" && c.AuthJWKSFile == "" {
+			return errors.New("--auth jwt: give --auth-jwt-secret or --auth-jwks-file (or both)")
+		}
+		if c.AuthUIDClaim == "" {
+			return errors.New("--auth-uid-claim: must not be empty")
+		}
+	default:
+		return fmt.Errorf("--auth %q: want none or jwt", c.Auth)
+	}
+	return nil
+}
+
+func (c *config) checkRateLimit() error {
+	if c.RateLimitPerIP < 0 || c.RateLimitBurst < 0 || math.IsNaN(c.RateLimitPerIP) || math.IsInf(c.RateLimitPerIP, 0) {
+		return errors.New("--rate-limit-per-ip, --rate-limit-burst: must be >= 0 (0: no limit)")
+	}
+	return nil
 }

@@ -21,7 +21,7 @@ import (
 )
 
 func TestParseConfigSecurityDefaults(t *testing.T) {
-	c, err := parseConfig(nil, io.Discard)
+	c, err := parseFlags(nil, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -30,7 +30,7 @@ func TestParseConfigSecurityDefaults(t *testing.T) {
 	}
 	t.Setenv("IMGATE_AUTH", "jwt")
 	t.Setenv("IMGATE_AUTH_JWT_SECRET", "s3cret")
-	c, err = parseConfig([]string{"--auth-audience", "app", "--rate-limit-per-ip", "0", "--trust-proxy"}, io.Discard)
+	c, err = parseFlags([]string{"--auth-audience", "app", "--rate-limit-per-ip", "0", "--trust-proxy"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -137,7 +137,9 @@ func TestBadAuthConfigFailsStart(t *testing.T) {
 	} {
 		cfg := testConfig(deadEtcd(t))
 		mod(&cfg)
-		err := run(t.Context(), cfg, zerolog.Nop(), nil)
+		m := newMain(cfg, zerolog.Nop())
+		err := m.Run(t.Context())
+		m.Close()
 		if err == nil || !strings.Contains(err.Error(), "--auth") {
 			t.Errorf("%s: run = %v", name, err)
 		}

@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"net"
 	"net/http"
-	"strings"
 
 	"github.com/rs/zerolog"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/imgate/imgate/proto/cliflags"
 	"github.com/imgate/imgate/proto/tlsconf"
 )
 
@@ -23,19 +23,11 @@ type listenerTLS struct {
 	http *tls.Config // served on --http-addr and --admin-addr
 }
 
-// checkTLSConfig validates the TLS and admin flags. Called by parseConfig.
-func checkTLSConfig(c config) error {
-	g := c.GRPCTLS
-	if g.Enabled() && (g.CA == "" || g.Cert == "" || g.Key == "") {
-		return errors.New("--grpc-ca, --grpc-cert and --grpc-key go together (mutual TLS)")
-	}
-	if err := c.EtcdTLS.Validate(); err != nil {
-		return fmt.Errorf("--etcd-cert, --etcd-key: %w", err)
-	}
-	if c.EtcdTLS.Enabled() {
-		if err := tlsconf.CheckTLSEndpoints("--etcd-endpoints", c.EtcdEndpoints); err != nil {
-			return err
-		}
+// checkTLS validates the TLS and admin flags (the --etcd-* ones are
+// cliflags.Etcd's). Called by config.check.
+func (c *config) checkTLS() error {
+	if err := cliflags.CheckGRPCTLS(c.GRPCTLS); err != nil {
+		return err
 	}
 	if (c.HTTPTLS.Cert == "") != (c.HTTPTLS.Key == "") {
 		return errors.New("--tls-cert and --tls-key go together")
@@ -58,13 +50,9 @@ func newListenerTLS(cfg config, log zerolog.Logger) (listenerTLS, error) {
 		tlsconf.LogReloads(r, "grpc", log)
 		t.grpc = credentials.NewTLS(c)
 	}
-	if cfg.EtcdTLS.Enabled() {
-		c, r, err := tlsconf.Client(cfg.EtcdTLS)
-		if err != nil {
-			return t, fmt.Errorf("--etcd-*: %w", err)
-		}
-		tlsconf.LogReloads(r, "etcd", log)
-		t.etcd = c
+	var err error
+	if t.etcd, err = cfg.Etcd.LoadTLS(log); err != nil {
+		return t, err
 	}
 	if cfg.HTTPTLS.Cert != "" {
 		c, r, err := tlsconf.Server(cfg.HTTPTLS)
@@ -83,9 +71,7 @@ func (t listenerTLS) warn(cfg config, log zerolog.Logger) {
 		log.Warn().Msg("gRPC without mutual TLS: anyone who reaches a node's gRPC port can Push/Kick/Shed. " +
 			"Set --grpc-ca, --grpc-cert, --grpc-key here and on the nodes before production.")
 	}
-	if t.etcd == nil && !strings.Contains(strings.Join(cfg.EtcdEndpoints, ","), "https://") {
-		log.Warn().Msg("etcd without TLS: whoever reaches etcd can register nodes and steer clients. Set --etcd-ca (and --etcd-cert, --etcd-key).")
-	}
+	cfg.Etcd.WarnPlaintext(t.etcd, log)
 	if cfg.AdminToken == "" {
 		where := cfg.HTTPAddr + ", the public listener"
 		if cfg.AdminAddr != "" {

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/imgate/imgate/proto/api"
+	"github.com/imgate/imgate/proto/cliflags"
 	"github.com/imgate/imgate/proto/etcdkeys"
 	"github.com/imgate/imgate/proto/nodepb"
 	"github.com/imgate/imgate/proto/tlsconf"
@@ -32,12 +33,12 @@ func TestTLSAndAdminFlags(t *testing.T) {
 	t.Setenv("IMGATE_GRPC_CERT", "d.pem")
 	t.Setenv("IMGATE_GRPC_KEY", "d-key.pem")
 	t.Setenv("IMGATE_ADMIN_TOKEN", "adm")
-	c, err := parseConfig([]string{"--etcd-ca", "etcd-ca.pem", "--tls-cert", "h.pem", "--tls-key", "h-key.pem",
+	c, err := parseFlags([]string{"--etcd-ca", "etcd-ca.pem", "--tls-cert", "h.pem", "--tls-key", "h-key.pem",
 		"--admin-addr", "127.0.0.1:8081"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.GRPCTLS != (tlsconf.Files{CA: "ca.pem", Cert: "d.pem", Key: "d-key.pem"}) || c.EtcdTLS != (tlsconf.Files{CA: "etcd-ca.pem"}) ||
+	if c.GRPCTLS != (tlsconf.Files{CA: "ca.pem", Cert: "d.pem", Key: "d-key.pem"}) || c.Etcd.TLS != (tlsconf.Files{CA: "etcd-ca.pem"}) ||
 		c.HTTPTLS != (tlsconf.Files{Cert: "h.pem", Key: "h-key.pem"}) || c.AdminAddr != "127.0.0.1:8081" || c.AdminToken != "adm" {
 		t.Fatalf("%+v", c)
 	}
@@ -49,18 +50,18 @@ func TestTLSAndAdminFlags(t *testing.T) {
 		{"--grpc-key", "k", "--etcd-ca", "ca.pem", "--etcd-endpoints", "http://127.0.0.1:2379"},
 		{"--grpc-key", "k", "--admin-addr", "127.0.0.1:8080"},
 	} {
-		if _, err := parseConfig(args, io.Discard); err == nil {
+		if _, err := parseFlags(args, io.Discard); err == nil {
 			t.Errorf("%q accepted", args)
 		}
 	}
 	var out bytes.Buffer
-	if _, err := parseConfig([]string{"--help"}, &out); !errors.Is(err, flag.ErrHelp) {
+	if _, err := parseFlags([]string{"--help"}, &out); !errors.Is(err, flag.ErrHelp) {
 		t.Fatal(err)
 	}
 	for _, name := range []string{"grpc-ca", "grpc-cert", "grpc-key", "etcd-ca", "etcd-cert", "etcd-key", "tls-cert", "tls-key",
 		"admin-addr", "admin-token"} {
-		if !strings.Contains(out.String(), "--"+name+" ") || !strings.Contains(out.String(), envName(name)) {
-			t.Errorf("--help lacks --%s / %s", name, envName(name))
+		if !strings.Contains(out.String(), "--"+name+" ") || !strings.Contains(out.String(), cliflags.EnvName(name)) {
+			t.Errorf("--help lacks --%s / %s", name, cliflags.EnvName(name))
 		}
 	}
 }
@@ -80,30 +81,8 @@ func (pushNode) Push(_ context.Context, req *nodepb.PushRequest) (*nodepb.PushRe
 // and admin addresses.
 func startBoth(t *testing.T, cfg config) (public, admin string) {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	addrs := make(chan net.Addr, 2)
-	done := make(chan error, 1)
-	go func() { done <- run(ctx, cfg, zerolog.New(zerolog.NewTestWriter(t)), func(a net.Addr) { addrs <- a }) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("run: %v", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Error("run did not return after cancel")
-		}
-	})
-	for _, a := range []*string{&public, &admin} {
-		select {
-		case got := <-addrs:
-			*a = got.String()
-		case err := <-done:
-			t.Fatalf("run: %v", err)
-		}
-	}
-	return public, admin
+	m := startMain(t, cfg)
+	return m.ln.Addr().String(), m.adminLn.Addr().String()
 }
 
 // TestDispatcherOverTLS: etcd over TLS with client certificates, the node
@@ -132,7 +111,7 @@ func TestDispatcherOverTLS(t *testing.T) {
 	httpsCA := tlstest.NewCA(t, "web")
 	httpsFiles := httpsCA.Server("dispatcher")
 	cfg := testConfig(strings.TrimPrefix(e.Endpoint, "https://"))
-	cfg.EtcdTLS = etcdCA.Client("dispatcher")
+	cfg.Etcd.TLS = etcdCA.Client("dispatcher")
 	cfg.GRPCTLS = ca.Peer("dispatcher")
 	cfg.HTTPTLS = tlsconf.Files{Cert: httpsFiles.Cert, Key: httpsFiles.Key}
 	cfg.AdminAddr, cfg.AdminToken, cfg.PushToken = "127.0.0.1:0", "admin-secret", "push-secret"
@@ -156,7 +135,7 @@ func TestDispatcherOverTLS(t *testing.T) {
 		return resp.StatusCode, b
 	}
 
-	keys := etcdkeys.New(cfg.EtcdPrefix)
+	keys := etcdkeys.New(cfg.Etcd.Prefix)
 	reg, _ := json.Marshal(etcdkeys.Registration{ID: "node-1", Addrs: map[string]string{"tcp": "127.0.0.1:7000"},
 		GRPCAddr: ln.Addr().String(), Version: "test", StartedAt: time.Now().UnixMilli()})
 	putCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -218,7 +197,7 @@ func mustPool(t *testing.T, file string) *x509.CertPool {
 // none when all are secured.
 func TestPlaintextWarnings(t *testing.T) {
 	var buf bytes.Buffer
-	c, err := parseConfig(nil, io.Discard)
+	c, err := parseFlags(nil, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,9 +4,10 @@
 //
 // main only wires the pieces: fleet (etcd watch + gRPC Stats pulls) publishes
 // snapshots to balance (the pick), which httpapi serves; rebalance (one
-// replica, elected in etcd) asks overloaded nodes to shed. It must never
-// hold business logic, read flags anywhere but config.go, or keep global
-// state.
+// replica, elected in etcd) asks overloaded nodes to shed. It is the same
+// shape as the access node's: a Main with ParseFlags, Run(ctx) and Close.
+// It must never hold business logic, read flags anywhere but config.go, or
+// keep global state.
 package main
 
 import (
@@ -37,90 +38,168 @@ import (
 	"github.com/imgate/imgate/dispatcher/internal/httpapi"
 	"github.com/imgate/imgate/dispatcher/internal/ratelimit"
 	"github.com/imgate/imgate/dispatcher/internal/rebalance"
+	"github.com/imgate/imgate/dispatcher/internal/webchat"
 	"github.com/imgate/imgate/proto/api"
+	"github.com/imgate/imgate/proto/cliflags"
 	"github.com/imgate/imgate/proto/etcdkeys"
 	"github.com/imgate/imgate/proto/token"
 )
 
+// version is set at build time with -ldflags "-X main.version=..." (the
+// Makefile does); cliflags.Version falls back to what Go stamped.
+var version = "dev"
+
 func main() {
-	cfg, err := parseConfig(os.Args[1:], os.Stderr)
-	if errors.Is(err, flag.ErrHelp) {
-		os.Exit(0)
-	}
-	if err != nil {
-		fmt.Fprintf(os.Stderr, "dispatcher: %v\n", err)
+	m := &Main{Stdout: os.Stdout, Stderr: os.Stderr}
+	if err := m.ParseFlags(os.Args[1:]); err != nil {
+		if errors.Is(err, flag.ErrHelp) || errors.Is(err, cliflags.ErrVersion) {
+			os.Exit(0)
+		}
+		fmt.Fprintln(os.Stderr, "dispatcher:", err)
 		os.Exit(2)
 	}
-	log := newLogger(os.Stderr, cfg.LogLevel)
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err = run(ctx, cfg, log, nil)
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := m.Run(ctx)
 	stop()
+	m.Close()
 	if err != nil {
-		log.Error().Err(err).Msg("dispatcher failed")
+		m.log.Error().Err(err).Msg("dispatcher failed")
 		os.Exit(1)
 	}
 }
 
-func newLogger(w io.Writer, level zerolog.Level) zerolog.Logger {
-	return zerolog.New(w).Level(level).With().Timestamp().Str("svc", "dispatcher").Logger()
+// Main is one dispatcher: ParseFlags, then Run until its context ends,
+// then Close.
+type Main struct {
+	Stdout io.Writer // --version
+	Stderr io.Writer // --help, parse errors and the log
+
+	cfg config
+	log zerolog.Logger
+
+	// Built by start, in this order; owned by Run's goroutine.
+	ltls    listenerTLS
+	limiter *ratelimit.Limiter // nil: no per-IP limit
+	etcd    *clientv3.Client
+	reg     *prometheus.Registry
+	bal     *balance.Balancer
+	fl      *fleet.Fleet
+	rb      *rebalance.Rebalancer // nil with --rebalance=false
+	api     *httpapi.Server
+	ln      net.Listener // --http-addr
+	adminLn net.Listener // --admin-addr; nil when unset
+	srvs    map[net.Listener]*http.Server
+
+	closers []func() // run by Close, last first
 }
 
-// run builds the dispatcher, serves until ctx is done, then shuts down:
-// HTTP first (in-flight requests get ShutdownTimeout), then the fleet's
-// pulls and watch, then the etcd client. listening, if set, learns the HTTP
-// address once it is bound (tests use port 0), then the admin one when
-// --admin-addr is set.
-func run(ctx context.Context, cfg config, log zerolog.Logger, listening func(net.Addr)) error {
+// newMain is a Main for cfg, as ParseFlags would make it (tests).
+func newMain(cfg config, log zerolog.Logger) *Main { return &Main{cfg: cfg, log: log} }
+
+// ParseFlags reads the flags and the environment into m's config. For
+// --version it prints the version to Stdout and returns
+// cliflags.ErrVersion.
+func (m *Main) ParseFlags(args []string) error {
+	if m.Stdout == nil {
+		m.Stdout = io.Discard
+	}
+	if m.Stderr == nil {
+		m.Stderr = io.Discard
+	}
+	cfg, err := parseFlags(args, m.Stderr)
+	if errors.Is(err, cliflags.ErrVersion) {
+		fmt.Fprintln(m.Stdout, cliflags.VersionLine(command.Name, cliflags.Version(version)))
+	}
+	if err != nil {
+		return err
+	}
+	m.cfg = cfg
+	m.log = zerolog.New(m.Stderr).Level(cfg.LogLevel.Level).With().Timestamp().Str("svc", "dispatcher").Logger()
+	return nil
+}
+
+// Run starts the dispatcher and serves until ctx is done, then shuts down:
+// HTTP first (in-flight requests get --shutdown-timeout), then the fleet's
+// pulls and watch. A start that fails returns at once; Close releases what
+// it had built (the etcd client last).
+func (m *Main) Run(ctx context.Context) error {
+	if err := m.start(); err != nil {
+		return err
+	}
+	return m.serve(ctx)
+}
+
+// Close releases everything start built, last first. Safe after a failed
+// or a finished Run.
+func (m *Main) Close() {
+	for i := len(m.closers) - 1; i >= 0; i-- {
+		m.closers[i]()
+	}
+	m.closers = nil
+}
+
+func (m *Main) onClose(f func()) { m.closers = append(m.closers, f) }
+
+// start builds every part, then listens (synchronously, so that a busy
+// port fails the start at once).
+func (m *Main) start() error {
+	cfg := &m.cfg
 	keys, err := token.ParseKeys(cfg.TokenKeys)
 	if err != nil {
 		return fmt.Errorf("--token-keys: %w", err)
 	}
 	if cfg.TokenKeys == defaultTokenKeys {
-		log.Warn().Msg("!!! --token-keys is the built-in DEV key: anyone can mint tokens for your nodes. " +
+		m.log.Warn().Msg("!!! --token-keys is the built-in DEV key: anyone can mint tokens for your nodes. " +
 			"Set IMGATE_TOKEN_KEYS to a secret shared with the access nodes before production. !!!")
 	}
-
-	authn, err := newAuthenticator(cfg, log)
+	authn, err := newAuthenticator(*cfg, m.log)
 	if err != nil {
 		return err
 	}
-	ltls, err := newListenerTLS(cfg, log)
-	if err != nil {
+	if m.ltls, err = newListenerTLS(*cfg, m.log); err != nil {
 		return err
 	}
-	ltls.warn(cfg, log)
-	var limiter *ratelimit.Limiter
+	m.ltls.warn(*cfg, m.log)
 	var rateLimit httpapi.RateLimiter // stays a nil interface when off
 	if cfg.RateLimitPerIP > 0 && cfg.RateLimitBurst > 0 {
-		limiter = ratelimit.New(ratelimit.Config{PerSecond: cfg.RateLimitPerIP, Burst: cfg.RateLimitBurst})
-		rateLimit = limiter
+		m.limiter = ratelimit.New(ratelimit.Config{PerSecond: cfg.RateLimitPerIP, Burst: cfg.RateLimitBurst})
+		rateLimit = m.limiter
 	} else {
-		log.Warn().Msg("--rate-limit-per-ip or --rate-limit-burst is 0: client requests are not rate limited")
+		m.log.Warn().Msg("--rate-limit-per-ip or --rate-limit-burst is 0: client requests are not rate limited")
 	}
-
-	etcd, err := clientv3.New(clientv3.Config{
-		Endpoints:            cfg.EtcdEndpoints,
-		DialTimeout:          5 * time.Second,
-		DialKeepAliveTime:    10 * time.Second,
-		DialKeepAliveTimeout: 5 * time.Second,
-		Logger:               zap.NewNop(), // fleet logs what matters
-		TLS:                  ltls.etcd,
-	})
-	if err != nil {
+	ecfg := cfg.Etcd.ClientConfig(m.ltls.etcd)
+	ecfg.Logger = zap.NewNop() // fleet logs what matters
+	if m.etcd, err = clientv3.New(ecfg); err != nil {
 		return fmt.Errorf("etcd client: %w", err)
 	}
-	defer etcd.Close()
+	m.onClose(func() { m.etcd.Close() })
+	m.reg = prometheus.NewRegistry()
+	m.reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),
+		cliflags.BuildInfo(cliflags.Version(version)))
+	if err := m.newFleet(); err != nil {
+		return err
+	}
+	if err := m.newAPI(keys, authn, rateLimit); err != nil {
+		return err
+	}
+	if err := m.listen(); err != nil {
+		return err
+	}
+	m.logStart()
+	return nil
+}
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-
+// newFleet builds the balancer, the fleet that feeds it and, with
+// --rebalance, the rebalancer.
+func (m *Main) newFleet() error {
+	cfg := &m.cfg
 	policy, err := balance.ByName(cfg.Policy)
 	if err != nil {
 		return fmt.Errorf("--policy: %w", err)
 	}
-	bal := balance.New(policy)
-	fl, err := fleet.New(fleet.Config{
-		Prefix:          cfg.EtcdPrefix,
+	m.bal = balance.New(policy)
+	m.fl, err = fleet.New(fleet.Config{
+		Prefix:          cfg.Etcd.Prefix,
 		PullInterval:    cfg.PullInterval,
 		PullTimeout:     cfg.PullTimeout,
 		MaxFails:        cfg.MaxFails,
@@ -130,100 +209,114 @@ func run(ctx context.Context, cfg config, log zerolog.Logger, listening func(net
 		OverloadCPU:     cfg.OverloadCPU,
 		OverloadMemory:  cfg.OverloadMemory,
 		SlowStart:       cfg.SlowStart,
-		Credentials:     ltls.grpc,
-	}, etcd, bal, log.With().Str("part", "fleet").Logger(), reg)
-	if err != nil {
+		Credentials:     m.ltls.grpc,
+	}, m.etcd, m.bal, m.log.With().Str("part", "fleet").Logger(), m.reg)
+	if err != nil || !cfg.Rebalance {
 		return err
 	}
-	var rb *rebalance.Rebalancer
-	if cfg.Rebalance {
-		rb, err = rebalance.New(rebalance.Config{
-			Interval:    cfg.RebalanceInterval,
-			Threshold:   cfg.RebalanceThreshold,
-			Rate:        cfg.RebalanceRate,
-			MinExcess:   cfg.RebalanceMin,
-			ElectionKey: etcdkeys.New(cfg.EtcdPrefix).Prefix + "/election/rebalancer",
-			Identity:    cfg.ID,
-			SessionTTL:  5 * time.Second,
-		}, etcd, fl, log.With().Str("part", "rebalance").Logger(), reg)
-		if err != nil {
-			return err
-		}
-	}
-	httpLog := log.With().Str("part", "http").Logger()
-	api, err := httpapi.New(httpapi.Config{
+	m.rb, err = rebalance.New(rebalance.Config{
+		Interval:    cfg.RebalanceInterval,
+		Threshold:   cfg.RebalanceThreshold,
+		Rate:        cfg.RebalanceRate,
+		MinExcess:   cfg.RebalanceMin,
+		ElectionKey: etcdkeys.New(cfg.Etcd.Prefix).Prefix + "/election/rebalancer",
+		Identity:    cfg.ID,
+		SessionTTL:  5 * time.Second,
+	}, m.etcd, m.fl, m.log.With().Str("part", "rebalance").Logger(), m.reg)
+	return err
+}
+
+// newAPI builds the HTTP API (public and admin routes).
+func (m *Main) newAPI(keys *token.Keys, authn httpapi.Authenticator, rateLimit httpapi.RateLimiter) error {
+	cfg := &m.cfg
+	var err error
+	m.api, err = httpapi.New(httpapi.Config{
 		TokenTTL:          cfg.TokenTTL,
 		HeartbeatInterval: cfg.HeartbeatInterval,
 		IdleTimeout:       cfg.IdleTimeout,
 		Reconnect: api.BackoffHints{BaseMS: cfg.ReconnectBase.Milliseconds(), Factor: cfg.ReconnectFactor,
 			Jitter: cfg.ReconnectJitter, MaxMS: cfg.ReconnectMax.Milliseconds()},
-		Metrics:       promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}),
-		Pusher:        fl,
+		Metrics:       promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg}),
+		Pusher:        m.fl,
 		PushToken:     cfg.PushToken,
 		Auth:          authn,
 		RateLimit:     rateLimit,
 		TrustProxy:    cfg.TrustProxy,
 		AdminToken:    cfg.AdminToken,
 		AdminSeparate: cfg.AdminAddr != "",
-	}, bal, fl, keys, httpLog, reg)
-	if err != nil {
-		return err
-	}
+	}, m.bal, m.fl, keys, m.log.With().Str("part", "http").Logger(), m.reg)
+	return err
+}
 
-	// Listen synchronously so that a busy port fails the start at once.
-	ln, err := net.Listen("tcp", cfg.HTTPAddr)
-	if err != nil {
+// listen binds --http-addr and --admin-addr and builds their servers.
+func (m *Main) listen() error {
+	var err error
+	if m.ln, err = net.Listen("tcp", m.cfg.HTTPAddr); err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	var adminLn net.Listener
-	if cfg.AdminAddr != "" {
-		if adminLn, err = net.Listen("tcp", cfg.AdminAddr); err != nil {
-			ln.Close()
+	m.onClose(func() { m.ln.Close() }) // the server closes it once serving
+	var public http.Handler = m.api
+	if m.cfg.ChatPage {
+		public = webchat.New().Wrap(m.api)
+		scheme := "http://"
+		if m.ltls.http != nil {
+			scheme = "https://"
+		}
+		m.log.Info().Str("url", scheme+m.ln.Addr().String()+webchat.Prefix+"/").Msg("demo chat page served (--chat-page)")
+	}
+	m.srvs = map[net.Listener]*http.Server{m.ln: m.newServer(public)}
+	if m.cfg.AdminAddr != "" {
+		if m.adminLn, err = net.Listen("tcp", m.cfg.AdminAddr); err != nil {
 			return fmt.Errorf("admin listen: %w", err)
 		}
+		m.onClose(func() { m.adminLn.Close() })
+		m.srvs[m.adminLn] = m.newServer(m.api.Admin())
 	}
-	if listening != nil {
-		listening(ln.Addr())
-		if adminLn != nil {
-			listening(adminLn.Addr())
-		}
-	}
-	newServer := func(h http.Handler) *http.Server {
-		return &http.Server{
-			Handler:           h,
-			ReadHeaderTimeout: 5 * time.Second,
-			ReadTimeout:       10 * time.Second,
-			WriteTimeout:      10 * time.Second,
-			IdleTimeout:       60 * time.Second,
-			MaxHeaderBytes:    32 << 10,
-			ErrorLog:          stdlog.New(httpLog, "", 0),
-		}
-	}
-	srvs := map[net.Listener]*http.Server{ln: newServer(api)}
-	adminAt := ""
-	if adminLn != nil {
-		srvs[adminLn] = newServer(api.Admin())
-		adminAt = adminLn.Addr().String()
-	}
-	log.Info().Str("http", ln.Addr().String()).Strs("etcd", cfg.EtcdEndpoints).Str("prefix", cfg.EtcdPrefix).
-		Dur("pull_interval", cfg.PullInterval).Str("policy", bal.Policy().Name()).Bool("load_aware", cfg.LoadAware).
-		Dur("slow_start", cfg.SlowStart).Bool("rebalance", cfg.Rebalance).Str("id", cfg.ID).
-		Str("auth", cfg.Auth).Float64("rate_limit_per_ip", cfg.RateLimitPerIP).Int("rate_limit_burst", cfg.RateLimitBurst).
-		Bool("trust_proxy", cfg.TrustProxy).Bool("https", ltls.http != nil).Str("admin", adminAt).
-		Bool("admin_token", cfg.AdminToken != "").Bool("grpc_mtls", ltls.grpc != nil).Bool("etcd_tls", ltls.etcd != nil).
-		Msg("dispatcher started")
+	return nil
+}
 
+func (m *Main) newServer(h http.Handler) *http.Server {
+	return &http.Server{
+		Handler:           h,
+		ReadHeaderTimeout: 5 * time.Second,
+		ReadTimeout:       10 * time.Second,
+		WriteTimeout:      10 * time.Second,
+		IdleTimeout:       60 * time.Second,
+		MaxHeaderBytes:    32 << 10,
+		ErrorLog:          stdlog.New(m.log.With().Str("part", "http").Logger(), "", 0),
+	}
+}
+
+func (m *Main) logStart() {
+	cfg := &m.cfg
+	adminAt := ""
+	if m.adminLn != nil {
+		adminAt = m.adminLn.Addr().String()
+	}
+	m.log.Info().Str("http", m.ln.Addr().String()).Strs("etcd", cfg.Etcd.Endpoints).Str("prefix", cfg.Etcd.Prefix).
+		Dur("pull_interval", cfg.PullInterval).Str("policy", m.bal.Policy().Name()).Bool("load_aware", cfg.LoadAware).
+		Dur("slow_start", cfg.SlowStart).Bool("rebalance", cfg.Rebalance).Str("id", cfg.ID).Str("version", cliflags.Version(version)).
+		Str("auth", cfg.Auth).Float64("rate_limit_per_ip", cfg.RateLimitPerIP).Int("rate_limit_burst", cfg.RateLimitBurst).
+		Bool("trust_proxy", cfg.TrustProxy).Bool("https", m.ltls.http != nil).Str("admin", adminAt).
+		Bool("admin_token", cfg.AdminToken != "").Bool("grpc_mtls", m.ltls.grpc != nil).Bool("etcd_tls", m.ltls.etcd != nil).
+		Msg("dispatcher started")
+}
+
+// serve runs the fleet, the rebalancer, the limiter's sweep and the HTTP
+// servers until ctx is done or one fails; each server then shuts down with
+// a fresh --shutdown-timeout.
+func (m *Main) serve(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return fl.Run(gctx) })
-	if rb != nil {
-		g.Go(func() error { return rb.Run(gctx) })
+	g.Go(func() error { return m.fl.Run(gctx) })
+	if m.rb != nil {
+		g.Go(func() error { return m.rb.Run(gctx) })
 	}
-	if limiter != nil {
-		g.Go(func() error { return limiter.Run(gctx, ratelimit.DefaultSweepInterval) })
+	if m.limiter != nil {
+		g.Go(func() error { return m.limiter.Run(gctx, ratelimit.DefaultSweepInterval) })
 	}
-	for l, srv := range srvs {
+	for l, srv := range m.srvs {
 		g.Go(func() error {
-			if err := serveHTTP(srv, l, ltls.http); err != nil {
+			if err := serveHTTP(srv, l, m.ltls.http); err != nil {
 				return fmt.Errorf("http %s: %w", l.Addr(), err)
 			}
 			return nil
@@ -231,7 +324,7 @@ func run(ctx context.Context, cfg config, log zerolog.Logger, listening func(net
 		g.Go(func() error {
 			<-gctx.Done()
 			// A fresh context: the parent one is already cancelled.
-			sctx, cancel := context.WithTimeout(context.Background(), cfg.ShutdownTimeout)
+			sctx, cancel := context.WithTimeout(context.Background(), m.cfg.ShutdownTimeout)
 			defer cancel()
 			if err := srv.Shutdown(sctx); err != nil {
 				return fmt.Errorf("http shutdown: %w", err)
@@ -239,8 +332,8 @@ func run(ctx context.Context, cfg config, log zerolog.Logger, listening func(net
 			return nil
 		})
 	}
-	err = g.Wait()
-	log.Info().Msg("dispatcher stopped")
+	err := g.Wait()
+	m.log.Info().Msg("dispatcher stopped")
 	return err
 }
 

@@ -13,6 +13,8 @@ import (
 	"net"
 	"net/http"
 	"path/filepath"
+	"reflect"
+	"runtime"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -26,6 +28,7 @@ import (
 
 	"github.com/imgate/imgate/dispatcher/internal/fleet"
 	"github.com/imgate/imgate/proto/api"
+	"github.com/imgate/imgate/proto/cliflags"
 	"github.com/imgate/imgate/proto/etcdkeys"
 	"github.com/imgate/imgate/proto/nodepb"
 	"github.com/imgate/imgate/proto/token"
@@ -46,16 +49,17 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 }
 
 func TestParseConfigDefaults(t *testing.T) {
-	c, err := parseConfig(nil, io.Discard)
+	c, err := parseFlags(nil, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := config{HTTPAddr: "127.0.0.1:8080", EtcdEndpoints: []string{"127.0.0.1:2379"}, EtcdPrefix: "/imgate",
+	want := config{HTTPAddr: "127.0.0.1:8080",
 		TokenKeys: defaultTokenKeys, TokenTTL: time.Minute, PullInterval: 500 * time.Millisecond,
 		PullTimeout: 300 * time.Millisecond, MaxFails: 2, HeartbeatInterval: 30 * time.Second,
-		IdleTimeout: 90 * time.Second, ShutdownTimeout: 10 * time.Second, LogLevel: zerolog.InfoLevel}
-	if c.HTTPAddr != want.HTTPAddr || strings.Join(c.EtcdEndpoints, ",") != "127.0.0.1:2379" ||
-		c.EtcdPrefix != want.EtcdPrefix || c.TokenKeys != want.TokenKeys || c.TokenTTL != want.TokenTTL ||
+		IdleTimeout: 90 * time.Second, ShutdownTimeout: 10 * time.Second, LogLevel: cliflags.LogLevel{Level: zerolog.InfoLevel}}
+	wantEtcd := cliflags.Etcd{Endpoints: cliflags.List{"127.0.0.1:2379"}, Prefix: "/imgate", DialTimeout: 5 * time.Second,
+		KeepAliveTime: 10 * time.Second, KeepAliveTimeout: 5 * time.Second}
+	if c.HTTPAddr != want.HTTPAddr || !reflect.DeepEqual(c.Etcd, wantEtcd) || c.TokenKeys != want.TokenKeys || c.TokenTTL != want.TokenTTL ||
 		c.PullInterval != want.PullInterval || c.PullTimeout != want.PullTimeout || c.MaxFails != want.MaxFails ||
 		c.HeartbeatInterval != want.HeartbeatInterval || c.IdleTimeout != want.IdleTimeout ||
 		c.ShutdownTimeout != want.ShutdownTimeout || c.LogLevel != want.LogLevel {
@@ -68,17 +72,17 @@ func TestParseConfigEnvAndFlags(t *testing.T) {
 	t.Setenv("IMGATE_ETCD_ENDPOINTS", "a:1, b:2 ,")
 	t.Setenv("IMGATE_MAX_FAILS", "5")
 	t.Setenv("IMGATE_PULL_INTERVAL", "1s")
-	c, err := parseConfig([]string{"--max-fails", "3", "--log-level", "debug"}, io.Discard)
+	c, err := parseFlags([]string{"--max-fails", "3", "--log-level", "debug"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.HTTPAddr != "127.0.0.1:9999" || strings.Join(c.EtcdEndpoints, "|") != "a:1|b:2" ||
-		c.MaxFails != 3 || c.PullInterval != time.Second || c.LogLevel != zerolog.DebugLevel {
+	if c.HTTPAddr != "127.0.0.1:9999" || strings.Join(c.Etcd.Endpoints, "|") != "a:1|b:2" ||
+		c.MaxFails != 3 || c.PullInterval != time.Second || c.LogLevel.Level != zerolog.DebugLevel {
 		t.Fatalf("%+v", c)
 	}
 	t.Setenv("IMGATE_POLICY", "consistent_hash")
 	t.Setenv("IMGATE_LOAD_AWARE", "false")
-	c, err = parseConfig([]string{"--slow-start", "0s", "--id", "d-1"}, io.Discard)
+	c, err = parseFlags([]string{"--slow-start", "0s", "--id", "d-1"}, io.Discard)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,7 +103,7 @@ func TestParseConfigRejects(t *testing.T) {
 		{"--auth-jwks-file", "f"}, {"--auth", "jwt", "--auth-jwt-secret", "x", "--auth-uid-claim", ""},
 		{"--rate-limit-per-ip", "-1"}, {"--rate-limit-burst", "-1"}, {"--rate-limit-per-ip", "NaN"},
 	} {
-		if _, err := parseConfig(args, io.Discard); err == nil {
+		if _, err := parseFlags(args, io.Discard); err == nil {
 			t.Errorf("%q accepted", args)
 		}
 	}
@@ -107,7 +111,7 @@ func TestParseConfigRejects(t *testing.T) {
 
 func TestHelpListsEveryFlagWithItsEnvVar(t *testing.T) {
 	var out bytes.Buffer
-	if _, err := parseConfig([]string{"--help"}, &out); !errors.Is(err, flag.ErrHelp) {
+	if _, err := parseFlags([]string{"--help"}, &out); !errors.Is(err, flag.ErrHelp) {
 		t.Fatalf("err = %v", err)
 	}
 	for _, name := range []string{"http-addr", "etcd-endpoints", "etcd-prefix", "token-keys", "token-ttl",
@@ -122,15 +126,26 @@ func TestHelpListsEveryFlagWithItsEnvVar(t *testing.T) {
 				line = l
 			}
 		}
-		if !strings.Contains(line, envName(name)) {
-			t.Errorf("--%s: no line with %s in:\n%s", name, envName(name), out.String())
+		if !strings.Contains(line, cliflags.EnvName(name)) {
+			t.Errorf("--%s: no line with %s in:\n%s", name, cliflags.EnvName(name), out.String())
 		}
 	}
-	if envName("http-addr") != "IMGATE_HTTP_ADDR" {
-		t.Fatal(envName("http-addr"))
+	if cliflags.EnvName("http-addr") != "IMGATE_HTTP_ADDR" {
+		t.Fatal(cliflags.EnvName("http-addr"))
 	}
 	if strings.Contains(out.String(), "change-me") {
 		t.Fatal("--help prints the dev secret")
+	}
+}
+
+func TestVersionFlag(t *testing.T) {
+	var out bytes.Buffer
+	m := &Main{Stdout: &out}
+	if err := m.ParseFlags([]string{"--version"}); !errors.Is(err, cliflags.ErrVersion) {
+		t.Fatal(err)
+	}
+	if want := "dispatcher " + cliflags.Version(version) + " " + runtime.Version() + "\n"; out.String() != want {
+		t.Fatalf("%q, want %q", out.String(), want)
 	}
 }
 
@@ -146,11 +161,11 @@ func (n *statsNode) Stats(context.Context, *nodepb.StatsRequest) (*nodepb.StatsR
 }
 
 func testConfig(etcd string) config {
-	c, err := parseConfig(nil, io.Discard) // the defaults
+	c, err := parseFlags(nil, io.Discard) // the defaults
 	if err != nil {
 		panic(err)
 	}
-	c.HTTPAddr, c.EtcdEndpoints, c.EtcdPrefix = "127.0.0.1:0", []string{etcd}, "/imgate"
+	c.HTTPAddr, c.Etcd.Endpoints, c.Etcd.Prefix = "127.0.0.1:0", cliflags.List{etcd}, "/imgate"
 	c.TokenKeys, c.PullInterval, c.PullTimeout = "k1=0123456789abcdef0123", 50*time.Millisecond, time.Second
 	c.ShutdownTimeout, c.RebalanceInterval = 5*time.Second, 100*time.Millisecond
 	return c
@@ -160,28 +175,35 @@ func testConfig(etcd string) config {
 // must have returned nil, by the end of the test.
 func start(t *testing.T, cfg config) string {
 	t.Helper()
+	m := startMain(t, cfg)
+	return "http://" + m.ln.Addr().String()
+}
+
+// startMain starts a Main for cfg and serves it until the end of the test,
+// when it must stop cleanly once its context is cancelled.
+func startMain(t *testing.T, cfg config) *Main {
+	t.Helper()
+	m := newMain(cfg, zerolog.New(zerolog.NewTestWriter(t)))
+	if err := m.start(); err != nil {
+		m.Close()
+		t.Fatalf("start: %v", err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
-	addr := make(chan net.Addr, 1)
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, cfg, zerolog.New(zerolog.NewTestWriter(t)), func(a net.Addr) { addr <- a }) }()
+	go func() { done <- m.serve(ctx) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
 		case err := <-done:
 			if err != nil {
-				t.Errorf("run: %v", err)
+				t.Errorf("serve: %v", err)
 			}
 		case <-time.After(10 * time.Second):
-			t.Error("run did not return after cancel")
+			t.Error("serve did not return after cancel")
 		}
+		m.Close()
 	})
-	select {
-	case a := <-addr:
-		return "http://" + a.String()
-	case err := <-done:
-		t.Fatalf("run: %v", err)
-	}
-	return ""
+	return m
 }
 
 func get(t *testing.T, url string) (int, []byte, http.Header) {
@@ -250,7 +272,7 @@ func TestDispatcher(t *testing.T) {
 		return code == http.StatusServiceUnavailable && strings.Contains(string(body), "no eligible node")
 	})
 
-	keys := etcdkeys.New(cfg.EtcdPrefix)
+	keys := etcdkeys.New(cfg.Etcd.Prefix)
 	reg, _ := json.Marshal(etcdkeys.Registration{ID: "node-1", Addrs: map[string]string{"tcp": "127.0.0.1:7000"},
 		GRPCAddr: ln.Addr().String(), Region: "east", Version: "test", StartedAt: time.Now().UnixMilli()})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
@@ -312,7 +334,8 @@ func TestDispatcher(t *testing.T) {
 		"imgate_dispatcher_slow_start_nodes 0", "imgate_dispatcher_ejections_suppressed_total 0",
 		`imgate_dispatcher_endpoint_requests_total{code="200"} 1`, `imgate_dispatcher_endpoint_requests_total{code="400"} 1`,
 		"imgate_dispatcher_pulls_total", "imgate_dispatcher_pull_duration_seconds_bucket",
-		`imgate_dispatcher_config_rejections_total{kind="weight"} 1`, "go_goroutines"} {
+		`imgate_dispatcher_config_rejections_total{kind="weight"} 1`, "go_goroutines",
+		`imgate_build_info{goversion="` + runtime.Version() + `",version="` + cliflags.Version(version) + `"} 1`} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("/metrics lacks %s", want)
 		}
@@ -349,5 +372,28 @@ func TestEveryPackageHasADocComment(t *testing.T) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestExampleConfig: the deploy kit's example file parses and passes the
+// start's checks with the real flag set, names every flag, and the
+// environment still overrides it.
+func TestExampleConfig(t *testing.T) {
+	const file = "../scripts/deploy/examples/dispatcher.yaml"
+	t.Setenv("IMGATE_LOG_LEVEL", "debug")
+	c, err := parseFlags([]string{"--config", file}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.HTTPAddr != "0.0.0.0:8443" || c.Auth != AuthJWT || len(c.Etcd.Endpoints) != 3 || !c.GRPCTLS.Enabled() ||
+		c.AdminAddr != "10.0.0.5:8081" || c.LogLevel.Level != zerolog.DebugLevel {
+		t.Fatalf("%+v", c)
+	}
+	var all config
+	fs := flag.NewFlagSet("dispatcher", flag.ContinueOnError)
+	all.define(fs)
+	missing, err := cliflags.MissingKeys(fs, file)
+	if err != nil || len(missing) > 0 {
+		t.Fatalf("%s does not show --%v (add \"# name: default\" lines): %v", file, missing, err)
 	}
 }

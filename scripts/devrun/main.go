@@ -49,19 +49,7 @@ type config struct {
 
 func main() {
 	var c config
-	flag.StringVar(&c.bin, "bin", "bin", "directory holding the dispatcher and accessnode binaries")
-	flag.StringVar(&c.dir, "dir", ".run", "directory for etcd data and process logs (wiped at start)")
-	flag.StringVar(&c.etcdClient, "etcd", "127.0.0.1:2379", "etcd client address")
-	flag.StringVar(&c.etcdPeer, "etcd-peer", "127.0.0.1:2380", "etcd peer address")
-	flag.StringVar(&c.dispatcher, "dispatcher", "127.0.0.1:8080", "dispatcher HTTP address")
-	flag.IntVar(&c.nodes, "nodes", 2, "access nodes to start")
-	flag.IntVar(&c.basePort, "base-port", 7000, "node i uses client port base+i, gRPC base+100+i, HTTP base+200+i")
-	flag.StringVar(&c.host, "host", "127.0.0.1", "address the nodes listen on (e.g. a veth address when the clients run in another network namespace)")
-	flag.BoolVar(&c.demo, "demo", true, "run the demo exchange once the fleet is ready")
-	flag.StringVar(&c.nodeArgs, "node-args", "", "extra flags for every access node, space-separated (e.g. \"--heartbeat-interval 60s\"); a --heartbeat-interval or --idle-timeout here is also given to the dispatcher, whose hints to clients must match. Always passed: --id node-i, --client-addr/--grpc-addr/--http-addr from --base-port, --region east|west alternating, --drain-timeout 5s, --etcd-endpoints, --log-level info")
-	flag.StringVar(&c.nodeEnv, "node-env", "", "extra environment for every access node, space-separated KEY=VALUE (e.g. GOMAXPROCS=1 when many nodes share few cores)")
-	flag.BoolVar(&c.keepGoing, "keep-going", false, "keep running when an access node exits (failure drills: kill -9 a node and watch its clients move)")
-	flag.StringVar(&c.dispatcherArgs, "dispatcher-args", "", "extra flags for the dispatcher, space-separated. Always passed: --http-addr, --etcd-endpoints, --log-level info, and --rate-limit-per-ip 0 (dev and load runs make many requests from 127.0.0.1)")
+	newFlags(flag.CommandLine, &c)
 	flag.Parse()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -69,6 +57,25 @@ func main() {
 		fmt.Fprintln(os.Stderr, "devrun:", err)
 		os.Exit(1)
 	}
+}
+
+// newFlags defines devrun's flags on fs. The --node-args and
+// --dispatcher-args texts name every flag nodeArgv and dispatcherArgv
+// always pass (a test holds them to it).
+func newFlags(fs *flag.FlagSet, c *config) {
+	fs.StringVar(&c.bin, "bin", "bin", "directory holding the dispatcher and accessnode binaries")
+	fs.StringVar(&c.dir, "dir", ".run", "directory for etcd data and process logs (wiped at start)")
+	fs.StringVar(&c.etcdClient, "etcd", "127.0.0.1:2379", "etcd client address")
+	fs.StringVar(&c.etcdPeer, "etcd-peer", "127.0.0.1:2380", "etcd peer address")
+	fs.StringVar(&c.dispatcher, "dispatcher", "127.0.0.1:8080", "dispatcher HTTP address; the chat page is http://<this>/chat/")
+	fs.IntVar(&c.nodes, "nodes", 2, "access nodes to start")
+	fs.IntVar(&c.basePort, "base-port", 7000, "node i uses client port base+i, gRPC base+100+i, HTTP base+200+i, WebSocket base+300+i")
+	fs.StringVar(&c.host, "host", "127.0.0.1", "address the nodes listen on (e.g. a veth address when the clients run in another network namespace)")
+	fs.BoolVar(&c.demo, "demo", true, "run the demo exchange once the fleet is ready")
+	fs.StringVar(&c.nodeArgs, "node-args", "", "extra flags for every access node, space-separated (e.g. \"--heartbeat-interval 60s\"); a --heartbeat-interval or --idle-timeout here is also given to the dispatcher, whose hints to clients must match. Always passed: --id node-i, --client-addr/--grpc-addr/--http-addr/--ws-addr from --base-port, --ws-allowed-origins with the chat page's origins (http://<--dispatcher>, and its localhost/127.0.0.1 twin), --region east|west alternating, --drain-timeout 5s, --etcd-endpoints, --log-level info")
+	fs.StringVar(&c.nodeEnv, "node-env", "", "extra environment for every access node, space-separated KEY=VALUE (e.g. GOMAXPROCS=1 when many nodes share few cores)")
+	fs.BoolVar(&c.keepGoing, "keep-going", false, "keep running when an access node exits (failure drills: kill -9 a node and watch its clients move)")
+	fs.StringVar(&c.dispatcherArgs, "dispatcher-args", "", "extra flags for the dispatcher, space-separated. Always passed: --http-addr, --etcd-endpoints, --log-level info, --rate-limit-per-ip 0 (dev and load runs make many requests from 127.0.0.1), and --chat-page (the demo chat page at /chat/)")
 }
 
 type proc struct {
@@ -110,10 +117,49 @@ func follow(name string, pid int, log string) *proc {
 	return p
 }
 
-func (c config) nodeAddrs(i int) (client, grpc, http string) {
+func (c config) nodeAddrs(i int) (client, grpc, http, ws string) {
 	p := c.basePort + i
 	hp := func(port int) string { return net.JoinHostPort(c.host, strconv.Itoa(port)) }
-	return hp(p), hp(p + 100), hp(p + 200)
+	return hp(p), hp(p + 100), hp(p + 200), hp(p + 300)
+}
+
+// chatOrigins are the origins the chat page is loaded from: the
+// dispatcher's address, and for a loopback one its other loopback name,
+// since a browser sends whichever the user typed.
+func (c config) chatOrigins() []string {
+	out := []string{"http://" + c.dispatcher}
+	host, port, err := net.SplitHostPort(c.dispatcher)
+	if err != nil {
+		return out
+	}
+	switch host {
+	case "127.0.0.1":
+		out = append(out, "http://"+net.JoinHostPort("localhost", port))
+	case "localhost":
+		out = append(out, "http://"+net.JoinHostPort("127.0.0.1", port))
+	}
+	return out
+}
+
+// dispatcherArgv is the dispatcher's command line (before --dispatcher-args).
+func (c config) dispatcherArgv() []string {
+	// Dev and load runs make many requests from 127.0.0.1: no per-IP limit.
+	a := []string{filepath.Join(c.bin, "dispatcher"), "--http-addr", c.dispatcher, "--rate-limit-per-ip", "0", "--chat-page",
+		"--etcd-endpoints", c.etcdClient, "--log-level", "info"}
+	a = append(a, hintFlags(strings.Fields(c.nodeArgs))...)
+	return append(a, strings.Fields(c.dispatcherArgs)...)
+}
+
+// nodeArgv is node i's command line, --node-args last so that they win.
+func (c config) nodeArgv(i int) []string {
+	regions := []string{"east", "west"}
+	cl, gr, ht, ws := c.nodeAddrs(i)
+	a := []string{filepath.Join(c.bin, "accessnode"),
+		"--id", fmt.Sprintf("node-%d", i), "--client-addr", cl, "--grpc-addr", gr, "--http-addr", ht,
+		"--ws-addr", ws, "--ws-allowed-origins", strings.Join(c.chatOrigins(), ","),
+		"--region", regions[(i-1)%len(regions)], "--drain-timeout", "5s",
+		"--etcd-endpoints", c.etcdClient, "--log-level", "info"}
+	return append(a, strings.Fields(c.nodeArgs)...)
 }
 
 func run(ctx context.Context, c config) error {
@@ -123,8 +169,8 @@ func run(ctx context.Context, c config) error {
 	// Every port must be free before anything starts.
 	addrs := []string{c.etcdClient, c.etcdPeer, c.dispatcher}
 	for i := 1; i <= c.nodes; i++ {
-		a, b, h := c.nodeAddrs(i)
-		addrs = append(addrs, a, b, h)
+		a, b, h, w := c.nodeAddrs(i)
+		addrs = append(addrs, a, b, h, w)
 	}
 	for _, a := range addrs {
 		ln, err := net.Listen("tcp", a)
@@ -159,7 +205,6 @@ func run(ctx context.Context, c config) error {
 		say("etcd stopped")
 	}()
 
-	common := []string{"--etcd-endpoints", c.etcdClient, "--log-level", "info"}
 	var procs []*proc
 	defer func() { stopAll(procs) }()
 	start := func(name string, env []string, args ...string) error {
@@ -170,20 +215,11 @@ func run(ctx context.Context, c config) error {
 		procs = append(procs, p)
 		return nil
 	}
-	// Dev and load runs make many requests from 127.0.0.1: no per-IP limit.
-	dargs := append([]string{filepath.Join(c.bin, "dispatcher"), "--http-addr", c.dispatcher, "--rate-limit-per-ip", "0"}, common...)
-	dargs = append(dargs, hintFlags(strings.Fields(c.nodeArgs))...)
-	if err := start("dispatcher", nil, append(dargs, strings.Fields(c.dispatcherArgs)...)...); err != nil {
+	if err := start("dispatcher", nil, c.dispatcherArgv()...); err != nil {
 		return err
 	}
-	regions := []string{"east", "west"}
 	for i := 1; i <= c.nodes; i++ {
-		cl, gr, ht := c.nodeAddrs(i)
-		args := append([]string{filepath.Join(c.bin, "accessnode"),
-			"--id", fmt.Sprintf("node-%d", i), "--client-addr", cl, "--grpc-addr", gr, "--http-addr", ht,
-			"--region", regions[(i-1)%len(regions)], "--drain-timeout", "5s"}, common...)
-		args = append(args, strings.Fields(c.nodeArgs)...)
-		if err := start(fmt.Sprintf("node-%d", i), strings.Fields(c.nodeEnv), args...); err != nil {
+		if err := start(fmt.Sprintf("node-%d", i), strings.Fields(c.nodeEnv), c.nodeArgv(i)...); err != nil {
 			return err
 		}
 	}
@@ -362,8 +398,16 @@ func banner(c config, base, logDir string) {
    dispatcher  %[2]s
 `, c.etcdClient, base)
 	for i := 1; i <= c.nodes; i++ {
-		cl, gr, ht := c.nodeAddrs(i)
-		fmt.Printf("   node-%d      clients %s  gRPC %s  ops http://%s/metrics\n", i, cl, gr, ht)
+		cl, gr, ht, ws := c.nodeAddrs(i)
+		fmt.Printf("   node-%d      clients %s  ws://%s/v1/ws  gRPC %s  ops http://%s/metrics\n", i, cl, ws, gr, ht)
+	}
+	fmt.Printf(`
+ chat in the browser (two tabs, one per user; any uids):
+   %[1]s/chat/?uid=alice&to=bob
+   %[1]s/chat/?uid=bob&to=alice
+`, base)
+	if c.demo {
+		fmt.Println("   (the demo's Go clients keep alice, bob, carol and dave logged in too: one more device each, so DELIVERED 2/2)")
 	}
 	fmt.Printf(`
  try:

@@ -53,11 +53,17 @@ type process struct {
 
 func start(t *testing.T, name string, argv ...string) *process {
 	t.Helper()
+	return startCmd(t, name, exec.Command(argv[0], argv[1:]...))
+}
+
+// startCmd starts cmd (its environment set as the test needs), logging to
+// a file shown when the test fails, and kills it at the end.
+func startCmd(t *testing.T, name string, cmd *exec.Cmd) *process {
+	t.Helper()
 	logf, err := os.Create(filepath.Join(t.TempDir(), name+".log"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

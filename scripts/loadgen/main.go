@@ -40,6 +40,7 @@ import (
 
 type config struct {
 	dispatcher  string
+	transport   string // tcp or ws
 	conns       int
 	rate        int
 	hold        time.Duration
@@ -70,6 +71,7 @@ type config struct {
 func main() {
 	var c config
 	flag.StringVar(&c.dispatcher, "dispatcher", "http://127.0.0.1:8080", "dispatcher base URL")
+	flag.StringVar(&c.transport, "transport", "tcp", "tcp, or ws: the same frames over WebSocket (protocol §2.2), one binary message each")
 	flag.IntVar(&c.conns, "conns", 1000, "connections to open and log in")
 	flag.IntVar(&c.rate, "rate", 2000, "logins started per second")
 	flag.DurationVar(&c.hold, "hold", 10*time.Second, "how long to hold the connections after the last login")
@@ -254,7 +256,7 @@ func run(ctx context.Context, c config) (*report, error) {
 	defer cancel()
 	var readers sync.WaitGroup
 	var lost atomic.Int64
-	st := &storm{srcBase: c.srcBase}
+	st := &storm{srcBase: c.srcBase, transport: c.transport}
 	mt := newMsgTracker()
 	var live []*conn // guarded by mu
 	startReader := func(cn *conn) {
@@ -315,7 +317,7 @@ func run(ctx context.Context, c config) (*report, error) {
 			if i%2 == 1 {
 				region = c.regionB
 			}
-			ep, err := endpoint(ctx, httpc, c.dispatcher, uid, region)
+			ep, err := endpoint(ctx, httpc, c.dispatcher, c.transport, uid, region)
 			if err != nil {
 				fail("endpoint")
 				return
@@ -402,8 +404,8 @@ func splitNonEmpty(s string) []string {
 	return out
 }
 
-func endpoint(ctx context.Context, hc *http.Client, base, uid, region string, exclude ...string) (*api.EndpointResponse, error) {
-	q := url.Values{"uid": {uid}, "device": {"load"}}
+func endpoint(ctx context.Context, hc *http.Client, base, transport, uid, region string, exclude ...string) (*api.EndpointResponse, error) {
+	q := url.Values{"uid": {uid}, "device": {"load"}, "transport": {transport}}
 	if region != "" {
 		q.Set("region", region)
 	}
@@ -451,9 +453,9 @@ func connect(ep *api.EndpointResponse, base netip.Addr, src int) (*conn, error) 
 			return serr
 		}
 	}
-	c, err := d.Dial("tcp", ep.Addr)
+	c, err := dialNode(&d, ep)
 	if err != nil {
-		return nil, errors.New("connect")
+		return nil, err
 	}
 	b, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Login{Login: &wirepb.Login{Token: ep.Token, ClientVersion: "loadgen"}}}, wire.DefaultMaxFrame)
 	_ = c.SetDeadline(time.Now().Add(10 * time.Second))

@@ -241,7 +241,9 @@ func scrape(urls []string) (sample, error) {
 				s.cpu += v
 			case name == "go_memstats_heap_inuse_bytes":
 				s.heap += v
-			case strings.HasPrefix(name, "imgate_node_connections{"):
+			case name == "imgate_node_connections" || strings.HasPrefix(name, "imgate_node_connections{"):
+				// Without labels since the node label was dropped; with them
+				// from older nodes.
 				s.conns += v
 			}
 		}

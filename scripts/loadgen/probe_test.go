@@ -1,6 +1,8 @@
 package main
 
 import (
+	"net"
+	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -34,5 +36,33 @@ func TestProcTicksReadsProcesses(t *testing.T) {
 	}
 	if n := procTicks(func(string) bool { return false }); n != 0 {
 		t.Fatalf("no process matched, yet %d ticks", n)
+	}
+}
+
+// scrape sums the nodes' connections from their /metrics over HTTP, with
+// the unlabelled series nodes export and the node-labelled one of older
+// nodes.
+func TestScrapeSumsNodeConnections(t *testing.T) {
+	var urls []string
+	for _, body := range []string{
+		"# TYPE imgate_node_connections gauge\nimgate_node_connections 3\nimgate_node_connections_total 100\nprocess_resident_memory_bytes 10\n",
+		"imgate_node_connections{node=\"n2\"} 4\nprocess_resident_memory_bytes 5\n",
+	} {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte(body)) }),
+			ReadHeaderTimeout: 5 * time.Second}
+		go func() { _ = srv.Serve(ln) }()
+		t.Cleanup(func() { _ = srv.Close() })
+		urls = append(urls, "http://"+ln.Addr().String()+"/metrics")
+	}
+	s, err := scrape(urls)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s.conns != 7 || s.rss != 15 {
+		t.Fatalf("conns %v rss %v, want 7 and 15", s.conns, s.rss)
 	}
 }

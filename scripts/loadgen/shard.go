@@ -52,7 +52,7 @@ func runShards(ctx context.Context, c config) (*report, error) {
 		}
 		args := []string{
 			"--shard", strconv.Itoa(i), "--procs", "1", "--json", k.json,
-			"--dispatcher", c.dispatcher, "--conns", strconv.Itoa(n), "--rate", strconv.Itoa(max(1, c.rate/c.procs)),
+			"--dispatcher", c.dispatcher, "--transport", c.transport, "--conns", strconv.Itoa(n), "--rate", strconv.Itoa(max(1, c.rate/c.procs)),
 			"--hold", c.hold.String(), "--heartbeat", c.heartbeat.String(), "--src-ips", strconv.Itoa(c.srcIPs), "--src-base", c.srcBase.String(),
 			"--concurrency", strconv.Itoa(max(1, c.concurrency/c.procs)), "--msg-rate", strconv.Itoa(c.msgRate / c.procs),
 			"--msg-duration", c.msgDuration.String(), "--msg-tick", c.msgTick.String(), "--msg-warmup", c.msgWarmup.String(), "--region-a", c.regionA, "--region-b", c.regionB,

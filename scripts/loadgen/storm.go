@@ -18,6 +18,7 @@ import (
 // dropped, how many came back, and how long it took.
 type storm struct {
 	srcBase   netip.Addr // where the connections' source addresses start
+	transport string     // what the connections ask the dispatcher for
 	mu        sync.Mutex
 	lost      int64
 	back      int64
@@ -66,7 +67,7 @@ func (s *storm) redial(ctx context.Context, hc *http.Client, base string, cn *co
 			return false
 		case <-time.After(client.DefaultBackoff.Delay(attempt)):
 		}
-		ep, err := endpoint(ctx, hc, base, cn.uid, cn.region, dead)
+		ep, err := endpoint(ctx, hc, base, s.transport, cn.uid, cn.region, dead)
 		if err != nil && !strings.HasPrefix(err.Error(), "endpoint: HTTP") {
 			err = errors.New("endpoint")
 		}

@@ -9,19 +9,32 @@ import (
 	"github.com/gobwas/ws"
 	"io"
 	"net"
+	"net/netip"
 	"testing"
 
 	"github.com/rs/zerolog"
+
+	"github.com/imgate/imgate/accessnode/internal/proxyhdr"
 )
 
 // BenchmarkEchoTCP is the length-prefixed hot path through the loop: a
 // client writes a batch of small frames in one write, the loop splits them,
 // the handler answers each with Conn.Write, the loop gathers the answers
 // into one write(2). One op is one frame there and back.
-func BenchmarkEchoTCP(b *testing.B) {
+func BenchmarkEchoTCP(b *testing.B) { benchEchoTCP(b, Config{Loops: 1}, nil) }
+
+// BenchmarkEchoTCPProxied is BenchmarkEchoTCP on a connection that came
+// with a PROXY header (--proxy-protocol=required): once the header is
+// read, the hot path is the same.
+func BenchmarkEchoTCPProxied(b *testing.B) {
+	cfg := Config{Loops: 1, Proxy: proxyhdr.Config{Mode: proxyhdr.Required, Trusted: proxyhdr.CIDRs{netip.MustParsePrefix("127.0.0.1/32")}}}
+	benchEchoTCP(b, cfg, []byte("PROXY TCP4 127.0.0.9 127.0.0.1 40001 7000\r\n"))
+}
+
+func benchEchoTCP(b *testing.B, cfg Config, header []byte) {
 	const batch = 32
 	h := &echo{}
-	e, err := New(Config{Loops: 1}, h, zerolog.Nop())
+	e, err := New(cfg, h, zerolog.Nop())
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -40,6 +53,9 @@ func BenchmarkEchoTCP(b *testing.B) {
 		b.Fatal(err)
 	}
 	defer c.Close()
+	if _, err := c.Write(header); err != nil {
+		b.Fatal(err)
+	}
 	one := frame([]byte("a frame of about thirty bytes!"))
 	var out []byte
 	for range batch {

@@ -11,6 +11,8 @@ import (
 	"github.com/gobwas/ws"
 	"golang.org/x/sys/unix"
 
+	"github.com/imgate/imgate/accessnode/internal/drop"
+	"github.com/imgate/imgate/accessnode/internal/lockorder"
 	"github.com/imgate/imgate/proto/wire"
 )
 
@@ -24,7 +26,8 @@ const (
 // Conn is one client connection. Its size is the node's per-connection
 // memory floor, so fields are few and small.
 type Conn struct {
-	// Set at accept, then read-only.
+	// Set at accept, then read-only; remote is set again, by the loop,
+	// from a PROXY header before OnOpen (proxy.go).
 	fd      int
 	loop    *loop
 	id      uint64
@@ -36,12 +39,17 @@ type Conn struct {
 	// Owned by the loop goroutine.
 	in          []byte // incomplete frame, borrowed from the pool; nil when idle
 	lastRead    int64
-	lingerUntil int64   // set once the conn is closing and lingering
-	badStream   bool    // framing broken; input is discarded
-	wsst        wsState // WebSocket message in assembly (ws.go)
+	lingerUntil int64 // set once the conn is closing and lingering
+	badStream   bool  // framing broken; input is discarded
+	pp          uint8 // ppNone, or ppWait: the PROXY header is awaited, no OnOpen yet (proxy.go)
+	// readOn: closing by CloseReading, so frames that arrive during the
+	// linger still reach OnFrame (acks in flight when the node closed).
+	// Not the loop's: guarded by mu, kept here where the struct has room.
+	readOn bool
+	wsst   wsState // WebSocket message in assembly (ws.go)
 
-	mu    sync.Mutex // guards out, state, watch, dirty, ws
-	out   []byte     // bytes the kernel did not take yet, pooled; nil when idle
+	mu    lockorder.Mutex // guards out, state, watch, dirty, ws
+	out   []byte          // bytes the kernel did not take yet, pooled; nil when idle
 	state uint8
 	watch bool // EPOLLOUT registered: the kernel refused part of out
 	// dirty: c is in its loop's dirty list; the loop offers out to the
@@ -72,7 +80,8 @@ func (c *Conn) Hot() {
 // ID is unique per connection within the engine.
 func (c *Conn) ID() uint64 { return c.id }
 
-// RemoteAddr is the peer's address.
+// RemoteAddr is the client's address: the socket's peer, or the client a
+// trusted balancer's PROXY header named (Config.Proxy).
 func (c *Conn) RemoteAddr() netip.AddrPort { return c.remote }
 
 // Created is when the connection was accepted, on the engine clock.
@@ -166,6 +175,7 @@ func (c *Conn) queueLocked(h, b []byte) error {
 	}
 	if c.watch && len(c.out)+n > c.loop.e.cfg.MaxQueue {
 		c.loop.e.slowClosed.Add(1)
+		c.loop.e.cfg.Drops.Add(drop.OutputCap)
 		c.breakLocked()
 		return ErrSlow
 	}
@@ -244,12 +254,22 @@ func (c *Conn) CloseAfter(b []byte) { c.CloseWith(b, wire.CloseNormal, "") }
 // reason (wire.CloseForError, wire.CloseForKick); on a length-prefixed
 // connection they are not sent. On a WebSocket whose handshake is not yet
 // complete, b and the Close wait for it (at most the linger time).
-func (c *Conn) CloseWith(b []byte, code uint16, reason string) {
+func (c *Conn) CloseWith(b []byte, code uint16, reason string) { c.closeWith(b, code, reason, false) }
+
+// CloseReading is CloseWith, except that frames the peer sent before it
+// saw b still reach OnFrame while the connection lingers (until the peer
+// closes or the linger time passes), instead of being discarded: a peer
+// answering what it read before b — DeliverAcks — is heard. The handler
+// must accept from such a connection only what is safe after b.
+func (c *Conn) CloseReading(b []byte, code uint16, reason string) { c.closeWith(b, code, reason, true) }
+
+func (c *Conn) closeWith(b []byte, code uint16, reason string, readOn bool) {
 	c.mu.Lock()
 	if c.state != stateOpen {
 		c.mu.Unlock()
 		return
 	}
+	c.readOn = readOn
 	if len(b) > 0 {
 		if err := c.writeLocked(b); err != nil {
 			c.mu.Unlock()
@@ -286,6 +306,14 @@ func (c *Conn) closing() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.state != stateOpen
+}
+
+// discarding reports whether input is to be dropped: the conn is closing,
+// and not by CloseReading (or is past it: closed, broken).
+func (c *Conn) discarding() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state != stateOpen && !(c.state == stateClosing && c.readOn)
 }
 
 // Buffer pool in size classes; buffers are borrowed only while a frame is

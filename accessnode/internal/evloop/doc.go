@@ -43,6 +43,10 @@
 //     handshake and parses frame headers from its own buffer (ws.go,
 //     ws_loop.go), and Conn.Write turns each length-prefixed frame into one
 //     binary message, so the Handler sees the same frames either way.
+//   - With Config.Proxy on, a listener's connection starts unopened: its
+//     first bytes gather like an incomplete frame until a PROXY header is
+//     read (proxy.go, accessnode/internal/proxyhdr); then its address is the
+//     client's and OnOpen runs. The handler never sees the balancer.
 //
 // The package knows the framing (proto/wire, and WebSocket) but not what
 // frames mean; it never blocks its loop on anything but epoll_wait.

@@ -16,6 +16,8 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"github.com/imgate/imgate/accessnode/internal/drop"
+	"github.com/imgate/imgate/accessnode/internal/proxyhdr"
 	"github.com/imgate/imgate/proto/wire"
 )
 
@@ -54,6 +56,14 @@ type Config struct {
 	IdleSweep time.Duration
 	// WS is the WebSocket side (ServeWS, AdoptWS).
 	WS WSConfig
+	// Proxy is the PROXY protocol on the listeners' connections (Serve,
+	// ServeWS; not Adopt, whose caller knows the address): with a mode
+	// other than off, a connection is opened (OnOpen) only once its header
+	// is read, as the client it names. proxy.go.
+	Proxy proxyhdr.Config
+	// Drops counts what the engine discards (drop.OutputCap,
+	// drop.ClosingInput); nil: the engine keeps its own.
+	Drops *drop.Counts
 }
 
 func (c *Config) setDefaults() {
@@ -76,6 +86,12 @@ func (c *Config) setDefaults() {
 		c.IdleSweep = 8 * c.Tick
 	}
 	c.WS.setDefaults()
+	if c.Proxy.Timeout <= 0 {
+		c.Proxy.Timeout = proxyhdr.DefaultTimeout
+	}
+	if c.Drops == nil {
+		c.Drops = new(drop.Counts)
+	}
 }
 
 // writeCalls is how many write(2) calls the loops made on client sockets.
@@ -108,6 +124,9 @@ type Counters struct {
 	AcceptErrors uint64
 	WSUpgrades   uint64 // WebSocket handshakes answered 101
 	WSRefused    uint64 // WebSocket handshakes answered with an HTTP error
+	// Proxy counts PROXY headers and the connections refused for want of a
+	// valid one, of every listener sharing Config.Proxy.Counters.
+	Proxy proxyhdr.Stats
 }
 
 // Engine runs the loops.
@@ -115,6 +134,7 @@ type Engine struct {
 	cfg   Config
 	h     Handler
 	log   zerolog.Logger
+	noisy zerolog.Logger // sampled: per-connection refusals
 	start time.Time
 	loops []*loop
 	wg    sync.WaitGroup
@@ -141,7 +161,11 @@ type Engine struct {
 // New prepares an engine with cfg.Loops loops and no listener; Start runs it.
 func New(cfg Config, h Handler, log zerolog.Logger) (*Engine, error) {
 	cfg.setDefaults()
-	e := &Engine{cfg: cfg, h: h, log: log, start: time.Now(), stopped: make(chan struct{}), upgrader: newUpgrader(cfg.WS)}
+	if err := cfg.Proxy.Check(); err != nil {
+		return nil, fmt.Errorf("evloop: %w", err)
+	}
+	e := &Engine{cfg: cfg, h: h, log: log, start: time.Now(), stopped: make(chan struct{}), upgrader: newUpgrader(cfg.WS),
+		noisy: log.Sample(&zerolog.BurstSampler{Burst: 5, Period: 10 * time.Second})}
 	for i := 0; i < cfg.Loops; i++ {
 		l, err := newLoop(e, i)
 		if err != nil {
@@ -181,6 +205,7 @@ func (e *Engine) Stats() Counters {
 		AcceptErrors: e.acceptErrors.Load(),
 		WSUpgrades:   e.wsUpgrades.Load(),
 		WSRefused:    e.wsRefused.Load(),
+		Proxy:        e.cfg.Proxy.Counters.Stats(),
 	}
 }
 
@@ -264,7 +289,7 @@ func (e *Engine) adoptConn(fd int, remote netip.AddrPort, websocket bool) error 
 	}
 	l := e.loops[e.adopt.Add(1)%uint64(len(e.loops))]
 	done := make(chan error, 1)
-	if !l.post(func() { done <- l.register(fd, remote, websocket) }) {
+	if !l.post(func() { done <- l.register(fd, remote, websocket, false) }) {
 		unix.Close(fd)
 		return ErrClosed
 	}
@@ -298,8 +323,9 @@ func (e *Engine) StopAccepting() {
 	}
 }
 
-// Each calls fn for every open connection, in each connection's loop
-// goroutine, and returns when all loops have done so.
+// Each calls fn for every open connection (one OnOpen has seen; not one
+// still sending its PROXY header), in each connection's loop goroutine,
+// and returns when all loops have done so.
 func (e *Engine) Each(fn func(c *Conn)) {
 	var wg sync.WaitGroup
 	for _, l := range e.loops {
@@ -307,7 +333,7 @@ func (e *Engine) Each(fn func(c *Conn)) {
 		if !l.post(func() {
 			defer wg.Done()
 			for _, c := range l.slots {
-				if c != nil && c.lingerUntil == 0 {
+				if c != nil && c.lingerUntil == 0 && c.pp == ppNone {
 					fn(c)
 				}
 			}

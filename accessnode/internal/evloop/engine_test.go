@@ -19,6 +19,8 @@ import (
 	"github.com/rs/zerolog"
 	"go.uber.org/goleak"
 	"golang.org/x/sys/unix"
+
+	"github.com/imgate/imgate/accessnode/internal/drop"
 )
 
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
@@ -162,7 +164,7 @@ func TestFrameTooLargeAnsweredThenClosed(t *testing.T) {
 }
 
 func TestGracefulCloseAfterLastFrame(t *testing.T) {
-	_, h, addr := start(t, Config{Loops: 1})
+	e, h, addr := start(t, Config{Loops: 1})
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
@@ -177,6 +179,11 @@ func TestGracefulCloseAfterLastFrame(t *testing.T) {
 	if _, err := c.Read(make([]byte, 1)); err != io.EOF {
 		t.Fatalf("want EOF, got %v", err)
 	}
+	// What we send now is read and discarded, and counted.
+	if _, err := c.Write(frame([]byte("late"))); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "closing input counted", func() bool { return e.cfg.Drops.Get(drop.ClosingInput) == 1 })
 	// The node lingers until we close.
 	c.Close()
 	waitFor(t, "OnClose", func() bool { return h.closed.Load() == 1 })
@@ -229,6 +236,9 @@ func TestSlowReaderClosedOthersUnaffected(t *testing.T) {
 		t.Fatalf("writes to a reader that never reads: err = %v", werr)
 	}
 	waitFor(t, "slow closed", func() bool { return e.Stats().SlowClosed == 1 && e.Stats().Conns == 1 })
+	if n := e.cfg.Drops.Get(drop.OutputCap); n != 1 {
+		t.Fatalf("output_cap drops = %d, want 1", n)
+	}
 	if _, err := fast.Write(frame([]byte("ping"))); err != nil {
 		t.Fatal(err)
 	}

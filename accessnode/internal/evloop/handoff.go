@@ -42,9 +42,14 @@ var ErrNotDetachable = errors.New("evloop: connection cannot be detached")
 // Detach takes c out of its loop without closing its socket: the loop stops
 // watching it, no write is accepted any more (ErrClosed), OnClose is not
 // called, and the caller owns d.FD. It must run in c's loop goroutine (a
-// Handler method, or a function given to Each).
+// Handler method, or a function given to Each). A connection still waiting
+// for its PROXY header is not detachable: it was never opened, and within
+// the header's deadline it is opened or closed (proxy.go).
 func (c *Conn) Detach() (Detached, error) {
 	l := c.loop
+	if c.pp != ppNone {
+		return Detached{}, ErrNotDetachable
+	}
 	c.mu.Lock()
 	if c.state != stateOpen || c.badStream || c.lingerUntil != 0 || c.ws == wsRefused || l.slots[c.slot] != c {
 		c.mu.Unlock()
@@ -195,6 +200,29 @@ func (l *loop) registerDetached(d Detached, init func(c *Conn)) error {
 	}
 	c.Hot()
 	return nil
+}
+
+// ProxyWaiting counts the connections still waiting for their PROXY
+// header: Each does not show them (they were never opened), yet a hand-off
+// must wait for them to open (or to be closed at the header's deadline).
+func (e *Engine) ProxyWaiting() int {
+	var n atomic.Int64
+	var wg sync.WaitGroup
+	for _, l := range e.loops {
+		wg.Add(1)
+		if !l.post(func() {
+			defer wg.Done()
+			for _, c := range l.slots {
+				if c != nil && c.pp != ppNone {
+					n.Add(1)
+				}
+			}
+		}) {
+			wg.Done()
+		}
+	}
+	wg.Wait()
+	return int(n.Load())
 }
 
 // Closing reports whether c is closing, closed or detached.

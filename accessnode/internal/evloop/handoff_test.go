@@ -9,7 +9,10 @@ import (
 	"time"
 
 	"github.com/gobwas/ws"
+	proxyproto "github.com/pires/go-proxyproto"
 	"github.com/rs/zerolog"
+
+	"github.com/imgate/imgate/accessnode/internal/proxyhdr"
 )
 
 // detachWhen waits until cond holds for e's one connection (checked in its
@@ -115,4 +118,43 @@ func TestDetachAdoptWS(t *testing.T) {
 	}
 	r.send(clientFrame(ws.OpContinuation, true, []byte("llo")))
 	r.wantBinary("hello")
+}
+
+// A connection still waiting for its PROXY header was never opened: Each
+// does not show it, ProxyWaiting counts it (a hand-off waits). Once the header is read it can, with the client's address
+// from the header, and the engine that adopts it does not expect a header
+// again.
+func TestDetachProxyHeader(t *testing.T) {
+	e1, addr := serve(t, proxyConfig(proxyhdr.Required), &who{})
+	e2 := newEngine(t, &echo{})
+	c := dialFrom(t, "127.0.0.1", addr)
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	h := headerV2(t, proxyproto.PROXY, "127.0.0.7:5557", "127.0.0.1:7000")
+	write(t, c, h[:5])
+	deadline := time.Now().Add(10 * time.Second)
+	for e1.ProxyWaiting() != 1 || e1.Stats().Conns != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the connection never waited for its header")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	e1.Each(func(c *Conn) { t.Errorf("Each shows %v, not opened yet", c.RemoteAddr()) })
+	write(t, c, h[5:])
+	if got := readFrame(t, c); string(got) != "hello 127.0.0.7:5557" {
+		t.Fatalf("greeting %q", got)
+	}
+	if n := e1.ProxyWaiting(); n != 0 {
+		t.Fatalf("%d still waiting after the header", n)
+	}
+	d := detachWhen(t, e1, func(c *Conn) bool { return true })
+	if d.Remote.String() != "127.0.0.7:5557" {
+		t.Fatalf("detached as %v", d.Remote)
+	}
+	if err := e2.AdoptDetached(d, nil); err != nil {
+		t.Fatal(err)
+	}
+	write(t, c, frame([]byte("after")))
+	if got := readFrame(t, c); string(got) != "after" {
+		t.Fatalf("echo %q", got)
+	}
 }

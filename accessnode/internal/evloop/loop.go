@@ -7,13 +7,15 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/imgate/imgate/accessnode/internal/drop"
+	"github.com/imgate/imgate/accessnode/internal/lockorder"
+	"github.com/imgate/imgate/accessnode/internal/proxyhdr"
 	"github.com/imgate/imgate/proto/wire"
 )
 
@@ -63,13 +65,14 @@ type loop struct {
 
 	wsScratch wsScratch // WebSocket header parsing
 	wsSink    loopSink
+	pp        proxyhdr.Parser // PROXY headers
 
 	// write(2) calls on this loop's conns (tests: gathering); per loop, so
 	// the loops share no cache line for it.
 	writeCalls atomic.Uint64
 
-	mu      sync.Mutex // guards tasks, woken, stopped, hotIn, dirty, awake
-	hotIn   []*Conn    // Conn.Hot since the last tick
+	mu      lockorder.Mutex // guards tasks, woken, stopped, hotIn, dirty, awake
+	hotIn   []*Conn         // Conn.Hot since the last tick
 	tasks   []func()
 	woken   bool
 	stopped bool
@@ -301,13 +304,20 @@ func (l *loop) accept(ln listenFD) {
 			unix.Close(nfd)
 			continue
 		}
-		_ = l.register(nfd, remote, ln.ws)
+		proxied := e.cfg.Proxy.Mode != proxyhdr.Off
+		if proxied && !e.cfg.Proxy.Admit(remote) {
+			e.noisy.Debug().Str("remote", remote.String()).Msg("proxy protocol: connection from an untrusted source refused")
+			rawClose(nfd)
+			continue
+		}
+		_ = l.register(nfd, remote, ln.ws, proxied)
 	}
 }
 
 // register makes the non-blocking socket fd a connection of this loop and
-// tells the handler (OnOpen). On failure fd is closed.
-func (l *loop) register(fd int, remote netip.AddrPort, websocket bool) error {
+// tells the handler (OnOpen), or, when proxied, waits for its PROXY header
+// first. On failure fd is closed.
+func (l *loop) register(fd int, remote netip.AddrPort, websocket, proxied bool) error {
 	e := l.e
 	c := &Conn{
 		fd:       fd,
@@ -319,6 +329,9 @@ func (l *loop) register(fd int, remote netip.AddrPort, websocket bool) error {
 	}
 	if websocket {
 		c.ws = wsHandshake
+	}
+	if proxied {
+		c.pp = ppWait
 	}
 	l.gen++
 	c.gen = l.gen
@@ -340,8 +353,10 @@ func (l *loop) register(fd int, remote netip.AddrPort, websocket bool) error {
 	}
 	e.conns.Add(1)
 	e.accepted.Add(1)
-	c.Hot()
-	e.h.OnOpen(c)
+	c.Hot() // the login deadline, or the header's
+	if !proxied {
+		e.h.OnOpen(c)
+	}
 	return nil
 }
 
@@ -356,24 +371,38 @@ func (l *loop) readable(c *Conn) {
 		return
 	}
 	if n == 0 {
+		if c.pp != ppNone {
+			l.e.cfg.Proxy.Truncated(len(c.in))
+		}
 		l.closeConn(c) // the peer closed
 		return
 	}
 	c.lastRead = l.now
-	if c.ws != wsNone {
-		l.readWS(c, l.buf[:n])
+	if c.pp != ppNone {
+		l.readProxy(c, l.buf[:n])
 		return
 	}
-	if c.lingerUntil != 0 || c.badStream || c.closing() {
-		return // closing: discard input so our close does not reset the peer
+	l.input(c, l.buf[:n])
+}
+
+// input takes the bytes of one read: a frame's, or the WebSocket's.
+func (l *loop) input(c *Conn, data []byte) {
+	if c.ws != wsNone {
+		l.readWS(c, data)
+		return
 	}
-	data := l.buf[:n]
+	if c.badStream || c.discarding() {
+		// Closing: discard input so our close does not reset the peer.
+		l.e.cfg.Drops.Add(drop.ClosingInput)
+		return
+	}
 	if c.in != nil {
 		c.in = append(c.in, data...)
 		data = c.in
 	}
 	max := l.e.cfg.MaxFrame
 	var need int
+	var err error
 	for len(data) > 0 {
 		var body []byte
 		body, data, need, err = wire.Split(data, max)
@@ -387,7 +416,7 @@ func (l *loop) readable(c *Conn) {
 			break
 		}
 		l.e.h.OnFrame(c, body)
-		if l.slots[c.slot] != c || c.closing() {
+		if l.slots[c.slot] != c || c.discarding() {
 			l.dropIn(c)
 			return
 		}
@@ -521,6 +550,13 @@ func (l *loop) sweep() {
 		if l.slots[c.slot] != c {
 			continue // closed
 		}
+		if c.pp != ppNone {
+			if l.proxyExpired(c) {
+				continue
+			}
+			keep = append(keep, c)
+			continue
+		}
 		if c.lingerUntil != 0 {
 			if l.now >= c.lingerUntil {
 				l.closeConn(c)
@@ -580,7 +616,10 @@ func (l *loop) closeConn(c *Conn) {
 	}
 	// The handler hears OnClose before the count drops, so whoever sees
 	// Conns fall also sees everything OnClose released (per-address
-	// places, sessions).
-	l.e.h.OnClose(c)
+	// places, sessions). A conn still waiting for its PROXY header was
+	// never opened, so it is not closed either.
+	if c.pp == ppNone {
+		l.e.h.OnClose(c)
+	}
 	l.e.conns.Add(-1)
 }

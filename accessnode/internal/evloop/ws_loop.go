@@ -8,6 +8,8 @@ import (
 	"strconv"
 
 	"github.com/gobwas/ws"
+
+	"github.com/imgate/imgate/accessnode/internal/drop"
 )
 
 // The loop's side of WebSocket connections: the handshake, then frames.
@@ -15,6 +17,7 @@ import (
 // readWS takes what one read brought on a WebSocket connection.
 func (l *loop) readWS(c *Conn, data []byte) {
 	if c.badStream {
+		l.e.cfg.Drops.Add(drop.ClosingInput)
 		return
 	}
 	if c.ws == wsHandshake {
@@ -23,7 +26,8 @@ func (l *loop) readWS(c *Conn, data []byte) {
 		l.wsHandshake(c, data)
 		return
 	}
-	if c.lingerUntil != 0 || c.closing() {
+	if c.discarding() {
+		l.e.cfg.Drops.Add(drop.ClosingInput)
 		return
 	}
 	l.wsFrames(c, data)
@@ -148,7 +152,7 @@ type loopSink struct {
 func (s *loopSink) wsMessage(body []byte) bool {
 	l, c := s.l, s.c
 	l.e.h.OnFrame(c, body)
-	return l.slots[c.slot] == c && !c.closing()
+	return l.slots[c.slot] == c && !c.discarding()
 }
 
 func (s *loopSink) wsControl(op ws.OpCode, p []byte) bool {

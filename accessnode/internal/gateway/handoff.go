@@ -50,13 +50,13 @@ type holdState struct {
 // Hold makes the node stop processing what changes state (see above) and
 // stop accepting connections. Idempotent.
 func (s *Server) Hold() {
-	s.hold.mu.Lock()
+	s.hold.mu.Lock() // with the flags: dropHeld clears any under it
 	if s.hold.held == nil {
 		s.hold.held = map[*evloop.Conn][][]byte{}
 	}
-	s.hold.mu.Unlock()
 	s.hold.any.Store(true)
 	s.hold.on.Store(true)
+	s.hold.mu.Unlock()
 	s.eng.StopAccepting()
 }
 
@@ -118,7 +118,8 @@ func (s *Server) Resume() { s.eng.Resume() }
 
 // DetachQuiet takes up to max quiet connections out of their loops with
 // their state (Hold must have run). remaining counts the connections still
-// attached that could leave (closing ones stay and end here).
+// attached that could leave, those waiting for their PROXY header included
+// (closing ones stay and end here).
 func (s *Server) DetachQuiet(max int) (out []evloop.Detached, states []ConnState, remaining int) {
 	var mu sync.Mutex
 	s.eng.Each(func(c *evloop.Conn) {
@@ -144,6 +145,8 @@ func (s *Server) DetachQuiet(max int) (out []evloop.Detached, states []ConnState
 		}
 		mu.Unlock()
 	})
+	// Not yet opened (PROXY header awaited): they move once opened.
+	remaining += s.eng.ProxyWaiting()
 	return out, states, remaining
 }
 
@@ -191,6 +194,17 @@ func ago(now, last int64) int64 {
 		return -1
 	}
 	return now - last
+}
+
+// dropHeld forgets c's held frames (c closed): Release never sees a closed
+// connection, and its entry would keep every frame on the held path.
+func (s *Server) dropHeld(c *evloop.Conn) {
+	s.hold.mu.Lock()
+	delete(s.hold.held, c)
+	if len(s.hold.held) == 0 && !s.hold.on.Load() {
+		s.hold.any.Store(false)
+	}
+	s.hold.mu.Unlock()
 }
 
 func (s *Server) takeHeld(c *evloop.Conn) [][]byte {

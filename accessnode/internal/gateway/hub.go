@@ -2,8 +2,9 @@ package gateway
 
 import (
 	"hash/maphash"
-	"sync"
 	"sync/atomic"
+
+	"github.com/imgate/imgate/accessnode/internal/lockorder"
 )
 
 // hub indexes this node's logged-in sessions by uid, sharded so logins and
@@ -16,7 +17,7 @@ type hub struct {
 }
 
 type hubShard struct {
-	mu    sync.RWMutex
+	mu    lockorder.RWMutex
 	users map[string][]*session // guarded by mu; slices are replaced, never edited in place
 }
 

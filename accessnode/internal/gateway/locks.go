@@ -30,5 +30,10 @@ package gateway
 // relay's cache, orderer and completeness state. The callbacks of a
 // delivery (Done) and the relay's answerers run with no lock held.
 //
-// The rule is checked by the race detector's tests only as far as they
-// reach; a change that nests locks anew adds its line here.
+// The locks named above are lockorder.Mutex (or RWMutex): sync's own in a
+// normal build; under -tags lockcheck (`make lockcheck`, part of `make
+// test`) every pair taken one inside the other is recorded, and the
+// gateway, evloop and relay tests fail if any pair is ever taken the other
+// way round — in any goroutine, whether or not it would have deadlocked
+// this time. A change that nests locks anew adds its line here, and gives
+// the new lock the lockorder type so the check covers it.

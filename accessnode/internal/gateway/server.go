@@ -19,6 +19,7 @@ import (
 
 	"github.com/rs/zerolog"
 
+	"github.com/imgate/imgate/accessnode/internal/drop"
 	"github.com/imgate/imgate/accessnode/internal/evloop"
 	"github.com/imgate/imgate/proto/nodepb"
 	"github.com/imgate/imgate/proto/token"
@@ -69,6 +70,11 @@ type Upstream interface {
 func (c *Config) setDefaults() {
 	if c.LoginTimeout <= 0 {
 		c.LoginTimeout = 10 * time.Second
+	}
+	// A PROXY header comes before the Login, within the same deadline
+	// from accept (the login deadline counts from accept too).
+	if c.Engine.Proxy.Timeout <= 0 {
+		c.Engine.Proxy.Timeout = c.LoginTimeout
 	}
 	if c.HeartbeatInterval <= 0 {
 		c.HeartbeatInterval = 30 * time.Second
@@ -144,13 +150,15 @@ type Server struct {
 	hold holdState // a hand-off to a new process (handoff.go)
 
 	// Counters, exported through Stats.
-	logins, loginFailures                  atomic.Uint64
-	framesIn, sends, delivers, retries     atomic.Uint64
-	delivered, partial, failed, offline    atomic.Uint64
-	protocolErrors, idleClosed, kicks      atomic.Uint64
-	requests, stored                       atomic.Uint64
-	rateLimited, ipRefused, bytesLimited   atomic.Uint64
-	loginTimeouts, replaced, framesDropped atomic.Uint64
+	logins, loginFailures                atomic.Uint64
+	framesIn, sends, delivers, retries   atomic.Uint64
+	delivered, partial, failed, offline  atomic.Uint64
+	protocolErrors, idleClosed, kicks    atomic.Uint64
+	requests, stored                     atomic.Uint64
+	rateLimited, ipRefused, bytesLimited atomic.Uint64
+	loginTimeouts, replaced              atomic.Uint64
+	drops                                drop.Counts // the engine's too (Config.Engine.Drops)
+	m                                    *metrics
 }
 
 // New builds a Server and starts its loops; call Serve to accept.
@@ -164,9 +172,13 @@ func New(cfg Config, verify *token.Verifier, log zerolog.Logger) (*Server, error
 		msgPrefix: cfg.NodeID + "-" + strconv.FormatInt(time.Now().UnixMilli(), 36) + "-",
 		upSlots:   make(chan struct{}, cfg.UpstreamInFlight),
 		ipl:       newIPLimits(cfg.MaxConnsPerIP, cfg.NewConnsPerIP, cfg.NewConnsPerIPBurst),
+		m:         newMetrics(),
+	}
+	if cfg.Engine.Drops == nil {
+		s.cfg.Engine.Drops = &s.drops
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	eng, err := evloop.New(cfg.Engine, s, log)
+	eng, err := evloop.New(s.cfg.Engine, s, log)
 	if err != nil {
 		return nil, err
 	}
@@ -267,6 +279,7 @@ func (s *Server) handleRequest(from *session, m *wirepb.Request) {
 		}
 	}) {
 		from.inflight.Add(-1)
+		s.drops.Add(drop.UpstreamBusy)
 		answer(wirepb.ErrorCode_ERROR_CODE_RATE_LIMITED, "too many backend requests in flight on this node", nil)
 	}
 }
@@ -296,7 +309,7 @@ func (s *Server) Stats() Stats {
 		FramesIn: s.framesIn.Load(), Sends: s.sends.Load(), Delivers: s.delivers.Load(), Retries: s.retries.Load(),
 		Delivered: s.delivered.Load(), Partial: s.partial.Load(), Failed: s.failed.Load(), Offline: s.offline.Load(),
 		ProtocolErrors: s.protocolErrors.Load(), IdleClosed: s.idleClosed.Load(), Kicks: s.kicks.Load(),
-		Replaced: s.replaced.Load(), FramesDropped: s.framesDropped.Load(),
+		Replaced: s.replaced.Load(), FramesDropped: s.drops.Get(drop.EncodeError),
 		Requests: s.requests.Load(), Stored: s.stored.Load(),
 		RateLimited: s.rateLimited.Load(), BytesLimited: s.bytesLimited.Load(), IPRefused: s.ipRefused.Load(),
 	}
@@ -309,20 +322,28 @@ func (s *Server) send(c *evloop.Conn, f *wirepb.Frame) {
 	bp := encPool.Get().(*[]byte)
 	b, err := wire.Append((*bp)[:0], f, s.cfg.Engine.MaxFrame)
 	if err == nil {
-		_ = c.Write(b)
+		s.write(c, b)
 	} else {
-		s.framesDropped.Add(1)
+		s.drops.Add(drop.EncodeError)
 		s.log.Error().Err(err).Msg("encode frame")
 	}
 	*bp = b[:0]
 	encPool.Put(bp)
 }
 
+// write writes b to c, counting a frame for a connection that has closed
+// (one over its output cap is counted by the engine).
+func (s *Server) write(c *evloop.Conn, b []byte) {
+	if err := c.Write(b); errors.Is(err, evloop.ErrClosed) {
+		s.drops.Add(drop.ConnClosed)
+	}
+}
+
 // pong answers a Ping.
 func (s *Server) pong(c *evloop.Conn, seq uint64) {
 	bp := encPool.Get().(*[]byte)
 	b := wire.AppendPong((*bp)[:0], seq, time.Now().UnixMilli())
-	_ = c.Write(b)
+	s.write(c, b)
 	*bp = b[:0]
 	encPool.Put(bp)
 }
@@ -342,6 +363,13 @@ func (s *Server) fail(c *evloop.Conn, code wirepb.ErrorCode, msg string) {
 // Delivers at once, so senders are answered without waiting for the
 // connection's graceful close. Safe from any goroutine, idempotent.
 func (s *Server) endSession(sess *session) {
+	s.endPresence(sess)
+	s.drops.AddN(drop.RecipientGone, sess.close())
+}
+
+// endPresence takes sess out of the hub and the presence directory, so no
+// new Deliver is routed to it.
+func (s *Server) endPresence(sess *session) {
 	if s.hub.remove(sess) && s.router != nil {
 		sess.presMu.Lock()
 		sess.presEnded = true
@@ -351,19 +379,41 @@ func (s *Server) endSession(sess *session) {
 			s.router.SessionDown(sess.uid, sess.device, sess.loginAt)
 		}
 	}
-	sess.close()
 }
 
 // kick sends Kick and closes sess's connection; safe from any goroutine.
+//
+// The Delivers already written to the connection stay pending while it
+// lingers (CloseReading, at most the engine's linger time): the client
+// acknowledges what it read before the Kick, and those acks, in flight as
+// the node kicks, still count. Failing them at once would tell a sender
+// "failed" for a message its recipient has shown (a replaced login during
+// a GoAway move does this). What is still unacknowledged when the
+// connection closes fails then (OnClose → endSession), RECIPIENT_GONE as
+// before. A kicked session takes no new Deliver and nothing but
+// DeliverAcks from its client.
 func (s *Server) kick(sess *session, reason wirepb.KickReason, detail string) {
-	s.endSession(sess)
+	s.endPresence(sess)
+	sess.kicked.Store(true)
 	b, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Kick{Kick: &wirepb.Kick{Reason: reason, Detail: detail}}}, s.cfg.Engine.MaxFrame)
 	closeCode, why := wire.CloseForKick(reason)
-	sess.c.CloseWith(b, closeCode, why)
+	sess.c.CloseReading(b, closeCode, why)
 }
 
 func (s *Server) errorFrame(c *evloop.Conn, code wirepb.ErrorCode, msg string) {
 	s.send(c, &wirepb.Frame{Body: &wirepb.Frame_Error{Error: &wirepb.Error{Code: code, Message: msg}}})
+}
+
+// acked resolves sess's Deliver msgID: read at c.LastRead, so its latency
+// costs no clock read. An id not pending (a duplicate, or one past its
+// deadline) is counted.
+func (s *Server) acked(sess *session, msgID []byte) {
+	sentAt, ok := sess.acked(msgID)
+	if !ok {
+		s.drops.Add(drop.LateAck)
+		return
+	}
+	s.m.deliver.Observe(seconds(sess.c.LastRead() - sentAt))
 }
 
 // OnOpen implements evloop.Handler.
@@ -373,10 +423,12 @@ func (s *Server) OnOpen(c *evloop.Conn) {
 	}
 	switch s.ipl.admit(c.RemoteAddr().Addr(), time.Now()) {
 	case ipTooMany:
+		s.log.Debug().Uint64("conn", c.ID()).Stringer("remote", c.RemoteAddr()).Msg("connection refused: too many from its address")
 		s.ipRefused.Add(1)
 		c.Data = refusedConn{}
 		s.fail(c, wirepb.ErrorCode_ERROR_CODE_OVERLOADED, "too many connections from your address")
 	case ipTooFast:
+		s.log.Debug().Uint64("conn", c.ID()).Stringer("remote", c.RemoteAddr()).Msg("connection refused: its address opens connections too fast")
 		s.ipRefused.Add(1)
 		c.Data = refusedConn{}
 		s.fail(c, wirepb.ErrorCode_ERROR_CODE_RATE_LIMITED, "your address opens connections too fast; back off")
@@ -424,9 +476,12 @@ func (s *Server) process(c *evloop.Conn, body []byte) {
 	// So are DeliverAcks when messages flow: one per message delivered.
 	if id, ok := wire.DecodeDeliverAck(body); ok {
 		if sess, in := c.Data.(*session); in {
-			sess.acked(id)
+			s.acked(sess, id)
 			return
 		}
+	}
+	if sess, in := c.Data.(*session); in && sess.kicked.Load() {
+		return // after Kick only DeliverAcks count (kick)
 	}
 	var f wirepb.Frame
 	if err := wire.Decode(body, &f); err != nil {
@@ -460,7 +515,7 @@ func (s *Server) process(c *evloop.Conn, body []byte) {
 	case *wirepb.Frame_Send:
 		s.handleSend(sess, b.Send)
 	case *wirepb.Frame_DeliverAck:
-		sess.acked([]byte(b.DeliverAck.MsgId))
+		s.acked(sess, []byte(b.DeliverAck.MsgId))
 	case *wirepb.Frame_Request:
 		s.handleRequest(sess, b.Request)
 	default:
@@ -479,10 +534,20 @@ var tokenCodes = []struct {
 }
 
 func (s *Server) login(c *evloop.Conn, l *wirepb.Login) {
+	start := c.LastRead() // when the Login frame arrived
+	if !s.loginInner(c, l) {
+		s.m.loginFail.Observe(seconds(s.eng.Now() - start))
+		return
+	}
+	s.m.loginOK.Observe(seconds(s.eng.Now() - start))
+}
+
+// loginInner handles Login; it reports false when the login was refused.
+func (s *Server) loginInner(c *evloop.Conn, l *wirepb.Login) bool {
 	if s.draining.Load() {
 		s.loginFailures.Add(1)
 		s.fail(c, wirepb.ErrorCode_ERROR_CODE_NODE_DRAINING, "node is draining; ask the dispatcher for another")
-		return
+		return false
 	}
 	claims, err := s.verify.Verify(l.Token)
 	if err != nil {
@@ -493,14 +558,14 @@ func (s *Server) login(c *evloop.Conn, l *wirepb.Login) {
 				code = tc.code
 			}
 		}
-		s.log.Debug().Err(err).Uint64("conn", c.ID()).Msg("login refused")
+		s.log.Debug().Err(err).Uint64("conn", c.ID()).Stringer("remote", c.RemoteAddr()).Msg("login refused")
 		s.fail(c, code, err.Error())
-		return
+		return false
 	}
 	if (l.Uid != "" && l.Uid != claims.UID) || (l.Device != "" && l.Device != claims.Device) {
 		s.loginFailures.Add(1)
 		s.fail(c, wirepb.ErrorCode_ERROR_CODE_TOKEN_MISMATCH, "uid or device differ from the token")
-		return
+		return false
 	}
 	// The session becomes visible to senders and LoginAck is written under
 	// the connection's write lock: LoginAck is always the first frame the
@@ -520,7 +585,10 @@ func (s *Server) login(c *evloop.Conn, l *wirepb.Login) {
 	c.Data = sess // OnClose ends the session if the write below fails
 	// Lock order (locks.go): Conn.mu → hubShard.mu; publish runs under Conn.mu.
 	if err := c.PublishThenWrite(func() { old = s.hub.add(sess) }, ack); err != nil {
-		return
+		if errors.Is(err, evloop.ErrClosed) {
+			s.drops.Add(drop.ConnClosed) // the LoginAck
+		}
+		return true // not refused: the client left
 	}
 	if s.router != nil {
 		// Under presMu: an endSession racing with us waits, then sends
@@ -538,6 +606,8 @@ func (s *Server) login(c *evloop.Conn, l *wirepb.Login) {
 		s.kick(old, wirepb.KickReason_KICK_REASON_REPLACED, "logged in again on another connection")
 	}
 	s.logins.Add(1)
+	s.log.Debug().Str("uid", sess.uid).Str("device", sess.device).Uint64("conn", c.ID()).Stringer("remote", c.RemoteAddr()).Msg("logged in")
+	return true
 }
 
 func (s *Server) handleSend(from *session, m *wirepb.Send) {
@@ -557,7 +627,8 @@ func (s *Server) handleSend(from *session, m *wirepb.Send) {
 	var idb [64]byte
 	msgID := string(strconv.AppendUint(append(idb[:0], s.msgPrefix...), s.msgSeq.Add(1), 36))
 	d := newDeliver(msgID, from.uid, from.device, m.Payload, m.ContentType)
-	op := &sendOp{srv: s, sender: from, clientMsgID: m.ClientMsgId, msgID: msgID, parts: 1, to: m.ToUid, msg: d}
+	op := &sendOp{srv: s, sender: from, clientMsgID: m.ClientMsgId, msgID: msgID, parts: 1, to: m.ToUid, msg: d,
+		start: from.c.LastRead()} // when the Send frame arrived: no clock read
 	from.inflight.Add(1) // until op answers (session.go)
 	if s.router != nil {
 		op.parts = 2
@@ -607,6 +678,7 @@ func (s *Server) deliverLocal(uid string, d *wirepb.Deliver, skip *session, done
 	for _, t := range targets {
 		s.delivers.Add(1)
 		if !t.deliver(d, frame, f, now, &s.cfg) {
+			s.drops.Add(drop.RecipientGone)
 			f.fail(wirepb.ErrorCode_ERROR_CODE_RECIPIENT_GONE)
 		}
 	}
@@ -678,6 +750,9 @@ func (s *Server) OnClose(c *evloop.Conn) {
 	}
 	if _, refused := c.Data.(refusedConn); s.ipl != nil && !refused {
 		s.ipl.release(c.RemoteAddr().Addr(), time.Now())
+	}
+	if s.hold.any.Load() {
+		s.dropHeld(c) // frames held for a connection that is gone (handoff.go)
 	}
 }
 

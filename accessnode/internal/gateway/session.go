@@ -5,7 +5,9 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/imgate/imgate/accessnode/internal/drop"
 	"github.com/imgate/imgate/accessnode/internal/evloop"
+	"github.com/imgate/imgate/accessnode/internal/lockorder"
 	"github.com/imgate/imgate/proto/wirepb"
 )
 
@@ -22,15 +24,16 @@ type session struct {
 	// inflight: Sends and Requests of this session not yet answered; a
 	// hand-off moves the session only when it is 0 (handoff.go).
 	inflight atomic.Int32
+	kicked   atomic.Bool // Kick written; the connection lingers for acks (Server.kick)
 
-	mu      sync.Mutex // guards pending, gone
+	mu      lockorder.Mutex // guards pending, gone
 	pending map[string]*outbound
 	gone    bool
 
 	// The router hears SessionUp before SessionDown, never the reverse,
 	// even when the session ends (a kick from another goroutine) while its
 	// login is still being published.
-	presMu    sync.Mutex // guards presUp, presEnded; held across the router call
+	presMu    lockorder.Mutex // guards presUp, presEnded; held across the router call
 	presUp    bool
 	presEnded bool
 }
@@ -39,6 +42,7 @@ type session struct {
 type outbound struct {
 	msg       *wirepb.Deliver // shared by every device of the recipient: read-only
 	attempt   uint32
+	sentAt    int64 // engine clock, first transmission
 	nextRetry int64
 	deadline  int64
 	f         *flight
@@ -84,6 +88,7 @@ type sendOp struct {
 	msgID       string
 	to          string
 	msg         *wirepb.Deliver
+	start       int64 // engine clock: when the Send was read
 
 	mu    sync.Mutex // guards parts, sum
 	parts int        // not yet resolved
@@ -122,13 +127,14 @@ func (o *sendOp) part(devices, acked uint32, reason wirepb.ErrorCode) {
 	}
 	s.send(o.sender.c, &wirepb.Frame{Body: &wirepb.Frame_SendAck{SendAck: ack}})
 	o.sender.inflight.Add(-1) // after the SendAck is queued: a hand-off takes it along
+	s.observeSend(ack.Outcome, o.start)
 }
 
 // deliver hands msg (already encoded as frame) to this session and tracks
 // its acknowledgement. It reports false when the session is gone.
 func (s *session) deliver(msg *wirepb.Deliver, frame []byte, f *flight, now int64, cfg *Config) bool {
 	s.mu.Lock()
-	if s.gone {
+	if s.gone || s.kicked.Load() {
 		s.mu.Unlock()
 		return false
 	}
@@ -138,6 +144,7 @@ func (s *session) deliver(msg *wirepb.Deliver, frame []byte, f *flight, now int6
 	s.pending[msg.MsgId] = &outbound{
 		msg:       msg,
 		attempt:   1,
+		sentAt:    now,
 		nextRetry: now + int64(cfg.DeliverRetry),
 		deadline:  now + int64(cfg.DeliverTimeout),
 		f:         f,
@@ -151,8 +158,9 @@ func (s *session) deliver(msg *wirepb.Deliver, frame []byte, f *flight, now int6
 	return true
 }
 
-// acked resolves the Deliver msgID; unknown ids (late duplicates) are ignored.
-func (s *session) acked(msgID []byte) {
+// acked resolves the Deliver msgID and returns when it was first sent;
+// ok is false for an id not pending (a late duplicate), which is ignored.
+func (s *session) acked(msgID []byte) (sentAt int64, ok bool) {
 	s.mu.Lock()
 	ob := s.pending[string(msgID)] // no copy: a map index by converted bytes
 	if ob != nil {
@@ -160,9 +168,11 @@ func (s *session) acked(msgID []byte) {
 		s.npending.Store(int32(len(s.pending)))
 	}
 	s.mu.Unlock()
-	if ob != nil {
-		ob.f.ack()
+	if ob == nil {
+		return 0, false
 	}
+	ob.f.ack()
+	return ob.sentAt, true
 }
 
 // retry re-sends Delivers whose retry time has come and fails those past
@@ -186,13 +196,15 @@ func (s *session) retry(srv *Server, now int64) {
 	}
 	s.npending.Store(int32(len(s.pending)))
 	s.mu.Unlock()
+	srv.drops.AddN(drop.DeliverTimeout, len(failed))
 	for _, ob := range failed {
 		ob.f.fail(wirepb.ErrorCode_ERROR_CODE_DELIVERY_TIMEOUT)
 	}
 }
 
-// close marks the session gone and fails its pending Delivers.
-func (s *session) close() {
+// close marks the session gone and fails its pending Delivers; it returns
+// how many there were.
+func (s *session) close() int {
 	s.mu.Lock()
 	s.gone = true
 	pending := s.pending
@@ -202,6 +214,7 @@ func (s *session) close() {
 	for _, ob := range pending {
 		ob.f.fail(wirepb.ErrorCode_ERROR_CODE_RECIPIENT_GONE)
 	}
+	return len(pending)
 }
 
 // store hands a message nobody was online for to the backend, then answers
@@ -220,8 +233,10 @@ func (o *sendOp) store(ack *wirepb.SendAck) {
 		}
 		s.send(o.sender.c, &wirepb.Frame{Body: &wirepb.Frame_SendAck{SendAck: ack}})
 		o.sender.inflight.Add(-1)
+		s.observeSend(ack.Outcome, o.start)
 	}
 	if !s.upstream(func(ctx context.Context) { finish(s.cfg.Upstream.Store(ctx, req) == nil) }) {
+		s.drops.Add(drop.UpstreamBusy)
 		finish(false)
 	}
 }

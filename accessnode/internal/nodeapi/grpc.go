@@ -12,6 +12,7 @@ import (
 	"context"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -26,6 +27,8 @@ type Gateway interface {
 	Stats() gateway.Stats
 	Kick(uid, device, detail string) int
 	Push(uid, from string, payload []byte, contentType string, done gateway.Done) string
+	// Collectors are the gateway's histograms and drop counters (/metrics).
+	Collectors() []prometheus.Collector
 }
 
 // Streams serves the Forward streams between nodes (the relay).

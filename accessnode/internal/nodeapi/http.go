@@ -21,11 +21,14 @@ type Ready func() (ok bool, why string)
 // /debug/pprof/ (the ops listener must not be exposed to clients). When
 // adminToken is set, /metrics and /debug/ need Authorization: Bearer
 // <adminToken> (401 otherwise); the probes never do. extra are more
-// metrics for /metrics (TLSCollectors).
-func Handler(gw Gateway, ready Ready, nodeID, adminToken string, extra ...prometheus.Collector) http.Handler {
+// metrics for /metrics (TLSCollectors, the relay's). No series carries the
+// node's id: the scrape target's instance names the node.
+func Handler(gw Gateway, ready Ready, adminToken string, extra ...prometheus.Collector) http.Handler {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	registerGateway(reg, gw, nodeID)
+	registerGateway(reg, gw)
+	registerProxy(reg, gw)
+	reg.MustRegister(gw.Collectors()...)
 	reg.MustRegister(extra...)
 
 	mux := http.NewServeMux()
@@ -71,16 +74,15 @@ func requireToken(token string, h http.Handler) http.Handler {
 
 // registerGateway exports the gateway's counters; they are read at scrape
 // time, so the message path pays nothing for metrics.
-func registerGateway(reg *prometheus.Registry, gw Gateway, nodeID string) {
-	labels := prometheus.Labels{"node": nodeID}
+func registerGateway(reg *prometheus.Registry, gw Gateway) {
 	gauge := func(name, help string, f func(gateway.Stats) float64) {
 		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Namespace: "imgate", Subsystem: "node", Name: name, Help: help, ConstLabels: labels,
+			Namespace: "imgate", Subsystem: "node", Name: name, Help: help,
 		}, func() float64 { return f(gw.Stats()) }))
 	}
 	counter := func(name, help string, f func(gateway.Stats) uint64) {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Namespace: "imgate", Subsystem: "node", Name: name, Help: help, ConstLabels: labels,
+			Namespace: "imgate", Subsystem: "node", Name: name, Help: help,
 		}, func() float64 { return float64(f(gw.Stats())) }))
 	}
 	gauge("connections", "Open client connections.", func(s gateway.Stats) float64 { return float64(s.Conns) })
@@ -122,7 +124,7 @@ func registerGateway(reg *prometheus.Registry, gw Gateway, nodeID string) {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Namespace: "imgate", Subsystem: "node", Name: "send_outcomes_total",
 			Help:        "SendAck outcomes by kind.",
-			ConstLabels: prometheus.Labels{"node": nodeID, "outcome": name},
+			ConstLabels: prometheus.Labels{"outcome": name},
 		}, func() float64 { return float64(f(gw.Stats())) }))
 	}
 }

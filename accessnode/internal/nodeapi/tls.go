@@ -3,6 +3,7 @@ package nodeapi
 import (
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/imgate/imgate/accessnode/internal/drop"
 	"github.com/imgate/imgate/accessnode/internal/tlsfront"
 )
 
@@ -12,18 +13,18 @@ type TLSFront interface {
 }
 
 // TLSCollectors export the TLS front's counters (imgate_node_tls_*), read
-// at scrape time; pass them to Handler.
-func TLSCollectors(f TLSFront, nodeID string) []prometheus.Collector {
-	labels := prometheus.Labels{"node": nodeID}
+// at scrape time, and its share of imgate_node_dropped_total; pass them to
+// Handler.
+func TLSCollectors(f TLSFront) []prometheus.Collector {
 	var cs []prometheus.Collector
 	gauge := func(name, help string, v func(tlsfront.Stats) float64) {
 		cs = append(cs, prometheus.NewGaugeFunc(prometheus.GaugeOpts{
-			Namespace: "imgate", Subsystem: "node", Name: name, Help: help, ConstLabels: labels,
+			Namespace: "imgate", Subsystem: "node", Name: name, Help: help,
 		}, func() float64 { return v(f.Stats()) }))
 	}
 	counter := func(name, help string, v func(tlsfront.Stats) uint64) {
 		cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{
-			Namespace: "imgate", Subsystem: "node", Name: name, Help: help, ConstLabels: labels,
+			Namespace: "imgate", Subsystem: "node", Name: name, Help: help,
 		}, func() float64 { return float64(v(f.Stats())) }))
 	}
 	gauge("tls_connections", "Client connections over TLS, open now (also in connections).", func(s tlsfront.Stats) float64 { return float64(s.Conns) })
@@ -41,5 +42,5 @@ func TLSCollectors(f TLSFront, nodeID string) []prometheus.Collector {
 	counter("tls_write_timeouts_total", "TLS clients closed for accepting no bytes within the write timeout.", func(s tlsfront.Stats) uint64 { return s.WriteTimeouts })
 	counter("tls_cert_reloads_total", "Client TLS certificate reloads after its files changed.", func(s tlsfront.Stats) uint64 { return s.CertReloads })
 	counter("tls_cert_reload_errors_total", "Failed client TLS certificate reloads (the previous one stays).", func(s tlsfront.Stats) uint64 { return s.CertReloadErrors })
-	return cs
+	return append(cs, drop.Collectors(func(drop.Reason) uint64 { return f.Stats().Discarded }, drop.TLSDiscarded)...)
 }

@@ -3,6 +3,8 @@ package relay
 import (
 	"sync"
 	"time"
+
+	"github.com/imgate/imgate/accessnode/internal/lockorder"
 )
 
 // lookupCache remembers, on a sending node, which nodes held a uid's
@@ -97,7 +99,7 @@ type watchers struct {
 }
 
 type watchShard struct {
-	mu sync.Mutex
+	mu lockorder.Mutex
 	m  map[string][]watcher // guarded by mu
 }
 

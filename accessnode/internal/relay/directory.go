@@ -1,8 +1,7 @@
 package relay
 
 import (
-	"sync"
-
+	"github.com/imgate/imgate/accessnode/internal/lockorder"
 	"github.com/imgate/imgate/proto/nodepb"
 )
 
@@ -19,7 +18,7 @@ type directory struct {
 }
 
 type dirShard struct {
-	mu sync.Mutex
+	mu lockorder.Mutex
 	m  map[string][]dirEntry // guarded by mu; slices are replaced, not edited
 }
 

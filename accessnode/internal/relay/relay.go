@@ -40,7 +40,9 @@ import (
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/imgate/imgate/accessnode/internal/drop"
 	"github.com/imgate/imgate/accessnode/internal/gateway"
+	"github.com/imgate/imgate/accessnode/internal/lockorder"
 	"github.com/imgate/imgate/proto/etcdkeys"
 	"github.com/imgate/imgate/proto/nodepb"
 	"github.com/imgate/imgate/proto/wirepb"
@@ -133,7 +135,7 @@ type Relay struct {
 
 	view atomic.Pointer[view]
 
-	mu        sync.Mutex // guards peers, inbound, closed, unsettled
+	mu        lockorder.Mutex // guards peers, inbound, closed, unsettled
 	peers     map[string]*peer
 	inbound   map[string]*inbound // the newest stream from each node
 	unsettled time.Time           // when the presence of the members last stopped being known whole
@@ -145,6 +147,10 @@ type Relay struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	start time.Time // the relay clock's origin (now)
+	m     *metrics
+	drops drop.Counts
 
 	// Counters.
 	forwards, forwardFailures, lookups, notHome, remoteKicks, cacheHits atomic.Uint64
@@ -166,7 +172,7 @@ func New(cfg Config, cli *clientv3.Client, local Local, log zerolog.Logger) *Rel
 		cfg: cfg, log: log, cli: cli, local: local, dir: newDirectory(),
 		cache: newLookupCache(), watchers: newWatchers(), order: newOrderer(),
 		peers: map[string]*peer{}, inbound: map[string]*inbound{}, unsettled: time.Now(),
-		ctx: ctx, cancel: cancel,
+		ctx: ctx, cancel: cancel, start: time.Now(), m: newMetrics(),
 	}
 	r.members = newMembership(r)
 	r.view.Store(newView(0, nil, false))
@@ -293,6 +299,7 @@ func (r *Relay) setPeer(id string, p *peer) {
 	defer r.mu.Unlock()
 	if p == nil {
 		delete(r.peers, id)
+		r.m.forward.DeleteLabelValues(id) // peers are nodes: the label stays bounded
 	} else {
 		r.peers[id] = p
 	}
@@ -469,6 +476,8 @@ func (r *Relay) applyPresence(e *nodepb.PresenceEntry, gen uint64) {
 	for _, n := range r.watchers.take(e.Uid, time.Now()) {
 		if p := r.peer(n); p != nil {
 			p.enqueue(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Invalidate{Invalidate: &nodepb.Invalidate{Uids: []string{e.Uid}}}})
+		} else {
+			r.drops.Add(drop.PeerUnknown)
 		}
 	}
 	if k == nil {
@@ -482,6 +491,8 @@ func (r *Relay) applyPresence(e *nodepb.PresenceEntry, gen uint64) {
 	if p := r.peer(k.holder); p != nil {
 		p.enqueue(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Kick{Kick: &nodepb.KickSession{
 			Uid: e.Uid, Device: k.device, LoginAtNs: k.loginAt}}})
+	} else {
+		r.drops.Add(drop.PeerUnknown)
 	}
 }
 
@@ -515,6 +526,10 @@ func (r *Relay) presenceChange(e *nodepb.PresenceEntry) {
 	default:
 		if p := r.peer(h); p != nil {
 			p.presence([]*nodepb.PresenceEntry{e})
+		} else {
+			// The home's stream comes with its registration, and starts
+			// with a full registration of ours.
+			r.drops.Add(drop.PeerUnknown)
 		}
 	}
 }
@@ -551,7 +566,7 @@ func (r *Relay) Forward(uid string, d *wirepb.Deliver, done gateway.Done) {
 	// knows to invalidate us. A local lookup costs no round trip anyway.
 	cacheable := v.home(uid) != r.cfg.NodeID
 	epoch := v.epoch
-	r.lookup(uid, now.Add(r.cfg.LookupTimeout), func(holders []string, incomplete bool, reason wirepb.ErrorCode) {
+	r.timedLookup(uid, now.Add(r.cfg.LookupTimeout), func(holders []string, incomplete bool, reason wirepb.ErrorCode) {
 		if reason == 0 && len(holders) > 0 && cacheable && !incomplete {
 			r.cache.put(uid, holders, epoch, now)
 		}
@@ -569,7 +584,7 @@ func (r *Relay) Forward(uid string, d *wirepb.Deliver, done gateway.Done) {
 // relookup asks the home again for m, outside the order (the holders it
 // had were wrong), within what is left of m's deadline.
 func (r *Relay) relookup(m *message) {
-	r.lookup(m.uid, earliest(time.Now().Add(r.cfg.LookupTimeout), m.deadline), func(holders []string, incomplete bool, reason wirepb.ErrorCode) {
+	r.timedLookup(m.uid, earliest(time.Now().Add(r.cfg.LookupTimeout), m.deadline), func(holders []string, incomplete bool, reason wirepb.ErrorCode) {
 		if reason != 0 {
 			r.forwardFailures.Add(1)
 			m.done(0, 0, reason)
@@ -624,6 +639,7 @@ func (r *Relay) forwardTo(m *message, holders []string, cached, incomplete bool)
 		}
 		p := r.peer(h)
 		if p == nil {
+			r.drops.Add(drop.PeerUnknown)
 			fw.answer(nil, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE, true)
 			continue
 		}
@@ -667,6 +683,22 @@ func (fw *forwarding) answer(res *nodepb.ForwardFrame, reason wirepb.ErrorCode, 
 		fw.r.forwardFailures.Add(1)
 	}
 	m.done(sum.Devices, sum.Acked, sum.Reason)
+}
+
+// timedLookup is lookup, observed in the lookup histogram.
+func (r *Relay) timedLookup(uid string, deadline time.Time, cb func(holders []string, incomplete bool, reason wirepb.ErrorCode)) {
+	start := r.now()
+	r.lookup(uid, deadline, func(holders []string, incomplete bool, reason wirepb.ErrorCode) {
+		o := r.m.lookupFound
+		switch {
+		case reason != 0:
+			o = r.m.lookupFailed
+		case len(holders) == 0:
+			o = r.m.lookupNone
+		}
+		o.Observe(seconds(r.now() - start))
+		cb(holders, incomplete, reason)
+	})
 }
 
 // lookup finds the holders of uid through its home, retrying while views

@@ -5,10 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
-	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
@@ -16,7 +16,9 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/imgate/imgate/accessnode/internal/drop"
 	"github.com/imgate/imgate/accessnode/internal/gateway"
+	"github.com/imgate/imgate/accessnode/internal/lockorder"
 	"github.com/imgate/imgate/proto/etcdkeys"
 	"github.com/imgate/imgate/proto/nodepb"
 	"github.com/imgate/imgate/proto/wirepb"
@@ -35,7 +37,8 @@ const (
 // push never blocks. A resync request is a mark in the queue: the frames
 // queued before it carry presence the resync supersedes.
 type sendQueue struct {
-	mu       sync.Mutex // guards frames, closed, resync, resyncAt
+	drops    *drop.Counts
+	mu       lockorder.Mutex // guards frames, closed, resync, resyncAt
 	frames   []*nodepb.ForwardFrame
 	closed   bool
 	resync   bool
@@ -43,15 +46,23 @@ type sendQueue struct {
 	wake     chan struct{}
 }
 
-func newSendQueue() *sendQueue { return &sendQueue{wake: make(chan struct{}, 1)} }
+func newSendQueue(d *drop.Counts) *sendQueue {
+	return &sendQueue{drops: d, wake: make(chan struct{}, 1)}
+}
 
 // push queues f; it reports false when the queue is closed or full (a
-// presence update that does not fit asks for a resync instead).
+// presence update that does not fit asks for a resync instead). Either is
+// counted as a drop.
 func (q *sendQueue) push(f *nodepb.ForwardFrame) bool {
 	q.mu.Lock()
 	if q.closed || len(q.frames) >= maxQueued {
 		full := !q.closed
 		q.mu.Unlock()
+		if full {
+			q.drops.Add(drop.PeerQueueFull)
+		} else {
+			q.drops.Add(drop.StreamLost)
+		}
 		if full && f.GetPresence() != nil {
 			// A presence update must never be lost silently: register
 			// everything again instead.
@@ -93,12 +104,24 @@ func (q *sendQueue) take() (frames []*nodepb.ForwardFrame, resync bool, before i
 	return
 }
 
+// close discards what is queued; the calls among it are counted when
+// they are failed (peer.failAll), the one-way frames here.
 func (q *sendQueue) close() {
 	q.mu.Lock()
 	q.closed = true
+	frames := q.frames
 	q.frames = nil
 	q.mu.Unlock()
 	q.signal()
+	n := 0
+	for _, f := range frames {
+		switch f.Body.(type) {
+		case *nodepb.ForwardFrame_Deliver, *nodepb.ForwardFrame_Lookup:
+		default:
+			n++
+		}
+	}
+	q.drops.AddN(drop.StreamLost, n)
 }
 
 // sendAll writes frames in batches of at most MaxBatchBytes.
@@ -137,7 +160,7 @@ type peer struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu      sync.Mutex // guards state, pending, seq, q
+	mu      lockorder.Mutex // guards state, pending, seq, q
 	state   peerState
 	pending map[uint64]pendingCall
 	seq     uint64
@@ -145,6 +168,9 @@ type peer struct {
 	// sent is the highest call seq handed to a stream: calls are queued in
 	// seq order, so every call at or below it may have reached the peer.
 	sent atomic.Uint64
+
+	rtt   prometheus.Observer // forwarded Deliver round trips to this peer
+	downs atomic.Uint64       // times the stream went down after it was up
 }
 
 type peerState int
@@ -159,6 +185,7 @@ type pendingCall struct {
 	seq      uint64
 	deadline time.Time
 	a        answerer
+	start    int64 // relay clock when a Deliver was queued; 0 for a Lookup
 }
 
 // answerer takes the answer to a call: the peer's frame, or (nil, reason)
@@ -177,7 +204,8 @@ func (f answerFunc) answer(res *nodepb.ForwardFrame, reason wirepb.ErrorCode, un
 
 func newPeer(r *Relay, id, addr string) *peer {
 	ctx, cancel := context.WithCancel(r.ctx)
-	return &peer{r: r, id: id, addr: addr, ctx: ctx, cancel: cancel, pending: map[uint64]pendingCall{}, q: newSendQueue()}
+	return &peer{r: r, id: id, addr: addr, ctx: ctx, cancel: cancel, pending: map[uint64]pendingCall{},
+		q: newSendQueue(&r.drops), rtt: r.m.forward.WithLabelValues(id)}
 }
 
 func (p *peer) isUp() bool {
@@ -191,9 +219,14 @@ func (p *peer) close() { p.cancel() }
 // call sends a request (Deliver or Lookup) and answers a exactly once: with
 // the answer, or with a reason when the stream fails or deadline passes.
 func (p *peer) call(f *nodepb.ForwardFrame, deadline time.Time, a answerer) {
+	var start int64
+	if _, ok := f.Body.(*nodepb.ForwardFrame_Deliver); ok {
+		start = p.r.now() // outside p.mu
+	}
 	p.mu.Lock()
 	if p.state == peerDown || p.ctx.Err() != nil {
 		p.mu.Unlock()
+		p.r.drops.Add(drop.PeerDown)
 		a.answer(nil, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE, true)
 		return
 	}
@@ -205,7 +238,7 @@ func (p *peer) call(f *nodepb.ForwardFrame, deadline time.Time, a answerer) {
 	case *nodepb.ForwardFrame_Lookup:
 		b.Lookup.Seq = seq
 	}
-	p.pending[seq] = pendingCall{seq: seq, deadline: deadline, a: a}
+	p.pending[seq] = pendingCall{seq: seq, deadline: deadline, a: a, start: start}
 	// Queued under p.mu, so the queue is in seq order (see sent). Lock
 	// order (gateway/locks.go): peer.mu → sendQueue.mu.
 	ok := p.q.push(f)
@@ -253,9 +286,11 @@ func (p *peer) enqueue(f *nodepb.ForwardFrame) {
 	p.mu.Lock()
 	q, down := p.q, p.state == peerDown
 	p.mu.Unlock()
-	if !down {
-		q.push(f)
+	if down {
+		p.r.drops.Add(drop.PeerDown)
+		return
 	}
+	q.push(f)
 }
 
 // presence queues presence entries for this peer.
@@ -273,12 +308,14 @@ func (p *peer) resync() {
 	q.requestResync()
 }
 
-// failAll answers every pending call with reason.
+// failAll answers every pending call with reason: the stream they were
+// on is lost.
 func (p *peer) failAll(reason wirepb.ErrorCode) {
 	p.mu.Lock()
 	pending := p.pending
 	p.pending = map[uint64]pendingCall{}
 	p.mu.Unlock()
+	p.r.drops.AddN(drop.StreamLost, len(pending))
 	for _, c := range pending {
 		c.a.answer(nil, reason, p.unsent(c))
 	}
@@ -295,6 +332,7 @@ func (p *peer) expire(now time.Time) {
 		}
 	}
 	p.mu.Unlock()
+	p.r.drops.AddN(drop.ForwardTimeout, len(late))
 	for _, c := range late {
 		c.a.answer(nil, wirepb.ErrorCode_ERROR_CODE_DELIVERY_TIMEOUT, p.unsent(c))
 	}
@@ -309,11 +347,20 @@ func (p *peer) waiting() bool {
 var errRefused = errors.New("another node answers at this address")
 
 func (p *peer) run() {
-	defer p.failAll(wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
+	defer func() {
+		p.mu.Lock()
+		q := p.q
+		p.mu.Unlock()
+		q.close() // what is left is counted
+		p.failAll(wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
+	}()
 	retry := 100 * time.Millisecond
 	for p.ctx.Err() == nil {
 		start := time.Now()
 		wasUp, err := p.attempt()
+		if wasUp {
+			p.downs.Add(1)
+		}
 		if p.ctx.Err() != nil {
 			return
 		}
@@ -322,7 +369,7 @@ func (p *peer) run() {
 		p.mu.Lock()
 		p.state = peerDown
 		p.q.close()
-		p.q = newSendQueue()
+		p.q = newSendQueue(&p.r.drops)
 		p.mu.Unlock()
 		p.failAll(wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
 		var refused *refusal
@@ -539,9 +586,15 @@ func (p *peer) receive(st nodepb.NodeService_ForwardClient, lastRecv *atomic.Int
 			default:
 				continue
 			}
-			if c, ok := p.takePending(seq); ok {
-				c.a.answer(f, 0, false)
+			c, ok := p.takePending(seq)
+			if !ok {
+				p.r.drops.Add(drop.LateAnswer) // its call timed out or failed
+				continue
 			}
+			if c.start != 0 {
+				p.rtt.Observe(seconds(p.r.now() - c.start))
+			}
+			c.a.answer(f, 0, false)
 		}
 	}
 }
@@ -579,7 +632,7 @@ func (r *Relay) ServeStream(st nodepb.NodeService_ForwardServer) error {
 	if hello.Expect != "" && hello.Expect != r.cfg.NodeID {
 		return status.Errorf(codes.FailedPrecondition, "relay: this is node %q, not %q", r.cfg.NodeID, hello.Expect)
 	}
-	in := &inbound{from: hello.NodeId, out: newSendQueue()}
+	in := &inbound{from: hello.NodeId, out: newSendQueue(&r.drops)}
 	in.lastRecv.Store(time.Now().UnixNano())
 	r.addInbound(in)
 	defer r.removeInbound(in)
@@ -655,6 +708,7 @@ func (r *Relay) handle(in *inbound, frames []*nodepb.ForwardFrame) {
 			})
 		case *nodepb.ForwardFrame_Presence:
 			if !r.currentInbound(in) {
+				r.drops.Add(drop.StaleStream)
 				continue // a newer stream from the same node supersedes this one
 			}
 			if body.Presence.ResetHolder {
@@ -664,12 +718,14 @@ func (r *Relay) handle(in *inbound, frames []*nodepb.ForwardFrame) {
 			}
 			for _, e := range body.Presence.Entries {
 				if e.Holder != from {
+					r.drops.Add(drop.ForeignPresence)
 					continue // a node speaks only for itself
 				}
 				r.applyPresence(e, in.gen)
 			}
 		case *nodepb.ForwardFrame_SyncDone:
 			if !r.currentInbound(in) {
+				r.drops.Add(drop.StaleStream)
 				continue
 			}
 			if in.sweep {

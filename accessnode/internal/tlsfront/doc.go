@@ -13,6 +13,9 @@
 //     (Handle). The handshake runs under a deadline (HandshakeTimeout), so a
 //     client that connects and never finishes it is closed; at most
 //     MaxHandshakes run at once, more wait in the listen backlog.
+//   - With Config.Proxy on, a PROXY header is read before the ClientHello,
+//     under the same deadline (proxy.go); the client it names is the
+//     connection's address from then on.
 //   - After the handshake it makes a unix socketpair, gives one end to the
 //     engine (Adopter.Adopt) with the client's real address — the engine's
 //     connection cap and the gateway's per-address limits, login deadline

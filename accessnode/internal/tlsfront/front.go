@@ -14,6 +14,7 @@ import (
 	"github.com/rs/zerolog"
 	"golang.org/x/sys/unix"
 
+	"github.com/imgate/imgate/accessnode/internal/proxyhdr"
 	"github.com/imgate/imgate/proto/tlsconf"
 )
 
@@ -40,6 +41,11 @@ type Config struct {
 	// Linger is how long the client may take to close once the node has
 	// closed its side (default 2 s, the engine's).
 	Linger time.Duration
+	// Proxy is the PROXY protocol in front of TLS: with a mode other than
+	// off the header is read before the ClientHello, within
+	// HandshakeTimeout, and the connection is handed over as the client
+	// it names (proxy.go).
+	Proxy proxyhdr.Config
 }
 
 func (c *Config) setDefaults() {
@@ -70,11 +76,18 @@ type Stats struct {
 	HandshakeErrors   uint64 // failed otherwise (not TLS, bad version, reset…)
 	Refused           uint64 // completed, but the engine refused the connection (cap, draining)
 	WriteTimeouts     uint64 // closed after WriteTimeout without progress
+	// Discarded counts reads the front could not pass on because the other
+	// side had gone: the node's bytes for a client that is gone or stuck
+	// (the connection is dropped), a client's bytes after the node closed.
+	Discarded uint64
 
 	CertReloads      uint64 // the certificate files changed and were loaded
 	CertReloadErrors uint64 // they changed but did not load (the old pair stays)
 	// CertNotAfter is when the certificate in service expires.
 	CertNotAfter time.Time
+	// Proxy counts PROXY headers and refusals: Config.Proxy.Counters,
+	// shared with the engine when the node passes both one Config.
+	Proxy proxyhdr.Stats
 }
 
 // Front terminates TLS and hands connections to an Adopter.
@@ -100,6 +113,7 @@ type Front struct {
 	open, handshaking                           atomic.Int64
 	handshakes, hsTimeouts, hsErrors, refused   atomic.Uint64
 	writeTimeouts, certReloads, certReloadFails atomic.Uint64
+	discarded                                   atomic.Uint64
 }
 
 // New loads the certificate (an unreadable or mismatched pair is an error
@@ -108,6 +122,9 @@ func New(cfg Config, to Adopter, log zerolog.Logger) (*Front, error) {
 	cfg.setDefaults()
 	if cfg.Cert == "" || cfg.Key == "" {
 		return nil, errors.New("tlsfront: a certificate and its key are required")
+	}
+	if err := cfg.Proxy.Check(); err != nil {
+		return nil, fmt.Errorf("tlsfront: %w", err)
 	}
 	// No CA: clients present no certificate.
 	tc, r, err := tlsconf.Server(tlsconf.Files{Cert: cfg.Cert, Key: cfg.Key})
@@ -148,9 +165,10 @@ func (f *Front) Stats() Stats {
 	return Stats{
 		Conns: f.open.Load(), Handshaking: f.handshaking.Load(),
 		Handshakes: f.handshakes.Load(), HandshakeTimeouts: f.hsTimeouts.Load(), HandshakeErrors: f.hsErrors.Load(),
-		Refused: f.refused.Load(), WriteTimeouts: f.writeTimeouts.Load(),
+		Refused: f.refused.Load(), WriteTimeouts: f.writeTimeouts.Load(), Discarded: f.discarded.Load(),
 		CertReloads: f.certReloads.Load(), CertReloadErrors: f.certReloadFails.Load(),
 		CertNotAfter: notAfter(f.certs.Certificate()),
+		Proxy:        f.cfg.Proxy.Counters.Stats(),
 	}
 }
 
@@ -290,7 +308,16 @@ func (c *conn) serve() {
 	defer f.remove(c)
 	defer c.raw.Close()
 
-	tc, ok := c.handshake()
+	// One deadline from accept for the PROXY header and the handshake.
+	_ = c.raw.SetDeadline(time.Now().Add(f.cfg.HandshakeTimeout))
+	remote, hs, ok := remoteOf(c.raw), net.Conn(c.raw), true
+	if f.cfg.Proxy.Mode != proxyhdr.Off {
+		remote, hs, ok = c.proxyHeader(remote)
+	}
+	var tc *tls.Conn
+	if ok {
+		tc, ok = c.handshake(hs, remote)
+	}
 	<-f.slots
 	f.handshaking.Add(-1)
 	if !ok {
@@ -321,9 +348,9 @@ func (c *conn) serve() {
 	c.far = far
 	f.mu.Unlock()
 	defer far.Close()
-	if err := c.to.Adopt(fds[0], remoteOf(c.raw)); err != nil {
+	if err := c.to.Adopt(fds[0], remote); err != nil {
 		f.refused.Add(1)
-		f.noisy.Debug().Err(err).Str("remote", c.raw.RemoteAddr().String()).Msg("tls: the node refused the connection")
+		f.noisy.Debug().Err(err).Str("remote", remote.String()).Msg("tls: the node refused the connection")
 		return
 	}
 	f.open.Add(1)
@@ -339,18 +366,18 @@ func (c *conn) serve() {
 	c.down(tc, far, upDone)
 }
 
-// handshake runs the TLS handshake under HandshakeTimeout.
-func (c *conn) handshake() (*tls.Conn, bool) {
+// handshake runs the TLS handshake over hs (raw, or raw behind the bytes
+// read with a PROXY header) under the deadline serve set.
+func (c *conn) handshake(hs net.Conn, remote netip.AddrPort) (*tls.Conn, bool) {
 	f := c.f
-	_ = c.raw.SetDeadline(time.Now().Add(f.cfg.HandshakeTimeout))
-	tc := tls.Server(c.raw, f.tls)
+	tc := tls.Server(hs, f.tls)
 	if err := tc.Handshake(); err != nil {
 		if errors.Is(err, os.ErrDeadlineExceeded) {
 			f.hsTimeouts.Add(1)
 		} else {
 			f.hsErrors.Add(1)
 		}
-		f.noisy.Debug().Err(err).Str("remote", c.raw.RemoteAddr().String()).Msg("tls handshake failed")
+		f.noisy.Debug().Err(err).Str("remote", remote.String()).Msg("tls handshake failed")
 		return nil, false
 	}
 	_ = c.raw.SetDeadline(time.Time{})
@@ -380,6 +407,7 @@ func (c *conn) up(tc *tls.Conn, far *os.File) {
 		n, err := tc.Read(buf[:])
 		if n > 0 {
 			if _, werr := far.Write(buf[:n]); werr != nil {
+				c.f.discarded.Add(1)
 				return // the node closed its end; down ends the rest
 			}
 		}
@@ -438,6 +466,7 @@ func (c *conn) down(tc *tls.Conn, far *os.File, upDone <-chan struct{}) {
 				f.writeTimeouts.Add(1)
 			}
 			// The client is gone or stuck: drop everything.
+			f.discarded.Add(1)
 			c.raw.Close()
 			far.Close()
 			<-upDone

@@ -56,6 +56,16 @@ func (r *recorder) Adopt(fd int, remote netip.AddrPort) error {
 	return r.Server.Adopt(fd, remote)
 }
 
+// wsRecorder is the recorder handing connections over as WebSocket.
+type wsRecorder struct{ r *recorder }
+
+func (w wsRecorder) Adopt(fd int, remote netip.AddrPort) error {
+	w.r.mu.Lock()
+	w.r.remotes = append(w.r.remotes, remote)
+	w.r.mu.Unlock()
+	return w.r.Server.AdoptWS(fd, remote)
+}
+
 type fixture struct {
 	t       *testing.T
 	ca      *tlstest.CA
@@ -67,11 +77,6 @@ type fixture struct {
 	wsAddr  string // the gateway's WebSocket port
 	wssAddr string // the front, WebSocket inside
 }
-
-// wsAdopter hands the front's connections to the gateway as WebSocket.
-type wsAdopter struct{ gw *gateway.Server }
-
-func (a wsAdopter) Adopt(fd int, remote netip.AddrPort) error { return a.gw.AdoptWS(fd, remote) }
 
 func newFixture(t *testing.T, gcfg gateway.Config, fcfg Config) *fixture {
 	t.Helper()
@@ -116,7 +121,7 @@ func newFixture(t *testing.T, gcfg gateway.Config, fcfg Config) *fixture {
 	f.wssAddr = wssLn.Addr().String()
 	served := make(chan error, 2)
 	go func() { served <- f.front.Serve(ln) }()
-	go func() { served <- f.front.ServeTo(wssLn, wsAdopter{srv}) }()
+	go func() { served <- f.front.ServeTo(wssLn, wsRecorder{f.gw}) }()
 	t.Cleanup(func() {
 		// As the node shuts down: the engine first, then the front.
 		ln.Close()

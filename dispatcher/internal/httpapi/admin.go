@@ -3,6 +3,7 @@ package httpapi
 import (
 	"crypto/subtle"
 	"net/http"
+	"net/http/pprof"
 	"strings"
 
 	"github.com/go-chi/chi/v5"
@@ -23,8 +24,24 @@ func (s *Server) adminRoutes(r chi.Router) {
 	}
 }
 
+// profileRoutes serve /debug/pprof/ behind the admin token (when set),
+// like the access node's ops listener: only on the admin listener, never
+// the public one, where clients could reach it.
+func (s *Server) profileRoutes(r chi.Router) {
+	r.Group(func(r chi.Router) {
+		r.Use(s.requireAdmin)
+		r.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		r.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		r.HandleFunc("/debug/pprof/*", pprof.Index) // the index and every named profile
+		// Any other /debug/ path is refused the same way, so the token
+		// check does not depend on what is registered under it.
+		r.Handle("/debug/*", http.NotFoundHandler())
+	})
+}
+
 // Admin is the handler of the admin listener when Config.AdminSeparate is
-// set: /v1/nodes, /metrics, POST /v1/push and the probes. nil otherwise.
+// set: /v1/nodes, /metrics, POST /v1/push, /debug/pprof/ and the probes.
+// nil otherwise.
 func (s *Server) Admin() http.Handler {
 	if s.admin == nil {
 		return nil

@@ -60,7 +60,7 @@ type Config struct {
 	AdminToken string
 	// AdminSeparate moves the admin routes (/v1/nodes, /metrics, POST
 	// /v1/push) off the public handler onto the one Admin returns, for a
-	// listener of their own.
+	// listener of their own; only there is /debug/pprof/ served too.
 	AdminSeparate bool
 }
 
@@ -115,7 +115,10 @@ func New(cfg Config, p Picker, f Fleet, s Signer, log zerolog.Logger, reg promet
 		}
 	})
 	if cfg.AdminSeparate {
-		srv.admin = srv.newRouter(srv.adminRoutes)
+		srv.admin = srv.newRouter(func(r chi.Router) {
+			srv.adminRoutes(r)
+			srv.profileRoutes(r)
+		})
 	}
 	return srv, nil
 }
