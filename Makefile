@@ -66,6 +66,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseDispatcherError$$' -fuzztime $(or $(FUZZTIME),100000x) ./proto/client
 	$(GO) test -run '^$$' -fuzz '^FuzzEndpointQuery$$' -fuzztime $(or $(FUZZTIME),6000x) ./dispatcher/internal/httpapi
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(or $(FUZZTIME),100000x) ./dispatcher/internal/auth
+	$(GO) test -run '^$$' -fuzz '^FuzzDecodeFrame$$' -fuzztime $(or $(FUZZTIME),50000x) ./accessnode/internal/handoff
 	$(GO) test -run '^$$' -fuzz '^FuzzWebSocket$$' -fuzztime $(or $(FUZZTIME),300000x) ./accessnode/internal/evloop
 	$(GO) test -run '^$$' -fuzz '^FuzzConfigFile$$' -fuzztime $(or $(FUZZTIME),20000x) ./proto/cliflags
 	$(GO) test -run '^$$' -fuzz '^FuzzProxyHeader$$' -fuzztime $(or $(FUZZTIME),300000x) ./accessnode/internal/proxyhdr

@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/imgate/imgate/accessnode/internal/handoff"
 	"github.com/imgate/imgate/accessnode/internal/proxyhdr"
 	"github.com/imgate/imgate/proto/cliflags"
 	"github.com/imgate/imgate/proto/etcdkeys"
@@ -74,6 +75,8 @@ type config struct {
 	wsAdvertise       string
 	wsAllowedOrigins  cliflags.List
 	proxy             proxyhdr.Config // --proxy-*: the PROXY protocol on every client listener
+	upgradeBinary     string          // SIGUSR2 starts it and hands the node over (handoff)
+	upgradeTimeout    time.Duration
 }
 
 // define puts every flag on fs, one line each, defaults included.
@@ -103,6 +106,8 @@ func (c *config) define(fs *flag.FlagSet) {
 	fs.DurationVar(&c.idleSweep, "idle-sweep", 5*time.Second, "how often every connection's idle timeout is checked, a slice of them each sweep")
 	fs.DurationVar(&c.drainTimeout, "drain-timeout", 30*time.Second, "on SIGTERM, how long to wait for clients to move before closing them")
 	fs.IntVar(&c.drainRate, "drain-rate", 1000, "on SIGTERM, clients asked to move (GoAway) per second")
+	fs.StringVar(&c.upgradeBinary, "upgrade-binary", handoff.DefaultBinary(), "on SIGUSR2, the binary started with the same flags and handed every connection (upgrade in place)")
+	fs.DurationVar(&c.upgradeTimeout, "upgrade-timeout", 30*time.Second, "on SIGUSR2, how long the new process has to start, report healthy and take every connection before the old one keeps them")
 	cliflags.DefineLogLevel(fs, &c.logLevel)
 	fs.StringVar(&c.upstreamAddr, "upstream-addr", "", "gRPC address of the app's backend (Upstream service) for client requests; empty: requests are answered UNAVAILABLE")
 	fs.DurationVar(&c.upstreamTimeout, "upstream-timeout", 5*time.Second, "timeout of one backend call")

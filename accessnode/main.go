@@ -31,6 +31,7 @@ import (
 
 	"github.com/imgate/imgate/accessnode/internal/evloop"
 	"github.com/imgate/imgate/accessnode/internal/gateway"
+	"github.com/imgate/imgate/accessnode/internal/handoff"
 	"github.com/imgate/imgate/accessnode/internal/nodeapi"
 	"github.com/imgate/imgate/accessnode/internal/opsconfig"
 	"github.com/imgate/imgate/accessnode/internal/registry"
@@ -66,7 +67,8 @@ func main() {
 }
 
 // Main is one access node: ParseFlags, then Run until its context ends
-// (SIGTERM: drain, leave etcd), then Close.
+// (SIGTERM: drain, leave etcd) or it hands itself to a new process
+// (SIGUSR2: upgrade in place, no drain), then Close.
 type Main struct {
 	Stdout io.Writer // --version
 	Stderr io.Writer // --help and parse errors
@@ -76,6 +78,7 @@ type Main struct {
 
 	// Built by start, in this order; owned by Run's goroutine.
 	started   time.Time
+	inh       *handoff.Inherited // started by an upgrade in place (nil otherwise)
 	itls      internalTLS
 	clientLn  net.Listener
 	wsLn      net.Listener // nil without --ws-addr
@@ -90,6 +93,7 @@ type Main struct {
 	grpcSrv   *grpc.Server
 	healthSrv *health.Server
 	httpSrv   *http.Server
+	upg       *handoff.Old // SIGUSR2: hand everything to a new process
 
 	closers []func() // run by Close, last first
 }
@@ -120,7 +124,7 @@ func (m *Main) ParseFlags(args []string) error {
 // leaves the fleet. A start that fails returns at once; Close releases
 // what it had built.
 func (m *Main) Run(ctx context.Context) error {
-	if err := m.start(); err != nil {
+	if err := m.start(ctx); err != nil {
 		return err
 	}
 	return m.serve(ctx)
@@ -140,7 +144,9 @@ func (m *Main) onClose(f func()) { m.closers = append(m.closers, f) }
 // start builds the node: listeners first (a taken port fails at once),
 // then the gateway, etcd, the relay and the registration, then the
 // servers. Nothing is served to clients before the relay is connected.
-func (m *Main) start() error {
+// Started by an upgrade in place, it inherits the old process's listeners
+// first and takes its connections over before serving clients.
+func (m *Main) start(ctx context.Context) error {
 	cfg := &m.cfg
 	keys, err := token.ParseKeys(cfg.tokenKeys)
 	if err != nil {
@@ -153,6 +159,9 @@ func (m *Main) start() error {
 		return err
 	}
 	m.started = time.Now()
+	if m.inh, err = handoff.Inherit(cliflags.Version(version), m.log); err != nil {
+		return err
+	}
 	if err := m.listen(); err != nil {
 		return err
 	}
@@ -163,7 +172,7 @@ func (m *Main) start() error {
 	if err := m.join(); err != nil {
 		return err
 	}
-	if err := m.serveClients(); err != nil {
+	if err := m.serveClients(ctx); err != nil {
 		return err
 	}
 	m.newServers()
@@ -174,11 +183,12 @@ func (m *Main) start() error {
 
 // listen binds every listener synchronously, so a taken port fails the
 // start, and fills in the advertised addresses from what was bound (port
-// 0 picks one) unless told otherwise.
+// 0 picks one) unless told otherwise. After an upgrade in place the four
+// plain listeners are the old process's, inherited.
 func (m *Main) listen() error {
 	cfg := &m.cfg
 	var err error
-	if m.clientLn, err = net.Listen("tcp", cfg.clientAddr); err != nil {
+	if m.clientLn, err = m.inh.Listen("client", cfg.clientAddr); err != nil {
 		return fmt.Errorf("client listener: %w", err)
 	}
 	m.onClose(func() { m.clientLn.Close() })
@@ -187,7 +197,7 @@ func (m *Main) listen() error {
 	}
 	m.onClose(m.clientTLS.close) // after gw.Close (Close runs last first)
 	if cfg.wsAddr != "" {
-		if m.wsLn, err = net.Listen("tcp", cfg.wsAddr); err != nil {
+		if m.wsLn, err = m.inh.Listen("ws", cfg.wsAddr); err != nil {
 			return fmt.Errorf("client ws listener: %w", err)
 		}
 		m.onClose(func() { m.wsLn.Close() })
@@ -195,11 +205,11 @@ func (m *Main) listen() error {
 			cfg.wsAdvertise = m.wsLn.Addr().String()
 		}
 	}
-	if m.grpcLn, err = net.Listen("tcp", cfg.grpcAddr); err != nil {
+	if m.grpcLn, err = m.inh.Listen("grpc", cfg.grpcAddr); err != nil {
 		return fmt.Errorf("grpc listener: %w", err)
 	}
 	m.onClose(func() { m.grpcLn.Close() }) // the gRPC server closes it once serving
-	if m.httpLn, err = net.Listen("tcp", cfg.httpAddr); err != nil {
+	if m.httpLn, err = m.inh.Listen("http", cfg.httpAddr); err != nil {
 		return fmt.Errorf("http listener: %w", err)
 	}
 	m.onClose(func() { m.httpLn.Close() })
@@ -275,14 +285,19 @@ func (m *Main) join() error {
 		GRPCAddr:  cfg.grpcAdvertise,
 		Region:    cfg.region,
 		Version:   cliflags.Version(version),
-		StartedAt: m.started.UnixMilli(),
+		StartedAt: m.inh.StartedAt(m.started), // an upgrade in place keeps the node's
 	}, registry.Config{TTL: cfg.leaseTTL, OnRegister: m.rl.Resync}, m.log)
 	return err
 }
 
-// serveClients starts accepting clients on every client listener.
-func (m *Main) serveClients() error {
+// serveClients starts accepting clients on every client listener. After
+// an upgrade in place it first takes the old process's connections over
+// (the gateway holds their Sends until Finish, in serve).
+func (m *Main) serveClients(ctx context.Context) error {
 	m.gw.SetRouter(m.rl)
+	if err := m.inh.TakeOver(ctx, m.gw, func(ctx context.Context) error { _, err := m.etcd.Get(ctx, "health"); return err }); err != nil {
+		return err
+	}
 	if err := m.gw.Serve(m.clientLn.(*net.TCPListener)); err != nil {
 		return err
 	}
@@ -351,13 +366,25 @@ func (m *Main) serve(ctx context.Context) error {
 		return nil
 	})
 
+	// Serving: a node that took over its old process's connections lets
+	// their held frames go, and from now on SIGUSR2 upgrades this one.
+	m.inh.Finish(m.gw)
+	m.upg = handoff.NewOld(&handoff.Old{Binary: cfg.upgradeBinary, Args: os.Args[1:], Timeout: cfg.upgradeTimeout, GW: m.gw,
+		StartedAt: m.inh.StartedAt(m.started), Listeners: upgradeListeners(m.clientLn, m.wsLn, m.grpcLn, m.httpLn),
+		Refuse: upgradeRefusal(m.clientTLS), Log: m.log, Release: m.reg.Release,
+		Serve: func() error { return serveAgain(m.gw, m.clientLn, m.wsLn) }})
+	go m.upg.Watch(gctx)
+
+	handedOver := false
 	select {
 	case <-ctx.Done():
 		m.log.Info().Dur("deadline", cfg.drainTimeout).Msg("shutting down: draining clients")
 	case <-gctx.Done():
 		m.log.Error().Msg("a server failed; shutting down")
+	case <-m.upg.Done():
+		handedOver = true // the new process serves our clients: nothing to drain
 	}
-	m.drain()
+	m.drain(handedOver)
 	m.stopServers()
 	cancelRun()
 	err := g.Wait()
@@ -366,8 +393,10 @@ func (m *Main) serve(ctx context.Context) error {
 }
 
 // drain reports draining (the dispatcher stops handing us out on its next
-// pull), moves clients off at a bounded pace, then leaves etcd.
-func (m *Main) drain() {
+// pull), moves clients off at a bounded pace, then leaves etcd. After a
+// hand-over (handedOver) the clients are the new process's: none is moved,
+// and the registration was released, so the key stays.
+func (m *Main) drain(handedOver bool) {
 	m.healthSrv.SetServingStatus("", healthpb.HealthCheckResponse_NOT_SERVING)
 	// Close our copy of the listening socket: with the engine's copy gone
 	// too, new connects are refused at once instead of hanging unserved.
@@ -376,9 +405,11 @@ func (m *Main) drain() {
 		m.wsLn.Close()
 	}
 	m.clientTLS.stopAccepting()
-	dctx, dcancel := context.WithTimeout(context.Background(), m.cfg.drainTimeout)
-	m.gw.Drain(dctx, m.cfg.drainRate)
-	dcancel()
+	if !handedOver {
+		dctx, dcancel := context.WithTimeout(context.Background(), m.cfg.drainTimeout)
+		m.gw.Drain(dctx, m.cfg.drainRate)
+		dcancel()
+	}
 	// Leave: the key goes (the registrar revokes its lease, bounded), then
 	// the Forward streams, so peers see "key gone, stream down" and drop
 	// this node at once instead of holding it as through an etcd flap.

@@ -96,7 +96,9 @@ type Registration struct {
 	GRPCAddr string            `json:"grpc_addr"`
 	Region   string            `json:"region,omitempty"`
 	Version  string            `json:"version,omitempty"`
-	// Unix milliseconds when the node process started.
+	// Unix milliseconds when the node started: its process, or the first
+	// process of an upgrade in place, which keeps it (the dispatcher takes a
+	// new value for a restart).
 	StartedAt int64 `json:"started_at"`
 }
 

@@ -21,6 +21,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -79,8 +80,41 @@ func newFlags(fs *flag.FlagSet, c *config) {
 
 type proc struct {
 	name string
-	cmd  *exec.Cmd
+	cmd  *exec.Cmd // nil for a node's process after an upgrade in place (not our child)
+	pid  int
+	log  string
 	done chan struct{}
+}
+
+// upgraded reports the new process of p, a node that exited after handing
+// itself over on SIGUSR2 (docs/operations.md, "Upgrading a node in place"):
+// its log names the new pid, which devrun then follows and stops.
+func upgraded(p *proc) *proc {
+	if p.cmd == nil || p.cmd.ProcessState == nil || !p.cmd.ProcessState.Success() {
+		return nil
+	}
+	b, err := os.ReadFile(p.log)
+	if err != nil {
+		return nil
+	}
+	m := regexp.MustCompile(`"new_pid":(\d+),"conns":\d+[^\n]*handed everything to the new process`).FindAllSubmatch(b, -1)
+	if len(m) == 0 {
+		return nil
+	}
+	pid, _ := strconv.Atoi(string(m[len(m)-1][1]))
+	return follow(p.name, pid, p.log)
+}
+
+// follow watches pid, a process devrun did not start, until it is gone.
+func follow(name string, pid int, log string) *proc {
+	p := &proc{name: name, pid: pid, log: log, done: make(chan struct{})}
+	go func() {
+		for syscall.Kill(pid, 0) == nil {
+			time.Sleep(200 * time.Millisecond)
+		}
+		close(p.done)
+	}()
+	return p
 }
 
 func (c config) nodeAddrs(i int) (client, grpc, http, ws string) {
@@ -222,6 +256,12 @@ func run(ctx context.Context, c config) error {
 		case <-t.C:
 			status(base)
 		case p := <-gone:
+			if next := upgraded(p); next != nil {
+				say("%s upgraded in place: pid %d handed its clients to pid %d", p.name, p.pid, next.pid)
+				procs = append(procs, next)
+				go func() { <-next.done; gone <- next }()
+				continue
+			}
 			if c.keepGoing && strings.HasPrefix(p.name, "node-") {
 				say("%s exited; the rest go on (--keep-going)", p.name)
 				continue
@@ -252,7 +292,7 @@ func spawn(logPath, name string, env []string, argv ...string) (*proc, error) {
 		f.Close()
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}
-	p := &proc{name: name, cmd: cmd, done: make(chan struct{})}
+	p := &proc{name: name, cmd: cmd, pid: cmd.Process.Pid, log: logPath, done: make(chan struct{})}
 	go func() {
 		_ = cmd.Wait()
 		f.Close()
@@ -263,7 +303,7 @@ func spawn(logPath, name string, env []string, argv ...string) (*proc, error) {
 }
 
 // exited returns a channel that yields the first process to exit.
-func exited(procs []*proc) <-chan *proc {
+func exited(procs []*proc) chan *proc {
 	ch := make(chan *proc, len(procs))
 	for _, p := range procs {
 		go func() {
@@ -283,12 +323,12 @@ func stopAll(procs []*proc) {
 			continue
 		default:
 		}
-		_ = p.cmd.Process.Signal(syscall.SIGTERM)
+		_ = syscall.Kill(p.pid, syscall.SIGTERM)
 		select {
 		case <-p.done:
 			say("stopped %s", p.name)
 		case <-time.After(10 * time.Second):
-			_ = p.cmd.Process.Kill()
+			_ = syscall.Kill(p.pid, syscall.SIGKILL)
 			<-p.done
 			say("killed %s (did not stop within 10 s)", p.name)
 		}
@@ -375,6 +415,7 @@ func banner(c config, base, logDir string) {
    curl -s '%[1]s/v1/nodes'
    etcdctl --endpoints=%[2]s put /imgate/config/nodes/node-1/weight 50
    bin/imchat --uid alice     (in another terminal; type "bob: hi")
+   make build && kill -USR2 <pid of node-1>   (upgrade it in place: its clients stay connected)
  logs: %[3]s
 ================================================================
 

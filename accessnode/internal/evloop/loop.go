@@ -453,7 +453,7 @@ func (l *loop) flush(c *Conn) {
 
 // flushOutLocked is flush with c.mu held.
 func (l *loop) flushOutLocked(c *Conn) {
-	if c.state == stateClosed || c.state == stateBroken {
+	if c.state == stateClosed || c.state == stateBroken || c.state == stateDetached {
 		return
 	}
 	if c.flushLocked() != nil || len(c.out) > 0 {

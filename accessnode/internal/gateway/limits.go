@@ -69,6 +69,23 @@ func (l *ipLimits) admit(ip netip.Addr, now time.Time) ipVerdict {
 	return ipOK
 }
 
+// adopt counts a connection handed over from another process, unrefused:
+// it was admitted there.
+func (l *ipLimits) adopt(ip netip.Addr, now time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	st := l.m[ip]
+	if st == nil {
+		st = &ipState{}
+		if l.rate > 0 {
+			st.lim = rate.NewLimiter(l.rate, l.burst)
+		}
+		l.m[ip] = st
+	}
+	st.seen = now
+	st.conns++
+}
+
 // release uncounts a connection admit counted.
 func (l *ipLimits) release(ip netip.Addr, now time.Time) {
 	l.mu.Lock()

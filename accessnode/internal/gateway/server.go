@@ -146,7 +146,8 @@ type Server struct {
 	cancel  context.CancelFunc
 	upWG    sync.WaitGroup
 
-	shed shedder // Shed and the ops drain (shed.go)
+	shed shedder   // Shed and the ops drain (shed.go)
+	hold holdState // a hand-off to a new process (handoff.go)
 
 	// Counters, exported through Stats.
 	logins, loginFailures                atomic.Uint64
@@ -264,7 +265,9 @@ func (s *Server) handleRequest(from *session, m *wirepb.Request) {
 		return
 	}
 	req := &nodepb.UpstreamRequest{Uid: from.uid, Device: from.device, NodeId: s.cfg.NodeID, Method: m.Method, Payload: m.Payload}
+	from.inflight.Add(1)
 	if !s.upstream(func(ctx context.Context) {
+		defer from.inflight.Add(-1) // after the answer is queued
 		resp, err := up.Handle(ctx, req)
 		switch {
 		case err == nil:
@@ -275,6 +278,7 @@ func (s *Server) handleRequest(from *session, m *wirepb.Request) {
 			answer(wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE, "backend: "+err.Error(), nil)
 		}
 	}) {
+		from.inflight.Add(-1)
 		s.drops.Add(drop.UpstreamBusy)
 		answer(wirepb.ErrorCode_ERROR_CODE_RATE_LIMITED, "too many backend requests in flight on this node", nil)
 	}
@@ -453,6 +457,14 @@ func (s *Server) OnFrameError(c *evloop.Conn, err error) {
 // OnFrame implements evloop.Handler.
 func (s *Server) OnFrame(c *evloop.Conn, body []byte) {
 	s.framesIn.Add(1)
+	if s.hold.any.Load() && s.holdFrame(c, body) {
+		return
+	}
+	s.process(c, body)
+}
+
+// process handles one frame.
+func (s *Server) process(c *evloop.Conn, body []byte) {
 	// Heartbeats are most of a node's frames: answered without the
 	// protobuf runtime (same bytes; wire.TestPingPongFastPathMatchesProtobuf).
 	if seq, ok := wire.DecodePing(body); ok {
@@ -617,6 +629,7 @@ func (s *Server) handleSend(from *session, m *wirepb.Send) {
 	d := newDeliver(msgID, from.uid, from.device, m.Payload, m.ContentType)
 	op := &sendOp{srv: s, sender: from, clientMsgID: m.ClientMsgId, msgID: msgID, parts: 1, to: m.ToUid, msg: d,
 		start: from.c.LastRead()} // when the Send frame arrived: no clock read
+	from.inflight.Add(1) // until op answers (session.go)
 	if s.router != nil {
 		op.parts = 2
 	}
@@ -737,6 +750,9 @@ func (s *Server) OnClose(c *evloop.Conn) {
 	}
 	if _, refused := c.Data.(refusedConn); s.ipl != nil && !refused {
 		s.ipl.release(c.RemoteAddr().Addr(), time.Now())
+	}
+	if s.hold.any.Load() {
+		s.dropHeld(c) // frames held for a connection that is gone (handoff.go)
 	}
 }
 

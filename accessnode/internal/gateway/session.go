@@ -21,7 +21,10 @@ type session struct {
 	bytes   msgBudget // payload bytes; owned by the session's loop
 
 	npending atomic.Int32 // len(pending), read without the lock by the sweep
-	kicked   atomic.Bool  // Kick written; the connection lingers for acks (Server.kick)
+	// inflight: Sends and Requests of this session not yet answered; a
+	// hand-off moves the session only when it is 0 (handoff.go).
+	inflight atomic.Int32
+	kicked   atomic.Bool // Kick written; the connection lingers for acks (Server.kick)
 
 	mu      lockorder.Mutex // guards pending, gone
 	pending map[string]*outbound
@@ -123,6 +126,7 @@ func (o *sendOp) part(devices, acked uint32, reason wirepb.ErrorCode) {
 		s.failed.Add(1)
 	}
 	s.send(o.sender.c, &wirepb.Frame{Body: &wirepb.Frame_SendAck{SendAck: ack}})
+	o.sender.inflight.Add(-1) // after the SendAck is queued: a hand-off takes it along
 	s.observeSend(ack.Outcome, o.start)
 }
 
@@ -228,6 +232,7 @@ func (o *sendOp) store(ack *wirepb.SendAck) {
 			s.offline.Add(1)
 		}
 		s.send(o.sender.c, &wirepb.Frame{Body: &wirepb.Frame_SendAck{SendAck: ack}})
+		o.sender.inflight.Add(-1)
 		s.observeSend(ack.Outcome, o.start)
 	}
 	if !s.upstream(func(ctx context.Context) { finish(s.cfg.Upstream.Store(ctx, req) == nil) }) {

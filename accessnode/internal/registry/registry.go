@@ -71,6 +71,7 @@ type Registrar struct {
 	restored   atomic.Uint64
 	stop       chan struct{} // closed by Deregister
 	stopped    atomic.Bool
+	released   atomic.Bool   // Release: Run returns without revoking
 	done       chan struct{} // closed when Run returns
 }
 
@@ -111,6 +112,16 @@ func (r *Registrar) Deregister() {
 	if r.stopped.CompareAndSwap(false, true) {
 		close(r.stop)
 	}
+}
+
+// Release makes Run return without revoking the lease: the key stays, under
+// a lease nobody keeps alive any more, until another process of the same
+// node puts it under its own (an upgrade in place, accessnode/internal/
+// handoff) — peers and the dispatcher see the key change, never vanish. If
+// nobody does, it expires with the lease.
+func (r *Registrar) Release() {
+	r.released.Store(true)
+	r.Deregister()
 }
 
 var errLeaseLost = errors.New("lease lost")
@@ -158,6 +169,10 @@ func (r *Registrar) Run(ctx context.Context) error {
 		}
 		err = r.hold(ctx, lease)
 		r.registered.Store(false)
+		if ctx.Err() != nil && r.released.Load() {
+			r.log.Info().Str("key", r.key).Msg("registration released to the next process")
+			return nil
+		}
 		if ctx.Err() != nil {
 			rctx, rcancel := context.WithTimeout(context.Background(), r.cfg.CallTimeout)
 			if _, err := r.cli.Revoke(rctx, lease); err != nil {
