@@ -22,11 +22,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	NodeService_Stats_FullMethodName   = "/imgate.node.v1.NodeService/Stats"
-	NodeService_Forward_FullMethodName = "/imgate.node.v1.NodeService/Forward"
-	NodeService_Push_FullMethodName    = "/imgate.node.v1.NodeService/Push"
-	NodeService_Kick_FullMethodName    = "/imgate.node.v1.NodeService/Kick"
-	NodeService_Shed_FullMethodName    = "/imgate.node.v1.NodeService/Shed"
+	NodeService_Stats_FullMethodName    = "/imgate.node.v1.NodeService/Stats"
+	NodeService_Forward_FullMethodName  = "/imgate.node.v1.NodeService/Forward"
+	NodeService_Push_FullMethodName     = "/imgate.node.v1.NodeService/Push"
+	NodeService_Kick_FullMethodName     = "/imgate.node.v1.NodeService/Kick"
+	NodeService_Shed_FullMethodName     = "/imgate.node.v1.NodeService/Shed"
+	NodeService_Presence_FullMethodName = "/imgate.node.v1.NodeService/Presence"
 )
 
 // NodeServiceClient is the client API for NodeService service.
@@ -48,6 +49,12 @@ type NodeServiceClient interface {
 	// GoAway to at most per_second of them a second (rebalancing; one elected
 	// dispatcher sends it). It answers at once; a new Shed replaces a running one.
 	Shed(ctx context.Context, in *ShedRequest, opts ...grpc.CallOption) (*ShedResponse, error)
+	// Presence answers, for up to 1,000 uids, each one's online devices, from
+	// the uids' home shards of the presence directory: one Forward round trip
+	// per home node, not per uid. A home that cannot vouch for its shard
+	// answers UNKNOWN (no device known) or PARTIAL (these, maybe more),
+	// never OFFLINE.
+	Presence(ctx context.Context, in *PresenceQuery, opts ...grpc.CallOption) (*PresenceReply, error)
 }
 
 type nodeServiceClient struct {
@@ -111,6 +118,16 @@ func (c *nodeServiceClient) Shed(ctx context.Context, in *ShedRequest, opts ...g
 	return out, nil
 }
 
+func (c *nodeServiceClient) Presence(ctx context.Context, in *PresenceQuery, opts ...grpc.CallOption) (*PresenceReply, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PresenceReply)
+	err := c.cc.Invoke(ctx, NodeService_Presence_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServiceServer is the server API for NodeService service.
 // All implementations must embed UnimplementedNodeServiceServer
 // for forward compatibility.
@@ -130,6 +147,12 @@ type NodeServiceServer interface {
 	// GoAway to at most per_second of them a second (rebalancing; one elected
 	// dispatcher sends it). It answers at once; a new Shed replaces a running one.
 	Shed(context.Context, *ShedRequest) (*ShedResponse, error)
+	// Presence answers, for up to 1,000 uids, each one's online devices, from
+	// the uids' home shards of the presence directory: one Forward round trip
+	// per home node, not per uid. A home that cannot vouch for its shard
+	// answers UNKNOWN (no device known) or PARTIAL (these, maybe more),
+	// never OFFLINE.
+	Presence(context.Context, *PresenceQuery) (*PresenceReply, error)
 	mustEmbedUnimplementedNodeServiceServer()
 }
 
@@ -154,6 +177,9 @@ func (UnimplementedNodeServiceServer) Kick(context.Context, *KickRequest) (*Kick
 }
 func (UnimplementedNodeServiceServer) Shed(context.Context, *ShedRequest) (*ShedResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Shed not implemented")
+}
+func (UnimplementedNodeServiceServer) Presence(context.Context, *PresenceQuery) (*PresenceReply, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Presence not implemented")
 }
 func (UnimplementedNodeServiceServer) mustEmbedUnimplementedNodeServiceServer() {}
 func (UnimplementedNodeServiceServer) testEmbeddedByValue()                     {}
@@ -255,6 +281,24 @@ func _NodeService_Shed_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_Presence_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PresenceQuery)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).Presence(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_Presence_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).Presence(ctx, req.(*PresenceQuery))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NodeService_ServiceDesc is the grpc.ServiceDesc for NodeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -277,6 +321,10 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Shed",
 			Handler:    _NodeService_Shed_Handler,
+		},
+		{
+			MethodName: "Presence",
+			Handler:    _NodeService_Presence_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

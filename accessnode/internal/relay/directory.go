@@ -157,3 +157,11 @@ func (d *directory) size() int {
 	}
 	return n
 }
+
+// devices returns a copy of uid's entries.
+func (d *directory) devices(uid string) []dirEntry {
+	sh := d.shard(uid)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return append([]dirEntry(nil), sh.m[uid]...)
+}

@@ -1,6 +1,10 @@
 package relay
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Collectors export the relay's membership and counters
 // (imgate_node_relay_*), read at scrape time; pass them to nodeapi.Handler.
@@ -38,5 +42,13 @@ func (r *Relay) Collectors(nodeID string) []prometheus.Collector {
 	counter("incomplete_answers_total", "Messages answered UNAVAILABLE instead of OFFLINE because a home could not vouch that nobody was online.", func(s Stats) uint64 { return s.IncompleteAnswers })
 	counter("resyncs_total", "Full registrations of this node's sessions sent to a peer.", func(s Stats) uint64 { return s.Resyncs })
 	counter("resync_requests_total", "Full registrations this node asked of peers taken (back) into its view.", func(s Stats) uint64 { return s.ResyncRequests })
+	direct := func(name, help string, v *atomic.Uint64) {
+		cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "imgate", Subsystem: "node", Name: "relay_" + name, Help: help, ConstLabels: labels,
+		}, func() float64 { return float64(v.Load()) }))
+	}
+	direct("presence_queries_total", "Presence queries answered by this node (the Presence RPC).", &r.pres.queries)
+	direct("presence_home_queries_total", "PresenceQuery frames sent to remote homes: one per home per query round.", &r.pres.homeQueries)
+	direct("presence_unknown_total", "Uids answered UNKNOWN because no home could be reached in time.", &r.pres.unknown)
 	return cs
 }

@@ -150,6 +150,7 @@ type Relay struct {
 	forwards, forwardFailures, lookups, notHome, remoteKicks, cacheHits atomic.Uint64
 	incompleteAnswers, resyncs, resyncRequests, viewChanges             atomic.Uint64
 	nCands, nHeld, nRefused                                             atomic.Int64
+	pres                                                                presenceCounters
 }
 
 type completeness struct {

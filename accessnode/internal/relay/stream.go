@@ -204,6 +204,8 @@ func (p *peer) call(f *nodepb.ForwardFrame, deadline time.Time, a answerer) {
 		b.Deliver.Seq = seq
 	case *nodepb.ForwardFrame_Lookup:
 		b.Lookup.Seq = seq
+	case *nodepb.ForwardFrame_Query:
+		b.Query.Seq = seq
 	}
 	p.pending[seq] = pendingCall{seq: seq, deadline: deadline, a: a}
 	// Queued under p.mu, so the queue is in seq order (see sent). Lock
@@ -239,6 +241,8 @@ func (p *peer) markSent(frames []*nodepb.ForwardFrame) {
 			top = max(top, b.Deliver.Seq)
 		case *nodepb.ForwardFrame_Lookup:
 			top = max(top, b.Lookup.Seq)
+		case *nodepb.ForwardFrame_Query:
+			top = max(top, b.Query.Seq)
 		}
 	}
 	if top > p.sent.Load() {
@@ -529,6 +533,8 @@ func (p *peer) receive(st nodepb.NodeService_ForwardClient, lastRecv *atomic.Int
 				seq = body.Result.Seq
 			case *nodepb.ForwardFrame_LookupResult:
 				seq = body.LookupResult.Seq
+			case *nodepb.ForwardFrame_QueryResult:
+				seq = body.QueryResult.Seq
 			case *nodepb.ForwardFrame_Kick:
 				k := body.Kick
 				p.r.kickLocal(k.Uid, k.Device, k.LoginAtNs)
@@ -684,6 +690,10 @@ func (r *Relay) handle(in *inbound, frames []*nodepb.ForwardFrame) {
 				res.Seq = seq
 				out.push(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_LookupResult{LookupResult: res}})
 			})
+		case *nodepb.ForwardFrame_Query:
+			res := r.homePresence(body.Query.Uids)
+			res.Seq = body.Query.Seq
+			out.push(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_QueryResult{QueryResult: res}})
 		case *nodepb.ForwardFrame_Kick:
 			// A home tells us (on its own stream) that a newer login
 			// replaced one of our sessions.

@@ -12,11 +12,14 @@ import (
 
 // adminRoutes are the routes for ops and backends, never for apps:
 // /v1/nodes and /metrics behind the admin token (when set), POST /v1/push
-// behind its own push token.
+// and GET /v1/presence behind the push token.
 func (s *Server) adminRoutes(r chi.Router) {
 	r.With(s.requireAdmin).Get("/v1/nodes", s.nodes)
 	if s.cfg.Pusher != nil {
 		r.Post("/v1/push", s.push)
+		if _, ok := s.cfg.Pusher.(Presencer); ok {
+			r.Get("/v1/presence", s.presence)
+		}
 	}
 	if s.cfg.Metrics != nil {
 		r.With(s.requireAdmin).Method(http.MethodGet, "/metrics", s.cfg.Metrics)
