@@ -354,6 +354,8 @@ type ForwardFrame struct {
 	//	*ForwardFrame_Resync
 	//	*ForwardFrame_Query
 	//	*ForwardFrame_QueryResult
+	//	*ForwardFrame_AdminKick
+	//	*ForwardFrame_AdminKickResult
 	Body          isForwardFrame_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -513,6 +515,24 @@ func (x *ForwardFrame) GetQueryResult() *PresenceReply {
 	return nil
 }
 
+func (x *ForwardFrame) GetAdminKick() *AdminKick {
+	if x != nil {
+		if x, ok := x.Body.(*ForwardFrame_AdminKick); ok {
+			return x.AdminKick
+		}
+	}
+	return nil
+}
+
+func (x *ForwardFrame) GetAdminKickResult() *AdminKickResult {
+	if x != nil {
+		if x, ok := x.Body.(*ForwardFrame_AdminKickResult); ok {
+			return x.AdminKickResult
+		}
+	}
+	return nil
+}
+
 type isForwardFrame_Body interface {
 	isForwardFrame_Body()
 }
@@ -569,6 +589,14 @@ type ForwardFrame_QueryResult struct {
 	QueryResult *PresenceReply `protobuf:"bytes,13,opt,name=query_result,json=queryResult,proto3,oneof"`
 }
 
+type ForwardFrame_AdminKick struct {
+	AdminKick *AdminKick `protobuf:"bytes,14,opt,name=admin_kick,json=adminKick,proto3,oneof"` // any node -> a holder: kick these sessions (Kick{ADMIN})
+}
+
+type ForwardFrame_AdminKickResult struct {
+	AdminKickResult *AdminKickResult `protobuf:"bytes,15,opt,name=admin_kick_result,json=adminKickResult,proto3,oneof"`
+}
+
 func (*ForwardFrame_Deliver) isForwardFrame_Body() {}
 
 func (*ForwardFrame_Result) isForwardFrame_Body() {}
@@ -594,6 +622,10 @@ func (*ForwardFrame_Resync) isForwardFrame_Body() {}
 func (*ForwardFrame_Query) isForwardFrame_Body() {}
 
 func (*ForwardFrame_QueryResult) isForwardFrame_Body() {}
+
+func (*ForwardFrame_AdminKick) isForwardFrame_Body() {}
+
+func (*ForwardFrame_AdminKickResult) isForwardFrame_Body() {}
 
 // Heartbeat proves an idle stream alive. The dialer sends one when it has
 // sent nothing for a heartbeat interval; the receiver answers each with one.
@@ -1756,8 +1788,14 @@ type KickRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Uid   string                 `protobuf:"bytes,1,opt,name=uid,proto3" json:"uid,omitempty"`
 	// Empty: every device of uid.
-	Device        string `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
-	Detail        string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	Device string `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	Detail string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	// Every node holding a session of uid (and device), found through the
+	// uid's home; when the home cannot vouch for its list, every member.
+	// false: only this node.
+	Fleet bool `protobuf:"varint,4,opt,name=fleet,proto3" json:"fleet,omitempty"`
+	// The clients get Kick{ADMIN, ban}: they do not reconnect by themselves.
+	Ban           bool `protobuf:"varint,5,opt,name=ban,proto3" json:"ban,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1813,9 +1851,28 @@ func (x *KickRequest) GetDetail() string {
 	return ""
 }
 
+func (x *KickRequest) GetFleet() bool {
+	if x != nil {
+		return x.Fleet
+	}
+	return false
+}
+
+func (x *KickRequest) GetBan() bool {
+	if x != nil {
+		return x.Ban
+	}
+	return false
+}
+
 type KickResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Kicked        uint32                 `protobuf:"varint,1,opt,name=kicked,proto3" json:"kicked,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Kicked uint32                 `protobuf:"varint,1,opt,name=kicked,proto3" json:"kicked,omitempty"`
+	// fleet: the nodes asked (this one included when it held a session), and
+	// whether some could not answer or the home could not vouch for its list
+	// (then every member was asked).
+	Nodes         []string `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Incomplete    bool     `protobuf:"varint,3,opt,name=incomplete,proto3" json:"incomplete,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1857,6 +1914,150 @@ func (x *KickResponse) GetKicked() uint32 {
 	return 0
 }
 
+func (x *KickResponse) GetNodes() []string {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+func (x *KickResponse) GetIncomplete() bool {
+	if x != nil {
+		return x.Incomplete
+	}
+	return false
+}
+
+// AdminKick asks a holder to kick the sessions of uid (device empty: all),
+// each client getting Kick{ADMIN, detail, ban}.
+type AdminKick struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Uid           string                 `protobuf:"bytes,2,opt,name=uid,proto3" json:"uid,omitempty"`
+	Device        string                 `protobuf:"bytes,3,opt,name=device,proto3" json:"device,omitempty"`
+	Detail        string                 `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	Ban           bool                   `protobuf:"varint,5,opt,name=ban,proto3" json:"ban,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminKick) Reset() {
+	*x = AdminKick{}
+	mi := &file_nodepb_node_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminKick) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminKick) ProtoMessage() {}
+
+func (x *AdminKick) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminKick.ProtoReflect.Descriptor instead.
+func (*AdminKick) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *AdminKick) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AdminKick) GetUid() string {
+	if x != nil {
+		return x.Uid
+	}
+	return ""
+}
+
+func (x *AdminKick) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *AdminKick) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *AdminKick) GetBan() bool {
+	if x != nil {
+		return x.Ban
+	}
+	return false
+}
+
+type AdminKickResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Kicked        uint32                 `protobuf:"varint,2,opt,name=kicked,proto3" json:"kicked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminKickResult) Reset() {
+	*x = AdminKickResult{}
+	mi := &file_nodepb_node_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminKickResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminKickResult) ProtoMessage() {}
+
+func (x *AdminKickResult) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminKickResult.ProtoReflect.Descriptor instead.
+func (*AdminKickResult) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *AdminKickResult) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AdminKickResult) GetKicked() uint32 {
+	if x != nil {
+		return x.Kicked
+	}
+	return 0
+}
+
 type ShedRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Count     uint32                 `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
@@ -1869,7 +2070,7 @@ type ShedRequest struct {
 
 func (x *ShedRequest) Reset() {
 	*x = ShedRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[25]
+	mi := &file_nodepb_node_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1881,7 +2082,7 @@ func (x *ShedRequest) String() string {
 func (*ShedRequest) ProtoMessage() {}
 
 func (x *ShedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[25]
+	mi := &file_nodepb_node_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1894,7 +2095,7 @@ func (x *ShedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShedRequest.ProtoReflect.Descriptor instead.
 func (*ShedRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{25}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ShedRequest) GetCount() uint32 {
@@ -1928,7 +2129,7 @@ type ShedResponse struct {
 
 func (x *ShedResponse) Reset() {
 	*x = ShedResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[26]
+	mi := &file_nodepb_node_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1940,7 +2141,7 @@ func (x *ShedResponse) String() string {
 func (*ShedResponse) ProtoMessage() {}
 
 func (x *ShedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[26]
+	mi := &file_nodepb_node_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1953,7 +2154,7 @@ func (x *ShedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShedResponse.ProtoReflect.Descriptor instead.
 func (*ShedResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{26}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ShedResponse) GetAccepted() uint32 {
@@ -1976,7 +2177,7 @@ type UpstreamRequest struct {
 
 func (x *UpstreamRequest) Reset() {
 	*x = UpstreamRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[27]
+	mi := &file_nodepb_node_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1988,7 +2189,7 @@ func (x *UpstreamRequest) String() string {
 func (*UpstreamRequest) ProtoMessage() {}
 
 func (x *UpstreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[27]
+	mi := &file_nodepb_node_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2001,7 +2202,7 @@ func (x *UpstreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamRequest.ProtoReflect.Descriptor instead.
 func (*UpstreamRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{27}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *UpstreamRequest) GetUid() string {
@@ -2048,7 +2249,7 @@ type UpstreamResponse struct {
 
 func (x *UpstreamResponse) Reset() {
 	*x = UpstreamResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[28]
+	mi := &file_nodepb_node_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2060,7 +2261,7 @@ func (x *UpstreamResponse) String() string {
 func (*UpstreamResponse) ProtoMessage() {}
 
 func (x *UpstreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[28]
+	mi := &file_nodepb_node_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2073,7 +2274,7 @@ func (x *UpstreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamResponse.ProtoReflect.Descriptor instead.
 func (*UpstreamResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{28}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *UpstreamResponse) GetPayload() []byte {
@@ -2098,7 +2299,7 @@ type StoreRequest struct {
 
 func (x *StoreRequest) Reset() {
 	*x = StoreRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[29]
+	mi := &file_nodepb_node_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2110,7 +2311,7 @@ func (x *StoreRequest) String() string {
 func (*StoreRequest) ProtoMessage() {}
 
 func (x *StoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[29]
+	mi := &file_nodepb_node_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2123,7 +2324,7 @@ func (x *StoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreRequest.ProtoReflect.Descriptor instead.
 func (*StoreRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{29}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *StoreRequest) GetMsgId() string {
@@ -2183,7 +2384,7 @@ type StoreResponse struct {
 
 func (x *StoreResponse) Reset() {
 	*x = StoreResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[30]
+	mi := &file_nodepb_node_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2195,7 +2396,7 @@ func (x *StoreResponse) String() string {
 func (*StoreResponse) ProtoMessage() {}
 
 func (x *StoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[30]
+	mi := &file_nodepb_node_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2208,7 +2409,7 @@ func (x *StoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreResponse.ProtoReflect.Descriptor instead.
 func (*StoreResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{30}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{32}
 }
 
 var File_nodepb_node_proto protoreflect.FileDescriptor
@@ -2235,7 +2436,7 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x11messages_in_total\x18\x0e \x01(\x04R\x0fmessagesInTotal\x12,\n" +
 	"\x12messages_out_total\x18\x0f \x01(\x04R\x10messagesOutTotal\"D\n" +
 	"\fForwardBatch\x124\n" +
-	"\x06frames\x18\x01 \x03(\v2\x1c.imgate.node.v1.ForwardFrameR\x06frames\"\x91\x06\n" +
+	"\x06frames\x18\x01 \x03(\v2\x1c.imgate.node.v1.ForwardFrameR\x06frames\"\x9c\a\n" +
 	"\fForwardFrame\x12:\n" +
 	"\adeliver\x18\x01 \x01(\v2\x1e.imgate.node.v1.ForwardDeliverH\x00R\adeliver\x127\n" +
 	"\x06result\x18\x02 \x01(\v2\x1d.imgate.node.v1.ForwardResultH\x00R\x06result\x12<\n" +
@@ -2252,7 +2453,10 @@ const file_nodepb_node_proto_rawDesc = "" +
 	" \x01(\v2\x19.imgate.node.v1.HeartbeatH\x00R\theartbeat\x127\n" +
 	"\x06resync\x18\v \x01(\v2\x1d.imgate.node.v1.ResyncRequestH\x00R\x06resync\x125\n" +
 	"\x05query\x18\f \x01(\v2\x1d.imgate.node.v1.PresenceQueryH\x00R\x05query\x12B\n" +
-	"\fquery_result\x18\r \x01(\v2\x1d.imgate.node.v1.PresenceReplyH\x00R\vqueryResultB\x06\n" +
+	"\fquery_result\x18\r \x01(\v2\x1d.imgate.node.v1.PresenceReplyH\x00R\vqueryResult\x12:\n" +
+	"\n" +
+	"admin_kick\x18\x0e \x01(\v2\x19.imgate.node.v1.AdminKickH\x00R\tadminKick\x12M\n" +
+	"\x11admin_kick_result\x18\x0f \x01(\v2\x1f.imgate.node.v1.AdminKickResultH\x00R\x0fadminKickResultB\x06\n" +
 	"\x04body\"\v\n" +
 	"\tHeartbeat\"\x0f\n" +
 	"\rResyncRequest\" \n" +
@@ -2333,13 +2537,28 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x05acked\x18\x04 \x01(\rR\x05acked\x12\x15\n" +
 	"\x06msg_id\x18\x05 \x01(\tR\x05msgId\"D\n" +
 	"\fPushResponse\x124\n" +
-	"\aresults\x18\x01 \x03(\v2\x1a.imgate.node.v1.PushResultR\aresults\"O\n" +
+	"\aresults\x18\x01 \x03(\v2\x1a.imgate.node.v1.PushResultR\aresults\"w\n" +
 	"\vKickRequest\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x16\n" +
-	"\x06detail\x18\x03 \x01(\tR\x06detail\"&\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\x12\x14\n" +
+	"\x05fleet\x18\x04 \x01(\bR\x05fleet\x12\x10\n" +
+	"\x03ban\x18\x05 \x01(\bR\x03ban\"\\\n" +
 	"\fKickResponse\x12\x16\n" +
-	"\x06kicked\x18\x01 \x01(\rR\x06kicked\"Z\n" +
+	"\x06kicked\x18\x01 \x01(\rR\x06kicked\x12\x14\n" +
+	"\x05nodes\x18\x02 \x03(\tR\x05nodes\x12\x1e\n" +
+	"\n" +
+	"incomplete\x18\x03 \x01(\bR\n" +
+	"incomplete\"q\n" +
+	"\tAdminKick\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x10\n" +
+	"\x03uid\x18\x02 \x01(\tR\x03uid\x12\x16\n" +
+	"\x06device\x18\x03 \x01(\tR\x06device\x12\x16\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail\x12\x10\n" +
+	"\x03ban\x18\x05 \x01(\bR\x03ban\";\n" +
+	"\x0fAdminKickResult\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n" +
+	"\x06kicked\x18\x02 \x01(\rR\x06kicked\"Z\n" +
 	"\vShedRequest\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\rR\x05count\x12\x1d\n" +
 	"\n" +
@@ -2397,7 +2616,7 @@ func file_nodepb_node_proto_rawDescGZIP() []byte {
 }
 
 var file_nodepb_node_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
 var file_nodepb_node_proto_goTypes = []any{
 	(PresenceState)(0),       // 0: imgate.node.v1.PresenceState
 	(*StatsRequest)(nil),     // 1: imgate.node.v1.StatsRequest
@@ -2425,12 +2644,14 @@ var file_nodepb_node_proto_goTypes = []any{
 	(*PushResponse)(nil),     // 23: imgate.node.v1.PushResponse
 	(*KickRequest)(nil),      // 24: imgate.node.v1.KickRequest
 	(*KickResponse)(nil),     // 25: imgate.node.v1.KickResponse
-	(*ShedRequest)(nil),      // 26: imgate.node.v1.ShedRequest
-	(*ShedResponse)(nil),     // 27: imgate.node.v1.ShedResponse
-	(*UpstreamRequest)(nil),  // 28: imgate.node.v1.UpstreamRequest
-	(*UpstreamResponse)(nil), // 29: imgate.node.v1.UpstreamResponse
-	(*StoreRequest)(nil),     // 30: imgate.node.v1.StoreRequest
-	(*StoreResponse)(nil),    // 31: imgate.node.v1.StoreResponse
+	(*AdminKick)(nil),        // 26: imgate.node.v1.AdminKick
+	(*AdminKickResult)(nil),  // 27: imgate.node.v1.AdminKickResult
+	(*ShedRequest)(nil),      // 28: imgate.node.v1.ShedRequest
+	(*ShedResponse)(nil),     // 29: imgate.node.v1.ShedResponse
+	(*UpstreamRequest)(nil),  // 30: imgate.node.v1.UpstreamRequest
+	(*UpstreamResponse)(nil), // 31: imgate.node.v1.UpstreamResponse
+	(*StoreRequest)(nil),     // 32: imgate.node.v1.StoreRequest
+	(*StoreResponse)(nil),    // 33: imgate.node.v1.StoreResponse
 }
 var file_nodepb_node_proto_depIdxs = []int32{
 	4,  // 0: imgate.node.v1.ForwardBatch.frames:type_name -> imgate.node.v1.ForwardFrame
@@ -2447,32 +2668,34 @@ var file_nodepb_node_proto_depIdxs = []int32{
 	6,  // 11: imgate.node.v1.ForwardFrame.resync:type_name -> imgate.node.v1.ResyncRequest
 	17, // 12: imgate.node.v1.ForwardFrame.query:type_name -> imgate.node.v1.PresenceQuery
 	18, // 13: imgate.node.v1.ForwardFrame.query_result:type_name -> imgate.node.v1.PresenceReply
-	11, // 14: imgate.node.v1.PresenceUpdate.entries:type_name -> imgate.node.v1.PresenceEntry
-	19, // 15: imgate.node.v1.PresenceReply.users:type_name -> imgate.node.v1.UserPresence
-	0,  // 16: imgate.node.v1.UserPresence.state:type_name -> imgate.node.v1.PresenceState
-	20, // 17: imgate.node.v1.UserPresence.devices:type_name -> imgate.node.v1.DevicePresence
-	22, // 18: imgate.node.v1.PushResponse.results:type_name -> imgate.node.v1.PushResult
-	1,  // 19: imgate.node.v1.NodeService.Stats:input_type -> imgate.node.v1.StatsRequest
-	3,  // 20: imgate.node.v1.NodeService.Forward:input_type -> imgate.node.v1.ForwardBatch
-	21, // 21: imgate.node.v1.NodeService.Push:input_type -> imgate.node.v1.PushRequest
-	24, // 22: imgate.node.v1.NodeService.Kick:input_type -> imgate.node.v1.KickRequest
-	26, // 23: imgate.node.v1.NodeService.Shed:input_type -> imgate.node.v1.ShedRequest
-	17, // 24: imgate.node.v1.NodeService.Presence:input_type -> imgate.node.v1.PresenceQuery
-	28, // 25: imgate.node.v1.Upstream.Handle:input_type -> imgate.node.v1.UpstreamRequest
-	30, // 26: imgate.node.v1.Upstream.Store:input_type -> imgate.node.v1.StoreRequest
-	2,  // 27: imgate.node.v1.NodeService.Stats:output_type -> imgate.node.v1.StatsResponse
-	3,  // 28: imgate.node.v1.NodeService.Forward:output_type -> imgate.node.v1.ForwardBatch
-	23, // 29: imgate.node.v1.NodeService.Push:output_type -> imgate.node.v1.PushResponse
-	25, // 30: imgate.node.v1.NodeService.Kick:output_type -> imgate.node.v1.KickResponse
-	27, // 31: imgate.node.v1.NodeService.Shed:output_type -> imgate.node.v1.ShedResponse
-	18, // 32: imgate.node.v1.NodeService.Presence:output_type -> imgate.node.v1.PresenceReply
-	29, // 33: imgate.node.v1.Upstream.Handle:output_type -> imgate.node.v1.UpstreamResponse
-	31, // 34: imgate.node.v1.Upstream.Store:output_type -> imgate.node.v1.StoreResponse
-	27, // [27:35] is the sub-list for method output_type
-	19, // [19:27] is the sub-list for method input_type
-	19, // [19:19] is the sub-list for extension type_name
-	19, // [19:19] is the sub-list for extension extendee
-	0,  // [0:19] is the sub-list for field type_name
+	26, // 14: imgate.node.v1.ForwardFrame.admin_kick:type_name -> imgate.node.v1.AdminKick
+	27, // 15: imgate.node.v1.ForwardFrame.admin_kick_result:type_name -> imgate.node.v1.AdminKickResult
+	11, // 16: imgate.node.v1.PresenceUpdate.entries:type_name -> imgate.node.v1.PresenceEntry
+	19, // 17: imgate.node.v1.PresenceReply.users:type_name -> imgate.node.v1.UserPresence
+	0,  // 18: imgate.node.v1.UserPresence.state:type_name -> imgate.node.v1.PresenceState
+	20, // 19: imgate.node.v1.UserPresence.devices:type_name -> imgate.node.v1.DevicePresence
+	22, // 20: imgate.node.v1.PushResponse.results:type_name -> imgate.node.v1.PushResult
+	1,  // 21: imgate.node.v1.NodeService.Stats:input_type -> imgate.node.v1.StatsRequest
+	3,  // 22: imgate.node.v1.NodeService.Forward:input_type -> imgate.node.v1.ForwardBatch
+	21, // 23: imgate.node.v1.NodeService.Push:input_type -> imgate.node.v1.PushRequest
+	24, // 24: imgate.node.v1.NodeService.Kick:input_type -> imgate.node.v1.KickRequest
+	28, // 25: imgate.node.v1.NodeService.Shed:input_type -> imgate.node.v1.ShedRequest
+	17, // 26: imgate.node.v1.NodeService.Presence:input_type -> imgate.node.v1.PresenceQuery
+	30, // 27: imgate.node.v1.Upstream.Handle:input_type -> imgate.node.v1.UpstreamRequest
+	32, // 28: imgate.node.v1.Upstream.Store:input_type -> imgate.node.v1.StoreRequest
+	2,  // 29: imgate.node.v1.NodeService.Stats:output_type -> imgate.node.v1.StatsResponse
+	3,  // 30: imgate.node.v1.NodeService.Forward:output_type -> imgate.node.v1.ForwardBatch
+	23, // 31: imgate.node.v1.NodeService.Push:output_type -> imgate.node.v1.PushResponse
+	25, // 32: imgate.node.v1.NodeService.Kick:output_type -> imgate.node.v1.KickResponse
+	29, // 33: imgate.node.v1.NodeService.Shed:output_type -> imgate.node.v1.ShedResponse
+	18, // 34: imgate.node.v1.NodeService.Presence:output_type -> imgate.node.v1.PresenceReply
+	31, // 35: imgate.node.v1.Upstream.Handle:output_type -> imgate.node.v1.UpstreamResponse
+	33, // 36: imgate.node.v1.Upstream.Store:output_type -> imgate.node.v1.StoreResponse
+	29, // [29:37] is the sub-list for method output_type
+	21, // [21:29] is the sub-list for method input_type
+	21, // [21:21] is the sub-list for extension type_name
+	21, // [21:21] is the sub-list for extension extendee
+	0,  // [0:21] is the sub-list for field type_name
 }
 
 func init() { file_nodepb_node_proto_init() }
@@ -2494,6 +2717,8 @@ func file_nodepb_node_proto_init() {
 		(*ForwardFrame_Resync)(nil),
 		(*ForwardFrame_Query)(nil),
 		(*ForwardFrame_QueryResult)(nil),
+		(*ForwardFrame_AdminKick)(nil),
+		(*ForwardFrame_AdminKickResult)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -2501,7 +2726,7 @@ func file_nodepb_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nodepb_node_proto_rawDesc), len(file_nodepb_node_proto_rawDesc)),
 			NumEnums:      1,
-			NumMessages:   31,
+			NumMessages:   33,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -43,7 +43,8 @@ type NodeServiceClient interface {
 	Forward(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardBatch, ForwardBatch], error)
 	// Push delivers one message to each listed user (server-to-client).
 	Push(ctx context.Context, in *PushRequest, opts ...grpc.CallOption) (*PushResponse, error)
-	// Kick closes a user's sessions on this node.
+	// Kick closes a user's sessions on this node or, with fleet, on every
+	// node holding one, found through the uid's home.
 	Kick(ctx context.Context, in *KickRequest, opts ...grpc.CallOption) (*KickResponse, error)
 	// Shed asks the node to move count of its clients elsewhere, sending
 	// GoAway to at most per_second of them a second (rebalancing; one elected
@@ -141,7 +142,8 @@ type NodeServiceServer interface {
 	Forward(grpc.BidiStreamingServer[ForwardBatch, ForwardBatch]) error
 	// Push delivers one message to each listed user (server-to-client).
 	Push(context.Context, *PushRequest) (*PushResponse, error)
-	// Kick closes a user's sessions on this node.
+	// Kick closes a user's sessions on this node or, with fleet, on every
+	// node holding one, found through the uid's home.
 	Kick(context.Context, *KickRequest) (*KickResponse, error)
 	// Shed asks the node to move count of its clients elsewhere, sending
 	// GoAway to at most per_second of them a second (rebalancing; one elected

@@ -2,10 +2,14 @@ package e2e
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/imgate/imgate/proto/client"
 )
 
 type presenceAnswer struct {
@@ -88,4 +92,79 @@ func TestPresenceThroughTheDispatcher(t *testing.T) {
 		_, out := getPresence(t, f.base, testPushToken, "uids=pres-a")
 		return len(out.Users) == 1 && len(out.Users[0].Devices) == 1 && out.Users[0].Devices[0].Device == "phone"
 	})
+}
+
+func postKick(t *testing.T, base, token, body string) (int, map[string]any) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, base+"/v1/kick", strings.NewReader(body))
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out
+}
+
+// TestKickThroughTheDispatcher: POST /v1/kick reaches a user's devices on
+// both real node processes; with ban the Go SDK stops for good (Err is a
+// banned *KickedError), without it the SDK reconnects.
+func TestKickThroughTheDispatcher(t *testing.T) {
+	if testing.Short() {
+		t.Skip("end-to-end")
+	}
+	f := startFleet(t, "", "")
+	var phone, laptop *client.Client
+	// One device on each node: dial until the second lands elsewhere.
+	phone = dialDevice(t, f.base, "kick-a", "phone")
+	for i := 0; ; i++ {
+		laptop = dialDevice(t, f.base, "kick-a", fmt.Sprintf("laptop-%d", i))
+		if laptop.NodeID() != phone.NodeID() {
+			break
+		}
+		laptop.Close()
+		if i == 20 {
+			t.Fatal("every dial landed on one node")
+		}
+	}
+	other := dialDevice(t, f.base, "kick-b", "phone")
+	prober := dialDevice(t, f.base, "kick-prober", "phone")
+	reachable(t, prober, "kick-a", 2)
+	reachable(t, prober, "kick-b", 1)
+
+	if code, _ := postKick(t, f.base, "", `{"uid":"kick-a"}`); code != http.StatusUnauthorized {
+		t.Fatalf("without token: %d", code)
+	}
+	if code, _ := postKick(t, f.base, testPushToken, `{"device":"x"}`); code != http.StatusBadRequest {
+		t.Fatalf("no uid: %d", code)
+	}
+	code, out := postKick(t, f.base, testPushToken, `{"uid":"kick-a","reason":"account suspended","ban":true}`)
+	if code != http.StatusOK || out["kicked"] != float64(2) || out["incomplete"] != false || len(out["nodes"].([]any)) != 2 {
+		t.Fatalf("kick: %d %v", code, out)
+	}
+	for _, c := range []*client.Client{phone, laptop} {
+		select {
+		case <-c.Done():
+		case <-time.After(15 * time.Second):
+			t.Fatal("a banned client is still running")
+		}
+		var ke *client.KickedError
+		if !errors.As(c.Err(), &ke) || !ke.Banned() || ke.Detail != "account suspended" {
+			t.Fatalf("Err: %v", c.Err())
+		}
+	}
+	// Without ban the client comes back by itself.
+	if code, out := postKick(t, f.base, testPushToken, `{"uid":"kick-b","reason":"re-login"}`); code != http.StatusOK || out["kicked"] != float64(1) {
+		t.Fatalf("kick without ban: %d %v", code, out)
+	}
+	reachable(t, prober, "kick-b", 1)
+	select {
+	case <-other.Done():
+		t.Fatalf("stopped after a kick without ban: %v", other.Err())
+	default:
+	}
 }

@@ -151,6 +151,7 @@ type Relay struct {
 	incompleteAnswers, resyncs, resyncRequests, viewChanges             atomic.Uint64
 	nCands, nHeld, nRefused                                             atomic.Int64
 	pres                                                                presenceCounters
+	adminKicks                                                          atomic.Uint64 // sessions a fleet-wide kick ended
 }
 
 type completeness struct {

@@ -206,6 +206,8 @@ func (p *peer) call(f *nodepb.ForwardFrame, deadline time.Time, a answerer) {
 		b.Lookup.Seq = seq
 	case *nodepb.ForwardFrame_Query:
 		b.Query.Seq = seq
+	case *nodepb.ForwardFrame_AdminKick:
+		b.AdminKick.Seq = seq
 	}
 	p.pending[seq] = pendingCall{seq: seq, deadline: deadline, a: a}
 	// Queued under p.mu, so the queue is in seq order (see sent). Lock
@@ -243,6 +245,8 @@ func (p *peer) markSent(frames []*nodepb.ForwardFrame) {
 			top = max(top, b.Lookup.Seq)
 		case *nodepb.ForwardFrame_Query:
 			top = max(top, b.Query.Seq)
+		case *nodepb.ForwardFrame_AdminKick:
+			top = max(top, b.AdminKick.Seq)
 		}
 	}
 	if top > p.sent.Load() {
@@ -535,6 +539,8 @@ func (p *peer) receive(st nodepb.NodeService_ForwardClient, lastRecv *atomic.Int
 				seq = body.LookupResult.Seq
 			case *nodepb.ForwardFrame_QueryResult:
 				seq = body.QueryResult.Seq
+			case *nodepb.ForwardFrame_AdminKickResult:
+				seq = body.AdminKickResult.Seq
 			case *nodepb.ForwardFrame_Kick:
 				k := body.Kick
 				p.r.kickLocal(k.Uid, k.Device, k.LoginAtNs)
@@ -694,6 +700,10 @@ func (r *Relay) handle(in *inbound, frames []*nodepb.ForwardFrame) {
 			res := r.homePresence(body.Query.Uids)
 			res.Seq = body.Query.Seq
 			out.push(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_QueryResult{QueryResult: res}})
+		case *nodepb.ForwardFrame_AdminKick:
+			n := r.adminKick(body.AdminKick)
+			out.push(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_AdminKickResult{AdminKickResult: &nodepb.AdminKickResult{
+				Seq: body.AdminKick.Seq, Kicked: n}}})
 		case *nodepb.ForwardFrame_Kick:
 			// A home tells us (on its own stream) that a newer login
 			// replaced one of our sessions.
