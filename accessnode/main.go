@@ -78,6 +78,8 @@ type config struct {
 	upstreamAddr      string
 	upstreamTimeout   time.Duration
 	upstreamStore     bool
+	upstreamEvents    bool
+	upstreamEventsQ   int
 	upstreamTLS       tlsconf.Files // towards the backend (default: grpcTLS)
 	grpcTLS           tlsconf.Files // mutual TLS of the gRPC server and its clients
 	etcdTLS           tlsconf.Files
@@ -134,6 +136,8 @@ func parseFlags(args []string) (config, error) {
 	fs.IntVar(&c.msgBurst, "msg-burst", 0, "burst for --msgs-per-sec (0: twice the rate)")
 	fs.Float64Var(&c.bytesPerSec, "bytes-per-sec", 1<<20, "payload bytes per second one connection may send in Sends and Requests; more are answered RATE_LIMITED (0: no limit)")
 	fs.IntVar(&c.bytesBurst, "bytes-burst", 0, "burst for --bytes-per-sec (0: twice the rate; never below --max-frame)")
+	fs.BoolVar(&c.upstreamEvents, "upstream-session-events", false, "tell the backend (Upstream.SessionEvents) every login and logout, batched, in order")
+	fs.IntVar(&c.upstreamEventsQ, "upstream-session-events-queue", 10_000, "session events held while the backend is slow or away; more are dropped (counted, a gap in seq)")
 	fs.BoolVar(&c.upstreamStore, "upstream-store-offline", false, "hand messages to users with no device online to the backend's Store (the sender hears STORED)")
 	fs.StringVar(&c.grpcTLS.CA, "grpc-ca", "", "CA (PEM) of gRPC mutual TLS between imgate's processes: peers' certificates must chain to it (with --grpc-cert, --grpc-key; empty: plaintext)")
 	fs.StringVar(&c.grpcTLS.Cert, "grpc-cert", "", "this node's gRPC certificate (PEM), served and presented to other nodes; reloaded when the file changes")
@@ -269,6 +273,7 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 	itls.warn(cfg, grpcLn.Addr().String(), httpLn.Addr().String(), log)
 
 	var up gateway.Upstream
+	var events gateway.EventSink
 	if cfg.upstreamAddr != "" {
 		u, err := nodeapi.DialUpstream(cfg.upstreamAddr, itls.upstream)
 		if err != nil {
@@ -276,11 +281,16 @@ func run(ctx context.Context, cfg config, log zerolog.Logger) error {
 		}
 		defer u.Close()
 		up = u
+		if cfg.upstreamEvents {
+			events = u
+		}
 	}
 	gw, err := gateway.New(gateway.Config{
 		Upstream:           up,
 		UpstreamTimeout:    cfg.upstreamTimeout,
 		StoreOffline:       cfg.upstreamStore,
+		SessionEvents:      events,
+		SessionEventQueue:  cfg.upstreamEventsQ,
 		MaxConnsPerIP:      cfg.maxConnsPerIP,
 		NewConnsPerIP:      cfg.newConnsPerIP,
 		NewConnsPerIPBurst: cfg.newConnsBurst,

@@ -91,6 +91,123 @@ func (PresenceState) EnumDescriptor() ([]byte, []int) {
 	return file_nodepb_node_proto_rawDescGZIP(), []int{0}
 }
 
+type SessionEventKind int32
+
+const (
+	SessionEventKind_SESSION_EVENT_KIND_UNSPECIFIED SessionEventKind = 0
+	SessionEventKind_SESSION_EVENT_KIND_LOGIN       SessionEventKind = 1
+	SessionEventKind_SESSION_EVENT_KIND_LOGOUT      SessionEventKind = 2
+)
+
+// Enum value maps for SessionEventKind.
+var (
+	SessionEventKind_name = map[int32]string{
+		0: "SESSION_EVENT_KIND_UNSPECIFIED",
+		1: "SESSION_EVENT_KIND_LOGIN",
+		2: "SESSION_EVENT_KIND_LOGOUT",
+	}
+	SessionEventKind_value = map[string]int32{
+		"SESSION_EVENT_KIND_UNSPECIFIED": 0,
+		"SESSION_EVENT_KIND_LOGIN":       1,
+		"SESSION_EVENT_KIND_LOGOUT":      2,
+	}
+)
+
+func (x SessionEventKind) Enum() *SessionEventKind {
+	p := new(SessionEventKind)
+	*p = x
+	return p
+}
+
+func (x SessionEventKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SessionEventKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_nodepb_node_proto_enumTypes[1].Descriptor()
+}
+
+func (SessionEventKind) Type() protoreflect.EnumType {
+	return &file_nodepb_node_proto_enumTypes[1]
+}
+
+func (x SessionEventKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SessionEventKind.Descriptor instead.
+func (SessionEventKind) EnumDescriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{1}
+}
+
+// Why a session ended (LOGOUT only).
+type LeaveReason int32
+
+const (
+	LeaveReason_LEAVE_REASON_UNSPECIFIED LeaveReason = 0
+	// The client closed the connection, or it broke.
+	LeaveReason_LEAVE_REASON_CLOSED LeaveReason = 1
+	// Nothing heard within the idle timeout.
+	LeaveReason_LEAVE_REASON_IDLE LeaveReason = 2
+	// Kick{ADMIN}: a backend or operator.
+	LeaveReason_LEAVE_REASON_KICKED LeaveReason = 3
+	// A newer login of the same uid and device, on this node or another.
+	LeaveReason_LEAVE_REASON_REPLACED LeaveReason = 4
+	// The node shut down with the session still open.
+	LeaveReason_LEAVE_REASON_NODE_GONE LeaveReason = 5
+	// A fatal protocol error.
+	LeaveReason_LEAVE_REASON_ERROR LeaveReason = 6
+)
+
+// Enum value maps for LeaveReason.
+var (
+	LeaveReason_name = map[int32]string{
+		0: "LEAVE_REASON_UNSPECIFIED",
+		1: "LEAVE_REASON_CLOSED",
+		2: "LEAVE_REASON_IDLE",
+		3: "LEAVE_REASON_KICKED",
+		4: "LEAVE_REASON_REPLACED",
+		5: "LEAVE_REASON_NODE_GONE",
+		6: "LEAVE_REASON_ERROR",
+	}
+	LeaveReason_value = map[string]int32{
+		"LEAVE_REASON_UNSPECIFIED": 0,
+		"LEAVE_REASON_CLOSED":      1,
+		"LEAVE_REASON_IDLE":        2,
+		"LEAVE_REASON_KICKED":      3,
+		"LEAVE_REASON_REPLACED":    4,
+		"LEAVE_REASON_NODE_GONE":   5,
+		"LEAVE_REASON_ERROR":       6,
+	}
+)
+
+func (x LeaveReason) Enum() *LeaveReason {
+	p := new(LeaveReason)
+	*p = x
+	return p
+}
+
+func (x LeaveReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LeaveReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_nodepb_node_proto_enumTypes[2].Descriptor()
+}
+
+func (LeaveReason) Type() protoreflect.EnumType {
+	return &file_nodepb_node_proto_enumTypes[2]
+}
+
+func (x LeaveReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LeaveReason.Descriptor instead.
+func (LeaveReason) EnumDescriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{2}
+}
+
 type StatsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -2164,6 +2281,211 @@ func (x *ShedResponse) GetAccepted() uint32 {
 	return 0
 }
 
+type SessionEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Per node and incarnation, from 1, one per event: a gap is events
+	// dropped (the queue was full).
+	Seq    uint64           `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Kind   SessionEventKind `protobuf:"varint,2,opt,name=kind,proto3,enum=imgate.node.v1.SessionEventKind" json:"kind,omitempty"`
+	Uid    string           `protobuf:"bytes,3,opt,name=uid,proto3" json:"uid,omitempty"`
+	Device string           `protobuf:"bytes,4,opt,name=device,proto3" json:"device,omitempty"`
+	// The session's login (Unix ms, the node's clock): with uid and device
+	// it names the session, so a LOGOUT of an older login is told from a
+	// newer one.
+	LoginAtMs int64 `protobuf:"varint,5,opt,name=login_at_ms,json=loginAtMs,proto3" json:"login_at_ms,omitempty"`
+	// When it happened (Unix ms).
+	AtMs          int64       `protobuf:"varint,6,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
+	Reason        LeaveReason `protobuf:"varint,7,opt,name=reason,proto3,enum=imgate.node.v1.LeaveReason" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionEvent) Reset() {
+	*x = SessionEvent{}
+	mi := &file_nodepb_node_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionEvent) ProtoMessage() {}
+
+func (x *SessionEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionEvent.ProtoReflect.Descriptor instead.
+func (*SessionEvent) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *SessionEvent) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *SessionEvent) GetKind() SessionEventKind {
+	if x != nil {
+		return x.Kind
+	}
+	return SessionEventKind_SESSION_EVENT_KIND_UNSPECIFIED
+}
+
+func (x *SessionEvent) GetUid() string {
+	if x != nil {
+		return x.Uid
+	}
+	return ""
+}
+
+func (x *SessionEvent) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *SessionEvent) GetLoginAtMs() int64 {
+	if x != nil {
+		return x.LoginAtMs
+	}
+	return 0
+}
+
+func (x *SessionEvent) GetAtMs() int64 {
+	if x != nil {
+		return x.AtMs
+	}
+	return 0
+}
+
+func (x *SessionEvent) GetReason() LeaveReason {
+	if x != nil {
+		return x.Reason
+	}
+	return LeaveReason_LEAVE_REASON_UNSPECIFIED
+}
+
+type SessionEventBatch struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// The node process's start (Unix ms): a new value restarts seq at 1, and
+	// that node's sessions of the earlier incarnation are gone.
+	Incarnation int64           `protobuf:"varint,2,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	Events      []*SessionEvent `protobuf:"bytes,3,rep,name=events,proto3" json:"events,omitempty"`
+	// Events this incarnation dropped so far.
+	DroppedTotal  uint64 `protobuf:"varint,4,opt,name=dropped_total,json=droppedTotal,proto3" json:"dropped_total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionEventBatch) Reset() {
+	*x = SessionEventBatch{}
+	mi := &file_nodepb_node_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionEventBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionEventBatch) ProtoMessage() {}
+
+func (x *SessionEventBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionEventBatch.ProtoReflect.Descriptor instead.
+func (*SessionEventBatch) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *SessionEventBatch) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *SessionEventBatch) GetIncarnation() int64 {
+	if x != nil {
+		return x.Incarnation
+	}
+	return 0
+}
+
+func (x *SessionEventBatch) GetEvents() []*SessionEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *SessionEventBatch) GetDroppedTotal() uint64 {
+	if x != nil {
+		return x.DroppedTotal
+	}
+	return 0
+}
+
+type SessionEventsAck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionEventsAck) Reset() {
+	*x = SessionEventsAck{}
+	mi := &file_nodepb_node_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionEventsAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionEventsAck) ProtoMessage() {}
+
+func (x *SessionEventsAck) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionEventsAck.ProtoReflect.Descriptor instead.
+func (*SessionEventsAck) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{31}
+}
+
 type UpstreamRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Uid           string                 `protobuf:"bytes,1,opt,name=uid,proto3" json:"uid,omitempty"` // the caller, as its token says
@@ -2177,7 +2499,7 @@ type UpstreamRequest struct {
 
 func (x *UpstreamRequest) Reset() {
 	*x = UpstreamRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[29]
+	mi := &file_nodepb_node_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2189,7 +2511,7 @@ func (x *UpstreamRequest) String() string {
 func (*UpstreamRequest) ProtoMessage() {}
 
 func (x *UpstreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[29]
+	mi := &file_nodepb_node_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2202,7 +2524,7 @@ func (x *UpstreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamRequest.ProtoReflect.Descriptor instead.
 func (*UpstreamRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{29}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *UpstreamRequest) GetUid() string {
@@ -2249,7 +2571,7 @@ type UpstreamResponse struct {
 
 func (x *UpstreamResponse) Reset() {
 	*x = UpstreamResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[30]
+	mi := &file_nodepb_node_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2261,7 +2583,7 @@ func (x *UpstreamResponse) String() string {
 func (*UpstreamResponse) ProtoMessage() {}
 
 func (x *UpstreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[30]
+	mi := &file_nodepb_node_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2274,7 +2596,7 @@ func (x *UpstreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamResponse.ProtoReflect.Descriptor instead.
 func (*UpstreamResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{30}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *UpstreamResponse) GetPayload() []byte {
@@ -2299,7 +2621,7 @@ type StoreRequest struct {
 
 func (x *StoreRequest) Reset() {
 	*x = StoreRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[31]
+	mi := &file_nodepb_node_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2311,7 +2633,7 @@ func (x *StoreRequest) String() string {
 func (*StoreRequest) ProtoMessage() {}
 
 func (x *StoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[31]
+	mi := &file_nodepb_node_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2324,7 +2646,7 @@ func (x *StoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreRequest.ProtoReflect.Descriptor instead.
 func (*StoreRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{31}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *StoreRequest) GetMsgId() string {
@@ -2384,7 +2706,7 @@ type StoreResponse struct {
 
 func (x *StoreResponse) Reset() {
 	*x = StoreResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[32]
+	mi := &file_nodepb_node_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2396,7 +2718,7 @@ func (x *StoreResponse) String() string {
 func (*StoreResponse) ProtoMessage() {}
 
 func (x *StoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[32]
+	mi := &file_nodepb_node_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2409,7 +2731,7 @@ func (x *StoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreResponse.ProtoReflect.Descriptor instead.
 func (*StoreResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{32}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{35}
 }
 
 var File_nodepb_node_proto protoreflect.FileDescriptor
@@ -2565,7 +2887,21 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"per_second\x18\x02 \x01(\rR\tperSecond\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"*\n" +
 	"\fShedResponse\x12\x1a\n" +
-	"\baccepted\x18\x01 \x01(\rR\baccepted\"\x86\x01\n" +
+	"\baccepted\x18\x01 \x01(\rR\baccepted\"\xea\x01\n" +
+	"\fSessionEvent\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x124\n" +
+	"\x04kind\x18\x02 \x01(\x0e2 .imgate.node.v1.SessionEventKindR\x04kind\x12\x10\n" +
+	"\x03uid\x18\x03 \x01(\tR\x03uid\x12\x16\n" +
+	"\x06device\x18\x04 \x01(\tR\x06device\x12\x1e\n" +
+	"\vlogin_at_ms\x18\x05 \x01(\x03R\tloginAtMs\x12\x13\n" +
+	"\x05at_ms\x18\x06 \x01(\x03R\x04atMs\x123\n" +
+	"\x06reason\x18\a \x01(\x0e2\x1b.imgate.node.v1.LeaveReasonR\x06reason\"\xa9\x01\n" +
+	"\x11SessionEventBatch\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12 \n" +
+	"\vincarnation\x18\x02 \x01(\x03R\vincarnation\x124\n" +
+	"\x06events\x18\x03 \x03(\v2\x1c.imgate.node.v1.SessionEventR\x06events\x12#\n" +
+	"\rdropped_total\x18\x04 \x01(\x04R\fdroppedTotal\"\x12\n" +
+	"\x10SessionEventsAck\"\x86\x01\n" +
 	"\x0fUpstreamRequest\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x17\n" +
@@ -2591,17 +2927,30 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x16PRESENCE_STATE_OFFLINE\x10\x02\x12\x1a\n" +
 	"\x16PRESENCE_STATE_UNKNOWN\x10\x03\x12\x1a\n" +
 	"\x16PRESENCE_STATE_PARTIAL\x10\x04\x12\x1b\n" +
-	"\x17PRESENCE_STATE_NOT_HOME\x10\x052\xb1\x03\n" +
+	"\x17PRESENCE_STATE_NOT_HOME\x10\x05*s\n" +
+	"\x10SessionEventKind\x12\"\n" +
+	"\x1eSESSION_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18SESSION_EVENT_KIND_LOGIN\x10\x01\x12\x1d\n" +
+	"\x19SESSION_EVENT_KIND_LOGOUT\x10\x02*\xc3\x01\n" +
+	"\vLeaveReason\x12\x1c\n" +
+	"\x18LEAVE_REASON_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13LEAVE_REASON_CLOSED\x10\x01\x12\x15\n" +
+	"\x11LEAVE_REASON_IDLE\x10\x02\x12\x17\n" +
+	"\x13LEAVE_REASON_KICKED\x10\x03\x12\x19\n" +
+	"\x15LEAVE_REASON_REPLACED\x10\x04\x12\x1a\n" +
+	"\x16LEAVE_REASON_NODE_GONE\x10\x05\x12\x16\n" +
+	"\x12LEAVE_REASON_ERROR\x10\x062\xb1\x03\n" +
 	"\vNodeService\x12D\n" +
 	"\x05Stats\x12\x1c.imgate.node.v1.StatsRequest\x1a\x1d.imgate.node.v1.StatsResponse\x12I\n" +
 	"\aForward\x12\x1c.imgate.node.v1.ForwardBatch\x1a\x1c.imgate.node.v1.ForwardBatch(\x010\x01\x12A\n" +
 	"\x04Push\x12\x1b.imgate.node.v1.PushRequest\x1a\x1c.imgate.node.v1.PushResponse\x12A\n" +
 	"\x04Kick\x12\x1b.imgate.node.v1.KickRequest\x1a\x1c.imgate.node.v1.KickResponse\x12A\n" +
 	"\x04Shed\x12\x1b.imgate.node.v1.ShedRequest\x1a\x1c.imgate.node.v1.ShedResponse\x12H\n" +
-	"\bPresence\x12\x1d.imgate.node.v1.PresenceQuery\x1a\x1d.imgate.node.v1.PresenceReply2\x9d\x01\n" +
+	"\bPresence\x12\x1d.imgate.node.v1.PresenceQuery\x1a\x1d.imgate.node.v1.PresenceReply2\xf3\x01\n" +
 	"\bUpstream\x12K\n" +
 	"\x06Handle\x12\x1f.imgate.node.v1.UpstreamRequest\x1a .imgate.node.v1.UpstreamResponse\x12D\n" +
-	"\x05Store\x12\x1c.imgate.node.v1.StoreRequest\x1a\x1d.imgate.node.v1.StoreResponseB'Z%github.com/imgate/imgate/proto/nodepbb\x06proto3"
+	"\x05Store\x12\x1c.imgate.node.v1.StoreRequest\x1a\x1d.imgate.node.v1.StoreResponse\x12T\n" +
+	"\rSessionEvents\x12!.imgate.node.v1.SessionEventBatch\x1a .imgate.node.v1.SessionEventsAckB'Z%github.com/imgate/imgate/proto/nodepbb\x06proto3"
 
 var (
 	file_nodepb_node_proto_rawDescOnce sync.Once
@@ -2615,87 +2964,97 @@ func file_nodepb_node_proto_rawDescGZIP() []byte {
 	return file_nodepb_node_proto_rawDescData
 }
 
-var file_nodepb_node_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
-var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 33)
+var file_nodepb_node_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_nodepb_node_proto_goTypes = []any{
-	(PresenceState)(0),       // 0: imgate.node.v1.PresenceState
-	(*StatsRequest)(nil),     // 1: imgate.node.v1.StatsRequest
-	(*StatsResponse)(nil),    // 2: imgate.node.v1.StatsResponse
-	(*ForwardBatch)(nil),     // 3: imgate.node.v1.ForwardBatch
-	(*ForwardFrame)(nil),     // 4: imgate.node.v1.ForwardFrame
-	(*Heartbeat)(nil),        // 5: imgate.node.v1.Heartbeat
-	(*ResyncRequest)(nil),    // 6: imgate.node.v1.ResyncRequest
-	(*Invalidate)(nil),       // 7: imgate.node.v1.Invalidate
-	(*Hello)(nil),            // 8: imgate.node.v1.Hello
-	(*ForwardDeliver)(nil),   // 9: imgate.node.v1.ForwardDeliver
-	(*ForwardResult)(nil),    // 10: imgate.node.v1.ForwardResult
-	(*PresenceEntry)(nil),    // 11: imgate.node.v1.PresenceEntry
-	(*PresenceUpdate)(nil),   // 12: imgate.node.v1.PresenceUpdate
-	(*LookupRequest)(nil),    // 13: imgate.node.v1.LookupRequest
-	(*LookupResponse)(nil),   // 14: imgate.node.v1.LookupResponse
-	(*SyncDone)(nil),         // 15: imgate.node.v1.SyncDone
-	(*KickSession)(nil),      // 16: imgate.node.v1.KickSession
-	(*PresenceQuery)(nil),    // 17: imgate.node.v1.PresenceQuery
-	(*PresenceReply)(nil),    // 18: imgate.node.v1.PresenceReply
-	(*UserPresence)(nil),     // 19: imgate.node.v1.UserPresence
-	(*DevicePresence)(nil),   // 20: imgate.node.v1.DevicePresence
-	(*PushRequest)(nil),      // 21: imgate.node.v1.PushRequest
-	(*PushResult)(nil),       // 22: imgate.node.v1.PushResult
-	(*PushResponse)(nil),     // 23: imgate.node.v1.PushResponse
-	(*KickRequest)(nil),      // 24: imgate.node.v1.KickRequest
-	(*KickResponse)(nil),     // 25: imgate.node.v1.KickResponse
-	(*AdminKick)(nil),        // 26: imgate.node.v1.AdminKick
-	(*AdminKickResult)(nil),  // 27: imgate.node.v1.AdminKickResult
-	(*ShedRequest)(nil),      // 28: imgate.node.v1.ShedRequest
-	(*ShedResponse)(nil),     // 29: imgate.node.v1.ShedResponse
-	(*UpstreamRequest)(nil),  // 30: imgate.node.v1.UpstreamRequest
-	(*UpstreamResponse)(nil), // 31: imgate.node.v1.UpstreamResponse
-	(*StoreRequest)(nil),     // 32: imgate.node.v1.StoreRequest
-	(*StoreResponse)(nil),    // 33: imgate.node.v1.StoreResponse
+	(PresenceState)(0),        // 0: imgate.node.v1.PresenceState
+	(SessionEventKind)(0),     // 1: imgate.node.v1.SessionEventKind
+	(LeaveReason)(0),          // 2: imgate.node.v1.LeaveReason
+	(*StatsRequest)(nil),      // 3: imgate.node.v1.StatsRequest
+	(*StatsResponse)(nil),     // 4: imgate.node.v1.StatsResponse
+	(*ForwardBatch)(nil),      // 5: imgate.node.v1.ForwardBatch
+	(*ForwardFrame)(nil),      // 6: imgate.node.v1.ForwardFrame
+	(*Heartbeat)(nil),         // 7: imgate.node.v1.Heartbeat
+	(*ResyncRequest)(nil),     // 8: imgate.node.v1.ResyncRequest
+	(*Invalidate)(nil),        // 9: imgate.node.v1.Invalidate
+	(*Hello)(nil),             // 10: imgate.node.v1.Hello
+	(*ForwardDeliver)(nil),    // 11: imgate.node.v1.ForwardDeliver
+	(*ForwardResult)(nil),     // 12: imgate.node.v1.ForwardResult
+	(*PresenceEntry)(nil),     // 13: imgate.node.v1.PresenceEntry
+	(*PresenceUpdate)(nil),    // 14: imgate.node.v1.PresenceUpdate
+	(*LookupRequest)(nil),     // 15: imgate.node.v1.LookupRequest
+	(*LookupResponse)(nil),    // 16: imgate.node.v1.LookupResponse
+	(*SyncDone)(nil),          // 17: imgate.node.v1.SyncDone
+	(*KickSession)(nil),       // 18: imgate.node.v1.KickSession
+	(*PresenceQuery)(nil),     // 19: imgate.node.v1.PresenceQuery
+	(*PresenceReply)(nil),     // 20: imgate.node.v1.PresenceReply
+	(*UserPresence)(nil),      // 21: imgate.node.v1.UserPresence
+	(*DevicePresence)(nil),    // 22: imgate.node.v1.DevicePresence
+	(*PushRequest)(nil),       // 23: imgate.node.v1.PushRequest
+	(*PushResult)(nil),        // 24: imgate.node.v1.PushResult
+	(*PushResponse)(nil),      // 25: imgate.node.v1.PushResponse
+	(*KickRequest)(nil),       // 26: imgate.node.v1.KickRequest
+	(*KickResponse)(nil),      // 27: imgate.node.v1.KickResponse
+	(*AdminKick)(nil),         // 28: imgate.node.v1.AdminKick
+	(*AdminKickResult)(nil),   // 29: imgate.node.v1.AdminKickResult
+	(*ShedRequest)(nil),       // 30: imgate.node.v1.ShedRequest
+	(*ShedResponse)(nil),      // 31: imgate.node.v1.ShedResponse
+	(*SessionEvent)(nil),      // 32: imgate.node.v1.SessionEvent
+	(*SessionEventBatch)(nil), // 33: imgate.node.v1.SessionEventBatch
+	(*SessionEventsAck)(nil),  // 34: imgate.node.v1.SessionEventsAck
+	(*UpstreamRequest)(nil),   // 35: imgate.node.v1.UpstreamRequest
+	(*UpstreamResponse)(nil),  // 36: imgate.node.v1.UpstreamResponse
+	(*StoreRequest)(nil),      // 37: imgate.node.v1.StoreRequest
+	(*StoreResponse)(nil),     // 38: imgate.node.v1.StoreResponse
 }
 var file_nodepb_node_proto_depIdxs = []int32{
-	4,  // 0: imgate.node.v1.ForwardBatch.frames:type_name -> imgate.node.v1.ForwardFrame
-	9,  // 1: imgate.node.v1.ForwardFrame.deliver:type_name -> imgate.node.v1.ForwardDeliver
-	10, // 2: imgate.node.v1.ForwardFrame.result:type_name -> imgate.node.v1.ForwardResult
-	12, // 3: imgate.node.v1.ForwardFrame.presence:type_name -> imgate.node.v1.PresenceUpdate
-	13, // 4: imgate.node.v1.ForwardFrame.lookup:type_name -> imgate.node.v1.LookupRequest
-	14, // 5: imgate.node.v1.ForwardFrame.lookup_result:type_name -> imgate.node.v1.LookupResponse
-	15, // 6: imgate.node.v1.ForwardFrame.sync_done:type_name -> imgate.node.v1.SyncDone
-	16, // 7: imgate.node.v1.ForwardFrame.kick:type_name -> imgate.node.v1.KickSession
-	8,  // 8: imgate.node.v1.ForwardFrame.hello:type_name -> imgate.node.v1.Hello
-	7,  // 9: imgate.node.v1.ForwardFrame.invalidate:type_name -> imgate.node.v1.Invalidate
-	5,  // 10: imgate.node.v1.ForwardFrame.heartbeat:type_name -> imgate.node.v1.Heartbeat
-	6,  // 11: imgate.node.v1.ForwardFrame.resync:type_name -> imgate.node.v1.ResyncRequest
-	17, // 12: imgate.node.v1.ForwardFrame.query:type_name -> imgate.node.v1.PresenceQuery
-	18, // 13: imgate.node.v1.ForwardFrame.query_result:type_name -> imgate.node.v1.PresenceReply
-	26, // 14: imgate.node.v1.ForwardFrame.admin_kick:type_name -> imgate.node.v1.AdminKick
-	27, // 15: imgate.node.v1.ForwardFrame.admin_kick_result:type_name -> imgate.node.v1.AdminKickResult
-	11, // 16: imgate.node.v1.PresenceUpdate.entries:type_name -> imgate.node.v1.PresenceEntry
-	19, // 17: imgate.node.v1.PresenceReply.users:type_name -> imgate.node.v1.UserPresence
+	6,  // 0: imgate.node.v1.ForwardBatch.frames:type_name -> imgate.node.v1.ForwardFrame
+	11, // 1: imgate.node.v1.ForwardFrame.deliver:type_name -> imgate.node.v1.ForwardDeliver
+	12, // 2: imgate.node.v1.ForwardFrame.result:type_name -> imgate.node.v1.ForwardResult
+	14, // 3: imgate.node.v1.ForwardFrame.presence:type_name -> imgate.node.v1.PresenceUpdate
+	15, // 4: imgate.node.v1.ForwardFrame.lookup:type_name -> imgate.node.v1.LookupRequest
+	16, // 5: imgate.node.v1.ForwardFrame.lookup_result:type_name -> imgate.node.v1.LookupResponse
+	17, // 6: imgate.node.v1.ForwardFrame.sync_done:type_name -> imgate.node.v1.SyncDone
+	18, // 7: imgate.node.v1.ForwardFrame.kick:type_name -> imgate.node.v1.KickSession
+	10, // 8: imgate.node.v1.ForwardFrame.hello:type_name -> imgate.node.v1.Hello
+	9,  // 9: imgate.node.v1.ForwardFrame.invalidate:type_name -> imgate.node.v1.Invalidate
+	7,  // 10: imgate.node.v1.ForwardFrame.heartbeat:type_name -> imgate.node.v1.Heartbeat
+	8,  // 11: imgate.node.v1.ForwardFrame.resync:type_name -> imgate.node.v1.ResyncRequest
+	19, // 12: imgate.node.v1.ForwardFrame.query:type_name -> imgate.node.v1.PresenceQuery
+	20, // 13: imgate.node.v1.ForwardFrame.query_result:type_name -> imgate.node.v1.PresenceReply
+	28, // 14: imgate.node.v1.ForwardFrame.admin_kick:type_name -> imgate.node.v1.AdminKick
+	29, // 15: imgate.node.v1.ForwardFrame.admin_kick_result:type_name -> imgate.node.v1.AdminKickResult
+	13, // 16: imgate.node.v1.PresenceUpdate.entries:type_name -> imgate.node.v1.PresenceEntry
+	21, // 17: imgate.node.v1.PresenceReply.users:type_name -> imgate.node.v1.UserPresence
 	0,  // 18: imgate.node.v1.UserPresence.state:type_name -> imgate.node.v1.PresenceState
-	20, // 19: imgate.node.v1.UserPresence.devices:type_name -> imgate.node.v1.DevicePresence
-	22, // 20: imgate.node.v1.PushResponse.results:type_name -> imgate.node.v1.PushResult
-	1,  // 21: imgate.node.v1.NodeService.Stats:input_type -> imgate.node.v1.StatsRequest
-	3,  // 22: imgate.node.v1.NodeService.Forward:input_type -> imgate.node.v1.ForwardBatch
-	21, // 23: imgate.node.v1.NodeService.Push:input_type -> imgate.node.v1.PushRequest
-	24, // 24: imgate.node.v1.NodeService.Kick:input_type -> imgate.node.v1.KickRequest
-	28, // 25: imgate.node.v1.NodeService.Shed:input_type -> imgate.node.v1.ShedRequest
-	17, // 26: imgate.node.v1.NodeService.Presence:input_type -> imgate.node.v1.PresenceQuery
-	30, // 27: imgate.node.v1.Upstream.Handle:input_type -> imgate.node.v1.UpstreamRequest
-	32, // 28: imgate.node.v1.Upstream.Store:input_type -> imgate.node.v1.StoreRequest
-	2,  // 29: imgate.node.v1.NodeService.Stats:output_type -> imgate.node.v1.StatsResponse
-	3,  // 30: imgate.node.v1.NodeService.Forward:output_type -> imgate.node.v1.ForwardBatch
-	23, // 31: imgate.node.v1.NodeService.Push:output_type -> imgate.node.v1.PushResponse
-	25, // 32: imgate.node.v1.NodeService.Kick:output_type -> imgate.node.v1.KickResponse
-	29, // 33: imgate.node.v1.NodeService.Shed:output_type -> imgate.node.v1.ShedResponse
-	18, // 34: imgate.node.v1.NodeService.Presence:output_type -> imgate.node.v1.PresenceReply
-	31, // 35: imgate.node.v1.Upstream.Handle:output_type -> imgate.node.v1.UpstreamResponse
-	33, // 36: imgate.node.v1.Upstream.Store:output_type -> imgate.node.v1.StoreResponse
-	29, // [29:37] is the sub-list for method output_type
-	21, // [21:29] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	22, // 19: imgate.node.v1.UserPresence.devices:type_name -> imgate.node.v1.DevicePresence
+	24, // 20: imgate.node.v1.PushResponse.results:type_name -> imgate.node.v1.PushResult
+	1,  // 21: imgate.node.v1.SessionEvent.kind:type_name -> imgate.node.v1.SessionEventKind
+	2,  // 22: imgate.node.v1.SessionEvent.reason:type_name -> imgate.node.v1.LeaveReason
+	32, // 23: imgate.node.v1.SessionEventBatch.events:type_name -> imgate.node.v1.SessionEvent
+	3,  // 24: imgate.node.v1.NodeService.Stats:input_type -> imgate.node.v1.StatsRequest
+	5,  // 25: imgate.node.v1.NodeService.Forward:input_type -> imgate.node.v1.ForwardBatch
+	23, // 26: imgate.node.v1.NodeService.Push:input_type -> imgate.node.v1.PushRequest
+	26, // 27: imgate.node.v1.NodeService.Kick:input_type -> imgate.node.v1.KickRequest
+	30, // 28: imgate.node.v1.NodeService.Shed:input_type -> imgate.node.v1.ShedRequest
+	19, // 29: imgate.node.v1.NodeService.Presence:input_type -> imgate.node.v1.PresenceQuery
+	35, // 30: imgate.node.v1.Upstream.Handle:input_type -> imgate.node.v1.UpstreamRequest
+	37, // 31: imgate.node.v1.Upstream.Store:input_type -> imgate.node.v1.StoreRequest
+	33, // 32: imgate.node.v1.Upstream.SessionEvents:input_type -> imgate.node.v1.SessionEventBatch
+	4,  // 33: imgate.node.v1.NodeService.Stats:output_type -> imgate.node.v1.StatsResponse
+	5,  // 34: imgate.node.v1.NodeService.Forward:output_type -> imgate.node.v1.ForwardBatch
+	25, // 35: imgate.node.v1.NodeService.Push:output_type -> imgate.node.v1.PushResponse
+	27, // 36: imgate.node.v1.NodeService.Kick:output_type -> imgate.node.v1.KickResponse
+	31, // 37: imgate.node.v1.NodeService.Shed:output_type -> imgate.node.v1.ShedResponse
+	20, // 38: imgate.node.v1.NodeService.Presence:output_type -> imgate.node.v1.PresenceReply
+	36, // 39: imgate.node.v1.Upstream.Handle:output_type -> imgate.node.v1.UpstreamResponse
+	38, // 40: imgate.node.v1.Upstream.Store:output_type -> imgate.node.v1.StoreResponse
+	34, // 41: imgate.node.v1.Upstream.SessionEvents:output_type -> imgate.node.v1.SessionEventsAck
+	33, // [33:42] is the sub-list for method output_type
+	24, // [24:33] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_nodepb_node_proto_init() }
@@ -2725,8 +3084,8 @@ func file_nodepb_node_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nodepb_node_proto_rawDesc), len(file_nodepb_node_proto_rawDesc)),
-			NumEnums:      1,
-			NumMessages:   33,
+			NumEnums:      3,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -341,8 +341,9 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Upstream_Handle_FullMethodName = "/imgate.node.v1.Upstream/Handle"
-	Upstream_Store_FullMethodName  = "/imgate.node.v1.Upstream/Store"
+	Upstream_Handle_FullMethodName        = "/imgate.node.v1.Upstream/Handle"
+	Upstream_Store_FullMethodName         = "/imgate.node.v1.Upstream/Store"
+	Upstream_SessionEvents_FullMethodName = "/imgate.node.v1.Upstream/SessionEvents"
 )
 
 // UpstreamClient is the client API for Upstream service.
@@ -355,6 +356,12 @@ const (
 type UpstreamClient interface {
 	Handle(ctx context.Context, in *UpstreamRequest, opts ...grpc.CallOption) (*UpstreamResponse, error)
 	Store(ctx context.Context, in *StoreRequest, opts ...grpc.CallOption) (*StoreResponse, error)
+	// SessionEvents tells the backend, when the node runs with
+	// --upstream-session-events, which devices logged in and left and why:
+	// batched, in order (one call at a time per node), from a bounded queue.
+	// A failed call is retried with the same batch; events that did not fit
+	// the queue are dropped, counted, and show as a gap in seq.
+	SessionEvents(ctx context.Context, in *SessionEventBatch, opts ...grpc.CallOption) (*SessionEventsAck, error)
 }
 
 type upstreamClient struct {
@@ -385,6 +392,16 @@ func (c *upstreamClient) Store(ctx context.Context, in *StoreRequest, opts ...gr
 	return out, nil
 }
 
+func (c *upstreamClient) SessionEvents(ctx context.Context, in *SessionEventBatch, opts ...grpc.CallOption) (*SessionEventsAck, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SessionEventsAck)
+	err := c.cc.Invoke(ctx, Upstream_SessionEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // UpstreamServer is the server API for Upstream service.
 // All implementations must embed UnimplementedUpstreamServer
 // for forward compatibility.
@@ -395,6 +412,12 @@ func (c *upstreamClient) Store(ctx context.Context, in *StoreRequest, opts ...gr
 type UpstreamServer interface {
 	Handle(context.Context, *UpstreamRequest) (*UpstreamResponse, error)
 	Store(context.Context, *StoreRequest) (*StoreResponse, error)
+	// SessionEvents tells the backend, when the node runs with
+	// --upstream-session-events, which devices logged in and left and why:
+	// batched, in order (one call at a time per node), from a bounded queue.
+	// A failed call is retried with the same batch; events that did not fit
+	// the queue are dropped, counted, and show as a gap in seq.
+	SessionEvents(context.Context, *SessionEventBatch) (*SessionEventsAck, error)
 	mustEmbedUnimplementedUpstreamServer()
 }
 
@@ -410,6 +433,9 @@ func (UnimplementedUpstreamServer) Handle(context.Context, *UpstreamRequest) (*U
 }
 func (UnimplementedUpstreamServer) Store(context.Context, *StoreRequest) (*StoreResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Store not implemented")
+}
+func (UnimplementedUpstreamServer) SessionEvents(context.Context, *SessionEventBatch) (*SessionEventsAck, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SessionEvents not implemented")
 }
 func (UnimplementedUpstreamServer) mustEmbedUnimplementedUpstreamServer() {}
 func (UnimplementedUpstreamServer) testEmbeddedByValue()                  {}
@@ -468,6 +494,24 @@ func _Upstream_Store_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Upstream_SessionEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SessionEventBatch)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UpstreamServer).SessionEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Upstream_SessionEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UpstreamServer).SessionEvents(ctx, req.(*SessionEventBatch))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Upstream_ServiceDesc is the grpc.ServiceDesc for Upstream service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -482,6 +526,10 @@ var Upstream_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Store",
 			Handler:    _Upstream_Store_Handler,
+		},
+		{
+			MethodName: "SessionEvents",
+			Handler:    _Upstream_SessionEvents_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

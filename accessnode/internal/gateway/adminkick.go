@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"github.com/imgate/imgate/proto/nodepb"
 	"github.com/imgate/imgate/proto/wire"
 	"github.com/imgate/imgate/proto/wirepb"
 )
@@ -21,6 +22,7 @@ func (s *Server) KickAdmin(uid, device, detail string, ban bool) int {
 		if device != "" && t.device != device {
 			continue
 		}
+		t.setLeave(nodepb.LeaveReason_LEAVE_REASON_KICKED)
 		s.endSession(t)
 		t.c.CloseWith(b, closeCode, why)
 		n++

@@ -26,6 +26,7 @@ func Handler(gw Gateway, ready Ready, nodeID, adminToken string, extra ...promet
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	registerGateway(reg, gw, nodeID)
+	registerEvents(reg, gw, nodeID)
 	reg.MustRegister(extra...)
 
 	mux := http.NewServeMux()
