@@ -83,7 +83,7 @@ func TestSessionEventsReasons(t *testing.T) {
 	old := f.loggedIn("twice", "d")
 	step("twice logged in", 1)
 	f.loggedIn("twice", "d") // replaces old
-	old.read() // Kick REPLACED
+	old.read()               // Kick REPLACED
 	old.expectClosed()
 	want := []string{
 		"1 closed/d SESSION_EVENT_KIND_LOGIN",
