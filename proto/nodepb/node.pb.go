@@ -1413,10 +1413,13 @@ func (x *SyncDone) GetView() uint64 {
 }
 
 type KickSession struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Uid           string                 `protobuf:"bytes,1,opt,name=uid,proto3" json:"uid,omitempty"`
-	Device        string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
-	LoginAtNs     int64                  `protobuf:"varint,3,opt,name=login_at_ns,json=loginAtNs,proto3" json:"login_at_ns,omitempty"` // only the session with this login time is kicked
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Uid       string                 `protobuf:"bytes,1,opt,name=uid,proto3" json:"uid,omitempty"`
+	Device    string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	LoginAtNs int64                  `protobuf:"varint,3,opt,name=login_at_ns,json=loginAtNs,proto3" json:"login_at_ns,omitempty"` // only the session with this login time is kicked
+	// Shown to the client as Kick.detail (empty: the holder's text for a
+	// newer login of the same device). Set when the login policy kicked it.
+	Detail        string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1470,6 +1473,13 @@ func (x *KickSession) GetLoginAtNs() int64 {
 		return x.LoginAtNs
 	}
 	return 0
+}
+
+func (x *KickSession) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
 }
 
 // PresenceQuery asks for the online devices of uids: on a Forward stream,
@@ -2825,11 +2835,12 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"incomplete\x18\x04 \x01(\bR\n" +
 	"incomplete\"$\n" +
 	"\bSyncDone\x12\x12\n" +
-	"\x04view\x18\x02 \x01(\x04R\x04viewJ\x04\b\x01\x10\x02\"W\n" +
+	"\x04view\x18\x02 \x01(\x04R\x04viewJ\x04\b\x01\x10\x02\"o\n" +
 	"\vKickSession\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x1e\n" +
-	"\vlogin_at_ns\x18\x03 \x01(\x03R\tloginAtNs\"5\n" +
+	"\vlogin_at_ns\x18\x03 \x01(\x03R\tloginAtNs\x12\x16\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail\"5\n" +
 	"\rPresenceQuery\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
 	"\x04uids\x18\x02 \x03(\tR\x04uids\"U\n" +

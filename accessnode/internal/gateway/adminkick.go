@@ -30,3 +30,17 @@ func (s *Server) KickAdmin(uid, device, detail string, ban bool) int {
 	s.kicks.Add(uint64(n))
 	return n
 }
+
+// KickSessionDetail is KickSession with the text the client sees: the
+// login policy's kick (a newer login of another device took the place).
+func (s *Server) KickSessionDetail(uid, device string, loginAt int64, detail string) bool {
+	var buf [8]*session
+	for _, t := range s.hub.lookup(uid, buf[:0]) {
+		if t.device == device && t.loginAt == loginAt {
+			s.replaced.Add(1)
+			s.kick(t, wirepb.KickReason_KICK_REASON_REPLACED, detail)
+			return true
+		}
+	}
+	return false
+}

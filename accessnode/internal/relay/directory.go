@@ -3,6 +3,7 @@ package relay
 import (
 	"sync"
 
+	"github.com/imgate/imgate/proto/etcdkeys"
 	"github.com/imgate/imgate/proto/nodepb"
 )
 
@@ -47,6 +48,14 @@ func (d *directory) shard(uid string) *dirShard {
 // the older entry so that session can be kicked; a late entry of an older
 // login never replaces a newer one — it is returned itself, to be kicked.
 func (d *directory) apply(e *nodepb.PresenceEntry, gen uint64) (kick *dirEntry) {
+	kick, _ = d.applyPolicy(e, gen, nil)
+	return kick
+}
+
+// applyPolicy is apply under a login policy (nil: none): when an up entry
+// takes uid over the policy's limits, the losers are dropped from the
+// shard and returned, to be kicked.
+func (d *directory) applyPolicy(e *nodepb.PresenceEntry, gen uint64, pol *etcdkeys.LoginPolicy) (kick *dirEntry, losers []dirEntry) {
 	sh := d.shard(e.Uid)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -72,13 +81,16 @@ func (d *directory) apply(e *nodepb.PresenceEntry, gen uint64) (kick *dirEntry) 
 	}
 	if add {
 		next = append(next, dirEntry{device: e.Device, holder: e.Holder, loginAt: e.LoginAtNs, gen: gen})
+		if pol != nil {
+			next, losers = enforce(next, e.Device, pol)
+		}
 	}
 	if len(next) == 0 {
 		delete(sh.m, e.Uid)
 	} else {
 		sh.m[e.Uid] = next
 	}
-	return kick
+	return kick, losers
 }
 
 // holders returns the distinct nodes holding a device of uid.

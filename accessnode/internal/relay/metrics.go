@@ -51,5 +51,6 @@ func (r *Relay) Collectors(nodeID string) []prometheus.Collector {
 	direct("presence_home_queries_total", "PresenceQuery frames sent to remote homes: one per home per query round.", &r.pres.homeQueries)
 	direct("presence_unknown_total", "Uids answered UNKNOWN because no home could be reached in time.", &r.pres.unknown)
 	direct("admin_kicks_total", "Sessions ended by fleet-wide kicks this node ran (POST /v1/kick, Kick with fleet).", &r.adminKicks)
+	direct("login_policy_kicks_total", "Sessions this node, as their home, kicked under the login policy (config/login_policy).", &r.policyKicks)
 	return cs
 }

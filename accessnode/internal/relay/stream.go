@@ -543,7 +543,7 @@ func (p *peer) receive(st nodepb.NodeService_ForwardClient, lastRecv *atomic.Int
 				seq = body.AdminKickResult.Seq
 			case *nodepb.ForwardFrame_Kick:
 				k := body.Kick
-				p.r.kickLocal(k.Uid, k.Device, k.LoginAtNs)
+				p.r.kickLocalWhy(k.Uid, k.Device, k.LoginAtNs, k.Detail)
 				continue
 			case *nodepb.ForwardFrame_Resync:
 				p.resync()
@@ -708,7 +708,7 @@ func (r *Relay) handle(in *inbound, frames []*nodepb.ForwardFrame) {
 			// A home tells us (on its own stream) that a newer login
 			// replaced one of our sessions.
 			k := body.Kick
-			r.kickLocal(k.Uid, k.Device, k.LoginAtNs)
+			r.kickLocalWhy(k.Uid, k.Device, k.LoginAtNs, k.Detail)
 		case *nodepb.ForwardFrame_Invalidate:
 			for _, uid := range body.Invalidate.Uids {
 				r.cache.drop(uid)
