@@ -148,3 +148,36 @@ func TestPresenceIncompleteHomeIsNotOffline(t *testing.T) {
 		t.Errorf("%s (homed at the crashed b): %v", there, s)
 	}
 }
+
+// BenchmarkPresence1000: one Presence call of 1,000 uids (300 online,
+// spread over three nodes) through real gRPC and Forward streams.
+func BenchmarkPresence1000(b *testing.B) {
+	c := newCluster(b)
+	for _, id := range []string{"a", "b", "c"} {
+		c.start(id)
+	}
+	c.settled(3)
+	var uids []string
+	for i := 0; i < 1000; i++ {
+		uids = append(uids, fmt.Sprintf("pb-%d", i))
+	}
+	for i := 0; i < 300; i++ {
+		c.login([]string{"a", "b", "c"}[i%3], uids[i], "phone")
+	}
+	for i := 0; i < 300; i++ {
+		c.registered(uids[i], 1)
+	}
+	conn, err := grpc.NewClient(c.node("a").gln.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close()
+	cli := nodepb.NewNodeServiceClient(conn)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		res, err := cli.Presence(context.Background(), &nodepb.PresenceQuery{Uids: uids})
+		if err != nil || len(res.Users) != 1000 {
+			b.Fatal(err)
+		}
+	}
+}
