@@ -67,12 +67,20 @@ func TestLoginPolicyFleetWide(t *testing.T) {
 		} else if _, err := c.cli.Put(ctx, c.schema.LoginPolicy(), v); err != nil {
 			t.Fatal(err)
 		}
+		var want *etcdkeys.LoginPolicy
+		if v != "" {
+			p, err := etcdkeys.ParseLoginPolicy([]byte(v))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want = &p
+		}
 		waitFor(t, "every node has the policy", func() bool {
 			c.mu.Lock()
 			defer c.mu.Unlock()
 			for _, n := range c.nodes {
 				p := n.rl.loginPolicy()
-				if (v == "") != (p == nil) {
+				if (want == nil) != (p == nil) || (p != nil && *p != *want) {
 					return false
 				}
 			}
