@@ -64,6 +64,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(or $(FUZZTIME),250000x) ./proto/wire
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(or $(FUZZTIME),150000x) ./proto/token
 	$(GO) test -run '^$$' -fuzz '^FuzzParseDispatcherError$$' -fuzztime $(or $(FUZZTIME),100000x) ./proto/client
+	$(GO) test -run '^$$' -fuzz '^FuzzParseLoginPolicy$$' -fuzztime $(or $(FUZZTIME),100000x) ./proto/etcdkeys
 	$(GO) test -run '^$$' -fuzz '^FuzzEndpointQuery$$' -fuzztime $(or $(FUZZTIME),6000x) ./dispatcher/internal/httpapi
 	$(GO) test -run '^$$' -fuzz '^FuzzVerify$$' -fuzztime $(or $(FUZZTIME),100000x) ./dispatcher/internal/auth
 	$(GO) test -run '^$$' -fuzz '^FuzzDecodeFrame$$' -fuzztime $(or $(FUZZTIME),50000x) ./accessnode/internal/handoff

@@ -60,6 +60,8 @@ type config struct {
 	upstreamAddr      string
 	upstreamTimeout   time.Duration
 	upstreamStore     bool
+	upstreamEvents    bool
+	upstreamEventsQ   int
 	upstreamTLS       tlsconf.Files // towards the backend (default: grpcTLS)
 	grpcTLS           tlsconf.Files // mutual TLS of the gRPC server and its clients
 	adminToken        string        // /metrics and /debug/ on the ops HTTP
@@ -118,6 +120,8 @@ func (c *config) define(fs *flag.FlagSet) {
 	fs.IntVar(&c.msgBurst, "msg-burst", 0, "burst for --msgs-per-sec (0: twice the rate)")
 	fs.Float64Var(&c.bytesPerSec, "bytes-per-sec", 1<<20, "payload bytes per second one connection may send in Sends and Requests; more are answered RATE_LIMITED (0: no limit)")
 	fs.IntVar(&c.bytesBurst, "bytes-burst", 0, "burst for --bytes-per-sec (0: twice the rate; never below --max-frame)")
+	fs.BoolVar(&c.upstreamEvents, "upstream-session-events", false, "tell the backend (Upstream.SessionEvents) every login and logout, batched, in order")
+	fs.IntVar(&c.upstreamEventsQ, "upstream-session-events-queue", 10_000, "session events held while the backend is slow or away; more are dropped (counted, a gap in seq)")
 	fs.BoolVar(&c.upstreamStore, "upstream-store-offline", false, "hand messages to users with no device online to the backend's Store (the sender hears STORED)")
 	cliflags.DefineGRPCTLS(fs, &c.grpcTLS)
 	fs.StringVar(&c.upstreamTLS.CA, "upstream-ca", "", "CA (PEM) the backend's certificate must chain to (default, when no --upstream-* is set: the --grpc-* files; empty with --upstream-cert: system roots)")

@@ -227,6 +227,7 @@ func (m *Main) listen() error {
 func (m *Main) newGateway(keys *token.Keys) error {
 	cfg := &m.cfg
 	var up gateway.Upstream
+	var events gateway.EventSink
 	if cfg.upstreamAddr != "" {
 		u, err := nodeapi.DialUpstream(cfg.upstreamAddr, m.itls.upstream)
 		if err != nil {
@@ -234,11 +235,16 @@ func (m *Main) newGateway(keys *token.Keys) error {
 		}
 		m.onClose(func() { u.Close() })
 		up = u
+		if cfg.upstreamEvents {
+			events = u
+		}
 	}
 	gw, err := gateway.New(gateway.Config{
 		Upstream:           up,
 		UpstreamTimeout:    cfg.upstreamTimeout,
 		StoreOffline:       cfg.upstreamStore,
+		SessionEvents:      events,
+		SessionEventQueue:  cfg.upstreamEventsQ,
 		MaxConnsPerIP:      cfg.maxConnsPerIP,
 		NewConnsPerIP:      cfg.newConnsPerIP,
 		NewConnsPerIPBurst: cfg.newConnsBurst,

@@ -436,11 +436,12 @@ func (c *Client) Messages() <-chan Message { return c.msgs }
 func (c *Client) Events() <-chan Event { return c.events }
 
 // Done is closed when the client has stopped for good: after Close, after a
-// Kick REPLACED, or after a reconnect failed permanently. Err says why.
+// Kick REPLACED or a Kick ADMIN with ban, or after a reconnect failed
+// permanently. Err says why.
 func (c *Client) Done() <-chan struct{} { return c.done }
 
 // Err is nil while the client runs; then ErrClosed after Close, a
-// *KickedError for Kick REPLACED, or the permanent connect error.
+// *KickedError for Kick REPLACED or a ban, or the permanent connect error.
 func (c *Client) Err() error {
 	select {
 	case <-c.done:
@@ -528,6 +529,11 @@ func (c *Client) run(cur *conn) {
 				c.emit(Event{Kind: EventKicked, NodeID: cur.nodeID, Err: ke})
 				if ke.Replaced() {
 					c.log.Warn().Str("node", cur.nodeID).Msg("kicked: replaced by another login; not reconnecting")
+					c.finish(cur, ke)
+					return
+				}
+				if ke.Banned() {
+					c.log.Warn().Str("node", cur.nodeID).Msg("kicked and banned by the backend; not reconnecting")
 					c.finish(cur, ke)
 					return
 				}

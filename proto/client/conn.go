@@ -228,7 +228,7 @@ func login(ctx context.Context, nc net.Conn, ep *api.EndpointResponse, cfg Confi
 				early = append(early, body.Deliver)
 			}
 		case *wirepb.Frame_Kick:
-			return fail(&KickedError{Reason: body.Kick.GetReason(), Detail: body.Kick.GetDetail(), NodeID: ep.NodeID})
+			return fail(&KickedError{Reason: body.Kick.GetReason(), Detail: body.Kick.GetDetail(), NodeID: ep.NodeID, Ban: body.Kick.GetBan()})
 		case *wirepb.Frame_Error:
 			e := &ServerError{Code: body.Error.GetCode(), Message: body.Error.GetMessage(), Fatal: body.Error.GetFatal(), NodeID: ep.NodeID}
 			if e.Fatal {
@@ -287,7 +287,7 @@ func (cn *conn) readLoop(rd *wire.Reader, early []*wirepb.Deliver) {
 				return // closed while handing it over
 			}
 		case *wirepb.Frame_Kick:
-			cn.close(&KickedError{Reason: b.Kick.GetReason(), Detail: b.Kick.GetDetail(), NodeID: cn.nodeID})
+			cn.close(&KickedError{Reason: b.Kick.GetReason(), Detail: b.Kick.GetDetail(), NodeID: cn.nodeID, Ban: b.Kick.GetBan()})
 			return
 		case *wirepb.Frame_GoAway:
 			select {

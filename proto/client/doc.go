@@ -101,8 +101,10 @@
 // closed the same way.
 //
 // Kick REPLACED on the current connection (the same uid and device logged
-// in elsewhere) stops the client for good: no reconnect, Done is closed, Err
-// is the *KickedError.
+// in elsewhere), and Kick ADMIN with ban (the backend keeps the user out,
+// KickedError.Banned), stop the client for good: no reconnect, Done is
+// closed, Err is the *KickedError. The app reconnects, when it decides to,
+// with a new Client.
 //
 // Compatibility: unknown frame types (and empty frames) from the node are
 // skipped; unknown fields are ignored by protobuf; a Kick with an unknown
@@ -114,7 +116,7 @@
 //
 // # Never
 //
-// The client never reconnects after Kick REPLACED and never blocks its
+// The client never reconnects after Kick REPLACED or a ban and never blocks its
 // reader on the application. It never logs tokens or payloads, and it keeps
 // no goroutine after Close returns.
 package client

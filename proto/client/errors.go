@@ -47,17 +47,24 @@ func (e *unknownOutcome) Error() string        { return e.msg }
 func (e *unknownOutcome) Is(target error) bool { return target == ErrOutcomeUnknown }
 
 // KickedError is the Kick frame that ended a connection. With reason
-// KICK_REASON_REPLACED (the same uid and device logged in elsewhere) the
-// client stops for good and Err returns this error; with any other reason it
+// KICK_REASON_REPLACED (the same uid and device logged in elsewhere), or
+// ADMIN with the ban flag (the backend keeps the user out), the client
+// stops for good and Err returns this error; with any other reason it
 // reconnects.
 type KickedError struct {
 	Reason wirepb.KickReason
 	Detail string
 	NodeID string
+	// Ban: Kick{ADMIN, ban}; reconnect only when the app decides to (a new
+	// Client).
+	Ban bool
 }
 
 func (e *KickedError) Error() string {
 	s := "client: kicked by node " + e.NodeID + ": " + kickReasonName(e.Reason)
+	if e.Banned() {
+		s += ", banned"
+	}
 	if e.Detail != "" {
 		s += " (" + e.Detail + ")"
 	}
@@ -69,6 +76,13 @@ func (e *KickedError) Is(target error) bool { return target == ErrKicked }
 
 // Replaced tells whether another login of the same uid and device took over.
 func (e *KickedError) Replaced() bool { return e.Reason == wirepb.KickReason_KICK_REASON_REPLACED }
+
+// Banned tells whether the backend kicked the user with the ban flag: the
+// client must not reconnect until the app says so.
+func (e *KickedError) Banned() bool { return e.Reason == wirepb.KickReason_KICK_REASON_ADMIN && e.Ban }
+
+// final: the client stops for good after this Kick.
+func (e *KickedError) final() bool { return e.Replaced() || e.Banned() }
 
 // ServerError is an Error frame from the access node: a refused Login, or a
 // fatal error that closed the connection.
@@ -141,7 +155,7 @@ func (e *DispatcherError) Temporary() bool {
 func temporary(err error) bool {
 	var ke *KickedError
 	if errors.As(err, &ke) {
-		return !ke.Replaced() // a Kick before LoginAck
+		return !ke.final() // a Kick before LoginAck
 	}
 	var de *DispatcherError
 	if errors.As(err, &de) {

@@ -24,6 +24,190 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+type PresenceState int32
+
+const (
+	PresenceState_PRESENCE_STATE_UNSPECIFIED PresenceState = 0
+	// At least one device online, and the home vouches for the whole list.
+	PresenceState_PRESENCE_STATE_ONLINE PresenceState = 1
+	// No device online, and the home vouches for it.
+	PresenceState_PRESENCE_STATE_OFFLINE PresenceState = 2
+	// The home cannot vouch for its shard (a member has not registered with
+	// it on a live stream, or the home was unreachable) and knows no device:
+	// the user may be online. Never read as offline.
+	PresenceState_PRESENCE_STATE_UNKNOWN PresenceState = 3
+	// The devices listed are online, but the home cannot vouch that there
+	// are no others.
+	PresenceState_PRESENCE_STATE_PARTIAL PresenceState = 4
+	// Forward stream only: the receiver is not the uid's home in its view;
+	// the sender asks again once views agree.
+	PresenceState_PRESENCE_STATE_NOT_HOME PresenceState = 5
+)
+
+// Enum value maps for PresenceState.
+var (
+	PresenceState_name = map[int32]string{
+		0: "PRESENCE_STATE_UNSPECIFIED",
+		1: "PRESENCE_STATE_ONLINE",
+		2: "PRESENCE_STATE_OFFLINE",
+		3: "PRESENCE_STATE_UNKNOWN",
+		4: "PRESENCE_STATE_PARTIAL",
+		5: "PRESENCE_STATE_NOT_HOME",
+	}
+	PresenceState_value = map[string]int32{
+		"PRESENCE_STATE_UNSPECIFIED": 0,
+		"PRESENCE_STATE_ONLINE":      1,
+		"PRESENCE_STATE_OFFLINE":     2,
+		"PRESENCE_STATE_UNKNOWN":     3,
+		"PRESENCE_STATE_PARTIAL":     4,
+		"PRESENCE_STATE_NOT_HOME":    5,
+	}
+)
+
+func (x PresenceState) Enum() *PresenceState {
+	p := new(PresenceState)
+	*p = x
+	return p
+}
+
+func (x PresenceState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (PresenceState) Descriptor() protoreflect.EnumDescriptor {
+	return file_nodepb_node_proto_enumTypes[0].Descriptor()
+}
+
+func (PresenceState) Type() protoreflect.EnumType {
+	return &file_nodepb_node_proto_enumTypes[0]
+}
+
+func (x PresenceState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use PresenceState.Descriptor instead.
+func (PresenceState) EnumDescriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{0}
+}
+
+type SessionEventKind int32
+
+const (
+	SessionEventKind_SESSION_EVENT_KIND_UNSPECIFIED SessionEventKind = 0
+	SessionEventKind_SESSION_EVENT_KIND_LOGIN       SessionEventKind = 1
+	SessionEventKind_SESSION_EVENT_KIND_LOGOUT      SessionEventKind = 2
+)
+
+// Enum value maps for SessionEventKind.
+var (
+	SessionEventKind_name = map[int32]string{
+		0: "SESSION_EVENT_KIND_UNSPECIFIED",
+		1: "SESSION_EVENT_KIND_LOGIN",
+		2: "SESSION_EVENT_KIND_LOGOUT",
+	}
+	SessionEventKind_value = map[string]int32{
+		"SESSION_EVENT_KIND_UNSPECIFIED": 0,
+		"SESSION_EVENT_KIND_LOGIN":       1,
+		"SESSION_EVENT_KIND_LOGOUT":      2,
+	}
+)
+
+func (x SessionEventKind) Enum() *SessionEventKind {
+	p := new(SessionEventKind)
+	*p = x
+	return p
+}
+
+func (x SessionEventKind) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (SessionEventKind) Descriptor() protoreflect.EnumDescriptor {
+	return file_nodepb_node_proto_enumTypes[1].Descriptor()
+}
+
+func (SessionEventKind) Type() protoreflect.EnumType {
+	return &file_nodepb_node_proto_enumTypes[1]
+}
+
+func (x SessionEventKind) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use SessionEventKind.Descriptor instead.
+func (SessionEventKind) EnumDescriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{1}
+}
+
+// Why a session ended (LOGOUT only).
+type LeaveReason int32
+
+const (
+	LeaveReason_LEAVE_REASON_UNSPECIFIED LeaveReason = 0
+	// The client closed the connection, or it broke.
+	LeaveReason_LEAVE_REASON_CLOSED LeaveReason = 1
+	// Nothing heard within the idle timeout.
+	LeaveReason_LEAVE_REASON_IDLE LeaveReason = 2
+	// Kick{ADMIN}: a backend or operator.
+	LeaveReason_LEAVE_REASON_KICKED LeaveReason = 3
+	// A newer login of the same uid and device, on this node or another.
+	LeaveReason_LEAVE_REASON_REPLACED LeaveReason = 4
+	// The node shut down with the session still open.
+	LeaveReason_LEAVE_REASON_NODE_GONE LeaveReason = 5
+	// A fatal protocol error.
+	LeaveReason_LEAVE_REASON_ERROR LeaveReason = 6
+)
+
+// Enum value maps for LeaveReason.
+var (
+	LeaveReason_name = map[int32]string{
+		0: "LEAVE_REASON_UNSPECIFIED",
+		1: "LEAVE_REASON_CLOSED",
+		2: "LEAVE_REASON_IDLE",
+		3: "LEAVE_REASON_KICKED",
+		4: "LEAVE_REASON_REPLACED",
+		5: "LEAVE_REASON_NODE_GONE",
+		6: "LEAVE_REASON_ERROR",
+	}
+	LeaveReason_value = map[string]int32{
+		"LEAVE_REASON_UNSPECIFIED": 0,
+		"LEAVE_REASON_CLOSED":      1,
+		"LEAVE_REASON_IDLE":        2,
+		"LEAVE_REASON_KICKED":      3,
+		"LEAVE_REASON_REPLACED":    4,
+		"LEAVE_REASON_NODE_GONE":   5,
+		"LEAVE_REASON_ERROR":       6,
+	}
+)
+
+func (x LeaveReason) Enum() *LeaveReason {
+	p := new(LeaveReason)
+	*p = x
+	return p
+}
+
+func (x LeaveReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (LeaveReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_nodepb_node_proto_enumTypes[2].Descriptor()
+}
+
+func (LeaveReason) Type() protoreflect.EnumType {
+	return &file_nodepb_node_proto_enumTypes[2]
+}
+
+func (x LeaveReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use LeaveReason.Descriptor instead.
+func (LeaveReason) EnumDescriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{2}
+}
+
 type StatsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	unknownFields protoimpl.UnknownFields
@@ -285,6 +469,10 @@ type ForwardFrame struct {
 	//	*ForwardFrame_Invalidate
 	//	*ForwardFrame_Heartbeat
 	//	*ForwardFrame_Resync
+	//	*ForwardFrame_Query
+	//	*ForwardFrame_QueryResult
+	//	*ForwardFrame_AdminKick
+	//	*ForwardFrame_AdminKickResult
 	Body          isForwardFrame_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -426,6 +614,42 @@ func (x *ForwardFrame) GetResync() *ResyncRequest {
 	return nil
 }
 
+func (x *ForwardFrame) GetQuery() *PresenceQuery {
+	if x != nil {
+		if x, ok := x.Body.(*ForwardFrame_Query); ok {
+			return x.Query
+		}
+	}
+	return nil
+}
+
+func (x *ForwardFrame) GetQueryResult() *PresenceReply {
+	if x != nil {
+		if x, ok := x.Body.(*ForwardFrame_QueryResult); ok {
+			return x.QueryResult
+		}
+	}
+	return nil
+}
+
+func (x *ForwardFrame) GetAdminKick() *AdminKick {
+	if x != nil {
+		if x, ok := x.Body.(*ForwardFrame_AdminKick); ok {
+			return x.AdminKick
+		}
+	}
+	return nil
+}
+
+func (x *ForwardFrame) GetAdminKickResult() *AdminKickResult {
+	if x != nil {
+		if x, ok := x.Body.(*ForwardFrame_AdminKickResult); ok {
+			return x.AdminKickResult
+		}
+	}
+	return nil
+}
+
 type isForwardFrame_Body interface {
 	isForwardFrame_Body()
 }
@@ -474,6 +698,22 @@ type ForwardFrame_Resync struct {
 	Resync *ResyncRequest `protobuf:"bytes,11,opt,name=resync,proto3,oneof"` // home -> holder (answer direction): register every session again
 }
 
+type ForwardFrame_Query struct {
+	Query *PresenceQuery `protobuf:"bytes,12,opt,name=query,proto3,oneof"` // sender -> home: the devices of these uids
+}
+
+type ForwardFrame_QueryResult struct {
+	QueryResult *PresenceReply `protobuf:"bytes,13,opt,name=query_result,json=queryResult,proto3,oneof"`
+}
+
+type ForwardFrame_AdminKick struct {
+	AdminKick *AdminKick `protobuf:"bytes,14,opt,name=admin_kick,json=adminKick,proto3,oneof"` // any node -> a holder: kick these sessions (Kick{ADMIN})
+}
+
+type ForwardFrame_AdminKickResult struct {
+	AdminKickResult *AdminKickResult `protobuf:"bytes,15,opt,name=admin_kick_result,json=adminKickResult,proto3,oneof"`
+}
+
 func (*ForwardFrame_Deliver) isForwardFrame_Body() {}
 
 func (*ForwardFrame_Result) isForwardFrame_Body() {}
@@ -495,6 +735,14 @@ func (*ForwardFrame_Invalidate) isForwardFrame_Body() {}
 func (*ForwardFrame_Heartbeat) isForwardFrame_Body() {}
 
 func (*ForwardFrame_Resync) isForwardFrame_Body() {}
+
+func (*ForwardFrame_Query) isForwardFrame_Body() {}
+
+func (*ForwardFrame_QueryResult) isForwardFrame_Body() {}
+
+func (*ForwardFrame_AdminKick) isForwardFrame_Body() {}
+
+func (*ForwardFrame_AdminKickResult) isForwardFrame_Body() {}
 
 // Heartbeat proves an idle stream alive. The dialer sends one when it has
 // sent nothing for a heartbeat interval; the receiver answers each with one.
@@ -1165,10 +1413,13 @@ func (x *SyncDone) GetView() uint64 {
 }
 
 type KickSession struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Uid           string                 `protobuf:"bytes,1,opt,name=uid,proto3" json:"uid,omitempty"`
-	Device        string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
-	LoginAtNs     int64                  `protobuf:"varint,3,opt,name=login_at_ns,json=loginAtNs,proto3" json:"login_at_ns,omitempty"` // only the session with this login time is kicked
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	Uid       string                 `protobuf:"bytes,1,opt,name=uid,proto3" json:"uid,omitempty"`
+	Device    string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	LoginAtNs int64                  `protobuf:"varint,3,opt,name=login_at_ns,json=loginAtNs,proto3" json:"login_at_ns,omitempty"` // only the session with this login time is kicked
+	// Shown to the client as Kick.detail (empty: the holder's text for a
+	// newer login of the same device). Set when the login policy kicked it.
+	Detail        string `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1224,6 +1475,243 @@ func (x *KickSession) GetLoginAtNs() int64 {
 	return 0
 }
 
+func (x *KickSession) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+// PresenceQuery asks for the online devices of uids: on a Forward stream,
+// of the uids homed at the receiver (seq is echoed); on the NodeService
+// Presence call, of any uids (seq unused).
+type PresenceQuery struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Uids          []string               `protobuf:"bytes,2,rep,name=uids,proto3" json:"uids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PresenceQuery) Reset() {
+	*x = PresenceQuery{}
+	mi := &file_nodepb_node_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PresenceQuery) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PresenceQuery) ProtoMessage() {}
+
+func (x *PresenceQuery) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PresenceQuery.ProtoReflect.Descriptor instead.
+func (*PresenceQuery) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *PresenceQuery) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *PresenceQuery) GetUids() []string {
+	if x != nil {
+		return x.Uids
+	}
+	return nil
+}
+
+type PresenceReply struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// One per uid asked, in the order asked.
+	Users         []*UserPresence `protobuf:"bytes,2,rep,name=users,proto3" json:"users,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PresenceReply) Reset() {
+	*x = PresenceReply{}
+	mi := &file_nodepb_node_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PresenceReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PresenceReply) ProtoMessage() {}
+
+func (x *PresenceReply) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PresenceReply.ProtoReflect.Descriptor instead.
+func (*PresenceReply) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *PresenceReply) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *PresenceReply) GetUsers() []*UserPresence {
+	if x != nil {
+		return x.Users
+	}
+	return nil
+}
+
+type UserPresence struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Uid           string                 `protobuf:"bytes,1,opt,name=uid,proto3" json:"uid,omitempty"`
+	State         PresenceState          `protobuf:"varint,2,opt,name=state,proto3,enum=imgate.node.v1.PresenceState" json:"state,omitempty"`
+	Devices       []*DevicePresence      `protobuf:"bytes,3,rep,name=devices,proto3" json:"devices,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UserPresence) Reset() {
+	*x = UserPresence{}
+	mi := &file_nodepb_node_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UserPresence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UserPresence) ProtoMessage() {}
+
+func (x *UserPresence) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UserPresence.ProtoReflect.Descriptor instead.
+func (*UserPresence) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *UserPresence) GetUid() string {
+	if x != nil {
+		return x.Uid
+	}
+	return ""
+}
+
+func (x *UserPresence) GetState() PresenceState {
+	if x != nil {
+		return x.State
+	}
+	return PresenceState_PRESENCE_STATE_UNSPECIFIED
+}
+
+func (x *UserPresence) GetDevices() []*DevicePresence {
+	if x != nil {
+		return x.Devices
+	}
+	return nil
+}
+
+type DevicePresence struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Device string                 `protobuf:"bytes,1,opt,name=device,proto3" json:"device,omitempty"`
+	// The access node holding the session.
+	NodeId string `protobuf:"bytes,2,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// When the session logged in (the holder's clock, Unix ms).
+	LoginAtMs     int64 `protobuf:"varint,3,opt,name=login_at_ms,json=loginAtMs,proto3" json:"login_at_ms,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DevicePresence) Reset() {
+	*x = DevicePresence{}
+	mi := &file_nodepb_node_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DevicePresence) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DevicePresence) ProtoMessage() {}
+
+func (x *DevicePresence) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DevicePresence.ProtoReflect.Descriptor instead.
+func (*DevicePresence) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *DevicePresence) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *DevicePresence) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *DevicePresence) GetLoginAtMs() int64 {
+	if x != nil {
+		return x.LoginAtMs
+	}
+	return 0
+}
+
 type PushRequest struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Uids        []string               `protobuf:"bytes,1,rep,name=uids,proto3" json:"uids,omitempty"`
@@ -1239,7 +1727,7 @@ type PushRequest struct {
 
 func (x *PushRequest) Reset() {
 	*x = PushRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[16]
+	mi := &file_nodepb_node_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1251,7 +1739,7 @@ func (x *PushRequest) String() string {
 func (*PushRequest) ProtoMessage() {}
 
 func (x *PushRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[16]
+	mi := &file_nodepb_node_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1264,7 +1752,7 @@ func (x *PushRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushRequest.ProtoReflect.Descriptor instead.
 func (*PushRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{16}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PushRequest) GetUids() []string {
@@ -1316,7 +1804,7 @@ type PushResult struct {
 
 func (x *PushResult) Reset() {
 	*x = PushResult{}
-	mi := &file_nodepb_node_proto_msgTypes[17]
+	mi := &file_nodepb_node_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1328,7 +1816,7 @@ func (x *PushResult) String() string {
 func (*PushResult) ProtoMessage() {}
 
 func (x *PushResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[17]
+	mi := &file_nodepb_node_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1341,7 +1829,7 @@ func (x *PushResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushResult.ProtoReflect.Descriptor instead.
 func (*PushResult) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PushResult) GetUid() string {
@@ -1388,7 +1876,7 @@ type PushResponse struct {
 
 func (x *PushResponse) Reset() {
 	*x = PushResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[18]
+	mi := &file_nodepb_node_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1400,7 +1888,7 @@ func (x *PushResponse) String() string {
 func (*PushResponse) ProtoMessage() {}
 
 func (x *PushResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[18]
+	mi := &file_nodepb_node_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1413,7 +1901,7 @@ func (x *PushResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushResponse.ProtoReflect.Descriptor instead.
 func (*PushResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{18}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PushResponse) GetResults() []*PushResult {
@@ -1427,15 +1915,21 @@ type KickRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Uid   string                 `protobuf:"bytes,1,opt,name=uid,proto3" json:"uid,omitempty"`
 	// Empty: every device of uid.
-	Device        string `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
-	Detail        string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	Device string `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	Detail string `protobuf:"bytes,3,opt,name=detail,proto3" json:"detail,omitempty"`
+	// Every node holding a session of uid (and device), found through the
+	// uid's home; when the home cannot vouch for its list, every member.
+	// false: only this node.
+	Fleet bool `protobuf:"varint,4,opt,name=fleet,proto3" json:"fleet,omitempty"`
+	// The clients get Kick{ADMIN, ban}: they do not reconnect by themselves.
+	Ban           bool `protobuf:"varint,5,opt,name=ban,proto3" json:"ban,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *KickRequest) Reset() {
 	*x = KickRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[19]
+	mi := &file_nodepb_node_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1447,7 +1941,7 @@ func (x *KickRequest) String() string {
 func (*KickRequest) ProtoMessage() {}
 
 func (x *KickRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[19]
+	mi := &file_nodepb_node_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1460,7 +1954,7 @@ func (x *KickRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickRequest.ProtoReflect.Descriptor instead.
 func (*KickRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{19}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *KickRequest) GetUid() string {
@@ -1484,16 +1978,35 @@ func (x *KickRequest) GetDetail() string {
 	return ""
 }
 
+func (x *KickRequest) GetFleet() bool {
+	if x != nil {
+		return x.Fleet
+	}
+	return false
+}
+
+func (x *KickRequest) GetBan() bool {
+	if x != nil {
+		return x.Ban
+	}
+	return false
+}
+
 type KickResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Kicked        uint32                 `protobuf:"varint,1,opt,name=kicked,proto3" json:"kicked,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Kicked uint32                 `protobuf:"varint,1,opt,name=kicked,proto3" json:"kicked,omitempty"`
+	// fleet: the nodes asked (this one included when it held a session), and
+	// whether some could not answer or the home could not vouch for its list
+	// (then every member was asked).
+	Nodes         []string `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Incomplete    bool     `protobuf:"varint,3,opt,name=incomplete,proto3" json:"incomplete,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *KickResponse) Reset() {
 	*x = KickResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[20]
+	mi := &file_nodepb_node_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1505,7 +2018,7 @@ func (x *KickResponse) String() string {
 func (*KickResponse) ProtoMessage() {}
 
 func (x *KickResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[20]
+	mi := &file_nodepb_node_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1518,10 +2031,154 @@ func (x *KickResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickResponse.ProtoReflect.Descriptor instead.
 func (*KickResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{20}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *KickResponse) GetKicked() uint32 {
+	if x != nil {
+		return x.Kicked
+	}
+	return 0
+}
+
+func (x *KickResponse) GetNodes() []string {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+func (x *KickResponse) GetIncomplete() bool {
+	if x != nil {
+		return x.Incomplete
+	}
+	return false
+}
+
+// AdminKick asks a holder to kick the sessions of uid (device empty: all),
+// each client getting Kick{ADMIN, detail, ban}.
+type AdminKick struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Uid           string                 `protobuf:"bytes,2,opt,name=uid,proto3" json:"uid,omitempty"`
+	Device        string                 `protobuf:"bytes,3,opt,name=device,proto3" json:"device,omitempty"`
+	Detail        string                 `protobuf:"bytes,4,opt,name=detail,proto3" json:"detail,omitempty"`
+	Ban           bool                   `protobuf:"varint,5,opt,name=ban,proto3" json:"ban,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminKick) Reset() {
+	*x = AdminKick{}
+	mi := &file_nodepb_node_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminKick) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminKick) ProtoMessage() {}
+
+func (x *AdminKick) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminKick.ProtoReflect.Descriptor instead.
+func (*AdminKick) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *AdminKick) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AdminKick) GetUid() string {
+	if x != nil {
+		return x.Uid
+	}
+	return ""
+}
+
+func (x *AdminKick) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *AdminKick) GetDetail() string {
+	if x != nil {
+		return x.Detail
+	}
+	return ""
+}
+
+func (x *AdminKick) GetBan() bool {
+	if x != nil {
+		return x.Ban
+	}
+	return false
+}
+
+type AdminKickResult struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Kicked        uint32                 `protobuf:"varint,2,opt,name=kicked,proto3" json:"kicked,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminKickResult) Reset() {
+	*x = AdminKickResult{}
+	mi := &file_nodepb_node_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminKickResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminKickResult) ProtoMessage() {}
+
+func (x *AdminKickResult) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminKickResult.ProtoReflect.Descriptor instead.
+func (*AdminKickResult) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *AdminKickResult) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AdminKickResult) GetKicked() uint32 {
 	if x != nil {
 		return x.Kicked
 	}
@@ -1540,7 +2197,7 @@ type ShedRequest struct {
 
 func (x *ShedRequest) Reset() {
 	*x = ShedRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[21]
+	mi := &file_nodepb_node_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1552,7 +2209,7 @@ func (x *ShedRequest) String() string {
 func (*ShedRequest) ProtoMessage() {}
 
 func (x *ShedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[21]
+	mi := &file_nodepb_node_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1565,7 +2222,7 @@ func (x *ShedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShedRequest.ProtoReflect.Descriptor instead.
 func (*ShedRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{21}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ShedRequest) GetCount() uint32 {
@@ -1599,7 +2256,7 @@ type ShedResponse struct {
 
 func (x *ShedResponse) Reset() {
 	*x = ShedResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[22]
+	mi := &file_nodepb_node_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1611,7 +2268,7 @@ func (x *ShedResponse) String() string {
 func (*ShedResponse) ProtoMessage() {}
 
 func (x *ShedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[22]
+	mi := &file_nodepb_node_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1624,7 +2281,7 @@ func (x *ShedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShedResponse.ProtoReflect.Descriptor instead.
 func (*ShedResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{22}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ShedResponse) GetAccepted() uint32 {
@@ -1632,6 +2289,211 @@ func (x *ShedResponse) GetAccepted() uint32 {
 		return x.Accepted
 	}
 	return 0
+}
+
+type SessionEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Per node and incarnation, from 1, one per event: a gap is events
+	// dropped (the queue was full).
+	Seq    uint64           `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Kind   SessionEventKind `protobuf:"varint,2,opt,name=kind,proto3,enum=imgate.node.v1.SessionEventKind" json:"kind,omitempty"`
+	Uid    string           `protobuf:"bytes,3,opt,name=uid,proto3" json:"uid,omitempty"`
+	Device string           `protobuf:"bytes,4,opt,name=device,proto3" json:"device,omitempty"`
+	// The session's login (Unix ms, the node's clock): with uid and device
+	// it names the session, so a LOGOUT of an older login is told from a
+	// newer one.
+	LoginAtMs int64 `protobuf:"varint,5,opt,name=login_at_ms,json=loginAtMs,proto3" json:"login_at_ms,omitempty"`
+	// When it happened (Unix ms).
+	AtMs          int64       `protobuf:"varint,6,opt,name=at_ms,json=atMs,proto3" json:"at_ms,omitempty"`
+	Reason        LeaveReason `protobuf:"varint,7,opt,name=reason,proto3,enum=imgate.node.v1.LeaveReason" json:"reason,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionEvent) Reset() {
+	*x = SessionEvent{}
+	mi := &file_nodepb_node_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionEvent) ProtoMessage() {}
+
+func (x *SessionEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionEvent.ProtoReflect.Descriptor instead.
+func (*SessionEvent) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *SessionEvent) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *SessionEvent) GetKind() SessionEventKind {
+	if x != nil {
+		return x.Kind
+	}
+	return SessionEventKind_SESSION_EVENT_KIND_UNSPECIFIED
+}
+
+func (x *SessionEvent) GetUid() string {
+	if x != nil {
+		return x.Uid
+	}
+	return ""
+}
+
+func (x *SessionEvent) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *SessionEvent) GetLoginAtMs() int64 {
+	if x != nil {
+		return x.LoginAtMs
+	}
+	return 0
+}
+
+func (x *SessionEvent) GetAtMs() int64 {
+	if x != nil {
+		return x.AtMs
+	}
+	return 0
+}
+
+func (x *SessionEvent) GetReason() LeaveReason {
+	if x != nil {
+		return x.Reason
+	}
+	return LeaveReason_LEAVE_REASON_UNSPECIFIED
+}
+
+type SessionEventBatch struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	NodeId string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	// The node process's start (Unix ms): a new value restarts seq at 1, and
+	// that node's sessions of the earlier incarnation are gone.
+	Incarnation int64           `protobuf:"varint,2,opt,name=incarnation,proto3" json:"incarnation,omitempty"`
+	Events      []*SessionEvent `protobuf:"bytes,3,rep,name=events,proto3" json:"events,omitempty"`
+	// Events this incarnation dropped so far.
+	DroppedTotal  uint64 `protobuf:"varint,4,opt,name=dropped_total,json=droppedTotal,proto3" json:"dropped_total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionEventBatch) Reset() {
+	*x = SessionEventBatch{}
+	mi := &file_nodepb_node_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionEventBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionEventBatch) ProtoMessage() {}
+
+func (x *SessionEventBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionEventBatch.ProtoReflect.Descriptor instead.
+func (*SessionEventBatch) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *SessionEventBatch) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *SessionEventBatch) GetIncarnation() int64 {
+	if x != nil {
+		return x.Incarnation
+	}
+	return 0
+}
+
+func (x *SessionEventBatch) GetEvents() []*SessionEvent {
+	if x != nil {
+		return x.Events
+	}
+	return nil
+}
+
+func (x *SessionEventBatch) GetDroppedTotal() uint64 {
+	if x != nil {
+		return x.DroppedTotal
+	}
+	return 0
+}
+
+type SessionEventsAck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SessionEventsAck) Reset() {
+	*x = SessionEventsAck{}
+	mi := &file_nodepb_node_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SessionEventsAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SessionEventsAck) ProtoMessage() {}
+
+func (x *SessionEventsAck) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SessionEventsAck.ProtoReflect.Descriptor instead.
+func (*SessionEventsAck) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{31}
 }
 
 type UpstreamRequest struct {
@@ -1647,7 +2509,7 @@ type UpstreamRequest struct {
 
 func (x *UpstreamRequest) Reset() {
 	*x = UpstreamRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[23]
+	mi := &file_nodepb_node_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1659,7 +2521,7 @@ func (x *UpstreamRequest) String() string {
 func (*UpstreamRequest) ProtoMessage() {}
 
 func (x *UpstreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[23]
+	mi := &file_nodepb_node_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1672,7 +2534,7 @@ func (x *UpstreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamRequest.ProtoReflect.Descriptor instead.
 func (*UpstreamRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{23}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *UpstreamRequest) GetUid() string {
@@ -1719,7 +2581,7 @@ type UpstreamResponse struct {
 
 func (x *UpstreamResponse) Reset() {
 	*x = UpstreamResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[24]
+	mi := &file_nodepb_node_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1731,7 +2593,7 @@ func (x *UpstreamResponse) String() string {
 func (*UpstreamResponse) ProtoMessage() {}
 
 func (x *UpstreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[24]
+	mi := &file_nodepb_node_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1744,7 +2606,7 @@ func (x *UpstreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamResponse.ProtoReflect.Descriptor instead.
 func (*UpstreamResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{24}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *UpstreamResponse) GetPayload() []byte {
@@ -1769,7 +2631,7 @@ type StoreRequest struct {
 
 func (x *StoreRequest) Reset() {
 	*x = StoreRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[25]
+	mi := &file_nodepb_node_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1781,7 +2643,7 @@ func (x *StoreRequest) String() string {
 func (*StoreRequest) ProtoMessage() {}
 
 func (x *StoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[25]
+	mi := &file_nodepb_node_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1794,7 +2656,7 @@ func (x *StoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreRequest.ProtoReflect.Descriptor instead.
 func (*StoreRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{25}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *StoreRequest) GetMsgId() string {
@@ -1854,7 +2716,7 @@ type StoreResponse struct {
 
 func (x *StoreResponse) Reset() {
 	*x = StoreResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[26]
+	mi := &file_nodepb_node_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1866,7 +2728,7 @@ func (x *StoreResponse) String() string {
 func (*StoreResponse) ProtoMessage() {}
 
 func (x *StoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[26]
+	mi := &file_nodepb_node_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1879,7 +2741,7 @@ func (x *StoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreResponse.ProtoReflect.Descriptor instead.
 func (*StoreResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{26}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{35}
 }
 
 var File_nodepb_node_proto protoreflect.FileDescriptor
@@ -1906,7 +2768,7 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x11messages_in_total\x18\x0e \x01(\x04R\x0fmessagesInTotal\x12,\n" +
 	"\x12messages_out_total\x18\x0f \x01(\x04R\x10messagesOutTotal\"D\n" +
 	"\fForwardBatch\x124\n" +
-	"\x06frames\x18\x01 \x03(\v2\x1c.imgate.node.v1.ForwardFrameR\x06frames\"\x96\x05\n" +
+	"\x06frames\x18\x01 \x03(\v2\x1c.imgate.node.v1.ForwardFrameR\x06frames\"\x9c\a\n" +
 	"\fForwardFrame\x12:\n" +
 	"\adeliver\x18\x01 \x01(\v2\x1e.imgate.node.v1.ForwardDeliverH\x00R\adeliver\x127\n" +
 	"\x06result\x18\x02 \x01(\v2\x1d.imgate.node.v1.ForwardResultH\x00R\x06result\x12<\n" +
@@ -1921,7 +2783,12 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"invalidate\x129\n" +
 	"\theartbeat\x18\n" +
 	" \x01(\v2\x19.imgate.node.v1.HeartbeatH\x00R\theartbeat\x127\n" +
-	"\x06resync\x18\v \x01(\v2\x1d.imgate.node.v1.ResyncRequestH\x00R\x06resyncB\x06\n" +
+	"\x06resync\x18\v \x01(\v2\x1d.imgate.node.v1.ResyncRequestH\x00R\x06resync\x125\n" +
+	"\x05query\x18\f \x01(\v2\x1d.imgate.node.v1.PresenceQueryH\x00R\x05query\x12B\n" +
+	"\fquery_result\x18\r \x01(\v2\x1d.imgate.node.v1.PresenceReplyH\x00R\vqueryResult\x12:\n" +
+	"\n" +
+	"admin_kick\x18\x0e \x01(\v2\x19.imgate.node.v1.AdminKickH\x00R\tadminKick\x12M\n" +
+	"\x11admin_kick_result\x18\x0f \x01(\v2\x1f.imgate.node.v1.AdminKickResultH\x00R\x0fadminKickResultB\x06\n" +
 	"\x04body\"\v\n" +
 	"\tHeartbeat\"\x0f\n" +
 	"\rResyncRequest\" \n" +
@@ -1968,11 +2835,26 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"incomplete\x18\x04 \x01(\bR\n" +
 	"incomplete\"$\n" +
 	"\bSyncDone\x12\x12\n" +
-	"\x04view\x18\x02 \x01(\x04R\x04viewJ\x04\b\x01\x10\x02\"W\n" +
+	"\x04view\x18\x02 \x01(\x04R\x04viewJ\x04\b\x01\x10\x02\"o\n" +
 	"\vKickSession\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x1e\n" +
-	"\vlogin_at_ns\x18\x03 \x01(\x03R\tloginAtNs\"\x91\x01\n" +
+	"\vlogin_at_ns\x18\x03 \x01(\x03R\tloginAtNs\x12\x16\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail\"5\n" +
+	"\rPresenceQuery\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
+	"\x04uids\x18\x02 \x03(\tR\x04uids\"U\n" +
+	"\rPresenceReply\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x122\n" +
+	"\x05users\x18\x02 \x03(\v2\x1c.imgate.node.v1.UserPresenceR\x05users\"\x8f\x01\n" +
+	"\fUserPresence\x12\x10\n" +
+	"\x03uid\x18\x01 \x01(\tR\x03uid\x123\n" +
+	"\x05state\x18\x02 \x01(\x0e2\x1d.imgate.node.v1.PresenceStateR\x05state\x128\n" +
+	"\adevices\x18\x03 \x03(\v2\x1e.imgate.node.v1.DevicePresenceR\adevices\"a\n" +
+	"\x0eDevicePresence\x12\x16\n" +
+	"\x06device\x18\x01 \x01(\tR\x06device\x12\x17\n" +
+	"\anode_id\x18\x02 \x01(\tR\x06nodeId\x12\x1e\n" +
+	"\vlogin_at_ms\x18\x03 \x01(\x03R\tloginAtMs\"\x91\x01\n" +
 	"\vPushRequest\x12\x12\n" +
 	"\x04uids\x18\x01 \x03(\tR\x04uids\x12\x18\n" +
 	"\apayload\x18\x02 \x01(\fR\apayload\x12!\n" +
@@ -1988,20 +2870,49 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x05acked\x18\x04 \x01(\rR\x05acked\x12\x15\n" +
 	"\x06msg_id\x18\x05 \x01(\tR\x05msgId\"D\n" +
 	"\fPushResponse\x124\n" +
-	"\aresults\x18\x01 \x03(\v2\x1a.imgate.node.v1.PushResultR\aresults\"O\n" +
+	"\aresults\x18\x01 \x03(\v2\x1a.imgate.node.v1.PushResultR\aresults\"w\n" +
 	"\vKickRequest\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x16\n" +
-	"\x06detail\x18\x03 \x01(\tR\x06detail\"&\n" +
+	"\x06detail\x18\x03 \x01(\tR\x06detail\x12\x14\n" +
+	"\x05fleet\x18\x04 \x01(\bR\x05fleet\x12\x10\n" +
+	"\x03ban\x18\x05 \x01(\bR\x03ban\"\\\n" +
 	"\fKickResponse\x12\x16\n" +
-	"\x06kicked\x18\x01 \x01(\rR\x06kicked\"Z\n" +
+	"\x06kicked\x18\x01 \x01(\rR\x06kicked\x12\x14\n" +
+	"\x05nodes\x18\x02 \x03(\tR\x05nodes\x12\x1e\n" +
+	"\n" +
+	"incomplete\x18\x03 \x01(\bR\n" +
+	"incomplete\"q\n" +
+	"\tAdminKick\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x10\n" +
+	"\x03uid\x18\x02 \x01(\tR\x03uid\x12\x16\n" +
+	"\x06device\x18\x03 \x01(\tR\x06device\x12\x16\n" +
+	"\x06detail\x18\x04 \x01(\tR\x06detail\x12\x10\n" +
+	"\x03ban\x18\x05 \x01(\bR\x03ban\";\n" +
+	"\x0fAdminKickResult\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n" +
+	"\x06kicked\x18\x02 \x01(\rR\x06kicked\"Z\n" +
 	"\vShedRequest\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\rR\x05count\x12\x1d\n" +
 	"\n" +
 	"per_second\x18\x02 \x01(\rR\tperSecond\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"*\n" +
 	"\fShedResponse\x12\x1a\n" +
-	"\baccepted\x18\x01 \x01(\rR\baccepted\"\x86\x01\n" +
+	"\baccepted\x18\x01 \x01(\rR\baccepted\"\xea\x01\n" +
+	"\fSessionEvent\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x124\n" +
+	"\x04kind\x18\x02 \x01(\x0e2 .imgate.node.v1.SessionEventKindR\x04kind\x12\x10\n" +
+	"\x03uid\x18\x03 \x01(\tR\x03uid\x12\x16\n" +
+	"\x06device\x18\x04 \x01(\tR\x06device\x12\x1e\n" +
+	"\vlogin_at_ms\x18\x05 \x01(\x03R\tloginAtMs\x12\x13\n" +
+	"\x05at_ms\x18\x06 \x01(\x03R\x04atMs\x123\n" +
+	"\x06reason\x18\a \x01(\x0e2\x1b.imgate.node.v1.LeaveReasonR\x06reason\"\xa9\x01\n" +
+	"\x11SessionEventBatch\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12 \n" +
+	"\vincarnation\x18\x02 \x01(\x03R\vincarnation\x124\n" +
+	"\x06events\x18\x03 \x03(\v2\x1c.imgate.node.v1.SessionEventR\x06events\x12#\n" +
+	"\rdropped_total\x18\x04 \x01(\x04R\fdroppedTotal\"\x12\n" +
+	"\x10SessionEventsAck\"\x86\x01\n" +
 	"\x0fUpstreamRequest\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x17\n" +
@@ -2020,16 +2931,37 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\fcontent_type\x18\x06 \x01(\tR\vcontentType\x12\x1c\n" +
 	"\n" +
 	"sent_at_ms\x18\a \x01(\x03R\bsentAtMs\"\x0f\n" +
-	"\rStoreResponse2\xe7\x02\n" +
+	"\rStoreResponse*\xbb\x01\n" +
+	"\rPresenceState\x12\x1e\n" +
+	"\x1aPRESENCE_STATE_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15PRESENCE_STATE_ONLINE\x10\x01\x12\x1a\n" +
+	"\x16PRESENCE_STATE_OFFLINE\x10\x02\x12\x1a\n" +
+	"\x16PRESENCE_STATE_UNKNOWN\x10\x03\x12\x1a\n" +
+	"\x16PRESENCE_STATE_PARTIAL\x10\x04\x12\x1b\n" +
+	"\x17PRESENCE_STATE_NOT_HOME\x10\x05*s\n" +
+	"\x10SessionEventKind\x12\"\n" +
+	"\x1eSESSION_EVENT_KIND_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18SESSION_EVENT_KIND_LOGIN\x10\x01\x12\x1d\n" +
+	"\x19SESSION_EVENT_KIND_LOGOUT\x10\x02*\xc3\x01\n" +
+	"\vLeaveReason\x12\x1c\n" +
+	"\x18LEAVE_REASON_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13LEAVE_REASON_CLOSED\x10\x01\x12\x15\n" +
+	"\x11LEAVE_REASON_IDLE\x10\x02\x12\x17\n" +
+	"\x13LEAVE_REASON_KICKED\x10\x03\x12\x19\n" +
+	"\x15LEAVE_REASON_REPLACED\x10\x04\x12\x1a\n" +
+	"\x16LEAVE_REASON_NODE_GONE\x10\x05\x12\x16\n" +
+	"\x12LEAVE_REASON_ERROR\x10\x062\xb1\x03\n" +
 	"\vNodeService\x12D\n" +
 	"\x05Stats\x12\x1c.imgate.node.v1.StatsRequest\x1a\x1d.imgate.node.v1.StatsResponse\x12I\n" +
 	"\aForward\x12\x1c.imgate.node.v1.ForwardBatch\x1a\x1c.imgate.node.v1.ForwardBatch(\x010\x01\x12A\n" +
 	"\x04Push\x12\x1b.imgate.node.v1.PushRequest\x1a\x1c.imgate.node.v1.PushResponse\x12A\n" +
 	"\x04Kick\x12\x1b.imgate.node.v1.KickRequest\x1a\x1c.imgate.node.v1.KickResponse\x12A\n" +
-	"\x04Shed\x12\x1b.imgate.node.v1.ShedRequest\x1a\x1c.imgate.node.v1.ShedResponse2\x9d\x01\n" +
+	"\x04Shed\x12\x1b.imgate.node.v1.ShedRequest\x1a\x1c.imgate.node.v1.ShedResponse\x12H\n" +
+	"\bPresence\x12\x1d.imgate.node.v1.PresenceQuery\x1a\x1d.imgate.node.v1.PresenceReply2\xf3\x01\n" +
 	"\bUpstream\x12K\n" +
 	"\x06Handle\x12\x1f.imgate.node.v1.UpstreamRequest\x1a .imgate.node.v1.UpstreamResponse\x12D\n" +
-	"\x05Store\x12\x1c.imgate.node.v1.StoreRequest\x1a\x1d.imgate.node.v1.StoreResponseB'Z%github.com/imgate/imgate/proto/nodepbb\x06proto3"
+	"\x05Store\x12\x1c.imgate.node.v1.StoreRequest\x1a\x1d.imgate.node.v1.StoreResponse\x12T\n" +
+	"\rSessionEvents\x12!.imgate.node.v1.SessionEventBatch\x1a .imgate.node.v1.SessionEventsAckB'Z%github.com/imgate/imgate/proto/nodepbb\x06proto3"
 
 var (
 	file_nodepb_node_proto_rawDescOnce sync.Once
@@ -2043,70 +2975,97 @@ func file_nodepb_node_proto_rawDescGZIP() []byte {
 	return file_nodepb_node_proto_rawDescData
 }
 
-var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_nodepb_node_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_nodepb_node_proto_goTypes = []any{
-	(*StatsRequest)(nil),     // 0: imgate.node.v1.StatsRequest
-	(*StatsResponse)(nil),    // 1: imgate.node.v1.StatsResponse
-	(*ForwardBatch)(nil),     // 2: imgate.node.v1.ForwardBatch
-	(*ForwardFrame)(nil),     // 3: imgate.node.v1.ForwardFrame
-	(*Heartbeat)(nil),        // 4: imgate.node.v1.Heartbeat
-	(*ResyncRequest)(nil),    // 5: imgate.node.v1.ResyncRequest
-	(*Invalidate)(nil),       // 6: imgate.node.v1.Invalidate
-	(*Hello)(nil),            // 7: imgate.node.v1.Hello
-	(*ForwardDeliver)(nil),   // 8: imgate.node.v1.ForwardDeliver
-	(*ForwardResult)(nil),    // 9: imgate.node.v1.ForwardResult
-	(*PresenceEntry)(nil),    // 10: imgate.node.v1.PresenceEntry
-	(*PresenceUpdate)(nil),   // 11: imgate.node.v1.PresenceUpdate
-	(*LookupRequest)(nil),    // 12: imgate.node.v1.LookupRequest
-	(*LookupResponse)(nil),   // 13: imgate.node.v1.LookupResponse
-	(*SyncDone)(nil),         // 14: imgate.node.v1.SyncDone
-	(*KickSession)(nil),      // 15: imgate.node.v1.KickSession
-	(*PushRequest)(nil),      // 16: imgate.node.v1.PushRequest
-	(*PushResult)(nil),       // 17: imgate.node.v1.PushResult
-	(*PushResponse)(nil),     // 18: imgate.node.v1.PushResponse
-	(*KickRequest)(nil),      // 19: imgate.node.v1.KickRequest
-	(*KickResponse)(nil),     // 20: imgate.node.v1.KickResponse
-	(*ShedRequest)(nil),      // 21: imgate.node.v1.ShedRequest
-	(*ShedResponse)(nil),     // 22: imgate.node.v1.ShedResponse
-	(*UpstreamRequest)(nil),  // 23: imgate.node.v1.UpstreamRequest
-	(*UpstreamResponse)(nil), // 24: imgate.node.v1.UpstreamResponse
-	(*StoreRequest)(nil),     // 25: imgate.node.v1.StoreRequest
-	(*StoreResponse)(nil),    // 26: imgate.node.v1.StoreResponse
+	(PresenceState)(0),        // 0: imgate.node.v1.PresenceState
+	(SessionEventKind)(0),     // 1: imgate.node.v1.SessionEventKind
+	(LeaveReason)(0),          // 2: imgate.node.v1.LeaveReason
+	(*StatsRequest)(nil),      // 3: imgate.node.v1.StatsRequest
+	(*StatsResponse)(nil),     // 4: imgate.node.v1.StatsResponse
+	(*ForwardBatch)(nil),      // 5: imgate.node.v1.ForwardBatch
+	(*ForwardFrame)(nil),      // 6: imgate.node.v1.ForwardFrame
+	(*Heartbeat)(nil),         // 7: imgate.node.v1.Heartbeat
+	(*ResyncRequest)(nil),     // 8: imgate.node.v1.ResyncRequest
+	(*Invalidate)(nil),        // 9: imgate.node.v1.Invalidate
+	(*Hello)(nil),             // 10: imgate.node.v1.Hello
+	(*ForwardDeliver)(nil),    // 11: imgate.node.v1.ForwardDeliver
+	(*ForwardResult)(nil),     // 12: imgate.node.v1.ForwardResult
+	(*PresenceEntry)(nil),     // 13: imgate.node.v1.PresenceEntry
+	(*PresenceUpdate)(nil),    // 14: imgate.node.v1.PresenceUpdate
+	(*LookupRequest)(nil),     // 15: imgate.node.v1.LookupRequest
+	(*LookupResponse)(nil),    // 16: imgate.node.v1.LookupResponse
+	(*SyncDone)(nil),          // 17: imgate.node.v1.SyncDone
+	(*KickSession)(nil),       // 18: imgate.node.v1.KickSession
+	(*PresenceQuery)(nil),     // 19: imgate.node.v1.PresenceQuery
+	(*PresenceReply)(nil),     // 20: imgate.node.v1.PresenceReply
+	(*UserPresence)(nil),      // 21: imgate.node.v1.UserPresence
+	(*DevicePresence)(nil),    // 22: imgate.node.v1.DevicePresence
+	(*PushRequest)(nil),       // 23: imgate.node.v1.PushRequest
+	(*PushResult)(nil),        // 24: imgate.node.v1.PushResult
+	(*PushResponse)(nil),      // 25: imgate.node.v1.PushResponse
+	(*KickRequest)(nil),       // 26: imgate.node.v1.KickRequest
+	(*KickResponse)(nil),      // 27: imgate.node.v1.KickResponse
+	(*AdminKick)(nil),         // 28: imgate.node.v1.AdminKick
+	(*AdminKickResult)(nil),   // 29: imgate.node.v1.AdminKickResult
+	(*ShedRequest)(nil),       // 30: imgate.node.v1.ShedRequest
+	(*ShedResponse)(nil),      // 31: imgate.node.v1.ShedResponse
+	(*SessionEvent)(nil),      // 32: imgate.node.v1.SessionEvent
+	(*SessionEventBatch)(nil), // 33: imgate.node.v1.SessionEventBatch
+	(*SessionEventsAck)(nil),  // 34: imgate.node.v1.SessionEventsAck
+	(*UpstreamRequest)(nil),   // 35: imgate.node.v1.UpstreamRequest
+	(*UpstreamResponse)(nil),  // 36: imgate.node.v1.UpstreamResponse
+	(*StoreRequest)(nil),      // 37: imgate.node.v1.StoreRequest
+	(*StoreResponse)(nil),     // 38: imgate.node.v1.StoreResponse
 }
 var file_nodepb_node_proto_depIdxs = []int32{
-	3,  // 0: imgate.node.v1.ForwardBatch.frames:type_name -> imgate.node.v1.ForwardFrame
-	8,  // 1: imgate.node.v1.ForwardFrame.deliver:type_name -> imgate.node.v1.ForwardDeliver
-	9,  // 2: imgate.node.v1.ForwardFrame.result:type_name -> imgate.node.v1.ForwardResult
-	11, // 3: imgate.node.v1.ForwardFrame.presence:type_name -> imgate.node.v1.PresenceUpdate
-	12, // 4: imgate.node.v1.ForwardFrame.lookup:type_name -> imgate.node.v1.LookupRequest
-	13, // 5: imgate.node.v1.ForwardFrame.lookup_result:type_name -> imgate.node.v1.LookupResponse
-	14, // 6: imgate.node.v1.ForwardFrame.sync_done:type_name -> imgate.node.v1.SyncDone
-	15, // 7: imgate.node.v1.ForwardFrame.kick:type_name -> imgate.node.v1.KickSession
-	7,  // 8: imgate.node.v1.ForwardFrame.hello:type_name -> imgate.node.v1.Hello
-	6,  // 9: imgate.node.v1.ForwardFrame.invalidate:type_name -> imgate.node.v1.Invalidate
-	4,  // 10: imgate.node.v1.ForwardFrame.heartbeat:type_name -> imgate.node.v1.Heartbeat
-	5,  // 11: imgate.node.v1.ForwardFrame.resync:type_name -> imgate.node.v1.ResyncRequest
-	10, // 12: imgate.node.v1.PresenceUpdate.entries:type_name -> imgate.node.v1.PresenceEntry
-	17, // 13: imgate.node.v1.PushResponse.results:type_name -> imgate.node.v1.PushResult
-	0,  // 14: imgate.node.v1.NodeService.Stats:input_type -> imgate.node.v1.StatsRequest
-	2,  // 15: imgate.node.v1.NodeService.Forward:input_type -> imgate.node.v1.ForwardBatch
-	16, // 16: imgate.node.v1.NodeService.Push:input_type -> imgate.node.v1.PushRequest
-	19, // 17: imgate.node.v1.NodeService.Kick:input_type -> imgate.node.v1.KickRequest
-	21, // 18: imgate.node.v1.NodeService.Shed:input_type -> imgate.node.v1.ShedRequest
-	23, // 19: imgate.node.v1.Upstream.Handle:input_type -> imgate.node.v1.UpstreamRequest
-	25, // 20: imgate.node.v1.Upstream.Store:input_type -> imgate.node.v1.StoreRequest
-	1,  // 21: imgate.node.v1.NodeService.Stats:output_type -> imgate.node.v1.StatsResponse
-	2,  // 22: imgate.node.v1.NodeService.Forward:output_type -> imgate.node.v1.ForwardBatch
-	18, // 23: imgate.node.v1.NodeService.Push:output_type -> imgate.node.v1.PushResponse
-	20, // 24: imgate.node.v1.NodeService.Kick:output_type -> imgate.node.v1.KickResponse
-	22, // 25: imgate.node.v1.NodeService.Shed:output_type -> imgate.node.v1.ShedResponse
-	24, // 26: imgate.node.v1.Upstream.Handle:output_type -> imgate.node.v1.UpstreamResponse
-	26, // 27: imgate.node.v1.Upstream.Store:output_type -> imgate.node.v1.StoreResponse
-	21, // [21:28] is the sub-list for method output_type
-	14, // [14:21] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	6,  // 0: imgate.node.v1.ForwardBatch.frames:type_name -> imgate.node.v1.ForwardFrame
+	11, // 1: imgate.node.v1.ForwardFrame.deliver:type_name -> imgate.node.v1.ForwardDeliver
+	12, // 2: imgate.node.v1.ForwardFrame.result:type_name -> imgate.node.v1.ForwardResult
+	14, // 3: imgate.node.v1.ForwardFrame.presence:type_name -> imgate.node.v1.PresenceUpdate
+	15, // 4: imgate.node.v1.ForwardFrame.lookup:type_name -> imgate.node.v1.LookupRequest
+	16, // 5: imgate.node.v1.ForwardFrame.lookup_result:type_name -> imgate.node.v1.LookupResponse
+	17, // 6: imgate.node.v1.ForwardFrame.sync_done:type_name -> imgate.node.v1.SyncDone
+	18, // 7: imgate.node.v1.ForwardFrame.kick:type_name -> imgate.node.v1.KickSession
+	10, // 8: imgate.node.v1.ForwardFrame.hello:type_name -> imgate.node.v1.Hello
+	9,  // 9: imgate.node.v1.ForwardFrame.invalidate:type_name -> imgate.node.v1.Invalidate
+	7,  // 10: imgate.node.v1.ForwardFrame.heartbeat:type_name -> imgate.node.v1.Heartbeat
+	8,  // 11: imgate.node.v1.ForwardFrame.resync:type_name -> imgate.node.v1.ResyncRequest
+	19, // 12: imgate.node.v1.ForwardFrame.query:type_name -> imgate.node.v1.PresenceQuery
+	20, // 13: imgate.node.v1.ForwardFrame.query_result:type_name -> imgate.node.v1.PresenceReply
+	28, // 14: imgate.node.v1.ForwardFrame.admin_kick:type_name -> imgate.node.v1.AdminKick
+	29, // 15: imgate.node.v1.ForwardFrame.admin_kick_result:type_name -> imgate.node.v1.AdminKickResult
+	13, // 16: imgate.node.v1.PresenceUpdate.entries:type_name -> imgate.node.v1.PresenceEntry
+	21, // 17: imgate.node.v1.PresenceReply.users:type_name -> imgate.node.v1.UserPresence
+	0,  // 18: imgate.node.v1.UserPresence.state:type_name -> imgate.node.v1.PresenceState
+	22, // 19: imgate.node.v1.UserPresence.devices:type_name -> imgate.node.v1.DevicePresence
+	24, // 20: imgate.node.v1.PushResponse.results:type_name -> imgate.node.v1.PushResult
+	1,  // 21: imgate.node.v1.SessionEvent.kind:type_name -> imgate.node.v1.SessionEventKind
+	2,  // 22: imgate.node.v1.SessionEvent.reason:type_name -> imgate.node.v1.LeaveReason
+	32, // 23: imgate.node.v1.SessionEventBatch.events:type_name -> imgate.node.v1.SessionEvent
+	3,  // 24: imgate.node.v1.NodeService.Stats:input_type -> imgate.node.v1.StatsRequest
+	5,  // 25: imgate.node.v1.NodeService.Forward:input_type -> imgate.node.v1.ForwardBatch
+	23, // 26: imgate.node.v1.NodeService.Push:input_type -> imgate.node.v1.PushRequest
+	26, // 27: imgate.node.v1.NodeService.Kick:input_type -> imgate.node.v1.KickRequest
+	30, // 28: imgate.node.v1.NodeService.Shed:input_type -> imgate.node.v1.ShedRequest
+	19, // 29: imgate.node.v1.NodeService.Presence:input_type -> imgate.node.v1.PresenceQuery
+	35, // 30: imgate.node.v1.Upstream.Handle:input_type -> imgate.node.v1.UpstreamRequest
+	37, // 31: imgate.node.v1.Upstream.Store:input_type -> imgate.node.v1.StoreRequest
+	33, // 32: imgate.node.v1.Upstream.SessionEvents:input_type -> imgate.node.v1.SessionEventBatch
+	4,  // 33: imgate.node.v1.NodeService.Stats:output_type -> imgate.node.v1.StatsResponse
+	5,  // 34: imgate.node.v1.NodeService.Forward:output_type -> imgate.node.v1.ForwardBatch
+	25, // 35: imgate.node.v1.NodeService.Push:output_type -> imgate.node.v1.PushResponse
+	27, // 36: imgate.node.v1.NodeService.Kick:output_type -> imgate.node.v1.KickResponse
+	31, // 37: imgate.node.v1.NodeService.Shed:output_type -> imgate.node.v1.ShedResponse
+	20, // 38: imgate.node.v1.NodeService.Presence:output_type -> imgate.node.v1.PresenceReply
+	36, // 39: imgate.node.v1.Upstream.Handle:output_type -> imgate.node.v1.UpstreamResponse
+	38, // 40: imgate.node.v1.Upstream.Store:output_type -> imgate.node.v1.StoreResponse
+	34, // 41: imgate.node.v1.Upstream.SessionEvents:output_type -> imgate.node.v1.SessionEventsAck
+	33, // [33:42] is the sub-list for method output_type
+	24, // [24:33] is the sub-list for method input_type
+	24, // [24:24] is the sub-list for extension type_name
+	24, // [24:24] is the sub-list for extension extendee
+	0,  // [0:24] is the sub-list for field type_name
 }
 
 func init() { file_nodepb_node_proto_init() }
@@ -2126,19 +3085,24 @@ func file_nodepb_node_proto_init() {
 		(*ForwardFrame_Invalidate)(nil),
 		(*ForwardFrame_Heartbeat)(nil),
 		(*ForwardFrame_Resync)(nil),
+		(*ForwardFrame_Query)(nil),
+		(*ForwardFrame_QueryResult)(nil),
+		(*ForwardFrame_AdminKick)(nil),
+		(*ForwardFrame_AdminKickResult)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nodepb_node_proto_rawDesc), len(file_nodepb_node_proto_rawDesc)),
-			NumEnums:      0,
-			NumMessages:   27,
+			NumEnums:      3,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   2,
 		},
 		GoTypes:           file_nodepb_node_proto_goTypes,
 		DependencyIndexes: file_nodepb_node_proto_depIdxs,
+		EnumInfos:         file_nodepb_node_proto_enumTypes,
 		MessageInfos:      file_nodepb_node_proto_msgTypes,
 	}.Build()
 	File_nodepb_node_proto = out.File

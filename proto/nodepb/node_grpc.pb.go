@@ -22,11 +22,12 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	NodeService_Stats_FullMethodName   = "/imgate.node.v1.NodeService/Stats"
-	NodeService_Forward_FullMethodName = "/imgate.node.v1.NodeService/Forward"
-	NodeService_Push_FullMethodName    = "/imgate.node.v1.NodeService/Push"
-	NodeService_Kick_FullMethodName    = "/imgate.node.v1.NodeService/Kick"
-	NodeService_Shed_FullMethodName    = "/imgate.node.v1.NodeService/Shed"
+	NodeService_Stats_FullMethodName    = "/imgate.node.v1.NodeService/Stats"
+	NodeService_Forward_FullMethodName  = "/imgate.node.v1.NodeService/Forward"
+	NodeService_Push_FullMethodName     = "/imgate.node.v1.NodeService/Push"
+	NodeService_Kick_FullMethodName     = "/imgate.node.v1.NodeService/Kick"
+	NodeService_Shed_FullMethodName     = "/imgate.node.v1.NodeService/Shed"
+	NodeService_Presence_FullMethodName = "/imgate.node.v1.NodeService/Presence"
 )
 
 // NodeServiceClient is the client API for NodeService service.
@@ -42,12 +43,19 @@ type NodeServiceClient interface {
 	Forward(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[ForwardBatch, ForwardBatch], error)
 	// Push delivers one message to each listed user (server-to-client).
 	Push(ctx context.Context, in *PushRequest, opts ...grpc.CallOption) (*PushResponse, error)
-	// Kick closes a user's sessions on this node.
+	// Kick closes a user's sessions on this node or, with fleet, on every
+	// node holding one, found through the uid's home.
 	Kick(ctx context.Context, in *KickRequest, opts ...grpc.CallOption) (*KickResponse, error)
 	// Shed asks the node to move count of its clients elsewhere, sending
 	// GoAway to at most per_second of them a second (rebalancing; one elected
 	// dispatcher sends it). It answers at once; a new Shed replaces a running one.
 	Shed(ctx context.Context, in *ShedRequest, opts ...grpc.CallOption) (*ShedResponse, error)
+	// Presence answers, for up to 1,000 uids, each one's online devices, from
+	// the uids' home shards of the presence directory: one Forward round trip
+	// per home node, not per uid. A home that cannot vouch for its shard
+	// answers UNKNOWN (no device known) or PARTIAL (these, maybe more),
+	// never OFFLINE.
+	Presence(ctx context.Context, in *PresenceQuery, opts ...grpc.CallOption) (*PresenceReply, error)
 }
 
 type nodeServiceClient struct {
@@ -111,6 +119,16 @@ func (c *nodeServiceClient) Shed(ctx context.Context, in *ShedRequest, opts ...g
 	return out, nil
 }
 
+func (c *nodeServiceClient) Presence(ctx context.Context, in *PresenceQuery, opts ...grpc.CallOption) (*PresenceReply, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(PresenceReply)
+	err := c.cc.Invoke(ctx, NodeService_Presence_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServiceServer is the server API for NodeService service.
 // All implementations must embed UnimplementedNodeServiceServer
 // for forward compatibility.
@@ -124,12 +142,19 @@ type NodeServiceServer interface {
 	Forward(grpc.BidiStreamingServer[ForwardBatch, ForwardBatch]) error
 	// Push delivers one message to each listed user (server-to-client).
 	Push(context.Context, *PushRequest) (*PushResponse, error)
-	// Kick closes a user's sessions on this node.
+	// Kick closes a user's sessions on this node or, with fleet, on every
+	// node holding one, found through the uid's home.
 	Kick(context.Context, *KickRequest) (*KickResponse, error)
 	// Shed asks the node to move count of its clients elsewhere, sending
 	// GoAway to at most per_second of them a second (rebalancing; one elected
 	// dispatcher sends it). It answers at once; a new Shed replaces a running one.
 	Shed(context.Context, *ShedRequest) (*ShedResponse, error)
+	// Presence answers, for up to 1,000 uids, each one's online devices, from
+	// the uids' home shards of the presence directory: one Forward round trip
+	// per home node, not per uid. A home that cannot vouch for its shard
+	// answers UNKNOWN (no device known) or PARTIAL (these, maybe more),
+	// never OFFLINE.
+	Presence(context.Context, *PresenceQuery) (*PresenceReply, error)
 	mustEmbedUnimplementedNodeServiceServer()
 }
 
@@ -154,6 +179,9 @@ func (UnimplementedNodeServiceServer) Kick(context.Context, *KickRequest) (*Kick
 }
 func (UnimplementedNodeServiceServer) Shed(context.Context, *ShedRequest) (*ShedResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Shed not implemented")
+}
+func (UnimplementedNodeServiceServer) Presence(context.Context, *PresenceQuery) (*PresenceReply, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Presence not implemented")
 }
 func (UnimplementedNodeServiceServer) mustEmbedUnimplementedNodeServiceServer() {}
 func (UnimplementedNodeServiceServer) testEmbeddedByValue()                     {}
@@ -255,6 +283,24 @@ func _NodeService_Shed_Handler(srv interface{}, ctx context.Context, dec func(in
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_Presence_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(PresenceQuery)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).Presence(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_Presence_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).Presence(ctx, req.(*PresenceQuery))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NodeService_ServiceDesc is the grpc.ServiceDesc for NodeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -278,6 +324,10 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Shed",
 			Handler:    _NodeService_Shed_Handler,
 		},
+		{
+			MethodName: "Presence",
+			Handler:    _NodeService_Presence_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -291,8 +341,9 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 }
 
 const (
-	Upstream_Handle_FullMethodName = "/imgate.node.v1.Upstream/Handle"
-	Upstream_Store_FullMethodName  = "/imgate.node.v1.Upstream/Store"
+	Upstream_Handle_FullMethodName        = "/imgate.node.v1.Upstream/Handle"
+	Upstream_Store_FullMethodName         = "/imgate.node.v1.Upstream/Store"
+	Upstream_SessionEvents_FullMethodName = "/imgate.node.v1.Upstream/SessionEvents"
 )
 
 // UpstreamClient is the client API for Upstream service.
@@ -305,6 +356,12 @@ const (
 type UpstreamClient interface {
 	Handle(ctx context.Context, in *UpstreamRequest, opts ...grpc.CallOption) (*UpstreamResponse, error)
 	Store(ctx context.Context, in *StoreRequest, opts ...grpc.CallOption) (*StoreResponse, error)
+	// SessionEvents tells the backend, when the node runs with
+	// --upstream-session-events, which devices logged in and left and why:
+	// batched, in order (one call at a time per node), from a bounded queue.
+	// A failed call is retried with the same batch; events that did not fit
+	// the queue are dropped, counted, and show as a gap in seq.
+	SessionEvents(ctx context.Context, in *SessionEventBatch, opts ...grpc.CallOption) (*SessionEventsAck, error)
 }
 
 type upstreamClient struct {
@@ -335,6 +392,16 @@ func (c *upstreamClient) Store(ctx context.Context, in *StoreRequest, opts ...gr
 	return out, nil
 }
 
+func (c *upstreamClient) SessionEvents(ctx context.Context, in *SessionEventBatch, opts ...grpc.CallOption) (*SessionEventsAck, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SessionEventsAck)
+	err := c.cc.Invoke(ctx, Upstream_SessionEvents_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // UpstreamServer is the server API for Upstream service.
 // All implementations must embed UnimplementedUpstreamServer
 // for forward compatibility.
@@ -345,6 +412,12 @@ func (c *upstreamClient) Store(ctx context.Context, in *StoreRequest, opts ...gr
 type UpstreamServer interface {
 	Handle(context.Context, *UpstreamRequest) (*UpstreamResponse, error)
 	Store(context.Context, *StoreRequest) (*StoreResponse, error)
+	// SessionEvents tells the backend, when the node runs with
+	// --upstream-session-events, which devices logged in and left and why:
+	// batched, in order (one call at a time per node), from a bounded queue.
+	// A failed call is retried with the same batch; events that did not fit
+	// the queue are dropped, counted, and show as a gap in seq.
+	SessionEvents(context.Context, *SessionEventBatch) (*SessionEventsAck, error)
 	mustEmbedUnimplementedUpstreamServer()
 }
 
@@ -360,6 +433,9 @@ func (UnimplementedUpstreamServer) Handle(context.Context, *UpstreamRequest) (*U
 }
 func (UnimplementedUpstreamServer) Store(context.Context, *StoreRequest) (*StoreResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Store not implemented")
+}
+func (UnimplementedUpstreamServer) SessionEvents(context.Context, *SessionEventBatch) (*SessionEventsAck, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SessionEvents not implemented")
 }
 func (UnimplementedUpstreamServer) mustEmbedUnimplementedUpstreamServer() {}
 func (UnimplementedUpstreamServer) testEmbeddedByValue()                  {}
@@ -418,6 +494,24 @@ func _Upstream_Store_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Upstream_SessionEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(SessionEventBatch)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UpstreamServer).SessionEvents(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Upstream_SessionEvents_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UpstreamServer).SessionEvents(ctx, req.(*SessionEventBatch))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Upstream_ServiceDesc is the grpc.ServiceDesc for Upstream service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -432,6 +526,10 @@ var Upstream_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Store",
 			Handler:    _Upstream_Store_Handler,
+		},
+		{
+			MethodName: "SessionEvents",
+			Handler:    _Upstream_SessionEvents_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

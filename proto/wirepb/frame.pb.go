@@ -1217,9 +1217,13 @@ func (x *DeliverAck) GetMsgId() string {
 // Kick ends the session; the node closes the connection after sending it.
 // A kicked client must not reconnect automatically for reason REPLACED.
 type Kick struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Reason        KickReason             `protobuf:"varint,1,opt,name=reason,proto3,enum=imgate.wire.v1.KickReason" json:"reason,omitempty"`
-	Detail        string                 `protobuf:"bytes,2,opt,name=detail,proto3" json:"detail,omitempty"`
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Reason KickReason             `protobuf:"varint,1,opt,name=reason,proto3,enum=imgate.wire.v1.KickReason" json:"reason,omitempty"`
+	Detail string                 `protobuf:"bytes,2,opt,name=detail,proto3" json:"detail,omitempty"`
+	// With reason ADMIN: the user is banned from this device for now; the
+	// client must not reconnect until the app explicitly says so (a new
+	// client, a user action). Ignored with other reasons.
+	Ban           bool `protobuf:"varint,3,opt,name=ban,proto3" json:"ban,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1266,6 +1270,13 @@ func (x *Kick) GetDetail() string {
 		return x.Detail
 	}
 	return ""
+}
+
+func (x *Kick) GetBan() bool {
+	if x != nil {
+		return x.Ban
+	}
+	return false
 }
 
 // GoAway asks the client to reconnect through the dispatcher (excluding this
@@ -1463,10 +1474,11 @@ const file_wirepb_frame_proto_rawDesc = "" +
 	"\aattempt\x18\a \x01(\rR\aattempt\"#\n" +
 	"\n" +
 	"DeliverAck\x12\x15\n" +
-	"\x06msg_id\x18\x01 \x01(\tR\x05msgId\"R\n" +
+	"\x06msg_id\x18\x01 \x01(\tR\x05msgId\"d\n" +
 	"\x04Kick\x122\n" +
 	"\x06reason\x18\x01 \x01(\x0e2\x1a.imgate.wire.v1.KickReasonR\x06reason\x12\x16\n" +
-	"\x06detail\x18\x02 \x01(\tR\x06detail\"N\n" +
+	"\x06detail\x18\x02 \x01(\tR\x06detail\x12\x10\n" +
+	"\x03ban\x18\x03 \x01(\bR\x03ban\"N\n" +
 	"\x06GoAway\x12,\n" +
 	"\x12reconnect_after_ms\x18\x01 \x01(\rR\x10reconnectAfterMs\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\"f\n" +

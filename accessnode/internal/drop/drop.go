@@ -27,6 +27,7 @@ const (
 	RecipientGone  // Delivers pending for a device whose session ended
 	LateAck        // a DeliverAck for no pending Deliver (a duplicate, or after its timeout)
 	UpstreamBusy   // a Request or Store refused: every backend slot was taken
+	SessionEvent   // a session event for the backend: its queue was full, or the backend refused the batch for good
 	// relay
 	PeerQueueFull   // a frame for a peer whose send queue was full
 	PeerDown        // a frame or call for a peer whose stream was down
@@ -45,7 +46,7 @@ const (
 var names = [NumReasons]string{
 	OutputCap: "output_cap", ClosingInput: "closing_input",
 	ConnClosed: "conn_closed", EncodeError: "encode_error", DeliverTimeout: "deliver_timeout",
-	RecipientGone: "recipient_gone", LateAck: "late_ack", UpstreamBusy: "upstream_busy",
+	RecipientGone: "recipient_gone", LateAck: "late_ack", UpstreamBusy: "upstream_busy", SessionEvent: "session_event",
 	PeerQueueFull: "peer_queue_full", PeerDown: "peer_down", PeerUnknown: "peer_unknown",
 	ForwardTimeout: "forward_timeout", StreamLost: "stream_lost", LateAnswer: "late_answer",
 	ForeignPresence: "foreign_presence", StaleStream: "stale_stream",

@@ -77,14 +77,23 @@ func seconds(d int64) float64 { return float64(d) / float64(time.Second) }
 // gatewayDrops are the reasons the gateway and its engine count.
 var gatewayDrops = []drop.Reason{
 	drop.OutputCap, drop.ClosingInput, drop.ConnClosed, drop.EncodeError,
-	drop.DeliverTimeout, drop.RecipientGone, drop.LateAck, drop.UpstreamBusy,
+	drop.DeliverTimeout, drop.RecipientGone, drop.LateAck, drop.UpstreamBusy, drop.SessionEvent,
 }
 
 // Collectors export the gateway's histograms and its share of
 // imgate_node_dropped_total; the counters are in Stats.
 func (s *Server) Collectors() []prometheus.Collector {
 	cs := []prometheus.Collector{s.m.sendVec, s.m.deliver, s.m.loginVec}
-	return append(cs, drop.Collectors(s.drops.Get, gatewayDrops...)...)
+	get := func(r drop.Reason) uint64 {
+		if r == drop.SessionEvent { // counted by the event queue (events.go)
+			if s.events == nil {
+				return 0
+			}
+			return s.events.dropped.Load()
+		}
+		return s.drops.Get(r)
+	}
+	return append(cs, drop.Collectors(get, gatewayDrops...)...)
 }
 
 // Drops returns the counts of what the gateway and its engine discarded.

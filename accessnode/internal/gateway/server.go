@@ -46,6 +46,10 @@ type Config struct {
 	// StoreOffline hands messages whose recipient has no device online to
 	// Upstream.Store; the sender then hears STORED instead of OFFLINE.
 	StoreOffline bool
+	// SessionEvents, when set, hears every login and logout (events.go),
+	// from a queue of at most SessionEventQueue events (default 10,000).
+	SessionEvents     EventSink
+	SessionEventQueue int
 
 	// Limits (0: off). MaxConnsPerIP caps one source address's connections;
 	// NewConnsPerIP / NewConnsPerIPBurst bound how fast it may open them;
@@ -159,6 +163,12 @@ type Server struct {
 	loginTimeouts, replaced              atomic.Uint64
 	drops                                drop.Counts // the engine's too (Config.Engine.Drops)
 	m                                    *metrics
+
+	// Session events (events.go); nil when off.
+	events                      *eventQueue
+	closing                     atomic.Bool // Close began: sessions ending now end with the node
+	eventsStop, eventsFlush     context.Context
+	eventsStopFn, eventsFlushFn context.CancelFunc
 }
 
 // New builds a Server and starts its loops; call Serve to accept.
@@ -183,6 +193,7 @@ func New(cfg Config, verify *token.Verifier, log zerolog.Logger) (*Server, error
 		return nil, err
 	}
 	s.eng = eng
+	s.startEvents()
 	eng.Start()
 	return s, nil
 }
@@ -207,7 +218,9 @@ func (s *Server) Adopt(fd int, remote netip.AddrPort) error { return s.eng.Adopt
 // calls in flight to end.
 func (s *Server) Close() {
 	s.stopShedding()
+	s.closing.Store(true)
 	s.eng.Close()
+	s.stopEvents()
 	s.cancel()
 	s.upWG.Wait()
 }
@@ -352,6 +365,7 @@ func (s *Server) pong(c *evloop.Conn, seq uint64) {
 // c's loop.
 func (s *Server) fail(c *evloop.Conn, code wirepb.ErrorCode, msg string) {
 	if sess, _ := c.Data.(*session); sess != nil {
+		sess.setLeave(leaveForError(code))
 		s.endSession(sess)
 	}
 	b, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Error{Error: &wirepb.Error{Code: code, Message: msg, Fatal: true}}}, s.cfg.Engine.MaxFrame)
@@ -368,14 +382,21 @@ func (s *Server) endSession(sess *session) {
 }
 
 // endPresence takes sess out of the hub and the presence directory, so no
-// new Deliver is routed to it.
+// new Deliver is routed to it, and tells the backend of its LOGOUT (once).
 func (s *Server) endPresence(sess *session) {
-	if s.hub.remove(sess) && s.router != nil {
+	// A session a newer login replaced is already out of the hub (remove
+	// is false): the router learns of it from the newer one, but the
+	// backend still hears its LOGOUT, once.
+	if removed := s.hub.remove(sess); removed || s.events != nil {
 		sess.presMu.Lock()
+		first := !sess.presEnded
 		sess.presEnded = true
 		up := sess.presUp
+		if up && first {
+			s.sessionEvent(sess, false) // under presMu: after its LOGIN
+		}
 		sess.presMu.Unlock()
-		if up {
+		if removed && up && s.router != nil {
 			s.router.SessionDown(sess.uid, sess.device, sess.loginAt)
 		}
 	}
@@ -393,6 +414,7 @@ func (s *Server) endPresence(sess *session) {
 // before. A kicked session takes no new Deliver and nothing but
 // DeliverAcks from its client.
 func (s *Server) kick(sess *session, reason wirepb.KickReason, detail string) {
+	sess.setLeave(leaveForKick(reason))
 	s.endPresence(sess)
 	sess.kicked.Store(true)
 	b, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Kick{Kick: &wirepb.Kick{Reason: reason, Detail: detail}}}, s.cfg.Engine.MaxFrame)
@@ -590,14 +612,17 @@ func (s *Server) loginInner(c *evloop.Conn, l *wirepb.Login) bool {
 		}
 		return true // not refused: the client left
 	}
-	if s.router != nil {
+	if s.router != nil || s.events != nil {
 		// Under presMu: an endSession racing with us waits, then sends
 		// SessionDown after our SessionUp (or neither is sent). Lock order
 		// (locks.go): presMu → the relay's locks.
 		sess.presMu.Lock()
 		if !sess.presEnded {
 			sess.presUp = true
-			s.router.SessionUp(sess.uid, sess.device, sess.loginAt)
+			s.sessionEvent(sess, true)
+			if s.router != nil {
+				s.router.SessionUp(sess.uid, sess.device, sess.loginAt)
+			}
 		}
 		sess.presMu.Unlock()
 	}

@@ -36,6 +36,7 @@ type session struct {
 	presMu    lockorder.Mutex // guards presUp, presEnded; held across the router call
 	presUp    bool
 	presEnded bool
+	leave     atomic.Int32 // nodepb.LeaveReason once known (events.go)
 }
 
 // outbound is a Deliver waiting for its DeliverAck.

@@ -156,6 +156,9 @@ func (s *Service) Kick(ctx context.Context, req *nodepb.KickRequest) (*nodepb.Ki
 	if len(req.GetUid()) > 128 || len(req.GetDevice()) > 128 {
 		return nil, status.Error(codes.InvalidArgument, "uid or device too long")
 	}
+	if req.GetFleet() || req.GetBan() {
+		return s.kickWide(ctx, req)
+	}
 	n := s.GW.Kick(req.GetUid(), req.GetDevice(), req.GetDetail())
 	return &nodepb.KickResponse{Kicked: uint32(n)}, nil
 }

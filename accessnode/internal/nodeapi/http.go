@@ -29,6 +29,7 @@ func Handler(gw Gateway, ready Ready, adminToken string, extra ...prometheus.Col
 	registerGateway(reg, gw)
 	registerProxy(reg, gw)
 	reg.MustRegister(gw.Collectors()...)
+	registerEvents(reg, gw)
 	reg.MustRegister(extra...)
 
 	mux := http.NewServeMux()

@@ -45,3 +45,9 @@ func (u *Upstream) Store(ctx context.Context, req *nodepb.StoreRequest) error {
 
 // Close closes the connection.
 func (u *Upstream) Close() error { return u.conn.Close() }
+
+// SessionEvents hands over a batch of session events.
+func (u *Upstream) SessionEvents(ctx context.Context, b *nodepb.SessionEventBatch) error {
+	_, err := u.c.SessionEvents(ctx, b)
+	return err
+}

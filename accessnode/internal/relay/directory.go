@@ -2,6 +2,7 @@ package relay
 
 import (
 	"github.com/imgate/imgate/accessnode/internal/lockorder"
+	"github.com/imgate/imgate/proto/etcdkeys"
 	"github.com/imgate/imgate/proto/nodepb"
 )
 
@@ -46,6 +47,14 @@ func (d *directory) shard(uid string) *dirShard {
 // the older entry so that session can be kicked; a late entry of an older
 // login never replaces a newer one — it is returned itself, to be kicked.
 func (d *directory) apply(e *nodepb.PresenceEntry, gen uint64) (kick *dirEntry) {
+	kick, _ = d.applyPolicy(e, gen, nil)
+	return kick
+}
+
+// applyPolicy is apply under a login policy (nil: none): when an up entry
+// takes uid over the policy's limits, the losers are dropped from the
+// shard and returned, to be kicked.
+func (d *directory) applyPolicy(e *nodepb.PresenceEntry, gen uint64, pol *etcdkeys.LoginPolicy) (kick *dirEntry, losers []dirEntry) {
 	sh := d.shard(e.Uid)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
@@ -71,13 +80,16 @@ func (d *directory) apply(e *nodepb.PresenceEntry, gen uint64) (kick *dirEntry) 
 	}
 	if add {
 		next = append(next, dirEntry{device: e.Device, holder: e.Holder, loginAt: e.LoginAtNs, gen: gen})
+		if pol != nil {
+			next, losers = enforce(next, e.Device, pol)
+		}
 	}
 	if len(next) == 0 {
 		delete(sh.m, e.Uid)
 	} else {
 		sh.m[e.Uid] = next
 	}
-	return kick
+	return kick, losers
 }
 
 // holders returns the distinct nodes holding a device of uid.
@@ -155,4 +167,12 @@ func (d *directory) size() int {
 		sh.mu.Unlock()
 	}
 	return n
+}
+
+// devices returns a copy of uid's entries.
+func (d *directory) devices(uid string) []dirEntry {
+	sh := d.shard(uid)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	return append([]dirEntry(nil), sh.m[uid]...)
 }

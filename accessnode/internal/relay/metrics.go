@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -91,6 +92,16 @@ func (r *Relay) Collectors() []prometheus.Collector {
 	counter("incomplete_answers_total", "Messages answered UNAVAILABLE instead of OFFLINE because a home could not vouch that nobody was online.", func(s Stats) uint64 { return s.IncompleteAnswers })
 	counter("resyncs_total", "Full registrations of this node's sessions sent to a peer.", func(s Stats) uint64 { return s.Resyncs })
 	counter("resync_requests_total", "Full registrations this node asked of peers taken (back) into its view.", func(s Stats) uint64 { return s.ResyncRequests })
+	direct := func(name, help string, v *atomic.Uint64) {
+		cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "imgate", Subsystem: "node", Name: "relay_" + name, Help: help,
+		}, func() float64 { return float64(v.Load()) }))
+	}
+	direct("presence_queries_total", "Presence queries answered by this node (the Presence RPC).", &r.pres.queries)
+	direct("presence_home_queries_total", "PresenceQuery frames sent to remote homes: one per home per query round.", &r.pres.homeQueries)
+	direct("presence_unknown_total", "Uids answered UNKNOWN because no home could be reached in time.", &r.pres.unknown)
+	direct("admin_kicks_total", "Sessions ended by fleet-wide kicks this node ran (POST /v1/kick, Kick with fleet).", &r.adminKicks)
+	direct("login_policy_kicks_total", "Sessions this node, as their home, kicked under the login policy (config/login_policy).", &r.policyKicks)
 	cs = append(cs, r.m.forward, r.m.lookup, streamCollector{r})
 	return append(cs, drop.Collectors(r.drops.Get, relayDrops...)...)
 }

@@ -156,6 +156,10 @@ type Relay struct {
 	forwards, forwardFailures, lookups, notHome, remoteKicks, cacheHits atomic.Uint64
 	incompleteAnswers, resyncs, resyncRequests, viewChanges             atomic.Uint64
 	nCands, nHeld, nRefused                                             atomic.Int64
+	pres                                                                presenceCounters
+	adminKicks                                                          atomic.Uint64                        // sessions a fleet-wide kick ended
+	policy                                                              atomic.Pointer[etcdkeys.LoginPolicy] // policy.go; nil: none
+	policyKicks                                                         atomic.Uint64                        // sessions the login policy kicked
 }
 
 type completeness struct {
@@ -278,8 +282,14 @@ func (r *Relay) Run(ctx context.Context) error {
 		defer close(done)
 		r.members.loop(ctx)
 	}()
+	policyDone := make(chan struct{})
+	go func() {
+		defer close(policyDone)
+		r.watchPolicy(ctx)
+	}()
 	r.members.watchEtcd(ctx)
 	<-done
+	<-policyDone
 	return nil
 }
 
@@ -471,7 +481,8 @@ func (r *Relay) installView(next *view) {
 // applyPresence records an entry in this node's shard and kicks a session a
 // newer login replaced.
 func (r *Relay) applyPresence(e *nodepb.PresenceEntry, gen uint64) {
-	k := r.dir.apply(e, gen)
+	k, losers := r.dir.applyPolicy(e, gen, r.loginPolicy())
+	r.kickLosers(e.Uid, losers)
 	// Whoever cached this uid's holders must look again.
 	for _, n := range r.watchers.take(e.Uid, time.Now()) {
 		if p := r.peer(n); p != nil {

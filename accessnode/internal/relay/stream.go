@@ -237,6 +237,10 @@ func (p *peer) call(f *nodepb.ForwardFrame, deadline time.Time, a answerer) {
 		b.Deliver.Seq = seq
 	case *nodepb.ForwardFrame_Lookup:
 		b.Lookup.Seq = seq
+	case *nodepb.ForwardFrame_Query:
+		b.Query.Seq = seq
+	case *nodepb.ForwardFrame_AdminKick:
+		b.AdminKick.Seq = seq
 	}
 	p.pending[seq] = pendingCall{seq: seq, deadline: deadline, a: a, start: start}
 	// Queued under p.mu, so the queue is in seq order (see sent). Lock
@@ -272,6 +276,10 @@ func (p *peer) markSent(frames []*nodepb.ForwardFrame) {
 			top = max(top, b.Deliver.Seq)
 		case *nodepb.ForwardFrame_Lookup:
 			top = max(top, b.Lookup.Seq)
+		case *nodepb.ForwardFrame_Query:
+			top = max(top, b.Query.Seq)
+		case *nodepb.ForwardFrame_AdminKick:
+			top = max(top, b.AdminKick.Seq)
 		}
 	}
 	if top > p.sent.Load() {
@@ -576,9 +584,13 @@ func (p *peer) receive(st nodepb.NodeService_ForwardClient, lastRecv *atomic.Int
 				seq = body.Result.Seq
 			case *nodepb.ForwardFrame_LookupResult:
 				seq = body.LookupResult.Seq
+			case *nodepb.ForwardFrame_QueryResult:
+				seq = body.QueryResult.Seq
+			case *nodepb.ForwardFrame_AdminKickResult:
+				seq = body.AdminKickResult.Seq
 			case *nodepb.ForwardFrame_Kick:
 				k := body.Kick
-				p.r.kickLocal(k.Uid, k.Device, k.LoginAtNs)
+				p.r.kickLocalWhy(k.Uid, k.Device, k.LoginAtNs, k.Detail)
 				continue
 			case *nodepb.ForwardFrame_Resync:
 				p.resync()
@@ -740,11 +752,19 @@ func (r *Relay) handle(in *inbound, frames []*nodepb.ForwardFrame) {
 				res.Seq = seq
 				out.push(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_LookupResult{LookupResult: res}})
 			})
+		case *nodepb.ForwardFrame_Query:
+			res := r.homePresence(body.Query.Uids)
+			res.Seq = body.Query.Seq
+			out.push(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_QueryResult{QueryResult: res}})
+		case *nodepb.ForwardFrame_AdminKick:
+			n := r.adminKick(body.AdminKick)
+			out.push(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_AdminKickResult{AdminKickResult: &nodepb.AdminKickResult{
+				Seq: body.AdminKick.Seq, Kicked: n}}})
 		case *nodepb.ForwardFrame_Kick:
 			// A home tells us (on its own stream) that a newer login
 			// replaced one of our sessions.
 			k := body.Kick
-			r.kickLocal(k.Uid, k.Device, k.LoginAtNs)
+			r.kickLocalWhy(k.Uid, k.Device, k.LoginAtNs, k.Detail)
 		case *nodepb.ForwardFrame_Invalidate:
 			for _, uid := range body.Invalidate.Uids {
 				r.cache.drop(uid)

@@ -13,11 +13,17 @@ import (
 
 // adminRoutes are the routes for ops and backends, never for apps:
 // /v1/nodes and /metrics behind the admin token (when set), POST /v1/push
-// behind its own push token.
+// GET /v1/presence and POST /v1/kick behind the push token.
 func (s *Server) adminRoutes(r chi.Router) {
 	r.With(s.requireAdmin).Get("/v1/nodes", s.nodes)
 	if s.cfg.Pusher != nil {
 		r.Post("/v1/push", s.push)
+		if _, ok := s.cfg.Pusher.(Presencer); ok {
+			r.Get("/v1/presence", s.presence)
+		}
+		if _, ok := s.cfg.Pusher.(Kicker); ok {
+			r.Post("/v1/kick", s.kick)
+		}
 	}
 	if s.cfg.Metrics != nil {
 		r.With(s.requireAdmin).Method(http.MethodGet, "/metrics", s.cfg.Metrics)

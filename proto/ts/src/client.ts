@@ -114,6 +114,8 @@ export interface StateEvent {
 export interface KickEvent {
   reason: 'REPLACED' | 'ADMIN' | 'UNSPECIFIED';
   detail: string;
+  /** ADMIN with ban: the client has stopped and does not reconnect until the app calls connect() again. */
+  banned: boolean;
 }
 
 export interface GoAwayEvent {
@@ -373,9 +375,11 @@ export class Client extends Emitter<ClientEvents> {
     const why = c.closedWhy;
     const cause = why instanceof ImgateError ? why : undefined;
     if (cause?.kind === 'kicked') {
-      this.emitEvent('kick', { reason: kickReason(cause.code), detail: cause.detail ?? '' }, (e) => this.listenerThrew(e));
-      if (cause.code === 'REPLACED') {
-        // Never reconnect by ourselves: two copies of one device would evict each other.
+      const banned = cause.code === 'ADMIN' && !cause.temporary;
+      this.emitEvent('kick', { reason: kickReason(cause.code), detail: cause.detail ?? '', banned }, (e) => this.listenerThrew(e));
+      if (cause.code === 'REPLACED' || banned) {
+        // Never reconnect by ourselves: two copies of one device would
+        // evict each other; a banned user stays out until the app says so.
         life.abort();
         this.finish(cause, false);
         return;

@@ -173,7 +173,7 @@ export class Conn {
             if (early.length < maxEarly) early.push(f.body.value);
             break;
           case 'kick':
-            fail(kickedError(kickReasonName(f.body.value.reason), f.body.value.detail, p.nodeId));
+            fail(kickedError(kickReasonName(f.body.value.reason), f.body.value.detail, p.nodeId, f.body.value.ban));
             break;
           case 'error': {
             const er = f.body.value;
@@ -281,7 +281,7 @@ export class Conn {
         this.onDeliver(f.body.value);
         break;
       case 'kick':
-        this.abort(kickedError(kickReasonName(f.body.value.reason), f.body.value.detail, this.nodeId));
+        this.abort(kickedError(kickReasonName(f.body.value.reason), f.body.value.detail, this.nodeId, f.body.value.ban));
         break;
       case 'goAway':
         if (!this.goneAway) {

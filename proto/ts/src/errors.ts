@@ -139,10 +139,15 @@ export function serverError(code: string, message: string, fatal: boolean, nodeI
   });
 }
 
-export function kickedError(reason: string, detail: string, nodeId: string): ImgateError {
+/**
+ * kickedError is a Kick frame. REPLACED, and ADMIN with `ban` (the backend
+ * keeps the user out), are not temporary: the client stops for good.
+ */
+export function kickedError(reason: string, detail: string, nodeId: string, ban = false): ImgateError {
+  const banned = ban && reason === 'ADMIN';
   return new ImgateError({
-    kind: 'kicked', code: reason, nodeId, detail, temporary: reason !== 'REPLACED',
-    message: `kicked by node ${nodeId}: ${reason}${detail ? ' (' + detail + ')' : ''}`,
+    kind: 'kicked', code: reason, nodeId, detail, temporary: reason !== 'REPLACED' && !banned,
+    message: `kicked by node ${nodeId}: ${reason}${banned ? ', banned' : ''}${detail ? ' (' + detail + ')' : ''}`,
   });
 }
 

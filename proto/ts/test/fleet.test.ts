@@ -132,6 +132,22 @@ describe('TypeScript SDK against the real fleet', () => {
     await until('sam/tab-2 to reconnect', 20_000, () => slow.states.includes('reconnecting') && slow.c.state === 'online');
   });
 
+  it('stops after a kick with ban (POST /v1/kick) until the app connects again', async () => {
+    const banned = await connected('ivan', 'phone', 'node-2');
+    const resp = await fetch(fleet.dispatcher + '/v1/kick', {
+      method: 'POST',
+      headers: { Authorization: 'Bearer ts-fleet-push-token' },
+      body: JSON.stringify({ uid: 'ivan', reason: 'account suspended', ban: true }),
+    });
+    assert.equal(resp.status, 200);
+    assert.equal(((await resp.json()) as { kicked: number }).kicked, 1);
+    await until('the banned client to stop', 10_000, () => banned.c.state === 'closed');
+    assert.deepEqual(banned.kicks, ['ADMIN']);
+    assert.ok(!banned.states.slice(banned.states.indexOf('closed')).includes('reconnecting'));
+    await banned.c.connect(); // the app says so
+    assert.equal(banned.c.state, 'online');
+  });
+
   it('stops after Kick REPLACED and does not reconnect', async () => {
     const first = await connected('gina', 'phone', 'node-1');
     const second = await connected('gina', 'phone', 'node-2'); // same uid and device: replaces the first

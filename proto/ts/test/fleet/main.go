@@ -60,6 +60,10 @@ type proc struct {
 	log  string
 }
 
+// PushToken is the dispatcher's --push-token: tests use it for the
+// backend routes (POST /v1/kick).
+const PushToken = "ts-fleet-push-token"
+
 type nodeInfo struct {
 	PID int    `json:"pid"`
 	Log string `json:"log"`
@@ -112,7 +116,7 @@ func run(bin, dir string, n int, ws, wss, web bool, extra []string) error {
 		return err
 	}
 	dargs := []string{bin + "/dispatcher", "--http-addr", httpAddr, "--etcd-endpoints", endpoint,
-		"--pull-interval", "200ms", "--rate-limit-per-ip", "0", "--log-level", "debug"}
+		"--pull-interval", "200ms", "--rate-limit-per-ip", "0", "--log-level", "debug", "--push-token", PushToken}
 	if web {
 		dargs = append(dargs, "--chat-page")
 	}
