@@ -39,14 +39,10 @@ type Conn struct {
 	// Owned by the loop goroutine.
 	in          []byte // incomplete frame, borrowed from the pool; nil when idle
 	lastRead    int64
-	lingerUntil int64 // set once the conn is closing and lingering
-	badStream   bool  // framing broken; input is discarded
-	pp          uint8 // ppNone, or ppWait: the PROXY header is awaited, no OnOpen yet (proxy.go)
-	// readOn: closing by CloseReading, so frames that arrive during the
-	// linger still reach OnFrame (acks in flight when the node closed).
-	// Not the loop's: guarded by mu, kept here where the struct has room.
-	readOn bool
-	wsst   wsState // WebSocket message in assembly (ws.go)
+	lingerUntil int64   // set once the conn is closing and lingering
+	badStream   bool    // framing broken; input is discarded
+	pp          uint8   // ppNone, or ppWait: the PROXY header is awaited, no OnOpen yet (proxy.go)
+	wsst        wsState // WebSocket message in assembly (ws.go)
 
 	mu    lockorder.Mutex // guards out, state, watch, dirty, ws
 	out   []byte          // bytes the kernel did not take yet, pooled; nil when idle
@@ -254,22 +250,12 @@ func (c *Conn) CloseAfter(b []byte) { c.CloseWith(b, wire.CloseNormal, "") }
 // reason (wire.CloseForError, wire.CloseForKick); on a length-prefixed
 // connection they are not sent. On a WebSocket whose handshake is not yet
 // complete, b and the Close wait for it (at most the linger time).
-func (c *Conn) CloseWith(b []byte, code uint16, reason string) { c.closeWith(b, code, reason, false) }
-
-// CloseReading is CloseWith, except that frames the peer sent before it
-// saw b still reach OnFrame while the connection lingers (until the peer
-// closes or the linger time passes), instead of being discarded: a peer
-// answering what it read before b — DeliverAcks — is heard. The handler
-// must accept from such a connection only what is safe after b.
-func (c *Conn) CloseReading(b []byte, code uint16, reason string) { c.closeWith(b, code, reason, true) }
-
-func (c *Conn) closeWith(b []byte, code uint16, reason string, readOn bool) {
+func (c *Conn) CloseWith(b []byte, code uint16, reason string) {
 	c.mu.Lock()
 	if c.state != stateOpen {
 		c.mu.Unlock()
 		return
 	}
-	c.readOn = readOn
 	if len(b) > 0 {
 		if err := c.writeLocked(b); err != nil {
 			c.mu.Unlock()
@@ -306,14 +292,6 @@ func (c *Conn) closing() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.state != stateOpen
-}
-
-// discarding reports whether input is to be dropped: the conn is closing,
-// and not by CloseReading (or is past it: closed, broken).
-func (c *Conn) discarding() bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.state != stateOpen && !(c.state == stateClosing && c.readOn)
 }
 
 // Buffer pool in size classes; buffers are borrowed only while a frame is

@@ -391,7 +391,7 @@ func (l *loop) input(c *Conn, data []byte) {
 		l.readWS(c, data)
 		return
 	}
-	if c.badStream || c.discarding() {
+	if c.lingerUntil != 0 || c.badStream || c.closing() {
 		// Closing: discard input so our close does not reset the peer.
 		l.e.cfg.Drops.Add(drop.ClosingInput)
 		return
@@ -416,7 +416,7 @@ func (l *loop) input(c *Conn, data []byte) {
 			break
 		}
 		l.e.h.OnFrame(c, body)
-		if l.slots[c.slot] != c || c.discarding() {
+		if l.slots[c.slot] != c || c.closing() {
 			l.dropIn(c)
 			return
 		}

@@ -26,7 +26,7 @@ func (l *loop) readWS(c *Conn, data []byte) {
 		l.wsHandshake(c, data)
 		return
 	}
-	if c.discarding() {
+	if c.lingerUntil != 0 || c.closing() {
 		l.e.cfg.Drops.Add(drop.ClosingInput)
 		return
 	}
@@ -152,7 +152,7 @@ type loopSink struct {
 func (s *loopSink) wsMessage(body []byte) bool {
 	l, c := s.l, s.c
 	l.e.h.OnFrame(c, body)
-	return l.slots[c.slot] == c && !c.discarding()
+	return l.slots[c.slot] == c && !c.closing()
 }
 
 func (s *loopSink) wsControl(op ws.OpCode, p []byte) bool {

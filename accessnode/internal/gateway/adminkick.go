@@ -1,8 +1,6 @@
 package gateway
 
 import (
-	"github.com/imgate/imgate/proto/nodepb"
-	"github.com/imgate/imgate/proto/wire"
 	"github.com/imgate/imgate/proto/wirepb"
 )
 
@@ -13,18 +11,13 @@ func (s *Server) KickAdmin(uid, device, detail string, ban bool) int {
 	if !ban {
 		return s.Kick(uid, device, detail)
 	}
-	b, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Kick{Kick: &wirepb.Kick{
-		Reason: wirepb.KickReason_KICK_REASON_ADMIN, Detail: detail, Ban: true}}}, s.cfg.Engine.MaxFrame)
-	closeCode, why := wire.CloseForKick(wirepb.KickReason_KICK_REASON_ADMIN)
 	var buf [8]*session
 	n := 0
 	for _, t := range s.hub.lookup(uid, buf[:0]) {
 		if device != "" && t.device != device {
 			continue
 		}
-		t.setLeave(nodepb.LeaveReason_LEAVE_REASON_KICKED)
-		s.endSession(t)
-		t.c.CloseWith(b, closeCode, why)
+		s.kickWith(t, &wirepb.Kick{Reason: wirepb.KickReason_KICK_REASON_ADMIN, Detail: detail, Ban: true})
 		n++
 	}
 	s.kicks.Add(uint64(n))

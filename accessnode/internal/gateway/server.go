@@ -403,23 +403,38 @@ func (s *Server) endPresence(sess *session) {
 }
 
 // kick sends Kick and closes sess's connection; safe from any goroutine.
-//
-// The Delivers already written to the connection stay pending while it
-// lingers (CloseReading, at most the engine's linger time): the client
-// acknowledges what it read before the Kick, and those acks, in flight as
-// the node kicks, still count. Failing them at once would tell a sender
-// "failed" for a message its recipient has shown (a replaced login during
-// a GoAway move does this). What is still unacknowledged when the
-// connection closes fails then (OnClose → endSession), RECIPIENT_GONE as
-// before. A kicked session takes no new Deliver and nothing but
-// DeliverAcks from its client.
 func (s *Server) kick(sess *session, reason wirepb.KickReason, detail string) {
-	sess.setLeave(leaveForKick(reason))
+	s.kickWith(sess, &wirepb.Kick{Reason: reason, Detail: detail})
+}
+
+// kickAckWait is how long a kicked connection stays open for the
+// DeliverAcks of what was written to it before the Kick (protocol §8.4).
+const kickAckWait = 2 * time.Second
+
+// kickWith writes k and closes sess's connection once the Delivers already
+// written to it are acknowledged, or after kickAckWait. The client
+// acknowledges what it read before the Kick, and those acks are often on
+// the wire as the node kicks: failing them at once would tell a sender
+// "failed" for a message its recipient has shown (a replaced login during
+// a GoAway move does this). The node's WebSocket Close, too, waits: a
+// browser sends nothing once it has read one. A kicked session takes no
+// new Deliver and nothing but DeliverAcks from its client; what is still
+// unacknowledged when the connection closes fails then (OnClose →
+// endSession, RECIPIENT_GONE).
+func (s *Server) kickWith(sess *session, k *wirepb.Kick) {
+	sess.setLeave(leaveForKick(k.Reason))
 	s.endPresence(sess)
-	sess.kicked.Store(true)
-	b, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Kick{Kick: &wirepb.Kick{Reason: reason, Detail: detail}}}, s.cfg.Engine.MaxFrame)
-	closeCode, why := wire.CloseForKick(reason)
-	sess.c.CloseReading(b, closeCode, why)
+	b, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Kick{Kick: k}}, s.cfg.Engine.MaxFrame)
+	code, why := wire.CloseForKick(k.Reason)
+	// The Kick first, so the client reads it before any close.
+	if sess.c.Write(b) != nil {
+		return // closing already: OnClose ends the session
+	}
+	if sess.markKicked(code, why, s.eng.Now()+int64(kickAckWait)) {
+		sess.c.CloseWith(nil, code, why)
+		return
+	}
+	sess.c.Hot() // OnTick closes it at the deadline (session.retry)
 }
 
 func (s *Server) errorFrame(c *evloop.Conn, code wirepb.ErrorCode, msg string) {

@@ -24,11 +24,16 @@ type session struct {
 	// inflight: Sends and Requests of this session not yet answered; a
 	// hand-off moves the session only when it is 0 (handoff.go).
 	inflight atomic.Int32
-	kicked   atomic.Bool // Kick written; the connection lingers for acks (Server.kick)
+	kicked   atomic.Bool // Kick written; set under mu (Server.kickWith)
 
-	mu      lockorder.Mutex // guards pending, gone
+	mu      lockorder.Mutex // guards pending, gone, kick*
 	pending map[string]*outbound
 	gone    bool
+	// After a Kick: the connection closes with kickCode/kickWhy when
+	// pending is empty or at kickBy (the engine clock), whichever comes first.
+	kickCode uint16
+	kickWhy  string
+	kickBy   int64
 
 	// The router hears SessionUp before SessionDown, never the reverse,
 	// even when the session ends (a kick from another goroutine) while its
@@ -168,12 +173,29 @@ func (s *session) acked(msgID []byte) (sentAt int64, ok bool) {
 		delete(s.pending, ob.msg.MsgId)
 		s.npending.Store(int32(len(s.pending)))
 	}
+	closeNow := ob != nil && s.kicked.Load() && len(s.pending) == 0
+	code, why := s.kickCode, s.kickWhy
 	s.mu.Unlock()
 	if ob == nil {
 		return 0, false
 	}
 	ob.f.ack()
+	if closeNow { // the last ack a kicked connection owed
+		s.c.CloseWith(nil, code, why)
+	}
 	return ob.sentAt, true
+}
+
+// markKicked records that a Kick was written: no Deliver is taken from now
+// on, and the connection is to close with code and why once the pending
+// ones are acknowledged or at by. It reports whether none is pending (close
+// now).
+func (s *session) markKicked(code uint16, why string, by int64) (closeNow bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.kickCode, s.kickWhy, s.kickBy = code, why, by
+	s.kicked.Store(true)
+	return len(s.pending) == 0
 }
 
 // retry re-sends Delivers whose retry time has come and fails those past
@@ -183,6 +205,14 @@ func (s *session) retry(srv *Server, now int64) {
 	// Lock order (locks.go): session.mu → Conn.mu → loop.mu; the re-sends
 	// are written under s.mu.
 	s.mu.Lock()
+	if s.kicked.Load() { // no re-sends to a client that is leaving
+		expired, code, why := now >= s.kickBy, s.kickCode, s.kickWhy
+		s.mu.Unlock()
+		if expired { // OnClose fails what is still pending
+			s.c.CloseWith(nil, code, why)
+		}
+		return
+	}
 	for id, ob := range s.pending {
 		switch {
 		case now >= ob.deadline:

@@ -251,10 +251,11 @@ describe('the chat page in Chromium', () => {
     // Every message is counted. DELIVERED must have been shown exactly
     // once. FAILED/PARTIAL with RECIPIENT_GONE, DELIVERY_TIMEOUT or
     // UNAVAILABLE means "not confirmed" (docs/protocol.md §6.1): a Deliver
-    // that was on the old connection when the new login replaced it fails
-    // RECIPIENT_GONE at once, though the page may have shown it just before
-    // — so those may or may not have arrived, and only the Sends in flight
-    // at that moment (at most 4, the page's window) may end so. Nothing
+    // the old connection never handed to the page (it was closing) fails
+    // RECIPIENT_GONE, and only the Sends in flight at that moment (at most
+    // 4, the page's window) may end so. One the page has shown must not:
+    // the kicked old connection stays open for the acks the page wrote
+    // before it read the Kick (§8.4), so a shown message is DELIVERED. Nothing
     // may be unanswered, UNKNOWN (a move waits for the old connection's
     // SendAcks, §8.2), shown twice, or shown without being sent.
     const notConfirmed = /^(FAILED|PARTIAL) (.* )?(RECIPIENT_GONE|DELIVERY_TIMEOUT|UNAVAILABLE)$/;
@@ -284,6 +285,8 @@ describe('the chat page in Chromium', () => {
       assert.equal(byOutcome['UNKNOWN'] ?? 0, 0, `${prefix}: ${JSON.stringify(byOutcome)}`);
       assert.deepEqual(unexplained, [], `${prefix}: outcomes other than DELIVERED or not confirmed`);
       assert.ok(unconfirmed.length <= 4, `${prefix}: ${unconfirmed.length} not confirmed, more than were in flight`);
+      const falselyFailed = unconfirmed.filter((r) => seen.has(r.text)).map((r) => `${r.text}: ${r.shown}`);
+      assert.deepEqual(falselyFailed, [], `${prefix}: shown to the recipient, yet not DELIVERED to the sender`);
     }
     await shot(alice, '2-alice-after-drain');
     await shot(bob, '2-bob-moved-to-node-1');
