@@ -170,20 +170,7 @@ func (l *loop) registerDetached(d Detached, init func(c *Conn)) error {
 	if len(d.In) > 0 {
 		c.in = append(getBuf(len(d.In)), d.In...)
 	}
-	l.gen++
-	c.gen = l.gen
-	if n := len(l.free); n > 0 {
-		c.slot = l.free[n-1]
-		l.free = l.free[:n-1]
-		l.slots[c.slot] = c
-	} else {
-		c.slot = int32(len(l.slots))
-		l.slots = append(l.slots, c)
-	}
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: c.slot, Pad: c.gen}
-	if err := rawEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, c.fd, &ev); err != nil {
-		l.slots[c.slot] = nil
-		l.free = append(l.free, c.slot)
+	if err := l.place(c); err != nil {
 		l.dropIn(c)
 		unix.Close(c.fd)
 		return fmt.Errorf("evloop: adopt: %w", err)

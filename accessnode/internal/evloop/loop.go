@@ -333,6 +333,24 @@ func (l *loop) register(fd int, remote netip.AddrPort, websocket, proxied bool) 
 	if proxied {
 		c.pp = ppWait
 	}
+	if err := l.place(c); err != nil {
+		unix.Close(fd)
+		e.acceptErrors.Add(1)
+		return fmt.Errorf("evloop: register: %w", err)
+	}
+	e.conns.Add(1)
+	e.accepted.Add(1)
+	c.Hot() // the login deadline, or the header's
+	if !proxied {
+		e.h.OnOpen(c)
+	}
+	return nil
+}
+
+// place gives c a slot of this loop (and a new generation, so that a late
+// event for the slot's previous conn is recognised) and adds its fd to the
+// loop's epoll set. On failure the slot is free again; c.fd stays open.
+func (l *loop) place(c *Conn) error {
 	l.gen++
 	c.gen = l.gen
 	if n := len(l.free); n > 0 {
@@ -344,18 +362,10 @@ func (l *loop) register(fd int, remote netip.AddrPort, websocket, proxied bool) 
 		l.slots = append(l.slots, c)
 	}
 	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: c.slot, Pad: c.gen}
-	if err := rawEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &ev); err != nil {
+	if err := rawEpollCtl(l.epfd, unix.EPOLL_CTL_ADD, c.fd, &ev); err != nil {
 		l.slots[c.slot] = nil
 		l.free = append(l.free, c.slot)
-		unix.Close(fd)
-		e.acceptErrors.Add(1)
-		return fmt.Errorf("evloop: register: %w", err)
-	}
-	e.conns.Add(1)
-	e.accepted.Add(1)
-	c.Hot() // the login deadline, or the header's
-	if !proxied {
-		e.h.OnOpen(c)
+		return err
 	}
 	return nil
 }
