@@ -50,15 +50,7 @@ func (l *ipLimits) admit(ip netip.Addr, now time.Time) ipVerdict {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.sweepLocked(now)
-	st := l.m[ip]
-	if st == nil {
-		st = &ipState{}
-		if l.rate > 0 {
-			st.lim = rate.NewLimiter(l.rate, l.burst)
-		}
-		l.m[ip] = st
-	}
-	st.seen = now
+	st := l.stateLocked(ip, now)
 	if l.maxConns > 0 && st.conns >= l.maxConns {
 		return ipTooMany
 	}
@@ -74,6 +66,12 @@ func (l *ipLimits) admit(ip netip.Addr, now time.Time) ipVerdict {
 func (l *ipLimits) adopt(ip netip.Addr, now time.Time) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
+	l.stateLocked(ip, now).conns++
+}
+
+// stateLocked is ip's state, made on first sight, marked seen now. l.mu is
+// held.
+func (l *ipLimits) stateLocked(ip netip.Addr, now time.Time) *ipState {
 	st := l.m[ip]
 	if st == nil {
 		st = &ipState{}
@@ -83,7 +81,7 @@ func (l *ipLimits) adopt(ip netip.Addr, now time.Time) {
 		l.m[ip] = st
 	}
 	st.seen = now
-	st.conns++
+	return st
 }
 
 // release uncounts a connection admit counted.
