@@ -304,20 +304,12 @@ func (e *Engine) StopAccepting() {
 	e.lnfds = nil
 	e.refusing = true
 	e.mu.Unlock()
-	var wg sync.WaitGroup
-	for _, l := range e.loops {
-		wg.Add(1)
-		if !l.post(func() {
-			defer wg.Done()
-			for _, fd := range fds {
-				_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
-			}
-			l.paused = nil
-		}) {
-			wg.Done()
+	e.inEveryLoop(func(l *loop) {
+		for _, fd := range fds {
+			_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 		}
-	}
-	wg.Wait()
+		l.paused = nil
+	})
 	for _, fd := range fds {
 		unix.Close(fd)
 	}
@@ -327,16 +319,24 @@ func (e *Engine) StopAccepting() {
 // still sending its PROXY header), in each connection's loop goroutine,
 // and returns when all loops have done so.
 func (e *Engine) Each(fn func(c *Conn)) {
+	e.inEveryLoop(func(l *loop) {
+		for _, c := range l.slots {
+			if c != nil && c.lingerUntil == 0 && c.pp == ppNone {
+				fn(c)
+			}
+		}
+	})
+}
+
+// inEveryLoop runs fn in every loop's goroutine (a loop that has stopped
+// is skipped) and returns when all have run it.
+func (e *Engine) inEveryLoop(fn func(l *loop)) {
 	var wg sync.WaitGroup
 	for _, l := range e.loops {
 		wg.Add(1)
 		if !l.post(func() {
 			defer wg.Done()
-			for _, c := range l.slots {
-				if c != nil && c.lingerUntil == 0 && c.pp == ppNone {
-					fn(c)
-				}
-			}
+			fn(l)
 		}) {
 			wg.Done()
 		}

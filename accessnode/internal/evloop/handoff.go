@@ -194,21 +194,13 @@ func (l *loop) registerDetached(d Detached, init func(c *Conn)) error {
 // must wait for them to open (or to be closed at the header's deadline).
 func (e *Engine) ProxyWaiting() int {
 	var n atomic.Int64
-	var wg sync.WaitGroup
-	for _, l := range e.loops {
-		wg.Add(1)
-		if !l.post(func() {
-			defer wg.Done()
-			for _, c := range l.slots {
-				if c != nil && c.pp != ppNone {
-					n.Add(1)
-				}
+	e.inEveryLoop(func(l *loop) {
+		for _, c := range l.slots {
+			if c != nil && c.pp != ppNone {
+				n.Add(1)
 			}
-		}) {
-			wg.Done()
 		}
-	}
-	wg.Wait()
+	})
 	return int(n.Load())
 }
 
