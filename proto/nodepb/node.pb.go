@@ -473,6 +473,8 @@ type ForwardFrame struct {
 	//	*ForwardFrame_QueryResult
 	//	*ForwardFrame_AdminKick
 	//	*ForwardFrame_AdminKickResult
+	//	*ForwardFrame_AdminRoom
+	//	*ForwardFrame_AdminRoomResult
 	Body          isForwardFrame_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -650,6 +652,24 @@ func (x *ForwardFrame) GetAdminKickResult() *AdminKickResult {
 	return nil
 }
 
+func (x *ForwardFrame) GetAdminRoom() *AdminRoom {
+	if x != nil {
+		if x, ok := x.Body.(*ForwardFrame_AdminRoom); ok {
+			return x.AdminRoom
+		}
+	}
+	return nil
+}
+
+func (x *ForwardFrame) GetAdminRoomResult() *AdminRoomResult {
+	if x != nil {
+		if x, ok := x.Body.(*ForwardFrame_AdminRoomResult); ok {
+			return x.AdminRoomResult
+		}
+	}
+	return nil
+}
+
 type isForwardFrame_Body interface {
 	isForwardFrame_Body()
 }
@@ -714,6 +734,14 @@ type ForwardFrame_AdminKickResult struct {
 	AdminKickResult *AdminKickResult `protobuf:"bytes,15,opt,name=admin_kick_result,json=adminKickResult,proto3,oneof"`
 }
 
+type ForwardFrame_AdminRoom struct {
+	AdminRoom *AdminRoom `protobuf:"bytes,16,opt,name=admin_room,json=adminRoom,proto3,oneof"` // any node -> a holder: join/leave these users' sessions
+}
+
+type ForwardFrame_AdminRoomResult struct {
+	AdminRoomResult *AdminRoomResult `protobuf:"bytes,17,opt,name=admin_room_result,json=adminRoomResult,proto3,oneof"` // 18-19: kept for rooms.
+}
+
 func (*ForwardFrame_Deliver) isForwardFrame_Body() {}
 
 func (*ForwardFrame_Result) isForwardFrame_Body() {}
@@ -743,6 +771,10 @@ func (*ForwardFrame_QueryResult) isForwardFrame_Body() {}
 func (*ForwardFrame_AdminKick) isForwardFrame_Body() {}
 
 func (*ForwardFrame_AdminKickResult) isForwardFrame_Body() {}
+
+func (*ForwardFrame_AdminRoom) isForwardFrame_Body() {}
+
+func (*ForwardFrame_AdminRoomResult) isForwardFrame_Body() {}
 
 // Heartbeat proves an idle stream alive. The dialer sends one when it has
 // sent nothing for a heartbeat interval; the receiver answers each with one.
@@ -939,15 +971,20 @@ func (x *Hello) GetIncarnation() int64 {
 // ForwardDeliver asks the receiving node to deliver a message to the devices
 // of to_uid it holds.
 type ForwardDeliver struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"` // echoed in ForwardResult
-	ToUid         string                 `protobuf:"bytes,2,opt,name=to_uid,json=toUid,proto3" json:"to_uid,omitempty"`
-	MsgId         string                 `protobuf:"bytes,3,opt,name=msg_id,json=msgId,proto3" json:"msg_id,omitempty"`
-	FromUid       string                 `protobuf:"bytes,4,opt,name=from_uid,json=fromUid,proto3" json:"from_uid,omitempty"`
-	FromDevice    string                 `protobuf:"bytes,5,opt,name=from_device,json=fromDevice,proto3" json:"from_device,omitempty"`
-	Payload       []byte                 `protobuf:"bytes,6,opt,name=payload,proto3" json:"payload,omitempty"`
-	ContentType   string                 `protobuf:"bytes,7,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
-	SentAtMs      int64                  `protobuf:"varint,8,opt,name=sent_at_ms,json=sentAtMs,proto3" json:"sent_at_ms,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Seq         uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"` // echoed in ForwardResult
+	ToUid       string                 `protobuf:"bytes,2,opt,name=to_uid,json=toUid,proto3" json:"to_uid,omitempty"`
+	MsgId       string                 `protobuf:"bytes,3,opt,name=msg_id,json=msgId,proto3" json:"msg_id,omitempty"`
+	FromUid     string                 `protobuf:"bytes,4,opt,name=from_uid,json=fromUid,proto3" json:"from_uid,omitempty"`
+	FromDevice  string                 `protobuf:"bytes,5,opt,name=from_device,json=fromDevice,proto3" json:"from_device,omitempty"`
+	Payload     []byte                 `protobuf:"bytes,6,opt,name=payload,proto3" json:"payload,omitempty"`
+	ContentType string                 `protobuf:"bytes,7,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	SentAtMs    int64                  `protobuf:"varint,8,opt,name=sent_at_ms,json=sentAtMs,proto3" json:"sent_at_ms,omitempty"`
+	// Set (to_uid empty): deliver to the local members of this room.
+	Room string `protobuf:"bytes,9,opt,name=room,proto3" json:"room,omitempty"`
+	// The room is a broadcast room: write once, expect no acks; the result
+	// counts the connections written to.
+	Broadcast     bool `protobuf:"varint,10,opt,name=broadcast,proto3" json:"broadcast,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1036,6 +1073,20 @@ func (x *ForwardDeliver) GetSentAtMs() int64 {
 		return x.SentAtMs
 	}
 	return 0
+}
+
+func (x *ForwardDeliver) GetRoom() string {
+	if x != nil {
+		return x.Room
+	}
+	return ""
+}
+
+func (x *ForwardDeliver) GetBroadcast() bool {
+	if x != nil {
+		return x.Broadcast
+	}
+	return false
 }
 
 type ForwardResult struct {
@@ -1190,7 +1241,10 @@ type PresenceUpdate struct {
 	Entries []*PresenceEntry       `protobuf:"bytes,1,rep,name=entries,proto3" json:"entries,omitempty"`
 	// Forget every entry held by the sender before applying entries: sent
 	// first on every new stream, so a restarted holder leaves nothing stale.
-	ResetHolder   bool `protobuf:"varint,2,opt,name=reset_holder,json=resetHolder,proto3" json:"reset_holder,omitempty"`
+	// It covers rooms too.
+	ResetHolder bool `protobuf:"varint,2,opt,name=reset_holder,json=resetHolder,proto3" json:"reset_holder,omitempty"`
+	// The sender's members of rooms homed at the receiver.
+	Rooms         []*RoomEntry `protobuf:"bytes,3,rep,name=rooms,proto3" json:"rooms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1239,17 +1293,88 @@ func (x *PresenceUpdate) GetResetHolder() bool {
 	return false
 }
 
-type LookupRequest struct {
+func (x *PresenceUpdate) GetRooms() []*RoomEntry {
+	if x != nil {
+		return x.Rooms
+	}
+	return nil
+}
+
+// RoomEntry says holder has members connections in room (0: none left).
+// It is the whole count, not a change, so the latest entry wins.
+type RoomEntry struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
-	Uid           string                 `protobuf:"bytes,2,opt,name=uid,proto3" json:"uid,omitempty"`
+	Room          string                 `protobuf:"bytes,1,opt,name=room,proto3" json:"room,omitempty"`
+	Holder        string                 `protobuf:"bytes,2,opt,name=holder,proto3" json:"holder,omitempty"`
+	Members       uint32                 `protobuf:"varint,3,opt,name=members,proto3" json:"members,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoomEntry) Reset() {
+	*x = RoomEntry{}
+	mi := &file_nodepb_node_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoomEntry) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoomEntry) ProtoMessage() {}
+
+func (x *RoomEntry) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoomEntry.ProtoReflect.Descriptor instead.
+func (*RoomEntry) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *RoomEntry) GetRoom() string {
+	if x != nil {
+		return x.Room
+	}
+	return ""
+}
+
+func (x *RoomEntry) GetHolder() string {
+	if x != nil {
+		return x.Holder
+	}
+	return ""
+}
+
+func (x *RoomEntry) GetMembers() uint32 {
+	if x != nil {
+		return x.Members
+	}
+	return 0
+}
+
+type LookupRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Uid   string                 `protobuf:"bytes,2,opt,name=uid,proto3" json:"uid,omitempty"`
+	// Set (uid empty): who holds members of this room.
+	Room          string `protobuf:"bytes,3,opt,name=room,proto3" json:"room,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LookupRequest) Reset() {
 	*x = LookupRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[12]
+	mi := &file_nodepb_node_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1261,7 +1386,7 @@ func (x *LookupRequest) String() string {
 func (*LookupRequest) ProtoMessage() {}
 
 func (x *LookupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[12]
+	mi := &file_nodepb_node_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1274,7 +1399,7 @@ func (x *LookupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupRequest.ProtoReflect.Descriptor instead.
 func (*LookupRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{12}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *LookupRequest) GetSeq() uint64 {
@@ -1291,6 +1416,13 @@ func (x *LookupRequest) GetUid() string {
 	return ""
 }
 
+func (x *LookupRequest) GetRoom() string {
+	if x != nil {
+		return x.Room
+	}
+	return ""
+}
+
 type LookupResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
@@ -1302,14 +1434,16 @@ type LookupResponse struct {
 	// The home cannot vouch that holders is complete: a member of its view
 	// has not (re-)registered its sessions with it on a live stream. With no
 	// holders, the sender must not answer OFFLINE.
-	Incomplete    bool `protobuf:"varint,4,opt,name=incomplete,proto3" json:"incomplete,omitempty"`
+	Incomplete bool `protobuf:"varint,4,opt,name=incomplete,proto3" json:"incomplete,omitempty"`
+	// A room lookup: the members each holder has, in the order of holders.
+	Members       []uint32 `protobuf:"varint,5,rep,packed,name=members,proto3" json:"members,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *LookupResponse) Reset() {
 	*x = LookupResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[13]
+	mi := &file_nodepb_node_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1321,7 +1455,7 @@ func (x *LookupResponse) String() string {
 func (*LookupResponse) ProtoMessage() {}
 
 func (x *LookupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[13]
+	mi := &file_nodepb_node_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1334,7 +1468,7 @@ func (x *LookupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupResponse.ProtoReflect.Descriptor instead.
 func (*LookupResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{13}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *LookupResponse) GetSeq() uint64 {
@@ -1365,6 +1499,13 @@ func (x *LookupResponse) GetIncomplete() bool {
 	return false
 }
 
+func (x *LookupResponse) GetMembers() []uint32 {
+	if x != nil {
+		return x.Members
+	}
+	return nil
+}
+
 // SyncDone: the sender has registered, with the receiver, every session
 // whose home is the receiver in the membership view named by view (a hash
 // of the member ids that every node with the same members computes alike).
@@ -1377,7 +1518,7 @@ type SyncDone struct {
 
 func (x *SyncDone) Reset() {
 	*x = SyncDone{}
-	mi := &file_nodepb_node_proto_msgTypes[14]
+	mi := &file_nodepb_node_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1389,7 +1530,7 @@ func (x *SyncDone) String() string {
 func (*SyncDone) ProtoMessage() {}
 
 func (x *SyncDone) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[14]
+	mi := &file_nodepb_node_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1402,7 +1543,7 @@ func (x *SyncDone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncDone.ProtoReflect.Descriptor instead.
 func (*SyncDone) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{14}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *SyncDone) GetView() uint64 {
@@ -1426,7 +1567,7 @@ type KickSession struct {
 
 func (x *KickSession) Reset() {
 	*x = KickSession{}
-	mi := &file_nodepb_node_proto_msgTypes[15]
+	mi := &file_nodepb_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1438,7 +1579,7 @@ func (x *KickSession) String() string {
 func (*KickSession) ProtoMessage() {}
 
 func (x *KickSession) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[15]
+	mi := &file_nodepb_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1451,7 +1592,7 @@ func (x *KickSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickSession.ProtoReflect.Descriptor instead.
 func (*KickSession) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{15}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *KickSession) GetUid() string {
@@ -1495,7 +1636,7 @@ type PresenceQuery struct {
 
 func (x *PresenceQuery) Reset() {
 	*x = PresenceQuery{}
-	mi := &file_nodepb_node_proto_msgTypes[16]
+	mi := &file_nodepb_node_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1507,7 +1648,7 @@ func (x *PresenceQuery) String() string {
 func (*PresenceQuery) ProtoMessage() {}
 
 func (x *PresenceQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[16]
+	mi := &file_nodepb_node_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1520,7 +1661,7 @@ func (x *PresenceQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceQuery.ProtoReflect.Descriptor instead.
 func (*PresenceQuery) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{16}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *PresenceQuery) GetSeq() uint64 {
@@ -1548,7 +1689,7 @@ type PresenceReply struct {
 
 func (x *PresenceReply) Reset() {
 	*x = PresenceReply{}
-	mi := &file_nodepb_node_proto_msgTypes[17]
+	mi := &file_nodepb_node_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1560,7 +1701,7 @@ func (x *PresenceReply) String() string {
 func (*PresenceReply) ProtoMessage() {}
 
 func (x *PresenceReply) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[17]
+	mi := &file_nodepb_node_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1573,7 +1714,7 @@ func (x *PresenceReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceReply.ProtoReflect.Descriptor instead.
 func (*PresenceReply) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *PresenceReply) GetSeq() uint64 {
@@ -1601,7 +1742,7 @@ type UserPresence struct {
 
 func (x *UserPresence) Reset() {
 	*x = UserPresence{}
-	mi := &file_nodepb_node_proto_msgTypes[18]
+	mi := &file_nodepb_node_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1613,7 +1754,7 @@ func (x *UserPresence) String() string {
 func (*UserPresence) ProtoMessage() {}
 
 func (x *UserPresence) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[18]
+	mi := &file_nodepb_node_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1626,7 +1767,7 @@ func (x *UserPresence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserPresence.ProtoReflect.Descriptor instead.
 func (*UserPresence) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{18}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *UserPresence) GetUid() string {
@@ -1663,7 +1804,7 @@ type DevicePresence struct {
 
 func (x *DevicePresence) Reset() {
 	*x = DevicePresence{}
-	mi := &file_nodepb_node_proto_msgTypes[19]
+	mi := &file_nodepb_node_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1675,7 +1816,7 @@ func (x *DevicePresence) String() string {
 func (*DevicePresence) ProtoMessage() {}
 
 func (x *DevicePresence) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[19]
+	mi := &file_nodepb_node_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1688,7 +1829,7 @@ func (x *DevicePresence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DevicePresence.ProtoReflect.Descriptor instead.
 func (*DevicePresence) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{19}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *DevicePresence) GetDevice() string {
@@ -1727,7 +1868,7 @@ type PushRequest struct {
 
 func (x *PushRequest) Reset() {
 	*x = PushRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[20]
+	mi := &file_nodepb_node_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1739,7 +1880,7 @@ func (x *PushRequest) String() string {
 func (*PushRequest) ProtoMessage() {}
 
 func (x *PushRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[20]
+	mi := &file_nodepb_node_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1752,7 +1893,7 @@ func (x *PushRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushRequest.ProtoReflect.Descriptor instead.
 func (*PushRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{20}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *PushRequest) GetUids() []string {
@@ -1804,7 +1945,7 @@ type PushResult struct {
 
 func (x *PushResult) Reset() {
 	*x = PushResult{}
-	mi := &file_nodepb_node_proto_msgTypes[21]
+	mi := &file_nodepb_node_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1816,7 +1957,7 @@ func (x *PushResult) String() string {
 func (*PushResult) ProtoMessage() {}
 
 func (x *PushResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[21]
+	mi := &file_nodepb_node_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1829,7 +1970,7 @@ func (x *PushResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushResult.ProtoReflect.Descriptor instead.
 func (*PushResult) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{21}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *PushResult) GetUid() string {
@@ -1876,7 +2017,7 @@ type PushResponse struct {
 
 func (x *PushResponse) Reset() {
 	*x = PushResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[22]
+	mi := &file_nodepb_node_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1888,7 +2029,7 @@ func (x *PushResponse) String() string {
 func (*PushResponse) ProtoMessage() {}
 
 func (x *PushResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[22]
+	mi := &file_nodepb_node_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1901,7 +2042,7 @@ func (x *PushResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushResponse.ProtoReflect.Descriptor instead.
 func (*PushResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{22}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PushResponse) GetResults() []*PushResult {
@@ -1929,7 +2070,7 @@ type KickRequest struct {
 
 func (x *KickRequest) Reset() {
 	*x = KickRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[23]
+	mi := &file_nodepb_node_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1941,7 +2082,7 @@ func (x *KickRequest) String() string {
 func (*KickRequest) ProtoMessage() {}
 
 func (x *KickRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[23]
+	mi := &file_nodepb_node_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1954,7 +2095,7 @@ func (x *KickRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickRequest.ProtoReflect.Descriptor instead.
 func (*KickRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{23}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *KickRequest) GetUid() string {
@@ -2006,7 +2147,7 @@ type KickResponse struct {
 
 func (x *KickResponse) Reset() {
 	*x = KickResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[24]
+	mi := &file_nodepb_node_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2018,7 +2159,7 @@ func (x *KickResponse) String() string {
 func (*KickResponse) ProtoMessage() {}
 
 func (x *KickResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[24]
+	mi := &file_nodepb_node_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2031,7 +2172,7 @@ func (x *KickResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickResponse.ProtoReflect.Descriptor instead.
 func (*KickResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{24}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *KickResponse) GetKicked() uint32 {
@@ -2070,7 +2211,7 @@ type AdminKick struct {
 
 func (x *AdminKick) Reset() {
 	*x = AdminKick{}
-	mi := &file_nodepb_node_proto_msgTypes[25]
+	mi := &file_nodepb_node_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2082,7 +2223,7 @@ func (x *AdminKick) String() string {
 func (*AdminKick) ProtoMessage() {}
 
 func (x *AdminKick) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[25]
+	mi := &file_nodepb_node_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2095,7 +2236,7 @@ func (x *AdminKick) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminKick.ProtoReflect.Descriptor instead.
 func (*AdminKick) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{25}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *AdminKick) GetSeq() uint64 {
@@ -2143,7 +2284,7 @@ type AdminKickResult struct {
 
 func (x *AdminKickResult) Reset() {
 	*x = AdminKickResult{}
-	mi := &file_nodepb_node_proto_msgTypes[26]
+	mi := &file_nodepb_node_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2155,7 +2296,7 @@ func (x *AdminKickResult) String() string {
 func (*AdminKickResult) ProtoMessage() {}
 
 func (x *AdminKickResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[26]
+	mi := &file_nodepb_node_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2168,7 +2309,7 @@ func (x *AdminKickResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminKickResult.ProtoReflect.Descriptor instead.
 func (*AdminKickResult) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{26}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AdminKickResult) GetSeq() uint64 {
@@ -2185,6 +2326,597 @@ func (x *AdminKickResult) GetKicked() uint32 {
 	return 0
 }
 
+// AdminRoom asks a holder to join the sessions of uids (device empty: all
+// their devices) to room, or to take them out (join false).
+type AdminRoom struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Seq           uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	Room          string                 `protobuf:"bytes,2,opt,name=room,proto3" json:"room,omitempty"`
+	Uids          []string               `protobuf:"bytes,3,rep,name=uids,proto3" json:"uids,omitempty"`
+	Device        string                 `protobuf:"bytes,4,opt,name=device,proto3" json:"device,omitempty"`
+	Join          bool                   `protobuf:"varint,5,opt,name=join,proto3" json:"join,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminRoom) Reset() {
+	*x = AdminRoom{}
+	mi := &file_nodepb_node_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminRoom) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminRoom) ProtoMessage() {}
+
+func (x *AdminRoom) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminRoom.ProtoReflect.Descriptor instead.
+func (*AdminRoom) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *AdminRoom) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AdminRoom) GetRoom() string {
+	if x != nil {
+		return x.Room
+	}
+	return ""
+}
+
+func (x *AdminRoom) GetUids() []string {
+	if x != nil {
+		return x.Uids
+	}
+	return nil
+}
+
+func (x *AdminRoom) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *AdminRoom) GetJoin() bool {
+	if x != nil {
+		return x.Join
+	}
+	return false
+}
+
+type AdminRoomResult struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
+	// Sessions whose membership changed.
+	Changed       uint32 `protobuf:"varint,2,opt,name=changed,proto3" json:"changed,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AdminRoomResult) Reset() {
+	*x = AdminRoomResult{}
+	mi := &file_nodepb_node_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AdminRoomResult) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AdminRoomResult) ProtoMessage() {}
+
+func (x *AdminRoomResult) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AdminRoomResult.ProtoReflect.Descriptor instead.
+func (*AdminRoomResult) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *AdminRoomResult) GetSeq() uint64 {
+	if x != nil {
+		return x.Seq
+	}
+	return 0
+}
+
+func (x *AdminRoomResult) GetChanged() uint32 {
+	if x != nil {
+		return x.Changed
+	}
+	return 0
+}
+
+type RoomMembersRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Room          string                 `protobuf:"bytes,1,opt,name=room,proto3" json:"room,omitempty"`
+	Uids          []string               `protobuf:"bytes,2,rep,name=uids,proto3" json:"uids,omitempty"`
+	Device        string                 `protobuf:"bytes,3,opt,name=device,proto3" json:"device,omitempty"`
+	Join          bool                   `protobuf:"varint,4,opt,name=join,proto3" json:"join,omitempty"` // false: leave
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoomMembersRequest) Reset() {
+	*x = RoomMembersRequest{}
+	mi := &file_nodepb_node_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoomMembersRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoomMembersRequest) ProtoMessage() {}
+
+func (x *RoomMembersRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoomMembersRequest.ProtoReflect.Descriptor instead.
+func (*RoomMembersRequest) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *RoomMembersRequest) GetRoom() string {
+	if x != nil {
+		return x.Room
+	}
+	return ""
+}
+
+func (x *RoomMembersRequest) GetUids() []string {
+	if x != nil {
+		return x.Uids
+	}
+	return nil
+}
+
+func (x *RoomMembersRequest) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *RoomMembersRequest) GetJoin() bool {
+	if x != nil {
+		return x.Join
+	}
+	return false
+}
+
+type RoomMembersResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Sessions joined (or taken out).
+	Changed uint32 `protobuf:"varint,1,opt,name=changed,proto3" json:"changed,omitempty"`
+	// The nodes asked, and whether a uid's home could not vouch for its list
+	// (every member was asked) or a node did not answer.
+	Nodes         []string `protobuf:"bytes,2,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	Incomplete    bool     `protobuf:"varint,3,opt,name=incomplete,proto3" json:"incomplete,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoomMembersResponse) Reset() {
+	*x = RoomMembersResponse{}
+	mi := &file_nodepb_node_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoomMembersResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoomMembersResponse) ProtoMessage() {}
+
+func (x *RoomMembersResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoomMembersResponse.ProtoReflect.Descriptor instead.
+func (*RoomMembersResponse) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *RoomMembersResponse) GetChanged() uint32 {
+	if x != nil {
+		return x.Changed
+	}
+	return 0
+}
+
+func (x *RoomMembersResponse) GetNodes() []string {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+func (x *RoomMembersResponse) GetIncomplete() bool {
+	if x != nil {
+		return x.Incomplete
+	}
+	return false
+}
+
+type RoomPublishRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	Room        string                 `protobuf:"bytes,1,opt,name=room,proto3" json:"room,omitempty"`
+	Payload     []byte                 `protobuf:"bytes,2,opt,name=payload,proto3" json:"payload,omitempty"`
+	ContentType string                 `protobuf:"bytes,3,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	// Shown to the members as Deliver.from_uid (empty: the server).
+	From          string `protobuf:"bytes,4,opt,name=from,proto3" json:"from,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoomPublishRequest) Reset() {
+	*x = RoomPublishRequest{}
+	mi := &file_nodepb_node_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoomPublishRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoomPublishRequest) ProtoMessage() {}
+
+func (x *RoomPublishRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoomPublishRequest.ProtoReflect.Descriptor instead.
+func (*RoomPublishRequest) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *RoomPublishRequest) GetRoom() string {
+	if x != nil {
+		return x.Room
+	}
+	return ""
+}
+
+func (x *RoomPublishRequest) GetPayload() []byte {
+	if x != nil {
+		return x.Payload
+	}
+	return nil
+}
+
+func (x *RoomPublishRequest) GetContentType() string {
+	if x != nil {
+		return x.ContentType
+	}
+	return ""
+}
+
+func (x *RoomPublishRequest) GetFrom() string {
+	if x != nil {
+		return x.From
+	}
+	return ""
+}
+
+type RoomPublishResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// An imgate.wire.v1.Outcome value, as a client's SendAck for a publish.
+	Outcome       int32  `protobuf:"varint,1,opt,name=outcome,proto3" json:"outcome,omitempty"`
+	Nodes         uint32 `protobuf:"varint,2,opt,name=nodes,proto3" json:"nodes,omitempty"`
+	Devices       uint32 `protobuf:"varint,3,opt,name=devices,proto3" json:"devices,omitempty"`
+	Acked         uint32 `protobuf:"varint,4,opt,name=acked,proto3" json:"acked,omitempty"`
+	MsgId         string `protobuf:"bytes,5,opt,name=msg_id,json=msgId,proto3" json:"msg_id,omitempty"`
+	Reason        int32  `protobuf:"varint,6,opt,name=reason,proto3" json:"reason,omitempty"` // imgate.wire.v1.ErrorCode
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoomPublishResponse) Reset() {
+	*x = RoomPublishResponse{}
+	mi := &file_nodepb_node_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoomPublishResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoomPublishResponse) ProtoMessage() {}
+
+func (x *RoomPublishResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoomPublishResponse.ProtoReflect.Descriptor instead.
+func (*RoomPublishResponse) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *RoomPublishResponse) GetOutcome() int32 {
+	if x != nil {
+		return x.Outcome
+	}
+	return 0
+}
+
+func (x *RoomPublishResponse) GetNodes() uint32 {
+	if x != nil {
+		return x.Nodes
+	}
+	return 0
+}
+
+func (x *RoomPublishResponse) GetDevices() uint32 {
+	if x != nil {
+		return x.Devices
+	}
+	return 0
+}
+
+func (x *RoomPublishResponse) GetAcked() uint32 {
+	if x != nil {
+		return x.Acked
+	}
+	return 0
+}
+
+func (x *RoomPublishResponse) GetMsgId() string {
+	if x != nil {
+		return x.MsgId
+	}
+	return ""
+}
+
+func (x *RoomPublishResponse) GetReason() int32 {
+	if x != nil {
+		return x.Reason
+	}
+	return 0
+}
+
+type RoomInfoRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Room          string                 `protobuf:"bytes,1,opt,name=room,proto3" json:"room,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoomInfoRequest) Reset() {
+	*x = RoomInfoRequest{}
+	mi := &file_nodepb_node_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoomInfoRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoomInfoRequest) ProtoMessage() {}
+
+func (x *RoomInfoRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoomInfoRequest.ProtoReflect.Descriptor instead.
+func (*RoomInfoRequest) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *RoomInfoRequest) GetRoom() string {
+	if x != nil {
+		return x.Room
+	}
+	return ""
+}
+
+type RoomNode struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	NodeId        string                 `protobuf:"bytes,1,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Members       uint32                 `protobuf:"varint,2,opt,name=members,proto3" json:"members,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoomNode) Reset() {
+	*x = RoomNode{}
+	mi := &file_nodepb_node_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoomNode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoomNode) ProtoMessage() {}
+
+func (x *RoomNode) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoomNode.ProtoReflect.Descriptor instead.
+func (*RoomNode) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *RoomNode) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *RoomNode) GetMembers() uint32 {
+	if x != nil {
+		return x.Members
+	}
+	return 0
+}
+
+type RoomInfoResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Room  string                 `protobuf:"bytes,1,opt,name=room,proto3" json:"room,omitempty"`
+	// Member connections over all nodes, and per node.
+	Members uint32      `protobuf:"varint,2,opt,name=members,proto3" json:"members,omitempty"`
+	Nodes   []*RoomNode `protobuf:"bytes,3,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	// The home cannot vouch that the list is whole.
+	Incomplete bool `protobuf:"varint,4,opt,name=incomplete,proto3" json:"incomplete,omitempty"`
+	// Messages to this room are broadcast (at most once, no acks).
+	Broadcast     bool `protobuf:"varint,5,opt,name=broadcast,proto3" json:"broadcast,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoomInfoResponse) Reset() {
+	*x = RoomInfoResponse{}
+	mi := &file_nodepb_node_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoomInfoResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoomInfoResponse) ProtoMessage() {}
+
+func (x *RoomInfoResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoomInfoResponse.ProtoReflect.Descriptor instead.
+func (*RoomInfoResponse) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *RoomInfoResponse) GetRoom() string {
+	if x != nil {
+		return x.Room
+	}
+	return ""
+}
+
+func (x *RoomInfoResponse) GetMembers() uint32 {
+	if x != nil {
+		return x.Members
+	}
+	return 0
+}
+
+func (x *RoomInfoResponse) GetNodes() []*RoomNode {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+func (x *RoomInfoResponse) GetIncomplete() bool {
+	if x != nil {
+		return x.Incomplete
+	}
+	return false
+}
+
+func (x *RoomInfoResponse) GetBroadcast() bool {
+	if x != nil {
+		return x.Broadcast
+	}
+	return false
+}
+
 type ShedRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
 	Count     uint32                 `protobuf:"varint,1,opt,name=count,proto3" json:"count,omitempty"`
@@ -2197,7 +2929,7 @@ type ShedRequest struct {
 
 func (x *ShedRequest) Reset() {
 	*x = ShedRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[27]
+	mi := &file_nodepb_node_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2209,7 +2941,7 @@ func (x *ShedRequest) String() string {
 func (*ShedRequest) ProtoMessage() {}
 
 func (x *ShedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[27]
+	mi := &file_nodepb_node_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2222,7 +2954,7 @@ func (x *ShedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShedRequest.ProtoReflect.Descriptor instead.
 func (*ShedRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{27}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ShedRequest) GetCount() uint32 {
@@ -2256,7 +2988,7 @@ type ShedResponse struct {
 
 func (x *ShedResponse) Reset() {
 	*x = ShedResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[28]
+	mi := &file_nodepb_node_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2268,7 +3000,7 @@ func (x *ShedResponse) String() string {
 func (*ShedResponse) ProtoMessage() {}
 
 func (x *ShedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[28]
+	mi := &file_nodepb_node_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2281,7 +3013,7 @@ func (x *ShedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShedResponse.ProtoReflect.Descriptor instead.
 func (*ShedResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{28}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ShedResponse) GetAccepted() uint32 {
@@ -2289,6 +3021,110 @@ func (x *ShedResponse) GetAccepted() uint32 {
 		return x.Accepted
 	}
 	return 0
+}
+
+type JoinRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Uid           string                 `protobuf:"bytes,1,opt,name=uid,proto3" json:"uid,omitempty"`
+	Device        string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	NodeId        string                 `protobuf:"bytes,3,opt,name=node_id,json=nodeId,proto3" json:"node_id,omitempty"`
+	Room          string                 `protobuf:"bytes,4,opt,name=room,proto3" json:"room,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinRequest) Reset() {
+	*x = JoinRequest{}
+	mi := &file_nodepb_node_proto_msgTypes[39]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinRequest) ProtoMessage() {}
+
+func (x *JoinRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[39]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
+func (*JoinRequest) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{39}
+}
+
+func (x *JoinRequest) GetUid() string {
+	if x != nil {
+		return x.Uid
+	}
+	return ""
+}
+
+func (x *JoinRequest) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
+}
+
+func (x *JoinRequest) GetNodeId() string {
+	if x != nil {
+		return x.NodeId
+	}
+	return ""
+}
+
+func (x *JoinRequest) GetRoom() string {
+	if x != nil {
+		return x.Room
+	}
+	return ""
+}
+
+type JoinResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *JoinResponse) Reset() {
+	*x = JoinResponse{}
+	mi := &file_nodepb_node_proto_msgTypes[40]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *JoinResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*JoinResponse) ProtoMessage() {}
+
+func (x *JoinResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[40]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
+func (*JoinResponse) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{40}
 }
 
 type SessionEvent struct {
@@ -2312,7 +3148,7 @@ type SessionEvent struct {
 
 func (x *SessionEvent) Reset() {
 	*x = SessionEvent{}
-	mi := &file_nodepb_node_proto_msgTypes[29]
+	mi := &file_nodepb_node_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2324,7 +3160,7 @@ func (x *SessionEvent) String() string {
 func (*SessionEvent) ProtoMessage() {}
 
 func (x *SessionEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[29]
+	mi := &file_nodepb_node_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2337,7 +3173,7 @@ func (x *SessionEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionEvent.ProtoReflect.Descriptor instead.
 func (*SessionEvent) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{29}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *SessionEvent) GetSeq() uint64 {
@@ -2404,7 +3240,7 @@ type SessionEventBatch struct {
 
 func (x *SessionEventBatch) Reset() {
 	*x = SessionEventBatch{}
-	mi := &file_nodepb_node_proto_msgTypes[30]
+	mi := &file_nodepb_node_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2416,7 +3252,7 @@ func (x *SessionEventBatch) String() string {
 func (*SessionEventBatch) ProtoMessage() {}
 
 func (x *SessionEventBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[30]
+	mi := &file_nodepb_node_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2429,7 +3265,7 @@ func (x *SessionEventBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionEventBatch.ProtoReflect.Descriptor instead.
 func (*SessionEventBatch) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{30}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *SessionEventBatch) GetNodeId() string {
@@ -2468,7 +3304,7 @@ type SessionEventsAck struct {
 
 func (x *SessionEventsAck) Reset() {
 	*x = SessionEventsAck{}
-	mi := &file_nodepb_node_proto_msgTypes[31]
+	mi := &file_nodepb_node_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2480,7 +3316,7 @@ func (x *SessionEventsAck) String() string {
 func (*SessionEventsAck) ProtoMessage() {}
 
 func (x *SessionEventsAck) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[31]
+	mi := &file_nodepb_node_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2493,7 +3329,7 @@ func (x *SessionEventsAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionEventsAck.ProtoReflect.Descriptor instead.
 func (*SessionEventsAck) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{31}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{43}
 }
 
 type UpstreamRequest struct {
@@ -2509,7 +3345,7 @@ type UpstreamRequest struct {
 
 func (x *UpstreamRequest) Reset() {
 	*x = UpstreamRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[32]
+	mi := &file_nodepb_node_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2521,7 +3357,7 @@ func (x *UpstreamRequest) String() string {
 func (*UpstreamRequest) ProtoMessage() {}
 
 func (x *UpstreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[32]
+	mi := &file_nodepb_node_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2534,7 +3370,7 @@ func (x *UpstreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamRequest.ProtoReflect.Descriptor instead.
 func (*UpstreamRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{32}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *UpstreamRequest) GetUid() string {
@@ -2581,7 +3417,7 @@ type UpstreamResponse struct {
 
 func (x *UpstreamResponse) Reset() {
 	*x = UpstreamResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[33]
+	mi := &file_nodepb_node_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2593,7 +3429,7 @@ func (x *UpstreamResponse) String() string {
 func (*UpstreamResponse) ProtoMessage() {}
 
 func (x *UpstreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[33]
+	mi := &file_nodepb_node_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2606,7 +3442,7 @@ func (x *UpstreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamResponse.ProtoReflect.Descriptor instead.
 func (*UpstreamResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{33}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *UpstreamResponse) GetPayload() []byte {
@@ -2631,7 +3467,7 @@ type StoreRequest struct {
 
 func (x *StoreRequest) Reset() {
 	*x = StoreRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[34]
+	mi := &file_nodepb_node_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2643,7 +3479,7 @@ func (x *StoreRequest) String() string {
 func (*StoreRequest) ProtoMessage() {}
 
 func (x *StoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[34]
+	mi := &file_nodepb_node_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2656,7 +3492,7 @@ func (x *StoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreRequest.ProtoReflect.Descriptor instead.
 func (*StoreRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{34}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *StoreRequest) GetMsgId() string {
@@ -2716,7 +3552,7 @@ type StoreResponse struct {
 
 func (x *StoreResponse) Reset() {
 	*x = StoreResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[35]
+	mi := &file_nodepb_node_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2728,7 +3564,7 @@ func (x *StoreResponse) String() string {
 func (*StoreResponse) ProtoMessage() {}
 
 func (x *StoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[35]
+	mi := &file_nodepb_node_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2741,7 +3577,7 @@ func (x *StoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreResponse.ProtoReflect.Descriptor instead.
 func (*StoreResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{35}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{47}
 }
 
 var File_nodepb_node_proto protoreflect.FileDescriptor
@@ -2768,7 +3604,7 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x11messages_in_total\x18\x0e \x01(\x04R\x0fmessagesInTotal\x12,\n" +
 	"\x12messages_out_total\x18\x0f \x01(\x04R\x10messagesOutTotal\"D\n" +
 	"\fForwardBatch\x124\n" +
-	"\x06frames\x18\x01 \x03(\v2\x1c.imgate.node.v1.ForwardFrameR\x06frames\"\x9c\a\n" +
+	"\x06frames\x18\x01 \x03(\v2\x1c.imgate.node.v1.ForwardFrameR\x06frames\"\xa7\b\n" +
 	"\fForwardFrame\x12:\n" +
 	"\adeliver\x18\x01 \x01(\v2\x1e.imgate.node.v1.ForwardDeliverH\x00R\adeliver\x127\n" +
 	"\x06result\x18\x02 \x01(\v2\x1d.imgate.node.v1.ForwardResultH\x00R\x06result\x12<\n" +
@@ -2788,7 +3624,10 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\fquery_result\x18\r \x01(\v2\x1d.imgate.node.v1.PresenceReplyH\x00R\vqueryResult\x12:\n" +
 	"\n" +
 	"admin_kick\x18\x0e \x01(\v2\x19.imgate.node.v1.AdminKickH\x00R\tadminKick\x12M\n" +
-	"\x11admin_kick_result\x18\x0f \x01(\v2\x1f.imgate.node.v1.AdminKickResultH\x00R\x0fadminKickResultB\x06\n" +
+	"\x11admin_kick_result\x18\x0f \x01(\v2\x1f.imgate.node.v1.AdminKickResultH\x00R\x0fadminKickResult\x12:\n" +
+	"\n" +
+	"admin_room\x18\x10 \x01(\v2\x19.imgate.node.v1.AdminRoomH\x00R\tadminRoom\x12M\n" +
+	"\x11admin_room_result\x18\x11 \x01(\v2\x1f.imgate.node.v1.AdminRoomResultH\x00R\x0fadminRoomResultB\x06\n" +
 	"\x04body\"\v\n" +
 	"\tHeartbeat\"\x0f\n" +
 	"\rResyncRequest\" \n" +
@@ -2798,7 +3637,7 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x05Hello\x12\x17\n" +
 	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x16\n" +
 	"\x06expect\x18\x02 \x01(\tR\x06expect\x12 \n" +
-	"\vincarnation\x18\x03 \x01(\x03R\vincarnation\"\xe7\x01\n" +
+	"\vincarnation\x18\x03 \x01(\x03R\vincarnation\"\x99\x02\n" +
 	"\x0eForwardDeliver\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x15\n" +
 	"\x06to_uid\x18\x02 \x01(\tR\x05toUid\x12\x15\n" +
@@ -2809,7 +3648,10 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\apayload\x18\x06 \x01(\fR\apayload\x12!\n" +
 	"\fcontent_type\x18\a \x01(\tR\vcontentType\x12\x1c\n" +
 	"\n" +
-	"sent_at_ms\x18\b \x01(\x03R\bsentAtMs\"i\n" +
+	"sent_at_ms\x18\b \x01(\x03R\bsentAtMs\x12\x12\n" +
+	"\x04room\x18\t \x01(\tR\x04room\x12\x1c\n" +
+	"\tbroadcast\x18\n" +
+	" \x01(\bR\tbroadcast\"i\n" +
 	"\rForwardResult\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x18\n" +
 	"\adevices\x18\x02 \x01(\rR\adevices\x12\x14\n" +
@@ -2820,20 +3662,27 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x16\n" +
 	"\x06holder\x18\x03 \x01(\tR\x06holder\x12\x1e\n" +
 	"\vlogin_at_ns\x18\x04 \x01(\x03R\tloginAtNs\x12\x0e\n" +
-	"\x02up\x18\x05 \x01(\bR\x02up\"l\n" +
+	"\x02up\x18\x05 \x01(\bR\x02up\"\x9d\x01\n" +
 	"\x0ePresenceUpdate\x127\n" +
 	"\aentries\x18\x01 \x03(\v2\x1d.imgate.node.v1.PresenceEntryR\aentries\x12!\n" +
-	"\freset_holder\x18\x02 \x01(\bR\vresetHolder\"3\n" +
+	"\freset_holder\x18\x02 \x01(\bR\vresetHolder\x12/\n" +
+	"\x05rooms\x18\x03 \x03(\v2\x19.imgate.node.v1.RoomEntryR\x05rooms\"Q\n" +
+	"\tRoomEntry\x12\x12\n" +
+	"\x04room\x18\x01 \x01(\tR\x04room\x12\x16\n" +
+	"\x06holder\x18\x02 \x01(\tR\x06holder\x12\x18\n" +
+	"\amembers\x18\x03 \x01(\rR\amembers\"G\n" +
 	"\rLookupRequest\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x10\n" +
-	"\x03uid\x18\x02 \x01(\tR\x03uid\"w\n" +
+	"\x03uid\x18\x02 \x01(\tR\x03uid\x12\x12\n" +
+	"\x04room\x18\x03 \x01(\tR\x04room\"\x91\x01\n" +
 	"\x0eLookupResponse\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x18\n" +
 	"\aholders\x18\x02 \x03(\tR\aholders\x12\x19\n" +
 	"\bnot_home\x18\x03 \x01(\bR\anotHome\x12\x1e\n" +
 	"\n" +
 	"incomplete\x18\x04 \x01(\bR\n" +
-	"incomplete\"$\n" +
+	"incomplete\x12\x18\n" +
+	"\amembers\x18\x05 \x03(\rR\amembers\"$\n" +
 	"\bSyncDone\x12\x12\n" +
 	"\x04view\x18\x02 \x01(\x04R\x04viewJ\x04\b\x01\x10\x02\"o\n" +
 	"\vKickSession\x12\x10\n" +
@@ -2891,14 +3740,65 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x03ban\x18\x05 \x01(\bR\x03ban\";\n" +
 	"\x0fAdminKickResult\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x16\n" +
-	"\x06kicked\x18\x02 \x01(\rR\x06kicked\"Z\n" +
+	"\x06kicked\x18\x02 \x01(\rR\x06kicked\"q\n" +
+	"\tAdminRoom\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x12\n" +
+	"\x04room\x18\x02 \x01(\tR\x04room\x12\x12\n" +
+	"\x04uids\x18\x03 \x03(\tR\x04uids\x12\x16\n" +
+	"\x06device\x18\x04 \x01(\tR\x06device\x12\x12\n" +
+	"\x04join\x18\x05 \x01(\bR\x04join\"=\n" +
+	"\x0fAdminRoomResult\x12\x10\n" +
+	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x18\n" +
+	"\achanged\x18\x02 \x01(\rR\achanged\"h\n" +
+	"\x12RoomMembersRequest\x12\x12\n" +
+	"\x04room\x18\x01 \x01(\tR\x04room\x12\x12\n" +
+	"\x04uids\x18\x02 \x03(\tR\x04uids\x12\x16\n" +
+	"\x06device\x18\x03 \x01(\tR\x06device\x12\x12\n" +
+	"\x04join\x18\x04 \x01(\bR\x04join\"e\n" +
+	"\x13RoomMembersResponse\x12\x18\n" +
+	"\achanged\x18\x01 \x01(\rR\achanged\x12\x14\n" +
+	"\x05nodes\x18\x02 \x03(\tR\x05nodes\x12\x1e\n" +
+	"\n" +
+	"incomplete\x18\x03 \x01(\bR\n" +
+	"incomplete\"y\n" +
+	"\x12RoomPublishRequest\x12\x12\n" +
+	"\x04room\x18\x01 \x01(\tR\x04room\x12\x18\n" +
+	"\apayload\x18\x02 \x01(\fR\apayload\x12!\n" +
+	"\fcontent_type\x18\x03 \x01(\tR\vcontentType\x12\x12\n" +
+	"\x04from\x18\x04 \x01(\tR\x04from\"\xa4\x01\n" +
+	"\x13RoomPublishResponse\x12\x18\n" +
+	"\aoutcome\x18\x01 \x01(\x05R\aoutcome\x12\x14\n" +
+	"\x05nodes\x18\x02 \x01(\rR\x05nodes\x12\x18\n" +
+	"\adevices\x18\x03 \x01(\rR\adevices\x12\x14\n" +
+	"\x05acked\x18\x04 \x01(\rR\x05acked\x12\x15\n" +
+	"\x06msg_id\x18\x05 \x01(\tR\x05msgId\x12\x16\n" +
+	"\x06reason\x18\x06 \x01(\x05R\x06reason\"%\n" +
+	"\x0fRoomInfoRequest\x12\x12\n" +
+	"\x04room\x18\x01 \x01(\tR\x04room\"=\n" +
+	"\bRoomNode\x12\x17\n" +
+	"\anode_id\x18\x01 \x01(\tR\x06nodeId\x12\x18\n" +
+	"\amembers\x18\x02 \x01(\rR\amembers\"\xae\x01\n" +
+	"\x10RoomInfoResponse\x12\x12\n" +
+	"\x04room\x18\x01 \x01(\tR\x04room\x12\x18\n" +
+	"\amembers\x18\x02 \x01(\rR\amembers\x12.\n" +
+	"\x05nodes\x18\x03 \x03(\v2\x18.imgate.node.v1.RoomNodeR\x05nodes\x12\x1e\n" +
+	"\n" +
+	"incomplete\x18\x04 \x01(\bR\n" +
+	"incomplete\x12\x1c\n" +
+	"\tbroadcast\x18\x05 \x01(\bR\tbroadcast\"Z\n" +
 	"\vShedRequest\x12\x14\n" +
 	"\x05count\x18\x01 \x01(\rR\x05count\x12\x1d\n" +
 	"\n" +
 	"per_second\x18\x02 \x01(\rR\tperSecond\x12\x16\n" +
 	"\x06reason\x18\x03 \x01(\tR\x06reason\"*\n" +
 	"\fShedResponse\x12\x1a\n" +
-	"\baccepted\x18\x01 \x01(\rR\baccepted\"\xea\x01\n" +
+	"\baccepted\x18\x01 \x01(\rR\baccepted\"d\n" +
+	"\vJoinRequest\x12\x10\n" +
+	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x16\n" +
+	"\x06device\x18\x02 \x01(\tR\x06device\x12\x17\n" +
+	"\anode_id\x18\x03 \x01(\tR\x06nodeId\x12\x12\n" +
+	"\x04room\x18\x04 \x01(\tR\x04room\"\x0e\n" +
+	"\fJoinResponse\"\xea\x01\n" +
 	"\fSessionEvent\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x124\n" +
 	"\x04kind\x18\x02 \x01(\x0e2 .imgate.node.v1.SessionEventKindR\x04kind\x12\x10\n" +
@@ -2950,18 +3850,22 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x13LEAVE_REASON_KICKED\x10\x03\x12\x19\n" +
 	"\x15LEAVE_REASON_REPLACED\x10\x04\x12\x1a\n" +
 	"\x16LEAVE_REASON_NODE_GONE\x10\x05\x12\x16\n" +
-	"\x12LEAVE_REASON_ERROR\x10\x062\xb1\x03\n" +
+	"\x12LEAVE_REASON_ERROR\x10\x062\xb0\x05\n" +
 	"\vNodeService\x12D\n" +
 	"\x05Stats\x12\x1c.imgate.node.v1.StatsRequest\x1a\x1d.imgate.node.v1.StatsResponse\x12I\n" +
 	"\aForward\x12\x1c.imgate.node.v1.ForwardBatch\x1a\x1c.imgate.node.v1.ForwardBatch(\x010\x01\x12A\n" +
 	"\x04Push\x12\x1b.imgate.node.v1.PushRequest\x1a\x1c.imgate.node.v1.PushResponse\x12A\n" +
 	"\x04Kick\x12\x1b.imgate.node.v1.KickRequest\x1a\x1c.imgate.node.v1.KickResponse\x12A\n" +
 	"\x04Shed\x12\x1b.imgate.node.v1.ShedRequest\x1a\x1c.imgate.node.v1.ShedResponse\x12H\n" +
-	"\bPresence\x12\x1d.imgate.node.v1.PresenceQuery\x1a\x1d.imgate.node.v1.PresenceReply2\xf3\x01\n" +
+	"\bPresence\x12\x1d.imgate.node.v1.PresenceQuery\x1a\x1d.imgate.node.v1.PresenceReply\x12V\n" +
+	"\vRoomMembers\x12\".imgate.node.v1.RoomMembersRequest\x1a#.imgate.node.v1.RoomMembersResponse\x12V\n" +
+	"\vRoomPublish\x12\".imgate.node.v1.RoomPublishRequest\x1a#.imgate.node.v1.RoomPublishResponse\x12M\n" +
+	"\bRoomInfo\x12\x1f.imgate.node.v1.RoomInfoRequest\x1a .imgate.node.v1.RoomInfoResponse2\xbf\x02\n" +
 	"\bUpstream\x12K\n" +
 	"\x06Handle\x12\x1f.imgate.node.v1.UpstreamRequest\x1a .imgate.node.v1.UpstreamResponse\x12D\n" +
 	"\x05Store\x12\x1c.imgate.node.v1.StoreRequest\x1a\x1d.imgate.node.v1.StoreResponse\x12T\n" +
-	"\rSessionEvents\x12!.imgate.node.v1.SessionEventBatch\x1a .imgate.node.v1.SessionEventsAckB'Z%github.com/imgate/imgate/proto/nodepbb\x06proto3"
+	"\rSessionEvents\x12!.imgate.node.v1.SessionEventBatch\x1a .imgate.node.v1.SessionEventsAck\x12J\n" +
+	"\rAuthorizeJoin\x12\x1b.imgate.node.v1.JoinRequest\x1a\x1c.imgate.node.v1.JoinResponseB'Z%github.com/imgate/imgate/proto/nodepbb\x06proto3"
 
 var (
 	file_nodepb_node_proto_rawDescOnce sync.Once
@@ -2976,96 +3880,120 @@ func file_nodepb_node_proto_rawDescGZIP() []byte {
 }
 
 var file_nodepb_node_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
 var file_nodepb_node_proto_goTypes = []any{
-	(PresenceState)(0),        // 0: imgate.node.v1.PresenceState
-	(SessionEventKind)(0),     // 1: imgate.node.v1.SessionEventKind
-	(LeaveReason)(0),          // 2: imgate.node.v1.LeaveReason
-	(*StatsRequest)(nil),      // 3: imgate.node.v1.StatsRequest
-	(*StatsResponse)(nil),     // 4: imgate.node.v1.StatsResponse
-	(*ForwardBatch)(nil),      // 5: imgate.node.v1.ForwardBatch
-	(*ForwardFrame)(nil),      // 6: imgate.node.v1.ForwardFrame
-	(*Heartbeat)(nil),         // 7: imgate.node.v1.Heartbeat
-	(*ResyncRequest)(nil),     // 8: imgate.node.v1.ResyncRequest
-	(*Invalidate)(nil),        // 9: imgate.node.v1.Invalidate
-	(*Hello)(nil),             // 10: imgate.node.v1.Hello
-	(*ForwardDeliver)(nil),    // 11: imgate.node.v1.ForwardDeliver
-	(*ForwardResult)(nil),     // 12: imgate.node.v1.ForwardResult
-	(*PresenceEntry)(nil),     // 13: imgate.node.v1.PresenceEntry
-	(*PresenceUpdate)(nil),    // 14: imgate.node.v1.PresenceUpdate
-	(*LookupRequest)(nil),     // 15: imgate.node.v1.LookupRequest
-	(*LookupResponse)(nil),    // 16: imgate.node.v1.LookupResponse
-	(*SyncDone)(nil),          // 17: imgate.node.v1.SyncDone
-	(*KickSession)(nil),       // 18: imgate.node.v1.KickSession
-	(*PresenceQuery)(nil),     // 19: imgate.node.v1.PresenceQuery
-	(*PresenceReply)(nil),     // 20: imgate.node.v1.PresenceReply
-	(*UserPresence)(nil),      // 21: imgate.node.v1.UserPresence
-	(*DevicePresence)(nil),    // 22: imgate.node.v1.DevicePresence
-	(*PushRequest)(nil),       // 23: imgate.node.v1.PushRequest
-	(*PushResult)(nil),        // 24: imgate.node.v1.PushResult
-	(*PushResponse)(nil),      // 25: imgate.node.v1.PushResponse
-	(*KickRequest)(nil),       // 26: imgate.node.v1.KickRequest
-	(*KickResponse)(nil),      // 27: imgate.node.v1.KickResponse
-	(*AdminKick)(nil),         // 28: imgate.node.v1.AdminKick
-	(*AdminKickResult)(nil),   // 29: imgate.node.v1.AdminKickResult
-	(*ShedRequest)(nil),       // 30: imgate.node.v1.ShedRequest
-	(*ShedResponse)(nil),      // 31: imgate.node.v1.ShedResponse
-	(*SessionEvent)(nil),      // 32: imgate.node.v1.SessionEvent
-	(*SessionEventBatch)(nil), // 33: imgate.node.v1.SessionEventBatch
-	(*SessionEventsAck)(nil),  // 34: imgate.node.v1.SessionEventsAck
-	(*UpstreamRequest)(nil),   // 35: imgate.node.v1.UpstreamRequest
-	(*UpstreamResponse)(nil),  // 36: imgate.node.v1.UpstreamResponse
-	(*StoreRequest)(nil),      // 37: imgate.node.v1.StoreRequest
-	(*StoreResponse)(nil),     // 38: imgate.node.v1.StoreResponse
+	(PresenceState)(0),          // 0: imgate.node.v1.PresenceState
+	(SessionEventKind)(0),       // 1: imgate.node.v1.SessionEventKind
+	(LeaveReason)(0),            // 2: imgate.node.v1.LeaveReason
+	(*StatsRequest)(nil),        // 3: imgate.node.v1.StatsRequest
+	(*StatsResponse)(nil),       // 4: imgate.node.v1.StatsResponse
+	(*ForwardBatch)(nil),        // 5: imgate.node.v1.ForwardBatch
+	(*ForwardFrame)(nil),        // 6: imgate.node.v1.ForwardFrame
+	(*Heartbeat)(nil),           // 7: imgate.node.v1.Heartbeat
+	(*ResyncRequest)(nil),       // 8: imgate.node.v1.ResyncRequest
+	(*Invalidate)(nil),          // 9: imgate.node.v1.Invalidate
+	(*Hello)(nil),               // 10: imgate.node.v1.Hello
+	(*ForwardDeliver)(nil),      // 11: imgate.node.v1.ForwardDeliver
+	(*ForwardResult)(nil),       // 12: imgate.node.v1.ForwardResult
+	(*PresenceEntry)(nil),       // 13: imgate.node.v1.PresenceEntry
+	(*PresenceUpdate)(nil),      // 14: imgate.node.v1.PresenceUpdate
+	(*RoomEntry)(nil),           // 15: imgate.node.v1.RoomEntry
+	(*LookupRequest)(nil),       // 16: imgate.node.v1.LookupRequest
+	(*LookupResponse)(nil),      // 17: imgate.node.v1.LookupResponse
+	(*SyncDone)(nil),            // 18: imgate.node.v1.SyncDone
+	(*KickSession)(nil),         // 19: imgate.node.v1.KickSession
+	(*PresenceQuery)(nil),       // 20: imgate.node.v1.PresenceQuery
+	(*PresenceReply)(nil),       // 21: imgate.node.v1.PresenceReply
+	(*UserPresence)(nil),        // 22: imgate.node.v1.UserPresence
+	(*DevicePresence)(nil),      // 23: imgate.node.v1.DevicePresence
+	(*PushRequest)(nil),         // 24: imgate.node.v1.PushRequest
+	(*PushResult)(nil),          // 25: imgate.node.v1.PushResult
+	(*PushResponse)(nil),        // 26: imgate.node.v1.PushResponse
+	(*KickRequest)(nil),         // 27: imgate.node.v1.KickRequest
+	(*KickResponse)(nil),        // 28: imgate.node.v1.KickResponse
+	(*AdminKick)(nil),           // 29: imgate.node.v1.AdminKick
+	(*AdminKickResult)(nil),     // 30: imgate.node.v1.AdminKickResult
+	(*AdminRoom)(nil),           // 31: imgate.node.v1.AdminRoom
+	(*AdminRoomResult)(nil),     // 32: imgate.node.v1.AdminRoomResult
+	(*RoomMembersRequest)(nil),  // 33: imgate.node.v1.RoomMembersRequest
+	(*RoomMembersResponse)(nil), // 34: imgate.node.v1.RoomMembersResponse
+	(*RoomPublishRequest)(nil),  // 35: imgate.node.v1.RoomPublishRequest
+	(*RoomPublishResponse)(nil), // 36: imgate.node.v1.RoomPublishResponse
+	(*RoomInfoRequest)(nil),     // 37: imgate.node.v1.RoomInfoRequest
+	(*RoomNode)(nil),            // 38: imgate.node.v1.RoomNode
+	(*RoomInfoResponse)(nil),    // 39: imgate.node.v1.RoomInfoResponse
+	(*ShedRequest)(nil),         // 40: imgate.node.v1.ShedRequest
+	(*ShedResponse)(nil),        // 41: imgate.node.v1.ShedResponse
+	(*JoinRequest)(nil),         // 42: imgate.node.v1.JoinRequest
+	(*JoinResponse)(nil),        // 43: imgate.node.v1.JoinResponse
+	(*SessionEvent)(nil),        // 44: imgate.node.v1.SessionEvent
+	(*SessionEventBatch)(nil),   // 45: imgate.node.v1.SessionEventBatch
+	(*SessionEventsAck)(nil),    // 46: imgate.node.v1.SessionEventsAck
+	(*UpstreamRequest)(nil),     // 47: imgate.node.v1.UpstreamRequest
+	(*UpstreamResponse)(nil),    // 48: imgate.node.v1.UpstreamResponse
+	(*StoreRequest)(nil),        // 49: imgate.node.v1.StoreRequest
+	(*StoreResponse)(nil),       // 50: imgate.node.v1.StoreResponse
 }
 var file_nodepb_node_proto_depIdxs = []int32{
 	6,  // 0: imgate.node.v1.ForwardBatch.frames:type_name -> imgate.node.v1.ForwardFrame
 	11, // 1: imgate.node.v1.ForwardFrame.deliver:type_name -> imgate.node.v1.ForwardDeliver
 	12, // 2: imgate.node.v1.ForwardFrame.result:type_name -> imgate.node.v1.ForwardResult
 	14, // 3: imgate.node.v1.ForwardFrame.presence:type_name -> imgate.node.v1.PresenceUpdate
-	15, // 4: imgate.node.v1.ForwardFrame.lookup:type_name -> imgate.node.v1.LookupRequest
-	16, // 5: imgate.node.v1.ForwardFrame.lookup_result:type_name -> imgate.node.v1.LookupResponse
-	17, // 6: imgate.node.v1.ForwardFrame.sync_done:type_name -> imgate.node.v1.SyncDone
-	18, // 7: imgate.node.v1.ForwardFrame.kick:type_name -> imgate.node.v1.KickSession
+	16, // 4: imgate.node.v1.ForwardFrame.lookup:type_name -> imgate.node.v1.LookupRequest
+	17, // 5: imgate.node.v1.ForwardFrame.lookup_result:type_name -> imgate.node.v1.LookupResponse
+	18, // 6: imgate.node.v1.ForwardFrame.sync_done:type_name -> imgate.node.v1.SyncDone
+	19, // 7: imgate.node.v1.ForwardFrame.kick:type_name -> imgate.node.v1.KickSession
 	10, // 8: imgate.node.v1.ForwardFrame.hello:type_name -> imgate.node.v1.Hello
 	9,  // 9: imgate.node.v1.ForwardFrame.invalidate:type_name -> imgate.node.v1.Invalidate
 	7,  // 10: imgate.node.v1.ForwardFrame.heartbeat:type_name -> imgate.node.v1.Heartbeat
 	8,  // 11: imgate.node.v1.ForwardFrame.resync:type_name -> imgate.node.v1.ResyncRequest
-	19, // 12: imgate.node.v1.ForwardFrame.query:type_name -> imgate.node.v1.PresenceQuery
-	20, // 13: imgate.node.v1.ForwardFrame.query_result:type_name -> imgate.node.v1.PresenceReply
-	28, // 14: imgate.node.v1.ForwardFrame.admin_kick:type_name -> imgate.node.v1.AdminKick
-	29, // 15: imgate.node.v1.ForwardFrame.admin_kick_result:type_name -> imgate.node.v1.AdminKickResult
-	13, // 16: imgate.node.v1.PresenceUpdate.entries:type_name -> imgate.node.v1.PresenceEntry
-	21, // 17: imgate.node.v1.PresenceReply.users:type_name -> imgate.node.v1.UserPresence
-	0,  // 18: imgate.node.v1.UserPresence.state:type_name -> imgate.node.v1.PresenceState
-	22, // 19: imgate.node.v1.UserPresence.devices:type_name -> imgate.node.v1.DevicePresence
-	24, // 20: imgate.node.v1.PushResponse.results:type_name -> imgate.node.v1.PushResult
-	1,  // 21: imgate.node.v1.SessionEvent.kind:type_name -> imgate.node.v1.SessionEventKind
-	2,  // 22: imgate.node.v1.SessionEvent.reason:type_name -> imgate.node.v1.LeaveReason
-	32, // 23: imgate.node.v1.SessionEventBatch.events:type_name -> imgate.node.v1.SessionEvent
-	3,  // 24: imgate.node.v1.NodeService.Stats:input_type -> imgate.node.v1.StatsRequest
-	5,  // 25: imgate.node.v1.NodeService.Forward:input_type -> imgate.node.v1.ForwardBatch
-	23, // 26: imgate.node.v1.NodeService.Push:input_type -> imgate.node.v1.PushRequest
-	26, // 27: imgate.node.v1.NodeService.Kick:input_type -> imgate.node.v1.KickRequest
-	30, // 28: imgate.node.v1.NodeService.Shed:input_type -> imgate.node.v1.ShedRequest
-	19, // 29: imgate.node.v1.NodeService.Presence:input_type -> imgate.node.v1.PresenceQuery
-	35, // 30: imgate.node.v1.Upstream.Handle:input_type -> imgate.node.v1.UpstreamRequest
-	37, // 31: imgate.node.v1.Upstream.Store:input_type -> imgate.node.v1.StoreRequest
-	33, // 32: imgate.node.v1.Upstream.SessionEvents:input_type -> imgate.node.v1.SessionEventBatch
-	4,  // 33: imgate.node.v1.NodeService.Stats:output_type -> imgate.node.v1.StatsResponse
-	5,  // 34: imgate.node.v1.NodeService.Forward:output_type -> imgate.node.v1.ForwardBatch
-	25, // 35: imgate.node.v1.NodeService.Push:output_type -> imgate.node.v1.PushResponse
-	27, // 36: imgate.node.v1.NodeService.Kick:output_type -> imgate.node.v1.KickResponse
-	31, // 37: imgate.node.v1.NodeService.Shed:output_type -> imgate.node.v1.ShedResponse
-	20, // 38: imgate.node.v1.NodeService.Presence:output_type -> imgate.node.v1.PresenceReply
-	36, // 39: imgate.node.v1.Upstream.Handle:output_type -> imgate.node.v1.UpstreamResponse
-	38, // 40: imgate.node.v1.Upstream.Store:output_type -> imgate.node.v1.StoreResponse
-	34, // 41: imgate.node.v1.Upstream.SessionEvents:output_type -> imgate.node.v1.SessionEventsAck
-	33, // [33:42] is the sub-list for method output_type
-	24, // [24:33] is the sub-list for method input_type
-	24, // [24:24] is the sub-list for extension type_name
-	24, // [24:24] is the sub-list for extension extendee
-	0,  // [0:24] is the sub-list for field type_name
+	20, // 12: imgate.node.v1.ForwardFrame.query:type_name -> imgate.node.v1.PresenceQuery
+	21, // 13: imgate.node.v1.ForwardFrame.query_result:type_name -> imgate.node.v1.PresenceReply
+	29, // 14: imgate.node.v1.ForwardFrame.admin_kick:type_name -> imgate.node.v1.AdminKick
+	30, // 15: imgate.node.v1.ForwardFrame.admin_kick_result:type_name -> imgate.node.v1.AdminKickResult
+	31, // 16: imgate.node.v1.ForwardFrame.admin_room:type_name -> imgate.node.v1.AdminRoom
+	32, // 17: imgate.node.v1.ForwardFrame.admin_room_result:type_name -> imgate.node.v1.AdminRoomResult
+	13, // 18: imgate.node.v1.PresenceUpdate.entries:type_name -> imgate.node.v1.PresenceEntry
+	15, // 19: imgate.node.v1.PresenceUpdate.rooms:type_name -> imgate.node.v1.RoomEntry
+	22, // 20: imgate.node.v1.PresenceReply.users:type_name -> imgate.node.v1.UserPresence
+	0,  // 21: imgate.node.v1.UserPresence.state:type_name -> imgate.node.v1.PresenceState
+	23, // 22: imgate.node.v1.UserPresence.devices:type_name -> imgate.node.v1.DevicePresence
+	25, // 23: imgate.node.v1.PushResponse.results:type_name -> imgate.node.v1.PushResult
+	38, // 24: imgate.node.v1.RoomInfoResponse.nodes:type_name -> imgate.node.v1.RoomNode
+	1,  // 25: imgate.node.v1.SessionEvent.kind:type_name -> imgate.node.v1.SessionEventKind
+	2,  // 26: imgate.node.v1.SessionEvent.reason:type_name -> imgate.node.v1.LeaveReason
+	44, // 27: imgate.node.v1.SessionEventBatch.events:type_name -> imgate.node.v1.SessionEvent
+	3,  // 28: imgate.node.v1.NodeService.Stats:input_type -> imgate.node.v1.StatsRequest
+	5,  // 29: imgate.node.v1.NodeService.Forward:input_type -> imgate.node.v1.ForwardBatch
+	24, // 30: imgate.node.v1.NodeService.Push:input_type -> imgate.node.v1.PushRequest
+	27, // 31: imgate.node.v1.NodeService.Kick:input_type -> imgate.node.v1.KickRequest
+	40, // 32: imgate.node.v1.NodeService.Shed:input_type -> imgate.node.v1.ShedRequest
+	20, // 33: imgate.node.v1.NodeService.Presence:input_type -> imgate.node.v1.PresenceQuery
+	33, // 34: imgate.node.v1.NodeService.RoomMembers:input_type -> imgate.node.v1.RoomMembersRequest
+	35, // 35: imgate.node.v1.NodeService.RoomPublish:input_type -> imgate.node.v1.RoomPublishRequest
+	37, // 36: imgate.node.v1.NodeService.RoomInfo:input_type -> imgate.node.v1.RoomInfoRequest
+	47, // 37: imgate.node.v1.Upstream.Handle:input_type -> imgate.node.v1.UpstreamRequest
+	49, // 38: imgate.node.v1.Upstream.Store:input_type -> imgate.node.v1.StoreRequest
+	45, // 39: imgate.node.v1.Upstream.SessionEvents:input_type -> imgate.node.v1.SessionEventBatch
+	42, // 40: imgate.node.v1.Upstream.AuthorizeJoin:input_type -> imgate.node.v1.JoinRequest
+	4,  // 41: imgate.node.v1.NodeService.Stats:output_type -> imgate.node.v1.StatsResponse
+	5,  // 42: imgate.node.v1.NodeService.Forward:output_type -> imgate.node.v1.ForwardBatch
+	26, // 43: imgate.node.v1.NodeService.Push:output_type -> imgate.node.v1.PushResponse
+	28, // 44: imgate.node.v1.NodeService.Kick:output_type -> imgate.node.v1.KickResponse
+	41, // 45: imgate.node.v1.NodeService.Shed:output_type -> imgate.node.v1.ShedResponse
+	21, // 46: imgate.node.v1.NodeService.Presence:output_type -> imgate.node.v1.PresenceReply
+	34, // 47: imgate.node.v1.NodeService.RoomMembers:output_type -> imgate.node.v1.RoomMembersResponse
+	36, // 48: imgate.node.v1.NodeService.RoomPublish:output_type -> imgate.node.v1.RoomPublishResponse
+	39, // 49: imgate.node.v1.NodeService.RoomInfo:output_type -> imgate.node.v1.RoomInfoResponse
+	48, // 50: imgate.node.v1.Upstream.Handle:output_type -> imgate.node.v1.UpstreamResponse
+	50, // 51: imgate.node.v1.Upstream.Store:output_type -> imgate.node.v1.StoreResponse
+	46, // 52: imgate.node.v1.Upstream.SessionEvents:output_type -> imgate.node.v1.SessionEventsAck
+	43, // 53: imgate.node.v1.Upstream.AuthorizeJoin:output_type -> imgate.node.v1.JoinResponse
+	41, // [41:54] is the sub-list for method output_type
+	28, // [28:41] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_nodepb_node_proto_init() }
@@ -3089,6 +4017,8 @@ func file_nodepb_node_proto_init() {
 		(*ForwardFrame_QueryResult)(nil),
 		(*ForwardFrame_AdminKick)(nil),
 		(*ForwardFrame_AdminKickResult)(nil),
+		(*ForwardFrame_AdminRoom)(nil),
+		(*ForwardFrame_AdminRoomResult)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3096,7 +4026,7 @@ func file_nodepb_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nodepb_node_proto_rawDesc), len(file_nodepb_node_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   36,
+			NumMessages:   48,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

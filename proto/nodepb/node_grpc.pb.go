@@ -22,12 +22,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	NodeService_Stats_FullMethodName    = "/imgate.node.v1.NodeService/Stats"
-	NodeService_Forward_FullMethodName  = "/imgate.node.v1.NodeService/Forward"
-	NodeService_Push_FullMethodName     = "/imgate.node.v1.NodeService/Push"
-	NodeService_Kick_FullMethodName     = "/imgate.node.v1.NodeService/Kick"
-	NodeService_Shed_FullMethodName     = "/imgate.node.v1.NodeService/Shed"
-	NodeService_Presence_FullMethodName = "/imgate.node.v1.NodeService/Presence"
+	NodeService_Stats_FullMethodName       = "/imgate.node.v1.NodeService/Stats"
+	NodeService_Forward_FullMethodName     = "/imgate.node.v1.NodeService/Forward"
+	NodeService_Push_FullMethodName        = "/imgate.node.v1.NodeService/Push"
+	NodeService_Kick_FullMethodName        = "/imgate.node.v1.NodeService/Kick"
+	NodeService_Shed_FullMethodName        = "/imgate.node.v1.NodeService/Shed"
+	NodeService_Presence_FullMethodName    = "/imgate.node.v1.NodeService/Presence"
+	NodeService_RoomMembers_FullMethodName = "/imgate.node.v1.NodeService/RoomMembers"
+	NodeService_RoomPublish_FullMethodName = "/imgate.node.v1.NodeService/RoomPublish"
+	NodeService_RoomInfo_FullMethodName    = "/imgate.node.v1.NodeService/RoomInfo"
 )
 
 // NodeServiceClient is the client API for NodeService service.
@@ -56,6 +59,18 @@ type NodeServiceClient interface {
 	// answers UNKNOWN (no device known) or PARTIAL (these, maybe more),
 	// never OFFLINE.
 	Presence(ctx context.Context, in *PresenceQuery, opts ...grpc.CallOption) (*PresenceReply, error)
+	// RoomMembers joins the online sessions of up to 1,000 uids to a room, or
+	// takes them out (join false): each uid's holders come from its home, as
+	// for a kick, and each holder gets one AdminRoom frame for its share.
+	// Clients see RoomState with request_id 0. Sessions that log in later are
+	// not joined (membership belongs to a connection; docs/protocol.md §10).
+	RoomMembers(ctx context.Context, in *RoomMembersRequest, opts ...grpc.CallOption) (*RoomMembersResponse, error)
+	// RoomPublish delivers one message to every member of a room: the room's
+	// home names the nodes holding members, and each gets one forward.
+	RoomPublish(ctx context.Context, in *RoomPublishRequest, opts ...grpc.CallOption) (*RoomPublishResponse, error)
+	// RoomInfo answers, from the room's home, which nodes hold members and
+	// how many.
+	RoomInfo(ctx context.Context, in *RoomInfoRequest, opts ...grpc.CallOption) (*RoomInfoResponse, error)
 }
 
 type nodeServiceClient struct {
@@ -129,6 +144,36 @@ func (c *nodeServiceClient) Presence(ctx context.Context, in *PresenceQuery, opt
 	return out, nil
 }
 
+func (c *nodeServiceClient) RoomMembers(ctx context.Context, in *RoomMembersRequest, opts ...grpc.CallOption) (*RoomMembersResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RoomMembersResponse)
+	err := c.cc.Invoke(ctx, NodeService_RoomMembers_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeServiceClient) RoomPublish(ctx context.Context, in *RoomPublishRequest, opts ...grpc.CallOption) (*RoomPublishResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RoomPublishResponse)
+	err := c.cc.Invoke(ctx, NodeService_RoomPublish_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *nodeServiceClient) RoomInfo(ctx context.Context, in *RoomInfoRequest, opts ...grpc.CallOption) (*RoomInfoResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RoomInfoResponse)
+	err := c.cc.Invoke(ctx, NodeService_RoomInfo_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // NodeServiceServer is the server API for NodeService service.
 // All implementations must embed UnimplementedNodeServiceServer
 // for forward compatibility.
@@ -155,6 +200,18 @@ type NodeServiceServer interface {
 	// answers UNKNOWN (no device known) or PARTIAL (these, maybe more),
 	// never OFFLINE.
 	Presence(context.Context, *PresenceQuery) (*PresenceReply, error)
+	// RoomMembers joins the online sessions of up to 1,000 uids to a room, or
+	// takes them out (join false): each uid's holders come from its home, as
+	// for a kick, and each holder gets one AdminRoom frame for its share.
+	// Clients see RoomState with request_id 0. Sessions that log in later are
+	// not joined (membership belongs to a connection; docs/protocol.md §10).
+	RoomMembers(context.Context, *RoomMembersRequest) (*RoomMembersResponse, error)
+	// RoomPublish delivers one message to every member of a room: the room's
+	// home names the nodes holding members, and each gets one forward.
+	RoomPublish(context.Context, *RoomPublishRequest) (*RoomPublishResponse, error)
+	// RoomInfo answers, from the room's home, which nodes hold members and
+	// how many.
+	RoomInfo(context.Context, *RoomInfoRequest) (*RoomInfoResponse, error)
 	mustEmbedUnimplementedNodeServiceServer()
 }
 
@@ -182,6 +239,15 @@ func (UnimplementedNodeServiceServer) Shed(context.Context, *ShedRequest) (*Shed
 }
 func (UnimplementedNodeServiceServer) Presence(context.Context, *PresenceQuery) (*PresenceReply, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Presence not implemented")
+}
+func (UnimplementedNodeServiceServer) RoomMembers(context.Context, *RoomMembersRequest) (*RoomMembersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RoomMembers not implemented")
+}
+func (UnimplementedNodeServiceServer) RoomPublish(context.Context, *RoomPublishRequest) (*RoomPublishResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RoomPublish not implemented")
+}
+func (UnimplementedNodeServiceServer) RoomInfo(context.Context, *RoomInfoRequest) (*RoomInfoResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RoomInfo not implemented")
 }
 func (UnimplementedNodeServiceServer) mustEmbedUnimplementedNodeServiceServer() {}
 func (UnimplementedNodeServiceServer) testEmbeddedByValue()                     {}
@@ -301,6 +367,60 @@ func _NodeService_Presence_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _NodeService_RoomMembers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RoomMembersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).RoomMembers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_RoomMembers_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).RoomMembers(ctx, req.(*RoomMembersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _NodeService_RoomPublish_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RoomPublishRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).RoomPublish(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_RoomPublish_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).RoomPublish(ctx, req.(*RoomPublishRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _NodeService_RoomInfo_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RoomInfoRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(NodeServiceServer).RoomInfo(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: NodeService_RoomInfo_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(NodeServiceServer).RoomInfo(ctx, req.(*RoomInfoRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // NodeService_ServiceDesc is the grpc.ServiceDesc for NodeService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -328,6 +448,18 @@ var NodeService_ServiceDesc = grpc.ServiceDesc{
 			MethodName: "Presence",
 			Handler:    _NodeService_Presence_Handler,
 		},
+		{
+			MethodName: "RoomMembers",
+			Handler:    _NodeService_RoomMembers_Handler,
+		},
+		{
+			MethodName: "RoomPublish",
+			Handler:    _NodeService_RoomPublish_Handler,
+		},
+		{
+			MethodName: "RoomInfo",
+			Handler:    _NodeService_RoomInfo_Handler,
+		},
 	},
 	Streams: []grpc.StreamDesc{
 		{
@@ -344,6 +476,7 @@ const (
 	Upstream_Handle_FullMethodName        = "/imgate.node.v1.Upstream/Handle"
 	Upstream_Store_FullMethodName         = "/imgate.node.v1.Upstream/Store"
 	Upstream_SessionEvents_FullMethodName = "/imgate.node.v1.Upstream/SessionEvents"
+	Upstream_AuthorizeJoin_FullMethodName = "/imgate.node.v1.Upstream/AuthorizeJoin"
 )
 
 // UpstreamClient is the client API for Upstream service.
@@ -362,6 +495,11 @@ type UpstreamClient interface {
 	// A failed call is retried with the same batch; events that did not fit
 	// the queue are dropped, counted, and show as a gap in seq.
 	SessionEvents(ctx context.Context, in *SessionEventBatch, opts ...grpc.CallOption) (*SessionEventsAck, error)
+	// AuthorizeJoin is asked, when the node runs with --room-join backend,
+	// before a client joins a room: an OK answer admits it; PermissionDenied
+	// (or any error code but Unavailable and DeadlineExceeded) refuses it
+	// with FORBIDDEN and the status message.
+	AuthorizeJoin(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error)
 }
 
 type upstreamClient struct {
@@ -402,6 +540,16 @@ func (c *upstreamClient) SessionEvents(ctx context.Context, in *SessionEventBatc
 	return out, nil
 }
 
+func (c *upstreamClient) AuthorizeJoin(ctx context.Context, in *JoinRequest, opts ...grpc.CallOption) (*JoinResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(JoinResponse)
+	err := c.cc.Invoke(ctx, Upstream_AuthorizeJoin_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // UpstreamServer is the server API for Upstream service.
 // All implementations must embed UnimplementedUpstreamServer
 // for forward compatibility.
@@ -418,6 +566,11 @@ type UpstreamServer interface {
 	// A failed call is retried with the same batch; events that did not fit
 	// the queue are dropped, counted, and show as a gap in seq.
 	SessionEvents(context.Context, *SessionEventBatch) (*SessionEventsAck, error)
+	// AuthorizeJoin is asked, when the node runs with --room-join backend,
+	// before a client joins a room: an OK answer admits it; PermissionDenied
+	// (or any error code but Unavailable and DeadlineExceeded) refuses it
+	// with FORBIDDEN and the status message.
+	AuthorizeJoin(context.Context, *JoinRequest) (*JoinResponse, error)
 	mustEmbedUnimplementedUpstreamServer()
 }
 
@@ -436,6 +589,9 @@ func (UnimplementedUpstreamServer) Store(context.Context, *StoreRequest) (*Store
 }
 func (UnimplementedUpstreamServer) SessionEvents(context.Context, *SessionEventBatch) (*SessionEventsAck, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method SessionEvents not implemented")
+}
+func (UnimplementedUpstreamServer) AuthorizeJoin(context.Context, *JoinRequest) (*JoinResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method AuthorizeJoin not implemented")
 }
 func (UnimplementedUpstreamServer) mustEmbedUnimplementedUpstreamServer() {}
 func (UnimplementedUpstreamServer) testEmbeddedByValue()                  {}
@@ -512,6 +668,24 @@ func _Upstream_SessionEvents_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Upstream_AuthorizeJoin_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(JoinRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UpstreamServer).AuthorizeJoin(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Upstream_AuthorizeJoin_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UpstreamServer).AuthorizeJoin(ctx, req.(*JoinRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // Upstream_ServiceDesc is the grpc.ServiceDesc for Upstream service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -530,6 +704,10 @@ var Upstream_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SessionEvents",
 			Handler:    _Upstream_SessionEvents_Handler,
+		},
+		{
+			MethodName: "AuthorizeJoin",
+			Handler:    _Upstream_AuthorizeJoin_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

@@ -42,6 +42,11 @@ const (
 	// No device was online; the message was handed to the app's backend
 	// (Upstream.Store) to keep for later.
 	Outcome_OUTCOME_STORED Outcome = 5
+	// A publish to a broadcast room (more members than the node's acked
+	// limit): written to `devices` member connections, at most once, without
+	// per-device acknowledgements. reason is set when a node holding
+	// members could not be reached.
+	Outcome_OUTCOME_SENT Outcome = 6
 )
 
 // Enum value maps for Outcome.
@@ -53,6 +58,7 @@ var (
 		3: "OUTCOME_OFFLINE",
 		4: "OUTCOME_FAILED",
 		5: "OUTCOME_STORED",
+		6: "OUTCOME_SENT",
 	}
 	Outcome_value = map[string]int32{
 		"OUTCOME_UNSPECIFIED": 0,
@@ -61,6 +67,7 @@ var (
 		"OUTCOME_OFFLINE":     3,
 		"OUTCOME_FAILED":      4,
 		"OUTCOME_STORED":      5,
+		"OUTCOME_SENT":        6,
 	}
 )
 
@@ -166,6 +173,10 @@ const (
 	ErrorCode_ERROR_CODE_PAYLOAD_TOO_LARGE ErrorCode = 22
 	ErrorCode_ERROR_CODE_RATE_LIMITED      ErrorCode = 23
 	ErrorCode_ERROR_CODE_UNAVAILABLE       ErrorCode = 24 // the path to the recipient is down
+	// Rooms.
+	ErrorCode_ERROR_CODE_ROOM_LIMIT ErrorCode = 25 // this connection is in too many rooms
+	ErrorCode_ERROR_CODE_NOT_MEMBER ErrorCode = 26 // a publish to a room the connection has not joined
+	ErrorCode_ERROR_CODE_FORBIDDEN  ErrorCode = 27 // the node or the app's backend refused the join
 	// Node.
 	ErrorCode_ERROR_CODE_NODE_DRAINING ErrorCode = 30
 	ErrorCode_ERROR_CODE_SHUTTING_DOWN ErrorCode = 31
@@ -194,6 +205,9 @@ var (
 		22: "ERROR_CODE_PAYLOAD_TOO_LARGE",
 		23: "ERROR_CODE_RATE_LIMITED",
 		24: "ERROR_CODE_UNAVAILABLE",
+		25: "ERROR_CODE_ROOM_LIMIT",
+		26: "ERROR_CODE_NOT_MEMBER",
+		27: "ERROR_CODE_FORBIDDEN",
 		30: "ERROR_CODE_NODE_DRAINING",
 		31: "ERROR_CODE_SHUTTING_DOWN",
 		32: "ERROR_CODE_OVERLOADED",
@@ -218,6 +232,9 @@ var (
 		"ERROR_CODE_PAYLOAD_TOO_LARGE": 22,
 		"ERROR_CODE_RATE_LIMITED":      23,
 		"ERROR_CODE_UNAVAILABLE":       24,
+		"ERROR_CODE_ROOM_LIMIT":        25,
+		"ERROR_CODE_NOT_MEMBER":        26,
+		"ERROR_CODE_FORBIDDEN":         27,
 		"ERROR_CODE_NODE_DRAINING":     30,
 		"ERROR_CODE_SHUTTING_DOWN":     31,
 		"ERROR_CODE_OVERLOADED":        32,
@@ -270,6 +287,9 @@ type Frame struct {
 	//	*Frame_Error
 	//	*Frame_Request
 	//	*Frame_Response
+	//	*Frame_Join
+	//	*Frame_Leave
+	//	*Frame_RoomState
 	Body          isFrame_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -429,6 +449,33 @@ func (x *Frame) GetResponse() *Response {
 	return nil
 }
 
+func (x *Frame) GetJoin() *Join {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_Join); ok {
+			return x.Join
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetLeave() *Leave {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_Leave); ok {
+			return x.Leave
+		}
+	}
+	return nil
+}
+
+func (x *Frame) GetRoomState() *RoomState {
+	if x != nil {
+		if x, ok := x.Body.(*Frame_RoomState); ok {
+			return x.RoomState
+		}
+	}
+	return nil
+}
+
 type isFrame_Body interface {
 	isFrame_Body()
 }
@@ -485,6 +532,18 @@ type Frame_Response struct {
 	Response *Response `protobuf:"bytes,13,opt,name=response,proto3,oneof"` // node -> client: the backend's answer
 }
 
+type Frame_Join struct {
+	Join *Join `protobuf:"bytes,14,opt,name=join,proto3,oneof"` // client -> node: join a room
+}
+
+type Frame_Leave struct {
+	Leave *Leave `protobuf:"bytes,15,opt,name=leave,proto3,oneof"` // client -> node: leave a room
+}
+
+type Frame_RoomState struct {
+	RoomState *RoomState `protobuf:"bytes,16,opt,name=room_state,json=roomState,proto3,oneof"` // node -> client: a room joined or left
+}
+
 func (*Frame_Login) isFrame_Body() {}
 
 func (*Frame_LoginAck) isFrame_Body() {}
@@ -511,6 +570,207 @@ func (*Frame_Request) isFrame_Body() {}
 
 func (*Frame_Response) isFrame_Body() {}
 
+func (*Frame_Join) isFrame_Body() {}
+
+func (*Frame_Leave) isFrame_Body() {}
+
+func (*Frame_RoomState) isFrame_Body() {}
+
+// Join makes this connection (this device's session) a member of room:
+// every message published to the room reaches it as a Deliver with
+// Deliver.room set. Membership belongs to the connection: it ends when the
+// connection does, and a client that reconnects joins again (the SDKs do
+// it for the app). The node answers one RoomState with the same
+// request_id.
+type Join struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestId     uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"` // chosen by the client, unique per connection
+	Room          string                 `protobuf:"bytes,2,opt,name=room,proto3" json:"room,omitempty"`                             // 1-128 bytes
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Join) Reset() {
+	*x = Join{}
+	mi := &file_wirepb_frame_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Join) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Join) ProtoMessage() {}
+
+func (x *Join) ProtoReflect() protoreflect.Message {
+	mi := &file_wirepb_frame_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Join.ProtoReflect.Descriptor instead.
+func (*Join) Descriptor() ([]byte, []int) {
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *Join) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+func (x *Join) GetRoom() string {
+	if x != nil {
+		return x.Room
+	}
+	return ""
+}
+
+// Leave ends this connection's membership of room; answered by one
+// RoomState (joined false) with the same request_id. Leaving a room the
+// connection is not in is not an error.
+type Leave struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	RequestId     uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Room          string                 `protobuf:"bytes,2,opt,name=room,proto3" json:"room,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Leave) Reset() {
+	*x = Leave{}
+	mi := &file_wirepb_frame_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Leave) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Leave) ProtoMessage() {}
+
+func (x *Leave) ProtoReflect() protoreflect.Message {
+	mi := &file_wirepb_frame_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Leave.ProtoReflect.Descriptor instead.
+func (*Leave) Descriptor() ([]byte, []int) {
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *Leave) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+func (x *Leave) GetRoom() string {
+	if x != nil {
+		return x.Room
+	}
+	return ""
+}
+
+// RoomState tells the client whether its connection is a member of room:
+// the answer to a Join or Leave (request_id echoed, code 0 when it was
+// done), or, with request_id 0, news that the app's backend joined it to
+// the room or removed it.
+type RoomState struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	RequestId uint64                 `protobuf:"varint,1,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
+	Room      string                 `protobuf:"bytes,2,opt,name=room,proto3" json:"room,omitempty"`
+	Joined    bool                   `protobuf:"varint,3,opt,name=joined,proto3" json:"joined,omitempty"` // the connection is a member now
+	// Why a Join was refused (ROOM_LIMIT, FORBIDDEN, BAD_REQUEST,
+	// UNAVAILABLE, RATE_LIMITED); 0: done.
+	Code          ErrorCode `protobuf:"varint,4,opt,name=code,proto3,enum=imgate.wire.v1.ErrorCode" json:"code,omitempty"`
+	Message       string    `protobuf:"bytes,5,opt,name=message,proto3" json:"message,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RoomState) Reset() {
+	*x = RoomState{}
+	mi := &file_wirepb_frame_proto_msgTypes[3]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RoomState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RoomState) ProtoMessage() {}
+
+func (x *RoomState) ProtoReflect() protoreflect.Message {
+	mi := &file_wirepb_frame_proto_msgTypes[3]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RoomState.ProtoReflect.Descriptor instead.
+func (*RoomState) Descriptor() ([]byte, []int) {
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{3}
+}
+
+func (x *RoomState) GetRequestId() uint64 {
+	if x != nil {
+		return x.RequestId
+	}
+	return 0
+}
+
+func (x *RoomState) GetRoom() string {
+	if x != nil {
+		return x.Room
+	}
+	return ""
+}
+
+func (x *RoomState) GetJoined() bool {
+	if x != nil {
+		return x.Joined
+	}
+	return false
+}
+
+func (x *RoomState) GetCode() ErrorCode {
+	if x != nil {
+		return x.Code
+	}
+	return ErrorCode_ERROR_CODE_UNSPECIFIED
+}
+
+func (x *RoomState) GetMessage() string {
+	if x != nil {
+		return x.Message
+	}
+	return ""
+}
+
 // Request is a client-to-server call: the node passes it to the app's
 // backend (the Upstream gRPC service) with the caller's uid and device, and
 // answers exactly one Response with the same request_id.
@@ -525,7 +785,7 @@ type Request struct {
 
 func (x *Request) Reset() {
 	*x = Request{}
-	mi := &file_wirepb_frame_proto_msgTypes[1]
+	mi := &file_wirepb_frame_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -537,7 +797,7 @@ func (x *Request) String() string {
 func (*Request) ProtoMessage() {}
 
 func (x *Request) ProtoReflect() protoreflect.Message {
-	mi := &file_wirepb_frame_proto_msgTypes[1]
+	mi := &file_wirepb_frame_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -550,7 +810,7 @@ func (x *Request) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Request.ProtoReflect.Descriptor instead.
 func (*Request) Descriptor() ([]byte, []int) {
-	return file_wirepb_frame_proto_rawDescGZIP(), []int{1}
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *Request) GetRequestId() uint64 {
@@ -589,7 +849,7 @@ type Response struct {
 
 func (x *Response) Reset() {
 	*x = Response{}
-	mi := &file_wirepb_frame_proto_msgTypes[2]
+	mi := &file_wirepb_frame_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -601,7 +861,7 @@ func (x *Response) String() string {
 func (*Response) ProtoMessage() {}
 
 func (x *Response) ProtoReflect() protoreflect.Message {
-	mi := &file_wirepb_frame_proto_msgTypes[2]
+	mi := &file_wirepb_frame_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -614,7 +874,7 @@ func (x *Response) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Response.ProtoReflect.Descriptor instead.
 func (*Response) Descriptor() ([]byte, []int) {
-	return file_wirepb_frame_proto_rawDescGZIP(), []int{2}
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Response) GetRequestId() uint64 {
@@ -661,7 +921,7 @@ type Login struct {
 
 func (x *Login) Reset() {
 	*x = Login{}
-	mi := &file_wirepb_frame_proto_msgTypes[3]
+	mi := &file_wirepb_frame_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -673,7 +933,7 @@ func (x *Login) String() string {
 func (*Login) ProtoMessage() {}
 
 func (x *Login) ProtoReflect() protoreflect.Message {
-	mi := &file_wirepb_frame_proto_msgTypes[3]
+	mi := &file_wirepb_frame_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -686,7 +946,7 @@ func (x *Login) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Login.ProtoReflect.Descriptor instead.
 func (*Login) Descriptor() ([]byte, []int) {
-	return file_wirepb_frame_proto_rawDescGZIP(), []int{3}
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Login) GetToken() string {
@@ -736,7 +996,7 @@ type LoginAck struct {
 
 func (x *LoginAck) Reset() {
 	*x = LoginAck{}
-	mi := &file_wirepb_frame_proto_msgTypes[4]
+	mi := &file_wirepb_frame_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -748,7 +1008,7 @@ func (x *LoginAck) String() string {
 func (*LoginAck) ProtoMessage() {}
 
 func (x *LoginAck) ProtoReflect() protoreflect.Message {
-	mi := &file_wirepb_frame_proto_msgTypes[4]
+	mi := &file_wirepb_frame_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -761,7 +1021,7 @@ func (x *LoginAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LoginAck.ProtoReflect.Descriptor instead.
 func (*LoginAck) Descriptor() ([]byte, []int) {
-	return file_wirepb_frame_proto_rawDescGZIP(), []int{4}
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *LoginAck) GetSessionId() string {
@@ -822,7 +1082,7 @@ type Ping struct {
 
 func (x *Ping) Reset() {
 	*x = Ping{}
-	mi := &file_wirepb_frame_proto_msgTypes[5]
+	mi := &file_wirepb_frame_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -834,7 +1094,7 @@ func (x *Ping) String() string {
 func (*Ping) ProtoMessage() {}
 
 func (x *Ping) ProtoReflect() protoreflect.Message {
-	mi := &file_wirepb_frame_proto_msgTypes[5]
+	mi := &file_wirepb_frame_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -847,7 +1107,7 @@ func (x *Ping) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Ping.ProtoReflect.Descriptor instead.
 func (*Ping) Descriptor() ([]byte, []int) {
-	return file_wirepb_frame_proto_rawDescGZIP(), []int{5}
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Ping) GetSeq() uint64 {
@@ -867,7 +1127,7 @@ type Pong struct {
 
 func (x *Pong) Reset() {
 	*x = Pong{}
-	mi := &file_wirepb_frame_proto_msgTypes[6]
+	mi := &file_wirepb_frame_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -879,7 +1139,7 @@ func (x *Pong) String() string {
 func (*Pong) ProtoMessage() {}
 
 func (x *Pong) ProtoReflect() protoreflect.Message {
-	mi := &file_wirepb_frame_proto_msgTypes[6]
+	mi := &file_wirepb_frame_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -892,7 +1152,7 @@ func (x *Pong) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Pong.ProtoReflect.Descriptor instead.
 func (*Pong) Descriptor() ([]byte, []int) {
-	return file_wirepb_frame_proto_rawDescGZIP(), []int{6}
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Pong) GetSeq() uint64 {
@@ -909,7 +1169,10 @@ func (x *Pong) GetServerTimeMs() int64 {
 	return 0
 }
 
-// Send asks the node to deliver payload to every online device of to_uid.
+// Send asks the node to deliver payload to every online device of to_uid,
+// or, with room set (and to_uid empty), to every member of the room: the
+// sender's connection must be a member (NOT_MEMBER otherwise), and does
+// not get its own message back.
 type Send struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Chosen by the client, unique per connection; echoed in SendAck.
@@ -917,13 +1180,14 @@ type Send struct {
 	ToUid         string `protobuf:"bytes,2,opt,name=to_uid,json=toUid,proto3" json:"to_uid,omitempty"`
 	Payload       []byte `protobuf:"bytes,3,opt,name=payload,proto3" json:"payload,omitempty"`
 	ContentType   string `protobuf:"bytes,4,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	Room          string `protobuf:"bytes,5,opt,name=room,proto3" json:"room,omitempty"` // publish to this room instead of to_uid
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Send) Reset() {
 	*x = Send{}
-	mi := &file_wirepb_frame_proto_msgTypes[7]
+	mi := &file_wirepb_frame_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -935,7 +1199,7 @@ func (x *Send) String() string {
 func (*Send) ProtoMessage() {}
 
 func (x *Send) ProtoReflect() protoreflect.Message {
-	mi := &file_wirepb_frame_proto_msgTypes[7]
+	mi := &file_wirepb_frame_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -948,7 +1212,7 @@ func (x *Send) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Send.ProtoReflect.Descriptor instead.
 func (*Send) Descriptor() ([]byte, []int) {
-	return file_wirepb_frame_proto_rawDescGZIP(), []int{7}
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Send) GetClientMsgId() uint64 {
@@ -979,6 +1243,13 @@ func (x *Send) GetContentType() string {
 	return ""
 }
 
+func (x *Send) GetRoom() string {
+	if x != nil {
+		return x.Room
+	}
+	return ""
+}
+
 // SendAck is the node's definite answer to one Send.
 type SendAck struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
@@ -989,16 +1260,19 @@ type SendAck struct {
 	// Online devices the message was sent to, and how many acknowledged it.
 	Devices uint32 `protobuf:"varint,4,opt,name=devices,proto3" json:"devices,omitempty"`
 	Acked   uint32 `protobuf:"varint,5,opt,name=acked,proto3" json:"acked,omitempty"`
-	// Set when outcome is FAILED or PARTIAL.
-	Reason        ErrorCode `protobuf:"varint,6,opt,name=reason,proto3,enum=imgate.wire.v1.ErrorCode" json:"reason,omitempty"`
-	Detail        string    `protobuf:"bytes,7,opt,name=detail,proto3" json:"detail,omitempty"`
+	// Set when outcome is FAILED or PARTIAL (or SENT, see there).
+	Reason ErrorCode `protobuf:"varint,6,opt,name=reason,proto3,enum=imgate.wire.v1.ErrorCode" json:"reason,omitempty"`
+	Detail string    `protobuf:"bytes,7,opt,name=detail,proto3" json:"detail,omitempty"`
+	// A room publish: the access nodes holding members that it reached,
+	// this one included.
+	Nodes         uint32 `protobuf:"varint,8,opt,name=nodes,proto3" json:"nodes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SendAck) Reset() {
 	*x = SendAck{}
-	mi := &file_wirepb_frame_proto_msgTypes[8]
+	mi := &file_wirepb_frame_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1010,7 +1284,7 @@ func (x *SendAck) String() string {
 func (*SendAck) ProtoMessage() {}
 
 func (x *SendAck) ProtoReflect() protoreflect.Message {
-	mi := &file_wirepb_frame_proto_msgTypes[8]
+	mi := &file_wirepb_frame_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1023,7 +1297,7 @@ func (x *SendAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SendAck.ProtoReflect.Descriptor instead.
 func (*SendAck) Descriptor() ([]byte, []int) {
-	return file_wirepb_frame_proto_rawDescGZIP(), []int{8}
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SendAck) GetClientMsgId() uint64 {
@@ -1075,25 +1349,38 @@ func (x *SendAck) GetDetail() string {
 	return ""
 }
 
+func (x *SendAck) GetNodes() uint32 {
+	if x != nil {
+		return x.Nodes
+	}
+	return 0
+}
+
 // Deliver carries one message to the client. The node re-sends it (same
 // msg_id, higher attempt) until the client answers DeliverAck; clients must
 // de-duplicate by msg_id.
 type Deliver struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	MsgId         string                 `protobuf:"bytes,1,opt,name=msg_id,json=msgId,proto3" json:"msg_id,omitempty"`
-	FromUid       string                 `protobuf:"bytes,2,opt,name=from_uid,json=fromUid,proto3" json:"from_uid,omitempty"`
-	FromDevice    string                 `protobuf:"bytes,3,opt,name=from_device,json=fromDevice,proto3" json:"from_device,omitempty"`
-	Payload       []byte                 `protobuf:"bytes,4,opt,name=payload,proto3" json:"payload,omitempty"`
-	ContentType   string                 `protobuf:"bytes,5,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
-	SentAtMs      int64                  `protobuf:"varint,6,opt,name=sent_at_ms,json=sentAtMs,proto3" json:"sent_at_ms,omitempty"`
-	Attempt       uint32                 `protobuf:"varint,7,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	MsgId       string                 `protobuf:"bytes,1,opt,name=msg_id,json=msgId,proto3" json:"msg_id,omitempty"`
+	FromUid     string                 `protobuf:"bytes,2,opt,name=from_uid,json=fromUid,proto3" json:"from_uid,omitempty"`
+	FromDevice  string                 `protobuf:"bytes,3,opt,name=from_device,json=fromDevice,proto3" json:"from_device,omitempty"`
+	Payload     []byte                 `protobuf:"bytes,4,opt,name=payload,proto3" json:"payload,omitempty"`
+	ContentType string                 `protobuf:"bytes,5,opt,name=content_type,json=contentType,proto3" json:"content_type,omitempty"`
+	SentAtMs    int64                  `protobuf:"varint,6,opt,name=sent_at_ms,json=sentAtMs,proto3" json:"sent_at_ms,omitempty"`
+	Attempt     uint32                 `protobuf:"varint,7,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// Set when the message was published to a room this connection is a
+	// member of (from_uid is the publisher; empty for the backend).
+	Room string `protobuf:"bytes,8,opt,name=room,proto3" json:"room,omitempty"`
+	// A broadcast room's message: sent once, never re-sent; the node
+	// expects no DeliverAck (one is ignored).
+	Broadcast     bool `protobuf:"varint,9,opt,name=broadcast,proto3" json:"broadcast,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Deliver) Reset() {
 	*x = Deliver{}
-	mi := &file_wirepb_frame_proto_msgTypes[9]
+	mi := &file_wirepb_frame_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1105,7 +1392,7 @@ func (x *Deliver) String() string {
 func (*Deliver) ProtoMessage() {}
 
 func (x *Deliver) ProtoReflect() protoreflect.Message {
-	mi := &file_wirepb_frame_proto_msgTypes[9]
+	mi := &file_wirepb_frame_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1118,7 +1405,7 @@ func (x *Deliver) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Deliver.ProtoReflect.Descriptor instead.
 func (*Deliver) Descriptor() ([]byte, []int) {
-	return file_wirepb_frame_proto_rawDescGZIP(), []int{9}
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Deliver) GetMsgId() string {
@@ -1170,6 +1457,20 @@ func (x *Deliver) GetAttempt() uint32 {
 	return 0
 }
 
+func (x *Deliver) GetRoom() string {
+	if x != nil {
+		return x.Room
+	}
+	return ""
+}
+
+func (x *Deliver) GetBroadcast() bool {
+	if x != nil {
+		return x.Broadcast
+	}
+	return false
+}
+
 type DeliverAck struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	MsgId         string                 `protobuf:"bytes,1,opt,name=msg_id,json=msgId,proto3" json:"msg_id,omitempty"`
@@ -1179,7 +1480,7 @@ type DeliverAck struct {
 
 func (x *DeliverAck) Reset() {
 	*x = DeliverAck{}
-	mi := &file_wirepb_frame_proto_msgTypes[10]
+	mi := &file_wirepb_frame_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1191,7 +1492,7 @@ func (x *DeliverAck) String() string {
 func (*DeliverAck) ProtoMessage() {}
 
 func (x *DeliverAck) ProtoReflect() protoreflect.Message {
-	mi := &file_wirepb_frame_proto_msgTypes[10]
+	mi := &file_wirepb_frame_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1204,7 +1505,7 @@ func (x *DeliverAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeliverAck.ProtoReflect.Descriptor instead.
 func (*DeliverAck) Descriptor() ([]byte, []int) {
-	return file_wirepb_frame_proto_rawDescGZIP(), []int{10}
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DeliverAck) GetMsgId() string {
@@ -1230,7 +1531,7 @@ type Kick struct {
 
 func (x *Kick) Reset() {
 	*x = Kick{}
-	mi := &file_wirepb_frame_proto_msgTypes[11]
+	mi := &file_wirepb_frame_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1242,7 +1543,7 @@ func (x *Kick) String() string {
 func (*Kick) ProtoMessage() {}
 
 func (x *Kick) ProtoReflect() protoreflect.Message {
-	mi := &file_wirepb_frame_proto_msgTypes[11]
+	mi := &file_wirepb_frame_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1255,7 +1556,7 @@ func (x *Kick) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Kick.ProtoReflect.Descriptor instead.
 func (*Kick) Descriptor() ([]byte, []int) {
-	return file_wirepb_frame_proto_rawDescGZIP(), []int{11}
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *Kick) GetReason() KickReason {
@@ -1293,7 +1594,7 @@ type GoAway struct {
 
 func (x *GoAway) Reset() {
 	*x = GoAway{}
-	mi := &file_wirepb_frame_proto_msgTypes[12]
+	mi := &file_wirepb_frame_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1305,7 +1606,7 @@ func (x *GoAway) String() string {
 func (*GoAway) ProtoMessage() {}
 
 func (x *GoAway) ProtoReflect() protoreflect.Message {
-	mi := &file_wirepb_frame_proto_msgTypes[12]
+	mi := &file_wirepb_frame_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1318,7 +1619,7 @@ func (x *GoAway) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GoAway.ProtoReflect.Descriptor instead.
 func (*GoAway) Descriptor() ([]byte, []int) {
-	return file_wirepb_frame_proto_rawDescGZIP(), []int{12}
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GoAway) GetReconnectAfterMs() uint32 {
@@ -1348,7 +1649,7 @@ type Error struct {
 
 func (x *Error) Reset() {
 	*x = Error{}
-	mi := &file_wirepb_frame_proto_msgTypes[13]
+	mi := &file_wirepb_frame_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1360,7 +1661,7 @@ func (x *Error) String() string {
 func (*Error) ProtoMessage() {}
 
 func (x *Error) ProtoReflect() protoreflect.Message {
-	mi := &file_wirepb_frame_proto_msgTypes[13]
+	mi := &file_wirepb_frame_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1373,7 +1674,7 @@ func (x *Error) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Error.ProtoReflect.Descriptor instead.
 func (*Error) Descriptor() ([]byte, []int) {
-	return file_wirepb_frame_proto_rawDescGZIP(), []int{13}
+	return file_wirepb_frame_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *Error) GetCode() ErrorCode {
@@ -1401,7 +1702,7 @@ var File_wirepb_frame_proto protoreflect.FileDescriptor
 
 const file_wirepb_frame_proto_rawDesc = "" +
 	"\n" +
-	"\x12wirepb/frame.proto\x12\x0eimgate.wire.v1\"\xa0\x05\n" +
+	"\x12wirepb/frame.proto\x12\x0eimgate.wire.v1\"\xb7\x06\n" +
 	"\x05Frame\x12-\n" +
 	"\x05login\x18\x01 \x01(\v2\x15.imgate.wire.v1.LoginH\x00R\x05login\x127\n" +
 	"\tlogin_ack\x18\x02 \x01(\v2\x18.imgate.wire.v1.LoginAckH\x00R\bloginAck\x12*\n" +
@@ -1417,8 +1718,27 @@ const file_wirepb_frame_proto_rawDesc = "" +
 	" \x01(\v2\x16.imgate.wire.v1.GoAwayH\x00R\x06goAway\x12-\n" +
 	"\x05error\x18\v \x01(\v2\x15.imgate.wire.v1.ErrorH\x00R\x05error\x123\n" +
 	"\arequest\x18\f \x01(\v2\x17.imgate.wire.v1.RequestH\x00R\arequest\x126\n" +
-	"\bresponse\x18\r \x01(\v2\x18.imgate.wire.v1.ResponseH\x00R\bresponseB\x06\n" +
-	"\x04body\"Z\n" +
+	"\bresponse\x18\r \x01(\v2\x18.imgate.wire.v1.ResponseH\x00R\bresponse\x12*\n" +
+	"\x04join\x18\x0e \x01(\v2\x14.imgate.wire.v1.JoinH\x00R\x04join\x12-\n" +
+	"\x05leave\x18\x0f \x01(\v2\x15.imgate.wire.v1.LeaveH\x00R\x05leave\x12:\n" +
+	"\n" +
+	"room_state\x18\x10 \x01(\v2\x19.imgate.wire.v1.RoomStateH\x00R\troomStateB\x06\n" +
+	"\x04body\"9\n" +
+	"\x04Join\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x12\n" +
+	"\x04room\x18\x02 \x01(\tR\x04room\":\n" +
+	"\x05Leave\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x12\n" +
+	"\x04room\x18\x02 \x01(\tR\x04room\"\x9f\x01\n" +
+	"\tRoomState\x12\x1d\n" +
+	"\n" +
+	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x12\n" +
+	"\x04room\x18\x02 \x01(\tR\x04room\x12\x16\n" +
+	"\x06joined\x18\x03 \x01(\bR\x06joined\x12-\n" +
+	"\x04code\x18\x04 \x01(\x0e2\x19.imgate.wire.v1.ErrorCodeR\x04code\x12\x18\n" +
+	"\amessage\x18\x05 \x01(\tR\amessage\"Z\n" +
 	"\aRequest\x12\x1d\n" +
 	"\n" +
 	"request_id\x18\x01 \x01(\x04R\trequestId\x12\x16\n" +
@@ -1448,12 +1768,13 @@ const file_wirepb_frame_proto_rawDesc = "" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\">\n" +
 	"\x04Pong\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12$\n" +
-	"\x0eserver_time_ms\x18\x02 \x01(\x03R\fserverTimeMs\"~\n" +
+	"\x0eserver_time_ms\x18\x02 \x01(\x03R\fserverTimeMs\"\x92\x01\n" +
 	"\x04Send\x12\"\n" +
 	"\rclient_msg_id\x18\x01 \x01(\x04R\vclientMsgId\x12\x15\n" +
 	"\x06to_uid\x18\x02 \x01(\tR\x05toUid\x12\x18\n" +
 	"\apayload\x18\x03 \x01(\fR\apayload\x12!\n" +
-	"\fcontent_type\x18\x04 \x01(\tR\vcontentType\"\xf2\x01\n" +
+	"\fcontent_type\x18\x04 \x01(\tR\vcontentType\x12\x12\n" +
+	"\x04room\x18\x05 \x01(\tR\x04room\"\x88\x02\n" +
 	"\aSendAck\x12\"\n" +
 	"\rclient_msg_id\x18\x01 \x01(\x04R\vclientMsgId\x12\x15\n" +
 	"\x06msg_id\x18\x02 \x01(\tR\x05msgId\x121\n" +
@@ -1461,7 +1782,8 @@ const file_wirepb_frame_proto_rawDesc = "" +
 	"\adevices\x18\x04 \x01(\rR\adevices\x12\x14\n" +
 	"\x05acked\x18\x05 \x01(\rR\x05acked\x121\n" +
 	"\x06reason\x18\x06 \x01(\x0e2\x19.imgate.wire.v1.ErrorCodeR\x06reason\x12\x16\n" +
-	"\x06detail\x18\a \x01(\tR\x06detail\"\xd1\x01\n" +
+	"\x06detail\x18\a \x01(\tR\x06detail\x12\x14\n" +
+	"\x05nodes\x18\b \x01(\rR\x05nodes\"\x83\x02\n" +
 	"\aDeliver\x12\x15\n" +
 	"\x06msg_id\x18\x01 \x01(\tR\x05msgId\x12\x19\n" +
 	"\bfrom_uid\x18\x02 \x01(\tR\afromUid\x12\x1f\n" +
@@ -1471,7 +1793,9 @@ const file_wirepb_frame_proto_rawDesc = "" +
 	"\fcontent_type\x18\x05 \x01(\tR\vcontentType\x12\x1c\n" +
 	"\n" +
 	"sent_at_ms\x18\x06 \x01(\x03R\bsentAtMs\x12\x18\n" +
-	"\aattempt\x18\a \x01(\rR\aattempt\"#\n" +
+	"\aattempt\x18\a \x01(\rR\aattempt\x12\x12\n" +
+	"\x04room\x18\b \x01(\tR\x04room\x12\x1c\n" +
+	"\tbroadcast\x18\t \x01(\bR\tbroadcast\"#\n" +
 	"\n" +
 	"DeliverAck\x12\x15\n" +
 	"\x06msg_id\x18\x01 \x01(\tR\x05msgId\"d\n" +
@@ -1485,19 +1809,20 @@ const file_wirepb_frame_proto_rawDesc = "" +
 	"\x05Error\x12-\n" +
 	"\x04code\x18\x01 \x01(\x0e2\x19.imgate.wire.v1.ErrorCodeR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x14\n" +
-	"\x05fatal\x18\x03 \x01(\bR\x05fatal*\x8b\x01\n" +
+	"\x05fatal\x18\x03 \x01(\bR\x05fatal*\x9d\x01\n" +
 	"\aOutcome\x12\x17\n" +
 	"\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11OUTCOME_DELIVERED\x10\x01\x12\x13\n" +
 	"\x0fOUTCOME_PARTIAL\x10\x02\x12\x13\n" +
 	"\x0fOUTCOME_OFFLINE\x10\x03\x12\x12\n" +
 	"\x0eOUTCOME_FAILED\x10\x04\x12\x12\n" +
-	"\x0eOUTCOME_STORED\x10\x05*Z\n" +
+	"\x0eOUTCOME_STORED\x10\x05\x12\x10\n" +
+	"\fOUTCOME_SENT\x10\x06*Z\n" +
 	"\n" +
 	"KickReason\x12\x1b\n" +
 	"\x17KICK_REASON_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14KICK_REASON_REPLACED\x10\x01\x12\x15\n" +
-	"\x11KICK_REASON_ADMIN\x10\x02*\xa1\x05\n" +
+	"\x11KICK_REASON_ADMIN\x10\x02*\xf1\x05\n" +
 	"\tErrorCode\x12\x1a\n" +
 	"\x16ERROR_CODE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14ERROR_CODE_BAD_FRAME\x10\x01\x12\x1e\n" +
@@ -1517,7 +1842,10 @@ const file_wirepb_frame_proto_rawDesc = "" +
 	"\x19ERROR_CODE_RECIPIENT_GONE\x10\x15\x12 \n" +
 	"\x1cERROR_CODE_PAYLOAD_TOO_LARGE\x10\x16\x12\x1b\n" +
 	"\x17ERROR_CODE_RATE_LIMITED\x10\x17\x12\x1a\n" +
-	"\x16ERROR_CODE_UNAVAILABLE\x10\x18\x12\x1c\n" +
+	"\x16ERROR_CODE_UNAVAILABLE\x10\x18\x12\x19\n" +
+	"\x15ERROR_CODE_ROOM_LIMIT\x10\x19\x12\x19\n" +
+	"\x15ERROR_CODE_NOT_MEMBER\x10\x1a\x12\x18\n" +
+	"\x14ERROR_CODE_FORBIDDEN\x10\x1b\x12\x1c\n" +
 	"\x18ERROR_CODE_NODE_DRAINING\x10\x1e\x12\x1c\n" +
 	"\x18ERROR_CODE_SHUTTING_DOWN\x10\x1f\x12\x19\n" +
 	"\x15ERROR_CODE_OVERLOADED\x10 \x12\x17\n" +
@@ -1536,50 +1864,57 @@ func file_wirepb_frame_proto_rawDescGZIP() []byte {
 }
 
 var file_wirepb_frame_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_wirepb_frame_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_wirepb_frame_proto_msgTypes = make([]protoimpl.MessageInfo, 17)
 var file_wirepb_frame_proto_goTypes = []any{
 	(Outcome)(0),       // 0: imgate.wire.v1.Outcome
 	(KickReason)(0),    // 1: imgate.wire.v1.KickReason
 	(ErrorCode)(0),     // 2: imgate.wire.v1.ErrorCode
 	(*Frame)(nil),      // 3: imgate.wire.v1.Frame
-	(*Request)(nil),    // 4: imgate.wire.v1.Request
-	(*Response)(nil),   // 5: imgate.wire.v1.Response
-	(*Login)(nil),      // 6: imgate.wire.v1.Login
-	(*LoginAck)(nil),   // 7: imgate.wire.v1.LoginAck
-	(*Ping)(nil),       // 8: imgate.wire.v1.Ping
-	(*Pong)(nil),       // 9: imgate.wire.v1.Pong
-	(*Send)(nil),       // 10: imgate.wire.v1.Send
-	(*SendAck)(nil),    // 11: imgate.wire.v1.SendAck
-	(*Deliver)(nil),    // 12: imgate.wire.v1.Deliver
-	(*DeliverAck)(nil), // 13: imgate.wire.v1.DeliverAck
-	(*Kick)(nil),       // 14: imgate.wire.v1.Kick
-	(*GoAway)(nil),     // 15: imgate.wire.v1.GoAway
-	(*Error)(nil),      // 16: imgate.wire.v1.Error
+	(*Join)(nil),       // 4: imgate.wire.v1.Join
+	(*Leave)(nil),      // 5: imgate.wire.v1.Leave
+	(*RoomState)(nil),  // 6: imgate.wire.v1.RoomState
+	(*Request)(nil),    // 7: imgate.wire.v1.Request
+	(*Response)(nil),   // 8: imgate.wire.v1.Response
+	(*Login)(nil),      // 9: imgate.wire.v1.Login
+	(*LoginAck)(nil),   // 10: imgate.wire.v1.LoginAck
+	(*Ping)(nil),       // 11: imgate.wire.v1.Ping
+	(*Pong)(nil),       // 12: imgate.wire.v1.Pong
+	(*Send)(nil),       // 13: imgate.wire.v1.Send
+	(*SendAck)(nil),    // 14: imgate.wire.v1.SendAck
+	(*Deliver)(nil),    // 15: imgate.wire.v1.Deliver
+	(*DeliverAck)(nil), // 16: imgate.wire.v1.DeliverAck
+	(*Kick)(nil),       // 17: imgate.wire.v1.Kick
+	(*GoAway)(nil),     // 18: imgate.wire.v1.GoAway
+	(*Error)(nil),      // 19: imgate.wire.v1.Error
 }
 var file_wirepb_frame_proto_depIdxs = []int32{
-	6,  // 0: imgate.wire.v1.Frame.login:type_name -> imgate.wire.v1.Login
-	7,  // 1: imgate.wire.v1.Frame.login_ack:type_name -> imgate.wire.v1.LoginAck
-	8,  // 2: imgate.wire.v1.Frame.ping:type_name -> imgate.wire.v1.Ping
-	9,  // 3: imgate.wire.v1.Frame.pong:type_name -> imgate.wire.v1.Pong
-	10, // 4: imgate.wire.v1.Frame.send:type_name -> imgate.wire.v1.Send
-	11, // 5: imgate.wire.v1.Frame.send_ack:type_name -> imgate.wire.v1.SendAck
-	12, // 6: imgate.wire.v1.Frame.deliver:type_name -> imgate.wire.v1.Deliver
-	13, // 7: imgate.wire.v1.Frame.deliver_ack:type_name -> imgate.wire.v1.DeliverAck
-	14, // 8: imgate.wire.v1.Frame.kick:type_name -> imgate.wire.v1.Kick
-	15, // 9: imgate.wire.v1.Frame.go_away:type_name -> imgate.wire.v1.GoAway
-	16, // 10: imgate.wire.v1.Frame.error:type_name -> imgate.wire.v1.Error
-	4,  // 11: imgate.wire.v1.Frame.request:type_name -> imgate.wire.v1.Request
-	5,  // 12: imgate.wire.v1.Frame.response:type_name -> imgate.wire.v1.Response
-	2,  // 13: imgate.wire.v1.Response.code:type_name -> imgate.wire.v1.ErrorCode
-	0,  // 14: imgate.wire.v1.SendAck.outcome:type_name -> imgate.wire.v1.Outcome
-	2,  // 15: imgate.wire.v1.SendAck.reason:type_name -> imgate.wire.v1.ErrorCode
-	1,  // 16: imgate.wire.v1.Kick.reason:type_name -> imgate.wire.v1.KickReason
-	2,  // 17: imgate.wire.v1.Error.code:type_name -> imgate.wire.v1.ErrorCode
-	18, // [18:18] is the sub-list for method output_type
-	18, // [18:18] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	9,  // 0: imgate.wire.v1.Frame.login:type_name -> imgate.wire.v1.Login
+	10, // 1: imgate.wire.v1.Frame.login_ack:type_name -> imgate.wire.v1.LoginAck
+	11, // 2: imgate.wire.v1.Frame.ping:type_name -> imgate.wire.v1.Ping
+	12, // 3: imgate.wire.v1.Frame.pong:type_name -> imgate.wire.v1.Pong
+	13, // 4: imgate.wire.v1.Frame.send:type_name -> imgate.wire.v1.Send
+	14, // 5: imgate.wire.v1.Frame.send_ack:type_name -> imgate.wire.v1.SendAck
+	15, // 6: imgate.wire.v1.Frame.deliver:type_name -> imgate.wire.v1.Deliver
+	16, // 7: imgate.wire.v1.Frame.deliver_ack:type_name -> imgate.wire.v1.DeliverAck
+	17, // 8: imgate.wire.v1.Frame.kick:type_name -> imgate.wire.v1.Kick
+	18, // 9: imgate.wire.v1.Frame.go_away:type_name -> imgate.wire.v1.GoAway
+	19, // 10: imgate.wire.v1.Frame.error:type_name -> imgate.wire.v1.Error
+	7,  // 11: imgate.wire.v1.Frame.request:type_name -> imgate.wire.v1.Request
+	8,  // 12: imgate.wire.v1.Frame.response:type_name -> imgate.wire.v1.Response
+	4,  // 13: imgate.wire.v1.Frame.join:type_name -> imgate.wire.v1.Join
+	5,  // 14: imgate.wire.v1.Frame.leave:type_name -> imgate.wire.v1.Leave
+	6,  // 15: imgate.wire.v1.Frame.room_state:type_name -> imgate.wire.v1.RoomState
+	2,  // 16: imgate.wire.v1.RoomState.code:type_name -> imgate.wire.v1.ErrorCode
+	2,  // 17: imgate.wire.v1.Response.code:type_name -> imgate.wire.v1.ErrorCode
+	0,  // 18: imgate.wire.v1.SendAck.outcome:type_name -> imgate.wire.v1.Outcome
+	2,  // 19: imgate.wire.v1.SendAck.reason:type_name -> imgate.wire.v1.ErrorCode
+	1,  // 20: imgate.wire.v1.Kick.reason:type_name -> imgate.wire.v1.KickReason
+	2,  // 21: imgate.wire.v1.Error.code:type_name -> imgate.wire.v1.ErrorCode
+	22, // [22:22] is the sub-list for method output_type
+	22, // [22:22] is the sub-list for method input_type
+	22, // [22:22] is the sub-list for extension type_name
+	22, // [22:22] is the sub-list for extension extendee
+	0,  // [0:22] is the sub-list for field type_name
 }
 
 func init() { file_wirepb_frame_proto_init() }
@@ -1601,6 +1936,9 @@ func file_wirepb_frame_proto_init() {
 		(*Frame_Error)(nil),
 		(*Frame_Request)(nil),
 		(*Frame_Response)(nil),
+		(*Frame_Join)(nil),
+		(*Frame_Leave)(nil),
+		(*Frame_RoomState)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -1608,7 +1946,7 @@ func file_wirepb_frame_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_wirepb_frame_proto_rawDesc), len(file_wirepb_frame_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   14,
+			NumMessages:   17,
 			NumExtensions: 0,
 			NumServices:   0,
 		},

@@ -16,7 +16,7 @@ import type { Message } from "@bufbuild/protobuf";
  * Describes the file wirepb/frame.proto.
  */
 export const file_wirepb_frame: GenFile = /*@__PURE__*/
-  fileDesc("ChJ3aXJlcGIvZnJhbWUucHJvdG8SDmltZ2F0ZS53aXJlLnYxIrcECgVGcmFtZRImCgVsb2dpbhgBIAEoCzIVLmltZ2F0ZS53aXJlLnYxLkxvZ2luSAASLQoJbG9naW5fYWNrGAIgASgLMhguaW1nYXRlLndpcmUudjEuTG9naW5BY2tIABIkCgRwaW5nGAMgASgLMhQuaW1nYXRlLndpcmUudjEuUGluZ0gAEiQKBHBvbmcYBCABKAsyFC5pbWdhdGUud2lyZS52MS5Qb25nSAASJAoEc2VuZBgFIAEoCzIULmltZ2F0ZS53aXJlLnYxLlNlbmRIABIrCghzZW5kX2FjaxgGIAEoCzIXLmltZ2F0ZS53aXJlLnYxLlNlbmRBY2tIABIqCgdkZWxpdmVyGAcgASgLMhcuaW1nYXRlLndpcmUudjEuRGVsaXZlckgAEjEKC2RlbGl2ZXJfYWNrGAggASgLMhouaW1nYXRlLndpcmUudjEuRGVsaXZlckFja0gAEiQKBGtpY2sYCSABKAsyFC5pbWdhdGUud2lyZS52MS5LaWNrSAASKQoHZ29fYXdheRgKIAEoCzIWLmltZ2F0ZS53aXJlLnYxLkdvQXdheUgAEiYKBWVycm9yGAsgASgLMhUuaW1nYXRlLndpcmUudjEuRXJyb3JIABIqCgdyZXF1ZXN0GAwgASgLMhcuaW1nYXRlLndpcmUudjEuUmVxdWVzdEgAEiwKCHJlc3BvbnNlGA0gASgLMhguaW1nYXRlLndpcmUudjEuUmVzcG9uc2VIAEIGCgRib2R5Ij4KB1JlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoBBIOCgZtZXRob2QYAiABKAkSDwoHcGF5bG9hZBgDIAEoDCJpCghSZXNwb25zZRISCgpyZXF1ZXN0X2lkGAEgASgEEicKBGNvZGUYAiABKA4yGS5pbWdhdGUud2lyZS52MS5FcnJvckNvZGUSDwoHbWVzc2FnZRgDIAEoCRIPCgdwYXlsb2FkGAQgASgMIksKBUxvZ2luEg0KBXRva2VuGAEgASgJEgsKA3VpZBgCIAEoCRIOCgZkZXZpY2UYAyABKAkSFgoOY2xpZW50X3ZlcnNpb24YBCABKAkitAEKCExvZ2luQWNrEhIKCnNlc3Npb25faWQYASABKAkSDwoHbm9kZV9pZBgCIAEoCRIdChVoZWFydGJlYXRfaW50ZXJ2YWxfbXMYAyABKA0SFwoPaWRsZV90aW1lb3V0X21zGAQgASgNEhcKD21heF9mcmFtZV9ieXRlcxgFIAEoDRIWCg5zZXJ2ZXJfdGltZV9tcxgGIAEoAxIaChJkZWxpdmVyX3RpbWVvdXRfbXMYByABKA0iEwoEUGluZxILCgNzZXEYASABKAQiKwoEUG9uZxILCgNzZXEYASABKAQSFgoOc2VydmVyX3RpbWVfbXMYAiABKAMiVAoEU2VuZBIVCg1jbGllbnRfbXNnX2lkGAEgASgEEg4KBnRvX3VpZBgCIAEoCRIPCgdwYXlsb2FkGAMgASgMEhQKDGNvbnRlbnRfdHlwZRgEIAEoCSK1AQoHU2VuZEFjaxIVCg1jbGllbnRfbXNnX2lkGAEgASgEEg4KBm1zZ19pZBgCIAEoCRIoCgdvdXRjb21lGAMgASgOMhcuaW1nYXRlLndpcmUudjEuT3V0Y29tZRIPCgdkZXZpY2VzGAQgASgNEg0KBWFja2VkGAUgASgNEikKBnJlYXNvbhgGIAEoDjIZLmltZ2F0ZS53aXJlLnYxLkVycm9yQ29kZRIOCgZkZXRhaWwYByABKAkijAEKB0RlbGl2ZXISDgoGbXNnX2lkGAEgASgJEhAKCGZyb21fdWlkGAIgASgJEhMKC2Zyb21fZGV2aWNlGAMgASgJEg8KB3BheWxvYWQYBCABKAwSFAoMY29udGVudF90eXBlGAUgASgJEhIKCnNlbnRfYXRfbXMYBiABKAMSDwoHYXR0ZW1wdBgHIAEoDSIcCgpEZWxpdmVyQWNrEg4KBm1zZ19pZBgBIAEoCSJPCgRLaWNrEioKBnJlYXNvbhgBIAEoDjIaLmltZ2F0ZS53aXJlLnYxLktpY2tSZWFzb24SDgoGZGV0YWlsGAIgASgJEgsKA2JhbhgDIAEoCCI0CgZHb0F3YXkSGgoScmVjb25uZWN0X2FmdGVyX21zGAEgASgNEg4KBnJlYXNvbhgCIAEoCSJQCgVFcnJvchInCgRjb2RlGAEgASgOMhkuaW1nYXRlLndpcmUudjEuRXJyb3JDb2RlEg8KB21lc3NhZ2UYAiABKAkSDQoFZmF0YWwYAyABKAgqiwEKB091dGNvbWUSFwoTT1VUQ09NRV9VTlNQRUNJRklFRBAAEhUKEU9VVENPTUVfREVMSVZFUkVEEAESEwoPT1VUQ09NRV9QQVJUSUFMEAISEwoPT1VUQ09NRV9PRkZMSU5FEAMSEgoOT1VUQ09NRV9GQUlMRUQQBBISCg5PVVRDT01FX1NUT1JFRBAFKloKCktpY2tSZWFzb24SGwoXS0lDS19SRUFTT05fVU5TUEVDSUZJRUQQABIYChRLSUNLX1JFQVNPTl9SRVBMQUNFRBABEhUKEUtJQ0tfUkVBU09OX0FETUlOEAIqoQUKCUVycm9yQ29kZRIaChZFUlJPUl9DT0RFX1VOU1BFQ0lGSUVEEAASGAoURVJST1JfQ09ERV9CQURfRlJBTUUQARIeChpFUlJPUl9DT0RFX0ZSQU1FX1RPT19MQVJHRRACEhwKGEVSUk9SX0NPREVfTk9UX0xPR0dFRF9JThADEiAKHEVSUk9SX0NPREVfQUxSRUFEWV9MT0dHRURfSU4QBBIcChhFUlJPUl9DT0RFX0xPR0lOX1RJTUVPVVQQBRIbChdFUlJPUl9DT0RFX0lETEVfVElNRU9VVBAGEhoKFkVSUk9SX0NPREVfQkFEX1JFUVVFU1QQBxIcChhFUlJPUl9DT0RFX1RPS0VOX0lOVkFMSUQQChIcChhFUlJPUl9DT0RFX1RPS0VOX0VYUElSRUQQCxIfChtFUlJPUl9DT0RFX1RPS0VOX1dST05HX05PREUQDBIgChxFUlJPUl9DT0RFX1RPS0VOX1VOS05PV05fS0VZEA0SHQoZRVJST1JfQ09ERV9UT0tFTl9NSVNNQVRDSBAOEh8KG0VSUk9SX0NPREVfREVMSVZFUllfVElNRU9VVBAUEh0KGUVSUk9SX0NPREVfUkVDSVBJRU5UX0dPTkUQFRIgChxFUlJPUl9DT0RFX1BBWUxPQURfVE9PX0xBUkdFEBYSGwoXRVJST1JfQ09ERV9SQVRFX0xJTUlURUQQFxIaChZFUlJPUl9DT0RFX1VOQVZBSUxBQkxFEBgSHAoYRVJST1JfQ09ERV9OT0RFX0RSQUlOSU5HEB4SHAoYRVJST1JfQ09ERV9TSFVUVElOR19ET1dOEB8SGQoVRVJST1JfQ09ERV9PVkVSTE9BREVEECASFwoTRVJST1JfQ09ERV9JTlRFUk5BTBAhQidaJWdpdGh1Yi5jb20vaW1nYXRlL2ltZ2F0ZS9wcm90by93aXJlcGJiBnByb3RvMw");
+  fileDesc("ChJ3aXJlcGIvZnJhbWUucHJvdG8SDmltZ2F0ZS53aXJlLnYxIrYFCgVGcmFtZRImCgVsb2dpbhgBIAEoCzIVLmltZ2F0ZS53aXJlLnYxLkxvZ2luSAASLQoJbG9naW5fYWNrGAIgASgLMhguaW1nYXRlLndpcmUudjEuTG9naW5BY2tIABIkCgRwaW5nGAMgASgLMhQuaW1nYXRlLndpcmUudjEuUGluZ0gAEiQKBHBvbmcYBCABKAsyFC5pbWdhdGUud2lyZS52MS5Qb25nSAASJAoEc2VuZBgFIAEoCzIULmltZ2F0ZS53aXJlLnYxLlNlbmRIABIrCghzZW5kX2FjaxgGIAEoCzIXLmltZ2F0ZS53aXJlLnYxLlNlbmRBY2tIABIqCgdkZWxpdmVyGAcgASgLMhcuaW1nYXRlLndpcmUudjEuRGVsaXZlckgAEjEKC2RlbGl2ZXJfYWNrGAggASgLMhouaW1nYXRlLndpcmUudjEuRGVsaXZlckFja0gAEiQKBGtpY2sYCSABKAsyFC5pbWdhdGUud2lyZS52MS5LaWNrSAASKQoHZ29fYXdheRgKIAEoCzIWLmltZ2F0ZS53aXJlLnYxLkdvQXdheUgAEiYKBWVycm9yGAsgASgLMhUuaW1nYXRlLndpcmUudjEuRXJyb3JIABIqCgdyZXF1ZXN0GAwgASgLMhcuaW1nYXRlLndpcmUudjEuUmVxdWVzdEgAEiwKCHJlc3BvbnNlGA0gASgLMhguaW1nYXRlLndpcmUudjEuUmVzcG9uc2VIABIkCgRqb2luGA4gASgLMhQuaW1nYXRlLndpcmUudjEuSm9pbkgAEiYKBWxlYXZlGA8gASgLMhUuaW1nYXRlLndpcmUudjEuTGVhdmVIABIvCgpyb29tX3N0YXRlGBAgASgLMhkuaW1nYXRlLndpcmUudjEuUm9vbVN0YXRlSABCBgoEYm9keSIoCgRKb2luEhIKCnJlcXVlc3RfaWQYASABKAQSDAoEcm9vbRgCIAEoCSIpCgVMZWF2ZRISCgpyZXF1ZXN0X2lkGAEgASgEEgwKBHJvb20YAiABKAkidwoJUm9vbVN0YXRlEhIKCnJlcXVlc3RfaWQYASABKAQSDAoEcm9vbRgCIAEoCRIOCgZqb2luZWQYAyABKAgSJwoEY29kZRgEIAEoDjIZLmltZ2F0ZS53aXJlLnYxLkVycm9yQ29kZRIPCgdtZXNzYWdlGAUgASgJIj4KB1JlcXVlc3QSEgoKcmVxdWVzdF9pZBgBIAEoBBIOCgZtZXRob2QYAiABKAkSDwoHcGF5bG9hZBgDIAEoDCJpCghSZXNwb25zZRISCgpyZXF1ZXN0X2lkGAEgASgEEicKBGNvZGUYAiABKA4yGS5pbWdhdGUud2lyZS52MS5FcnJvckNvZGUSDwoHbWVzc2FnZRgDIAEoCRIPCgdwYXlsb2FkGAQgASgMIksKBUxvZ2luEg0KBXRva2VuGAEgASgJEgsKA3VpZBgCIAEoCRIOCgZkZXZpY2UYAyABKAkSFgoOY2xpZW50X3ZlcnNpb24YBCABKAkitAEKCExvZ2luQWNrEhIKCnNlc3Npb25faWQYASABKAkSDwoHbm9kZV9pZBgCIAEoCRIdChVoZWFydGJlYXRfaW50ZXJ2YWxfbXMYAyABKA0SFwoPaWRsZV90aW1lb3V0X21zGAQgASgNEhcKD21heF9mcmFtZV9ieXRlcxgFIAEoDRIWCg5zZXJ2ZXJfdGltZV9tcxgGIAEoAxIaChJkZWxpdmVyX3RpbWVvdXRfbXMYByABKA0iEwoEUGluZxILCgNzZXEYASABKAQiKwoEUG9uZxILCgNzZXEYASABKAQSFgoOc2VydmVyX3RpbWVfbXMYAiABKAMiYgoEU2VuZBIVCg1jbGllbnRfbXNnX2lkGAEgASgEEg4KBnRvX3VpZBgCIAEoCRIPCgdwYXlsb2FkGAMgASgMEhQKDGNvbnRlbnRfdHlwZRgEIAEoCRIMCgRyb29tGAUgASgJIsQBCgdTZW5kQWNrEhUKDWNsaWVudF9tc2dfaWQYASABKAQSDgoGbXNnX2lkGAIgASgJEigKB291dGNvbWUYAyABKA4yFy5pbWdhdGUud2lyZS52MS5PdXRjb21lEg8KB2RldmljZXMYBCABKA0SDQoFYWNrZWQYBSABKA0SKQoGcmVhc29uGAYgASgOMhkuaW1nYXRlLndpcmUudjEuRXJyb3JDb2RlEg4KBmRldGFpbBgHIAEoCRINCgVub2RlcxgIIAEoDSKtAQoHRGVsaXZlchIOCgZtc2dfaWQYASABKAkSEAoIZnJvbV91aWQYAiABKAkSEwoLZnJvbV9kZXZpY2UYAyABKAkSDwoHcGF5bG9hZBgEIAEoDBIUCgxjb250ZW50X3R5cGUYBSABKAkSEgoKc2VudF9hdF9tcxgGIAEoAxIPCgdhdHRlbXB0GAcgASgNEgwKBHJvb20YCCABKAkSEQoJYnJvYWRjYXN0GAkgASgIIhwKCkRlbGl2ZXJBY2sSDgoGbXNnX2lkGAEgASgJIk8KBEtpY2sSKgoGcmVhc29uGAEgASgOMhouaW1nYXRlLndpcmUudjEuS2lja1JlYXNvbhIOCgZkZXRhaWwYAiABKAkSCwoDYmFuGAMgASgIIjQKBkdvQXdheRIaChJyZWNvbm5lY3RfYWZ0ZXJfbXMYASABKA0SDgoGcmVhc29uGAIgASgJIlAKBUVycm9yEicKBGNvZGUYASABKA4yGS5pbWdhdGUud2lyZS52MS5FcnJvckNvZGUSDwoHbWVzc2FnZRgCIAEoCRINCgVmYXRhbBgDIAEoCCqdAQoHT3V0Y29tZRIXChNPVVRDT01FX1VOU1BFQ0lGSUVEEAASFQoRT1VUQ09NRV9ERUxJVkVSRUQQARITCg9PVVRDT01FX1BBUlRJQUwQAhITCg9PVVRDT01FX09GRkxJTkUQAxISCg5PVVRDT01FX0ZBSUxFRBAEEhIKDk9VVENPTUVfU1RPUkVEEAUSEAoMT1VUQ09NRV9TRU5UEAYqWgoKS2lja1JlYXNvbhIbChdLSUNLX1JFQVNPTl9VTlNQRUNJRklFRBAAEhgKFEtJQ0tfUkVBU09OX1JFUExBQ0VEEAESFQoRS0lDS19SRUFTT05fQURNSU4QAirxBQoJRXJyb3JDb2RlEhoKFkVSUk9SX0NPREVfVU5TUEVDSUZJRUQQABIYChRFUlJPUl9DT0RFX0JBRF9GUkFNRRABEh4KGkVSUk9SX0NPREVfRlJBTUVfVE9PX0xBUkdFEAISHAoYRVJST1JfQ09ERV9OT1RfTE9HR0VEX0lOEAMSIAocRVJST1JfQ09ERV9BTFJFQURZX0xPR0dFRF9JThAEEhwKGEVSUk9SX0NPREVfTE9HSU5fVElNRU9VVBAFEhsKF0VSUk9SX0NPREVfSURMRV9USU1FT1VUEAYSGgoWRVJST1JfQ09ERV9CQURfUkVRVUVTVBAHEhwKGEVSUk9SX0NPREVfVE9LRU5fSU5WQUxJRBAKEhwKGEVSUk9SX0NPREVfVE9LRU5fRVhQSVJFRBALEh8KG0VSUk9SX0NPREVfVE9LRU5fV1JPTkdfTk9ERRAMEiAKHEVSUk9SX0NPREVfVE9LRU5fVU5LTk9XTl9LRVkQDRIdChlFUlJPUl9DT0RFX1RPS0VOX01JU01BVENIEA4SHwobRVJST1JfQ09ERV9ERUxJVkVSWV9USU1FT1VUEBQSHQoZRVJST1JfQ09ERV9SRUNJUElFTlRfR09ORRAVEiAKHEVSUk9SX0NPREVfUEFZTE9BRF9UT09fTEFSR0UQFhIbChdFUlJPUl9DT0RFX1JBVEVfTElNSVRFRBAXEhoKFkVSUk9SX0NPREVfVU5BVkFJTEFCTEUQGBIZChVFUlJPUl9DT0RFX1JPT01fTElNSVQQGRIZChVFUlJPUl9DT0RFX05PVF9NRU1CRVIQGhIYChRFUlJPUl9DT0RFX0ZPUkJJRERFThAbEhwKGEVSUk9SX0NPREVfTk9ERV9EUkFJTklORxAeEhwKGEVSUk9SX0NPREVfU0hVVFRJTkdfRE9XThAfEhkKFUVSUk9SX0NPREVfT1ZFUkxPQURFRBAgEhcKE0VSUk9SX0NPREVfSU5URVJOQUwQIUInWiVnaXRodWIuY29tL2ltZ2F0ZS9pbWdhdGUvcHJvdG8vd2lyZXBiYgZwcm90bzM");
 
 /**
  * Frame is the only message on the wire; exactly one body is set.
@@ -131,6 +131,30 @@ export type Frame = Message<"imgate.wire.v1.Frame"> & {
      */
     value: Response;
     case: "response";
+  } | {
+    /**
+     * client -> node: join a room
+     *
+     * @generated from field: imgate.wire.v1.Join join = 14;
+     */
+    value: Join;
+    case: "join";
+  } | {
+    /**
+     * client -> node: leave a room
+     *
+     * @generated from field: imgate.wire.v1.Leave leave = 15;
+     */
+    value: Leave;
+    case: "leave";
+  } | {
+    /**
+     * node -> client: a room joined or left
+     *
+     * @generated from field: imgate.wire.v1.RoomState room_state = 16;
+     */
+    value: RoomState;
+    case: "roomState";
   } | { case: undefined; value?: undefined };
 };
 
@@ -140,6 +164,112 @@ export type Frame = Message<"imgate.wire.v1.Frame"> & {
  */
 export const FrameSchema: GenMessage<Frame> = /*@__PURE__*/
   messageDesc(file_wirepb_frame, 0);
+
+/**
+ * Join makes this connection (this device's session) a member of room:
+ * every message published to the room reaches it as a Deliver with
+ * Deliver.room set. Membership belongs to the connection: it ends when the
+ * connection does, and a client that reconnects joins again (the SDKs do
+ * it for the app). The node answers one RoomState with the same
+ * request_id.
+ *
+ * @generated from message imgate.wire.v1.Join
+ */
+export type Join = Message<"imgate.wire.v1.Join"> & {
+  /**
+   * chosen by the client, unique per connection
+   *
+   * @generated from field: uint64 request_id = 1;
+   */
+  requestId: bigint;
+
+  /**
+   * 1-128 bytes
+   *
+   * @generated from field: string room = 2;
+   */
+  room: string;
+};
+
+/**
+ * Describes the message imgate.wire.v1.Join.
+ * Use `create(JoinSchema)` to create a new message.
+ */
+export const JoinSchema: GenMessage<Join> = /*@__PURE__*/
+  messageDesc(file_wirepb_frame, 1);
+
+/**
+ * Leave ends this connection's membership of room; answered by one
+ * RoomState (joined false) with the same request_id. Leaving a room the
+ * connection is not in is not an error.
+ *
+ * @generated from message imgate.wire.v1.Leave
+ */
+export type Leave = Message<"imgate.wire.v1.Leave"> & {
+  /**
+   * @generated from field: uint64 request_id = 1;
+   */
+  requestId: bigint;
+
+  /**
+   * @generated from field: string room = 2;
+   */
+  room: string;
+};
+
+/**
+ * Describes the message imgate.wire.v1.Leave.
+ * Use `create(LeaveSchema)` to create a new message.
+ */
+export const LeaveSchema: GenMessage<Leave> = /*@__PURE__*/
+  messageDesc(file_wirepb_frame, 2);
+
+/**
+ * RoomState tells the client whether its connection is a member of room:
+ * the answer to a Join or Leave (request_id echoed, code 0 when it was
+ * done), or, with request_id 0, news that the app's backend joined it to
+ * the room or removed it.
+ *
+ * @generated from message imgate.wire.v1.RoomState
+ */
+export type RoomState = Message<"imgate.wire.v1.RoomState"> & {
+  /**
+   * @generated from field: uint64 request_id = 1;
+   */
+  requestId: bigint;
+
+  /**
+   * @generated from field: string room = 2;
+   */
+  room: string;
+
+  /**
+   * the connection is a member now
+   *
+   * @generated from field: bool joined = 3;
+   */
+  joined: boolean;
+
+  /**
+   * Why a Join was refused (ROOM_LIMIT, FORBIDDEN, BAD_REQUEST,
+   * UNAVAILABLE, RATE_LIMITED); 0: done.
+   *
+   * @generated from field: imgate.wire.v1.ErrorCode code = 4;
+   */
+  code: ErrorCode;
+
+  /**
+   * @generated from field: string message = 5;
+   */
+  message: string;
+};
+
+/**
+ * Describes the message imgate.wire.v1.RoomState.
+ * Use `create(RoomStateSchema)` to create a new message.
+ */
+export const RoomStateSchema: GenMessage<RoomState> = /*@__PURE__*/
+  messageDesc(file_wirepb_frame, 3);
 
 /**
  * Request is a client-to-server call: the node passes it to the app's
@@ -174,7 +304,7 @@ export type Request = Message<"imgate.wire.v1.Request"> & {
  * Use `create(RequestSchema)` to create a new message.
  */
 export const RequestSchema: GenMessage<Request> = /*@__PURE__*/
-  messageDesc(file_wirepb_frame, 1);
+  messageDesc(file_wirepb_frame, 4);
 
 /**
  * @generated from message imgate.wire.v1.Response
@@ -210,7 +340,7 @@ export type Response = Message<"imgate.wire.v1.Response"> & {
  * Use `create(ResponseSchema)` to create a new message.
  */
 export const ResponseSchema: GenMessage<Response> = /*@__PURE__*/
-  messageDesc(file_wirepb_frame, 2);
+  messageDesc(file_wirepb_frame, 5);
 
 /**
  * Login must be the first frame, sent within the node's login deadline.
@@ -250,7 +380,7 @@ export type Login = Message<"imgate.wire.v1.Login"> & {
  * Use `create(LoginSchema)` to create a new message.
  */
 export const LoginSchema: GenMessage<Login> = /*@__PURE__*/
-  messageDesc(file_wirepb_frame, 3);
+  messageDesc(file_wirepb_frame, 6);
 
 /**
  * @generated from message imgate.wire.v1.LoginAck
@@ -304,7 +434,7 @@ export type LoginAck = Message<"imgate.wire.v1.LoginAck"> & {
  * Use `create(LoginAckSchema)` to create a new message.
  */
 export const LoginAckSchema: GenMessage<LoginAck> = /*@__PURE__*/
-  messageDesc(file_wirepb_frame, 4);
+  messageDesc(file_wirepb_frame, 7);
 
 /**
  * @generated from message imgate.wire.v1.Ping
@@ -321,7 +451,7 @@ export type Ping = Message<"imgate.wire.v1.Ping"> & {
  * Use `create(PingSchema)` to create a new message.
  */
 export const PingSchema: GenMessage<Ping> = /*@__PURE__*/
-  messageDesc(file_wirepb_frame, 5);
+  messageDesc(file_wirepb_frame, 8);
 
 /**
  * @generated from message imgate.wire.v1.Pong
@@ -343,10 +473,13 @@ export type Pong = Message<"imgate.wire.v1.Pong"> & {
  * Use `create(PongSchema)` to create a new message.
  */
 export const PongSchema: GenMessage<Pong> = /*@__PURE__*/
-  messageDesc(file_wirepb_frame, 6);
+  messageDesc(file_wirepb_frame, 9);
 
 /**
- * Send asks the node to deliver payload to every online device of to_uid.
+ * Send asks the node to deliver payload to every online device of to_uid,
+ * or, with room set (and to_uid empty), to every member of the room: the
+ * sender's connection must be a member (NOT_MEMBER otherwise), and does
+ * not get its own message back.
  *
  * @generated from message imgate.wire.v1.Send
  */
@@ -372,6 +505,13 @@ export type Send = Message<"imgate.wire.v1.Send"> & {
    * @generated from field: string content_type = 4;
    */
   contentType: string;
+
+  /**
+   * publish to this room instead of to_uid
+   *
+   * @generated from field: string room = 5;
+   */
+  room: string;
 };
 
 /**
@@ -379,7 +519,7 @@ export type Send = Message<"imgate.wire.v1.Send"> & {
  * Use `create(SendSchema)` to create a new message.
  */
 export const SendSchema: GenMessage<Send> = /*@__PURE__*/
-  messageDesc(file_wirepb_frame, 7);
+  messageDesc(file_wirepb_frame, 10);
 
 /**
  * SendAck is the node's definite answer to one Send.
@@ -417,7 +557,7 @@ export type SendAck = Message<"imgate.wire.v1.SendAck"> & {
   acked: number;
 
   /**
-   * Set when outcome is FAILED or PARTIAL.
+   * Set when outcome is FAILED or PARTIAL (or SENT, see there).
    *
    * @generated from field: imgate.wire.v1.ErrorCode reason = 6;
    */
@@ -427,6 +567,14 @@ export type SendAck = Message<"imgate.wire.v1.SendAck"> & {
    * @generated from field: string detail = 7;
    */
   detail: string;
+
+  /**
+   * A room publish: the access nodes holding members that it reached,
+   * this one included.
+   *
+   * @generated from field: uint32 nodes = 8;
+   */
+  nodes: number;
 };
 
 /**
@@ -434,7 +582,7 @@ export type SendAck = Message<"imgate.wire.v1.SendAck"> & {
  * Use `create(SendAckSchema)` to create a new message.
  */
 export const SendAckSchema: GenMessage<SendAck> = /*@__PURE__*/
-  messageDesc(file_wirepb_frame, 8);
+  messageDesc(file_wirepb_frame, 11);
 
 /**
  * Deliver carries one message to the client. The node re-sends it (same
@@ -478,6 +626,22 @@ export type Deliver = Message<"imgate.wire.v1.Deliver"> & {
    * @generated from field: uint32 attempt = 7;
    */
   attempt: number;
+
+  /**
+   * Set when the message was published to a room this connection is a
+   * member of (from_uid is the publisher; empty for the backend).
+   *
+   * @generated from field: string room = 8;
+   */
+  room: string;
+
+  /**
+   * A broadcast room's message: sent once, never re-sent; the node
+   * expects no DeliverAck (one is ignored).
+   *
+   * @generated from field: bool broadcast = 9;
+   */
+  broadcast: boolean;
 };
 
 /**
@@ -485,7 +649,7 @@ export type Deliver = Message<"imgate.wire.v1.Deliver"> & {
  * Use `create(DeliverSchema)` to create a new message.
  */
 export const DeliverSchema: GenMessage<Deliver> = /*@__PURE__*/
-  messageDesc(file_wirepb_frame, 9);
+  messageDesc(file_wirepb_frame, 12);
 
 /**
  * @generated from message imgate.wire.v1.DeliverAck
@@ -502,7 +666,7 @@ export type DeliverAck = Message<"imgate.wire.v1.DeliverAck"> & {
  * Use `create(DeliverAckSchema)` to create a new message.
  */
 export const DeliverAckSchema: GenMessage<DeliverAck> = /*@__PURE__*/
-  messageDesc(file_wirepb_frame, 10);
+  messageDesc(file_wirepb_frame, 13);
 
 /**
  * Kick ends the session; the node closes the connection after sending it.
@@ -536,7 +700,7 @@ export type Kick = Message<"imgate.wire.v1.Kick"> & {
  * Use `create(KickSchema)` to create a new message.
  */
 export const KickSchema: GenMessage<Kick> = /*@__PURE__*/
-  messageDesc(file_wirepb_frame, 11);
+  messageDesc(file_wirepb_frame, 14);
 
 /**
  * GoAway asks the client to reconnect through the dispatcher (excluding this
@@ -563,7 +727,7 @@ export type GoAway = Message<"imgate.wire.v1.GoAway"> & {
  * Use `create(GoAwaySchema)` to create a new message.
  */
 export const GoAwaySchema: GenMessage<GoAway> = /*@__PURE__*/
-  messageDesc(file_wirepb_frame, 12);
+  messageDesc(file_wirepb_frame, 15);
 
 /**
  * Error reports a problem. When fatal is true the node closes the connection
@@ -593,7 +757,7 @@ export type Error = Message<"imgate.wire.v1.Error"> & {
  * Use `create(ErrorSchema)` to create a new message.
  */
 export const ErrorSchema: GenMessage<Error> = /*@__PURE__*/
-  messageDesc(file_wirepb_frame, 13);
+  messageDesc(file_wirepb_frame, 16);
 
 /**
  * @generated from enum imgate.wire.v1.Outcome
@@ -639,6 +803,16 @@ export enum Outcome {
    * @generated from enum value: OUTCOME_STORED = 5;
    */
   STORED = 5,
+
+  /**
+   * A publish to a broadcast room (more members than the node's acked
+   * limit): written to `devices` member connections, at most once, without
+   * per-device acknowledgements. reason is set when a node holding
+   * members could not be reached.
+   *
+   * @generated from enum value: OUTCOME_SENT = 6;
+   */
+  SENT = 6,
 }
 
 /**
@@ -804,6 +978,29 @@ export enum ErrorCode {
    * @generated from enum value: ERROR_CODE_UNAVAILABLE = 24;
    */
   UNAVAILABLE = 24,
+
+  /**
+   * Rooms.
+   *
+   * this connection is in too many rooms
+   *
+   * @generated from enum value: ERROR_CODE_ROOM_LIMIT = 25;
+   */
+  ROOM_LIMIT = 25,
+
+  /**
+   * a publish to a room the connection has not joined
+   *
+   * @generated from enum value: ERROR_CODE_NOT_MEMBER = 26;
+   */
+  NOT_MEMBER = 26,
+
+  /**
+   * the node or the app's backend refused the join
+   *
+   * @generated from enum value: ERROR_CODE_FORBIDDEN = 27;
+   */
+  FORBIDDEN = 27,
 
   /**
    * Node.
