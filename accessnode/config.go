@@ -12,6 +12,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/imgate/imgate/accessnode/internal/gateway"
 	"github.com/imgate/imgate/accessnode/internal/handoff"
 	"github.com/imgate/imgate/accessnode/internal/proxyhdr"
 	"github.com/imgate/imgate/proto/cliflags"
@@ -58,6 +59,9 @@ type config struct {
 	drainRate         int
 	logLevel          cliflags.LogLevel
 	upstreamAddr      string
+	roomAckedMax      int
+	roomMaxPerConn    int
+	roomJoin          string
 	upstreamTimeout   time.Duration
 	upstreamStore     bool
 	upstreamEvents    bool
@@ -122,6 +126,9 @@ func (c *config) define(fs *flag.FlagSet) {
 	fs.IntVar(&c.bytesBurst, "bytes-burst", 0, "burst for --bytes-per-sec (0: twice the rate; never below --max-frame)")
 	fs.BoolVar(&c.upstreamEvents, "upstream-session-events", false, "tell the backend (Upstream.SessionEvents) every login and logout, batched, in order")
 	fs.IntVar(&c.upstreamEventsQ, "upstream-session-events-queue", 10_000, "session events held while the backend is slow or away; more are dropped (counted, a gap in seq)")
+	fs.IntVar(&c.roomAckedMax, "room-acked-max", 1000, "a room of more member connections than this, fleet-wide, is a broadcast room: its messages go at most once, without acks (set alike on every node)")
+	fs.IntVar(&c.roomMaxPerConn, "room-max-per-conn", 100, "rooms one connection may be in; a Join beyond is answered ROOM_LIMIT")
+	fs.StringVar(&c.roomJoin, "room-join", gateway.RoomJoinOpen, "who may join a room: open (any logged-in client), backend (each Join asked of the backend's Upstream.AuthorizeJoin) or api (only the backend API joins users)")
 	fs.BoolVar(&c.upstreamStore, "upstream-store-offline", false, "hand messages to users with no device online to the backend's Store (the sender hears STORED)")
 	cliflags.DefineGRPCTLS(fs, &c.grpcTLS)
 	fs.StringVar(&c.upstreamTLS.CA, "upstream-ca", "", "CA (PEM) the backend's certificate must chain to (default, when no --upstream-* is set: the --grpc-* files; empty with --upstream-cert: system roots)")
@@ -177,6 +184,14 @@ func (c *config) check() error {
 	}
 	if c.memberHold < time.Second || c.peerTimeout < time.Second {
 		return fmt.Errorf("--member-hold %v, --peer-timeout %v: each must be at least 1s", c.memberHold, c.peerTimeout)
+	}
+	switch {
+	case c.roomJoin != gateway.RoomJoinOpen && c.roomJoin != gateway.RoomJoinBackend && c.roomJoin != gateway.RoomJoinAPI:
+		return fmt.Errorf("--room-join %q: use open, backend or api", c.roomJoin)
+	case c.roomJoin == gateway.RoomJoinBackend && c.upstreamAddr == "":
+		return errors.New("--room-join backend needs --upstream-addr")
+	case c.roomAckedMax < 1 || c.roomMaxPerConn < 1:
+		return fmt.Errorf("--room-acked-max %d, --room-max-per-conn %d: each must be at least 1", c.roomAckedMax, c.roomMaxPerConn)
 	}
 	if c.idleSweep < 0 {
 		return fmt.Errorf("--idle-sweep %v: must not be negative", c.idleSweep)

@@ -258,6 +258,9 @@ func (m *Main) newGateway(keys *token.Keys) error {
 		IdleTimeout:        cfg.idleTimeout,
 		DeliverRetry:       cfg.deliverRetry,
 		DeliverTimeout:     cfg.deliverTimeout,
+		RoomAckedMax:       cfg.roomAckedMax,
+		RoomMaxPerConn:     cfg.roomMaxPerConn,
+		RoomJoin:           cfg.roomJoin,
 		Engine: evloop.Config{Loops: cfg.loops, MaxFrame: cfg.maxFrame, MaxConns: cfg.maxConns, Tick: cfg.sweep, IdleSweep: cfg.idleSweep,
 			WS: evloop.WSConfig{AllowedOrigins: cfg.wsAllowedOrigins}, Proxy: cfg.proxy},
 	}, token.NewVerifier(keys, cfg.id, nil), m.log)
@@ -283,7 +286,7 @@ func (m *Main) join() error {
 	schema := etcdkeys.New(cfg.etcd.Prefix)
 	m.rl = relay.New(relay.Config{NodeID: cfg.id, Schema: schema, Incarnation: m.started.UnixMilli(),
 		CallTimeout: cfg.deliverTimeout + 2*time.Second, MemberHold: cfg.memberHold, LinkTimeout: cfg.peerTimeout,
-		Credentials: m.itls.grpcClient}, cli, m.gw, m.log)
+		Credentials: m.itls.grpcClient, RoomAckedMax: cfg.roomAckedMax}, cli, m.gw, m.log)
 	m.onClose(m.rl.Close)
 	m.reg, err = registry.New(cli, schema, etcdkeys.Registration{
 		ID:        cfg.id,

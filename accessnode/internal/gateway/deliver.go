@@ -27,7 +27,7 @@ func resend(d *wirepb.Deliver, attempt uint32) *wirepb.Deliver {
 	return &wirepb.Deliver{
 		MsgId: d.MsgId, FromUid: d.FromUid, FromDevice: d.FromDevice,
 		Payload: d.Payload, ContentType: d.ContentType, SentAtMs: d.SentAtMs,
-		Attempt: attempt,
+		Attempt: attempt, Room: d.Room, Broadcast: d.Broadcast,
 	}
 }
 
@@ -37,6 +37,7 @@ func ToForward(toUID string, d *wirepb.Deliver) *nodepb.ForwardDeliver {
 	return &nodepb.ForwardDeliver{
 		ToUid: toUID, MsgId: d.MsgId, FromUid: d.FromUid, FromDevice: d.FromDevice,
 		Payload: d.Payload, ContentType: d.ContentType, SentAtMs: d.SentAtMs,
+		Room: d.Room, Broadcast: d.Broadcast,
 	}
 }
 
@@ -46,7 +47,7 @@ func FromForward(f *nodepb.ForwardDeliver) *wirepb.Deliver {
 	return &wirepb.Deliver{
 		MsgId: f.MsgId, FromUid: f.FromUid, FromDevice: f.FromDevice,
 		Payload: f.Payload, ContentType: f.ContentType, SentAtMs: f.SentAtMs,
-		Attempt: 1,
+		Attempt: 1, Room: f.Room, Broadcast: f.Broadcast,
 	}
 }
 

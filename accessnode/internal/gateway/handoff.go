@@ -36,7 +36,8 @@ type ConnState struct {
 	MsgAgoNs   int64    `json:"msg_ago_ns,omitempty"`
 	ByteTokens float64  `json:"byte_tokens,omitempty"`
 	ByteAgoNs  int64    `json:"byte_ago_ns,omitempty"`
-	Held       [][]byte `json:"held,omitempty"` // frame bodies read and not yet processed, in order
+	Held       [][]byte `json:"held,omitempty"`  // frame bodies read and not yet processed, in order
+	Rooms      []string `json:"rooms,omitempty"` // the rooms the session is a member of
 }
 
 // holdState is the gateway's side of a hand-off.
@@ -177,7 +178,7 @@ func (s *Server) detach(c *evloop.Conn) (evloop.Detached, ConnState, bool) {
 		sess.mu.Unlock()
 		st = ConnState{LoggedIn: true, UID: sess.uid, Device: sess.device, LoginAt: sess.loginAt,
 			MsgTokens: sess.budget.tokens, MsgAgoNs: ago(now, sess.budget.last),
-			ByteTokens: sess.bytes.tokens, ByteAgoNs: ago(now, sess.bytes.last)}
+			ByteTokens: sess.bytes.tokens, ByteAgoNs: ago(now, sess.bytes.last), Rooms: sess.roomList()}
 		st.Held = s.takeHeld(c)
 		return d, st, true
 	}
@@ -252,7 +253,8 @@ func (s *Server) adoptSession(c *evloop.Conn, st ConnState, announce bool) {
 	// The newest login wins, as at Login: a session of the same device
 	// that logged in here during the hand-off is newer only if its login
 	// time says so.
-	if old := s.hub.add(sess); old != nil && old.loginAt > sess.loginAt {
+	old := s.hub.add(sess)
+	if old != nil && old.loginAt > sess.loginAt {
 		s.hub.add(old)
 		s.replaced.Add(1)
 		s.kick(sess, wirepb.KickReason_KICK_REASON_REPLACED, "logged in again on another connection")
@@ -260,6 +262,15 @@ func (s *Server) adoptSession(c *evloop.Conn, st ConnState, announce bool) {
 	} else if old != nil && old.c.ID() != c.ID() && !old.isGone() {
 		s.replaced.Add(1)
 		s.kick(old, wirepb.KickReason_KICK_REASON_REPLACED, "logged in again on another connection")
+	}
+	for _, room := range st.Rooms {
+		s.joinRoom(sess, room)
+	}
+	if old != nil && old.c.ID() == c.ID() {
+		// A rollback: the session this process had for the connection
+		// before it left gives its rooms to the one adopted now (joined
+		// first, so the room's count never drops to nobody between).
+		s.leaveRooms(old)
 	}
 	if s.router != nil {
 		sess.presMu.Lock()

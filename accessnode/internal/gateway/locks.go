@@ -13,6 +13,11 @@ package gateway
 //	    login holds presMu across Router.SessionUp, so that SessionDown
 //	    can never overtake it; the relay's locks therefore never call
 //	    back into the gateway while held.
+//	session.roomMu → roomShard.mu → relay: Relay.mu, peer.mu → sendQueue.mu,
+//	                 room directory shards
+//	    a join or leave changes the room index and tells the router the
+//	    room's new count under the index lock, so the home hears the
+//	    counts in the order they happened (rooms.go).
 //	session.mu → evloop Conn.mu → evloop loop.mu
 //	    session.retry writes its re-sends under session.mu; Conn.Write
 //	    lists the conn for its loop's flush (markDirty) under Conn.mu,

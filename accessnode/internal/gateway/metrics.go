@@ -22,6 +22,7 @@ var sendOutcomes = [...]string{
 	wirepb.Outcome_OUTCOME_OFFLINE:   "offline",
 	wirepb.Outcome_OUTCOME_FAILED:    "failed",
 	wirepb.Outcome_OUTCOME_STORED:    "stored",
+	wirepb.Outcome_OUTCOME_SENT:      "sent",
 }
 
 // metrics are the gateway's histograms. Each child is resolved once here,
@@ -34,6 +35,9 @@ type metrics struct {
 	loginVec  *prometheus.HistogramVec
 	loginOK   prometheus.Observer
 	loginFail prometheus.Observer
+
+	roomPublishes  prometheus.Counter // room publishes begun here (clients' and the backend's)
+	roomDeliveries prometheus.Counter // member Delivers written here (first transmissions)
 }
 
 func newMetrics() *metrics {
@@ -59,6 +63,14 @@ func newMetrics() *metrics {
 			m.send[o] = m.sendVec.WithLabelValues(name)
 		}
 	}
+	m.roomPublishes = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "imgate", Subsystem: "node", Name: "room_publishes_total",
+		Help: "Room publishes begun on this node: clients' Sends to a room and the backend's RoomPublish.",
+	})
+	m.roomDeliveries = prometheus.NewCounter(prometheus.CounterOpts{
+		Namespace: "imgate", Subsystem: "node", Name: "room_deliveries_total",
+		Help: "Room messages this node wrote to its member connections (first transmissions; re-sends count in the retries).",
+	})
 	m.loginOK = m.loginVec.WithLabelValues("ok")
 	m.loginFail = m.loginVec.WithLabelValues("refused")
 	return m
@@ -83,7 +95,14 @@ var gatewayDrops = []drop.Reason{
 // Collectors export the gateway's histograms and its share of
 // imgate_node_dropped_total; the counters are in Stats.
 func (s *Server) Collectors() []prometheus.Collector {
-	cs := []prometheus.Collector{s.m.sendVec, s.m.deliver, s.m.loginVec}
+	cs := []prometheus.Collector{s.m.sendVec, s.m.deliver, s.m.loginVec, s.m.roomPublishes, s.m.roomDeliveries,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "imgate", Subsystem: "node", Name: "rooms",
+			Help: "Rooms with at least one member connection on this node."},
+			func() float64 { return float64(s.rooms.rooms.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: "imgate", Subsystem: "node", Name: "room_memberships",
+			Help: "Room memberships of this node's connections."},
+			func() float64 { return float64(s.rooms.memberships.Load()) }),
+	}
 	get := func(r drop.Reason) uint64 {
 		if r == drop.SessionEvent { // counted by the event queue (events.go)
 			if s.events == nil {

@@ -63,6 +63,14 @@ type Config struct {
 	// Requests per connection (the burst is at least one largest frame).
 	BytesPerSec float64
 	BytesBurst  int
+
+	// Rooms (rooms.go, docs/protocol.md §13): at most RoomMaxPerConn rooms
+	// per connection (default 100); a room of more than RoomAckedMax member
+	// connections fleet-wide is a broadcast room (default 1,000); who may
+	// join: RoomJoinOpen (default), RoomJoinBackend or RoomJoinAPI.
+	RoomMaxPerConn int
+	RoomAckedMax   int
+	RoomJoin       string
 }
 
 // Upstream is the app's backend (the nodepb.Upstream gRPC service).
@@ -104,6 +112,15 @@ func (c *Config) setDefaults() {
 	if c.UpstreamInFlight <= 0 {
 		c.UpstreamInFlight = 1024
 	}
+	if c.RoomMaxPerConn <= 0 {
+		c.RoomMaxPerConn = 100
+	}
+	if c.RoomAckedMax <= 0 {
+		c.RoomAckedMax = 1000
+	}
+	if c.RoomJoin == "" {
+		c.RoomJoin = RoomJoinOpen
+	}
 	if c.MsgsPerSec > 0 && c.MsgBurst <= 0 {
 		c.MsgBurst = max(1, int(2*c.MsgsPerSec))
 	}
@@ -124,6 +141,14 @@ type Router interface {
 	// Forward delivers d to uid's devices on other nodes and calls done
 	// exactly once with what they reported.
 	Forward(uid string, d *wirepb.Deliver, done Done)
+	// RoomChange reports that this node now holds members connections of
+	// room (0: none). It is called under the room's index lock, so the
+	// counts reach the router in the order they happened.
+	RoomChange(room string, members int)
+	// Publish delivers d to every member of room: once to each other node
+	// holding members, and through local (called at most once, with the
+	// room's kind) to this node's; done is called exactly once.
+	Publish(room string, d *wirepb.Deliver, local func(broadcast bool, done Done), done RoomDone)
 }
 
 // SetRouter connects the relay; call before Serve.
@@ -136,6 +161,7 @@ type Server struct {
 	log    zerolog.Logger
 	eng    *evloop.Engine
 	hub    *hub
+	rooms  *roomIndex
 
 	msgPrefix string
 	msgSeq    atomic.Uint64
@@ -179,6 +205,7 @@ func New(cfg Config, verify *token.Verifier, log zerolog.Logger) (*Server, error
 		verify:    verify,
 		log:       log,
 		hub:       newHub(),
+		rooms:     newRoomIndex(),
 		msgPrefix: cfg.NodeID + "-" + strconv.FormatInt(time.Now().UnixMilli(), 36) + "-",
 		upSlots:   make(chan struct{}, cfg.UpstreamInFlight),
 		ipl:       newIPLimits(cfg.MaxConnsPerIP, cfg.NewConnsPerIP, cfg.NewConnsPerIPBurst),
@@ -384,6 +411,7 @@ func (s *Server) endSession(sess *session) {
 // endPresence takes sess out of the hub and the presence directory, so no
 // new Deliver is routed to it, and tells the backend of its LOGOUT (once).
 func (s *Server) endPresence(sess *session) {
+	s.leaveRooms(sess) // no room message is routed to it from now on
 	// A session a newer login replaced is already out of the hub (remove
 	// is false): the router learns of it from the newer one, but the
 	// backend still hears its LOGOUT, once.
@@ -555,6 +583,10 @@ func (s *Server) process(c *evloop.Conn, body []byte) {
 		s.acked(sess, []byte(b.DeliverAck.MsgId))
 	case *wirepb.Frame_Request:
 		s.handleRequest(sess, b.Request)
+	case *wirepb.Frame_Join:
+		s.handleJoin(sess, b.Join)
+	case *wirepb.Frame_Leave:
+		s.handleLeave(sess, b.Leave)
 	default:
 		s.protocolErrors.Add(1)
 		s.errorFrame(c, wirepb.ErrorCode_ERROR_CODE_BAD_REQUEST, "frame type not accepted from clients")
@@ -658,6 +690,10 @@ func (s *Server) handleSend(from *session, m *wirepb.Send) {
 			Reason: wirepb.ErrorCode_ERROR_CODE_RATE_LIMITED, Detail: why}}})
 		return
 	}
+	if m.Room != "" {
+		s.handlePublish(from, m)
+		return
+	}
 	if m.ToUid == "" {
 		s.send(from.c, &wirepb.Frame{Body: &wirepb.Frame_SendAck{SendAck: &wirepb.SendAck{
 			ClientMsgId: m.ClientMsgId, Outcome: wirepb.Outcome_OUTCOME_FAILED,
@@ -694,7 +730,11 @@ func (s *Server) DeliverLocal(uid string, d *wirepb.Deliver, done Done) {
 
 func (s *Server) deliverLocal(uid string, d *wirepb.Deliver, skip *session, done Done) {
 	var buf [8]*session
-	targets := s.hub.lookup(uid, buf[:0])
+	s.deliverTo(without(s.hub.lookup(uid, buf[:0]), skip), d, done)
+}
+
+// without removes skip from targets, in place.
+func without(targets []*session, skip *session) []*session {
 	n := 0
 	for _, t := range targets {
 		if t != skip {
@@ -702,7 +742,12 @@ func (s *Server) deliverLocal(uid string, d *wirepb.Deliver, skip *session, done
 			n++
 		}
 	}
-	targets = targets[:n]
+	return targets[:n]
+}
+
+// deliverTo sends d to every target and tracks each acknowledgement; done
+// is called once when each has acknowledged or failed (devices 0: none).
+func (s *Server) deliverTo(targets []*session, d *wirepb.Deliver, done Done) {
 	if len(targets) == 0 {
 		done(0, 0, 0)
 		return

@@ -42,6 +42,11 @@ type session struct {
 	presUp    bool
 	presEnded bool
 	leave     atomic.Int32 // nodepb.LeaveReason once known (events.go)
+
+	// Rooms (rooms.go): the rooms this session is a member of.
+	roomMu     lockorder.Mutex // guards rooms, roomsEnded; held across the room index
+	rooms      map[string]struct{}
+	roomsEnded bool // the session ended: no more joins
 }
 
 // outbound is a Deliver waiting for its DeliverAck.

@@ -51,3 +51,10 @@ func (u *Upstream) SessionEvents(ctx context.Context, b *nodepb.SessionEventBatc
 	_, err := u.c.SessionEvents(ctx, b)
 	return err
 }
+
+// AuthorizeJoin asks the backend whether a client may join a room
+// (--room-join backend); an error is its refusal or failure.
+func (u *Upstream) AuthorizeJoin(ctx context.Context, req *nodepb.JoinRequest) error {
+	_, err := u.c.AuthorizeJoin(ctx, req)
+	return err
+}

@@ -342,6 +342,9 @@ type user struct {
 	// before it is acknowledged; returning false withholds the
 	// acknowledgement.
 	onDeliver func(*wirepb.Deliver) bool
+	rooms     map[uint64]chan *wirepb.RoomState // by request id (rooms_test.go)
+	roomNews  chan *wirepb.RoomState            // request_id 0: the backend's changes
+	delivers  []*wirepb.Deliver                 // every Deliver read, re-sends too
 	kicked    chan *wirepb.Kick
 	closed    chan struct{}
 }
@@ -356,6 +359,7 @@ func (c *cluster) login(node, uid, device string) *user {
 	}
 	tok, _ := testKeys.Sign(token.Claims{UID: uid, Device: device, Node: node, ExpiresAt: time.Now().Add(time.Minute)})
 	u := &user{uid: uid, device: device, node: node, c: conn, acks: map[uint64]chan *wirepb.SendAck{}, got: map[string]int{},
+		rooms: map[uint64]chan *wirepb.RoomState{}, roomNews: make(chan *wirepb.RoomState, 16),
 		kicked: make(chan *wirepb.Kick, 1), closed: make(chan struct{})}
 	u.write(&wirepb.Frame{Body: &wirepb.Frame_Login{Login: &wirepb.Login{Token: tok}}})
 	r := wire.NewReader(conn, wire.DefaultMaxFrame)
@@ -393,6 +397,7 @@ func (u *user) read(r *wire.Reader) {
 			// so a "delivered" SendAck means it was recorded here.
 			d := b.Deliver
 			u.mu.Lock()
+			u.delivers = append(u.delivers, d)
 			if !seen[d.MsgId] { // the SDK's de-duplication
 				seen[d.MsgId] = true
 				u.got[string(d.Payload)]++
@@ -413,6 +418,16 @@ func (u *user) read(r *wire.Reader) {
 			ch <- b.SendAck
 		case *wirepb.Frame_Kick:
 			u.kicked <- b.Kick
+		case *wirepb.Frame_RoomState:
+			rs := b.RoomState
+			if rs.RequestId == 0 {
+				u.roomNews <- rs
+				continue
+			}
+			u.mu.Lock()
+			ch := u.rooms[rs.RequestId]
+			u.mu.Unlock()
+			ch <- rs
 		}
 	}
 }

@@ -73,6 +73,11 @@ func (r *Relay) Collectors() []prometheus.Collector {
 		}
 		return 0
 	}
+	cs = append(cs, prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Namespace: "imgate", Subsystem: "node", Name: "room_forwards_total",
+		Help: "Room publishes this node forwarded to another node holding members (one per node per publish).",
+	}, func() float64 { return float64(r.roomForwards.Load()) }))
+	gauge("rooms", "Rooms homed at this node with members somewhere (its shard of the room directory).", func(Stats) float64 { return float64(r.rooms.size()) })
 	gauge("members", "Nodes in this node's membership view, itself included.", func(s Stats) float64 { return float64(s.Members) })
 	gauge("registrations", "Other nodes' registrations seen in etcd (members, ghosts and twins) plus held members.", func(s Stats) float64 { return float64(s.Candidates) })
 	gauge("held", "Members whose registration vanished while their stream is up, held for --member-hold.", func(s Stats) float64 { return float64(s.Held) })

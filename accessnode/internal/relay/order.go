@@ -15,6 +15,10 @@ type message struct {
 	d        *wirepb.Deliver
 	done     gateway.Done
 	deadline time.Time
+	// A room publish (rooms.go): room set, uid its orderer key.
+	room     string
+	local    func(broadcast bool, done gateway.Done)
+	roomDone gateway.RoomDone
 }
 
 // orderer keeps the messages to one uid in the order they were handed to

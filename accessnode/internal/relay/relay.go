@@ -53,6 +53,10 @@ type Local interface {
 	DeliverLocal(uid string, d *wirepb.Deliver, done gateway.Done)
 	KickSession(uid, device string, loginAt int64) bool
 	Sessions(fn func(uid, device string, loginAt int64))
+	// Rooms (rooms.go): this node's rooms with members and their counts,
+	// and delivery to a room's local members.
+	Rooms(fn func(room string, members int))
+	DeliverRoom(room string, d *wirepb.Deliver, broadcast bool, done gateway.Done)
 }
 
 // Config tunes the relay. Zero values take the defaults.
@@ -96,6 +100,9 @@ type Config struct {
 	// Credentials secure the Forward streams to other nodes: mutual TLS in
 	// production. nil: plaintext (development).
 	Credentials credentials.TransportCredentials
+	// RoomAckedMax: a room of more member connections than this, fleet-wide,
+	// is a broadcast room (default 1,000; set alike on every node).
+	RoomAckedMax int
 }
 
 func (c *Config) setDefaults() {
@@ -113,6 +120,9 @@ func (c *Config) setDefaults() {
 	def(&c.StartupWait, 5*time.Second)
 	def(&c.ReListInterval, 10*time.Second)
 	def(&c.ResyncInterval, 10*time.Minute)
+	if c.RoomAckedMax <= 0 {
+		c.RoomAckedMax = 1000
+	}
 	if c.Incarnation == 0 {
 		c.Incarnation = time.Now().UnixMilli()
 	}
@@ -129,6 +139,7 @@ type Relay struct {
 	local    Local
 	members  *membership
 	dir      *directory
+	rooms    *roomDir     // home side: which nodes hold members of the rooms homed here
 	cache    *lookupCache // sender side: uid -> holders
 	watchers *watchers    // home side: who caches which uid
 	order    *orderer     // sender side: messages waiting for a lookup
@@ -160,6 +171,7 @@ type Relay struct {
 	adminKicks                                                          atomic.Uint64                        // sessions a fleet-wide kick ended
 	policy                                                              atomic.Pointer[etcdkeys.LoginPolicy] // policy.go; nil: none
 	policyKicks                                                         atomic.Uint64                        // sessions the login policy kicked
+	roomForwards                                                        atomic.Uint64                        // room publishes forwarded to another node
 }
 
 type completeness struct {
@@ -173,7 +185,7 @@ func New(cfg Config, cli *clientv3.Client, local Local, log zerolog.Logger) *Rel
 	cfg.setDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &Relay{
-		cfg: cfg, log: log, cli: cli, local: local, dir: newDirectory(),
+		cfg: cfg, log: log, cli: cli, local: local, dir: newDirectory(), rooms: newRoomDir(),
 		cache: newLookupCache(), watchers: newWatchers(), order: newOrderer(),
 		peers: map[string]*peer{}, inbound: map[string]*inbound{}, unsettled: time.Now(),
 		ctx: ctx, cancel: cancel, start: time.Now(), m: newMetrics(),
@@ -424,9 +436,12 @@ func (r *Relay) installView(next *view) {
 	for _, n := range old.nodes {
 		if !next.has(n.id) {
 			r.dir.dropHolder(n.id)
+			r.rooms.dropHolder(n.id)
 		}
 	}
-	r.dir.dropWhere(func(uid string) bool { return next.home(uid) != self })
+	notHomed := func(key string) bool { return next.home(key) != self }
+	r.dir.dropWhere(notHomed)
+	r.rooms.dropWhere(notHomed)
 
 	// Anti-entropy: a node that (re)joins our view may have kept its
 	// stream to us up all along while we dropped its entries. Lock order
@@ -471,8 +486,22 @@ func (r *Relay) installView(next *view) {
 		}
 		moved[h] = append(moved[h], e)
 	})
+	movedRooms := map[string][]*nodepb.RoomEntry{}
+	r.local.Rooms(func(room string, members int) {
+		h := next.home(room)
+		if (old.ready && old.home(room) == h) || (h != self && peers[h] == nil) {
+			return
+		}
+		e := &nodepb.RoomEntry{Room: room, Holder: self, Members: uint32(members)}
+		if h == self {
+			r.rooms.apply(e, 0)
+			return
+		}
+		movedRooms[h] = append(movedRooms[h], e)
+	})
 	for id, p := range peers {
 		p.presence(moved[id])
+		p.roomEntries(movedRooms[id])
 		p.enqueue(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_SyncDone{SyncDone: &nodepb.SyncDone{View: next.id}}})
 	}
 	r.log.Info().Int64("epoch", next.epoch).Strs("members", next.ids()).Msg("membership changed")
@@ -715,38 +744,52 @@ func (r *Relay) timedLookup(uid string, deadline time.Time, cb func(holders []st
 // lookup finds the holders of uid through its home, retrying while views
 // disagree or the home is unreachable, until deadline.
 func (r *Relay) lookup(uid string, deadline time.Time, cb func(holders []string, incomplete bool, reason wirepb.ErrorCode)) {
+	r.lookupAt(uid, &nodepb.LookupRequest{Uid: uid}, deadline, func(res *nodepb.LookupResponse, reason wirepb.ErrorCode) {
+		cb(res.GetHolders(), res.GetIncomplete(), reason)
+	})
+}
+
+// lookupAt asks the home of key (a uid, or a room with req.Room) req,
+// retrying while views disagree or the home is unreachable, until
+// deadline. cb gets the answer, or a reason and no answer.
+func (r *Relay) lookupAt(key string, req *nodepb.LookupRequest, deadline time.Time, cb func(res *nodepb.LookupResponse, reason wirepb.ErrorCode)) {
 	r.lookups.Add(1)
 	if r.ctx.Err() != nil {
-		cb(nil, false, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
+		cb(nil, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
 		return
 	}
 	v := r.view.Load()
-	h := v.home(uid)
+	h := v.home(key)
 	retry := func() {
 		if time.Now().Add(100 * time.Millisecond).After(deadline) {
-			cb(nil, false, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
+			cb(nil, wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE)
 			return
 		}
-		time.AfterFunc(100*time.Millisecond, func() { r.lookup(uid, deadline, cb) })
+		time.AfterFunc(100*time.Millisecond, func() { r.lookupAt(key, req, deadline, cb) })
+	}
+	local := func(res *nodepb.LookupResponse) {
+		if res.NotHome {
+			retry()
+			return
+		}
+		cb(res, 0)
 	}
 	switch {
 	case h == "":
 		retry() // no view yet
+	case h == r.cfg.NodeID && req.Room != "":
+		r.localRoomLookup(req.Room, deadline, local)
 	case h == r.cfg.NodeID:
-		r.localLookup(uid, "", deadline, func(res *nodepb.LookupResponse) {
-			if res.NotHome {
-				retry()
-				return
-			}
-			cb(res.Holders, res.Incomplete, 0)
-		})
+		r.localLookup(req.Uid, "", deadline, local)
 	default:
 		p := r.peer(h)
 		if p == nil {
 			retry()
 			return
 		}
-		p.call(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Lookup{Lookup: &nodepb.LookupRequest{Uid: uid}}},
+		// A frame of its own each time: the call sets its seq in it.
+		q := &nodepb.LookupRequest{Uid: req.Uid, Room: req.Room}
+		p.call(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Lookup{Lookup: q}},
 			deadline, answerFunc(func(res *nodepb.ForwardFrame, reason wirepb.ErrorCode, _ bool) {
 				switch lr := res.GetLookupResult(); {
 				case reason == wirepb.ErrorCode_ERROR_CODE_UNAVAILABLE:
@@ -754,12 +797,12 @@ func (r *Relay) lookup(uid string, deadline time.Time, cb func(holders []string,
 					// end, moving its shard; ask again until the deadline.
 					retry()
 				case reason != 0:
-					cb(nil, false, reason)
+					cb(nil, reason)
 				case lr.GetNotHome():
 					r.notHome.Add(1)
 					retry()
 				default:
-					cb(lr.GetHolders(), lr.GetIncomplete(), 0)
+					cb(lr, 0)
 				}
 			}))
 	}
@@ -770,17 +813,28 @@ func (r *Relay) lookup(uid string, deadline time.Time, cb func(holders []string,
 // and SettleTimeout), then answers what it has, marked incomplete when
 // still not whole.
 func (r *Relay) localLookup(uid, from string, deadline time.Time, answer func(*nodepb.LookupResponse)) {
-	if r.view.Load().home(uid) != r.cfg.NodeID {
-		answer(&nodepb.LookupResponse{NotHome: true})
-		return
-	}
-	if from != "" {
+	if from != "" && r.view.Load().home(uid) == r.cfg.NodeID {
 		// Before reading: any change after this point invalidates from's cache.
 		r.watchers.add(uid, from, time.Now())
 	}
+	r.homeLookup(uid, deadline, func() *nodepb.LookupResponse {
+		return &nodepb.LookupResponse{Holders: r.dir.holders(uid)}
+	}, answer)
+}
+
+// homeLookup answers, as the home of key, what find reads from this node's
+// shard. A miss while the shard is not known whole waits for it (bounded
+// by deadline and SettleTimeout), then answers what it has, marked
+// incomplete when still not whole.
+func (r *Relay) homeLookup(key string, deadline time.Time, find func() *nodepb.LookupResponse, answer func(*nodepb.LookupResponse)) {
+	if r.view.Load().home(key) != r.cfg.NodeID {
+		answer(&nodepb.LookupResponse{NotHome: true})
+		return
+	}
 	now := time.Now()
-	if hs := r.dir.holders(uid); len(hs) > 0 {
-		answer(&nodepb.LookupResponse{Holders: hs, Incomplete: !r.isComplete(now)})
+	if res := find(); len(res.Holders) > 0 {
+		res.Incomplete = !r.isComplete(now)
+		answer(res)
 		return
 	}
 	if r.isComplete(now) {
@@ -805,13 +859,14 @@ func (r *Relay) localLookup(uid, from string, deadline time.Time, answer func(*n
 				answer(&nodepb.LookupResponse{Incomplete: true})
 				return
 			}
-			if r.view.Load().home(uid) != r.cfg.NodeID {
+			if r.view.Load().home(key) != r.cfg.NodeID {
 				answer(&nodepb.LookupResponse{NotHome: true})
 				return
 			}
 			complete := r.isComplete(now)
-			if hs := r.dir.holders(uid); len(hs) > 0 || complete || !now.Before(until) {
-				answer(&nodepb.LookupResponse{Holders: hs, Incomplete: !complete})
+			if res := find(); len(res.Holders) > 0 || complete || !now.Before(until) {
+				res.Incomplete = !complete
+				answer(res)
 				return
 			}
 		}

@@ -241,6 +241,8 @@ func (p *peer) call(f *nodepb.ForwardFrame, deadline time.Time, a answerer) {
 		b.Query.Seq = seq
 	case *nodepb.ForwardFrame_AdminKick:
 		b.AdminKick.Seq = seq
+	case *nodepb.ForwardFrame_AdminRoom:
+		b.AdminRoom.Seq = seq
 	}
 	p.pending[seq] = pendingCall{seq: seq, deadline: deadline, a: a, start: start}
 	// Queued under p.mu, so the queue is in seq order (see sent). Lock
@@ -280,6 +282,8 @@ func (p *peer) markSent(frames []*nodepb.ForwardFrame) {
 			top = max(top, b.Query.Seq)
 		case *nodepb.ForwardFrame_AdminKick:
 			top = max(top, b.AdminKick.Seq)
+		case *nodepb.ForwardFrame_AdminRoom:
+			top = max(top, b.AdminRoom.Seq)
 		}
 	}
 	if top > p.sent.Load() {
@@ -563,6 +567,11 @@ func (p *peer) withResync(frames []*nodepb.ForwardFrame, before int) []*nodepb.F
 		out = append(out, &nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Presence{Presence: &nodepb.PresenceUpdate{Entries: entries[:n]}}})
 		entries = entries[n:]
 	}
+	for rooms := p.r.localRooms(v, p.id); len(rooms) > 0; {
+		n := min(len(rooms), resyncChunk)
+		out = append(out, &nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Presence{Presence: &nodepb.PresenceUpdate{Rooms: rooms[:n]}}})
+		rooms = rooms[n:]
+	}
 	out = append(out, &nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_SyncDone{SyncDone: &nodepb.SyncDone{View: v.id}}})
 	p.r.resyncs.Add(1)
 	return append(out, frames[before:]...)
@@ -588,6 +597,8 @@ func (p *peer) receive(st nodepb.NodeService_ForwardClient, lastRecv *atomic.Int
 				seq = body.QueryResult.Seq
 			case *nodepb.ForwardFrame_AdminKickResult:
 				seq = body.AdminKickResult.Seq
+			case *nodepb.ForwardFrame_AdminRoomResult:
+				seq = body.AdminRoomResult.Seq
 			case *nodepb.ForwardFrame_Kick:
 				k := body.Kick
 				p.r.kickLocalWhy(k.Uid, k.Device, k.LoginAtNs, k.Detail)
@@ -714,10 +725,15 @@ func (r *Relay) handle(in *inbound, frames []*nodepb.ForwardFrame) {
 		case *nodepb.ForwardFrame_Deliver:
 			d := body.Deliver
 			seq := d.Seq
-			r.local.DeliverLocal(d.ToUid, gateway.FromForward(d), func(devices, acked uint32, reason wirepb.ErrorCode) {
+			result := func(devices, acked uint32, reason wirepb.ErrorCode) {
 				out.push(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Result{Result: &nodepb.ForwardResult{
 					Seq: seq, Devices: devices, Acked: acked, Reason: int32(reason)}}})
-			})
+			}
+			if d.Room != "" {
+				r.local.DeliverRoom(d.Room, gateway.FromForward(d), d.Broadcast, result)
+			} else {
+				r.local.DeliverLocal(d.ToUid, gateway.FromForward(d), result)
+			}
 		case *nodepb.ForwardFrame_Presence:
 			if !r.currentInbound(in) {
 				r.drops.Add(drop.StaleStream)
@@ -735,6 +751,13 @@ func (r *Relay) handle(in *inbound, frames []*nodepb.ForwardFrame) {
 				}
 				r.applyPresence(e, in.gen)
 			}
+			for _, e := range body.Presence.Rooms {
+				if e.Holder != from {
+					r.drops.Add(drop.ForeignPresence)
+					continue
+				}
+				r.rooms.apply(e, in.gen)
+			}
 		case *nodepb.ForwardFrame_SyncDone:
 			if !r.currentInbound(in) {
 				r.drops.Add(drop.StaleStream)
@@ -742,20 +765,34 @@ func (r *Relay) handle(in *inbound, frames []*nodepb.ForwardFrame) {
 			}
 			if in.sweep {
 				r.dir.sweep(from, in.gen) // the registration of this generation is whole
+				r.rooms.sweep(from, in.gen)
 				in.sweep = false
 			}
 			in.synced.Store(body.SyncDone.View)
 			r.touchSettle()
 		case *nodepb.ForwardFrame_Lookup:
 			seq := body.Lookup.Seq
-			r.localLookup(body.Lookup.Uid, from, time.Now().Add(r.cfg.LookupTimeout), func(res *nodepb.LookupResponse) {
+			answer := func(res *nodepb.LookupResponse) {
 				res.Seq = seq
 				out.push(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_LookupResult{LookupResult: res}})
-			})
+			}
+			if room := body.Lookup.Room; room != "" {
+				r.localRoomLookup(room, time.Now().Add(r.cfg.LookupTimeout), answer)
+			} else {
+				r.localLookup(body.Lookup.Uid, from, time.Now().Add(r.cfg.LookupTimeout), answer)
+			}
 		case *nodepb.ForwardFrame_Query:
 			res := r.homePresence(body.Query.Uids)
 			res.Seq = body.Query.Seq
 			out.push(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_QueryResult{QueryResult: res}})
+		case *nodepb.ForwardFrame_AdminRoom:
+			a := body.AdminRoom
+			n := 0
+			if ra, ok := r.local.(RoomAdmin); ok {
+				n = ra.AdminRoom(a.Room, a.Uids, a.Device, a.Join)
+			}
+			out.push(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_AdminRoomResult{AdminRoomResult: &nodepb.AdminRoomResult{
+				Seq: a.Seq, Changed: uint32(n)}}})
 		case *nodepb.ForwardFrame_AdminKick:
 			n := r.adminKick(body.AdminKick)
 			out.push(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_AdminKickResult{AdminKickResult: &nodepb.AdminKickResult{
