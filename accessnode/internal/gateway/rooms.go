@@ -398,7 +398,7 @@ func (s *Server) handlePublish(from *session, m *wirepb.Send) {
 			s.delivered.Add(1)
 		case wirepb.Outcome_OUTCOME_SENT:
 			ack.MsgId, ack.Reason = msgID, t.Reason
-			s.delivered.Add(1)
+			s.sent.Add(1)
 		case wirepb.Outcome_OUTCOME_PARTIAL:
 			ack.MsgId, ack.Reason = msgID, t.Reason
 			s.partial.Add(1)

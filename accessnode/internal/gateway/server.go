@@ -184,7 +184,7 @@ type Server struct {
 	framesIn, sends, delivers, retries   atomic.Uint64
 	delivered, partial, failed, offline  atomic.Uint64
 	protocolErrors, idleClosed, kicks    atomic.Uint64
-	requests, stored                     atomic.Uint64
+	requests, stored, sent               atomic.Uint64
 	rateLimited, ipRefused, bytesLimited atomic.Uint64
 	loginTimeouts, replaced              atomic.Uint64
 	drops                                drop.Counts // the engine's too (Config.Engine.Drops)
@@ -335,7 +335,7 @@ type Stats struct {
 	Delivered, Partial, Failed, Offline  uint64
 	ProtocolErrors, IdleClosed, Kicks    uint64
 	Replaced, FramesDropped              uint64
-	Requests, Stored                     uint64
+	Requests, Stored, Sent               uint64
 	RateLimited, BytesLimited, IPRefused uint64
 }
 
@@ -350,7 +350,7 @@ func (s *Server) Stats() Stats {
 		Delivered: s.delivered.Load(), Partial: s.partial.Load(), Failed: s.failed.Load(), Offline: s.offline.Load(),
 		ProtocolErrors: s.protocolErrors.Load(), IdleClosed: s.idleClosed.Load(), Kicks: s.kicks.Load(),
 		Replaced: s.replaced.Load(), FramesDropped: s.drops.Get(drop.EncodeError),
-		Requests: s.requests.Load(), Stored: s.stored.Load(),
+		Requests: s.requests.Load(), Stored: s.stored.Load(), Sent: s.sent.Load(),
 		RateLimited: s.rateLimited.Load(), BytesLimited: s.bytesLimited.Load(), IPRefused: s.ipRefused.Load(),
 	}
 }

@@ -121,6 +121,7 @@ func registerGateway(reg *prometheus.Registry, gw Gateway) {
 		"partial":   func(s gateway.Stats) uint64 { return s.Partial },
 		"offline":   func(s gateway.Stats) uint64 { return s.Offline },
 		"failed":    func(s gateway.Stats) uint64 { return s.Failed },
+		"sent":      func(s gateway.Stats) uint64 { return s.Sent },
 	} {
 		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Namespace: "imgate", Subsystem: "node", Name: "send_outcomes_total",
