@@ -75,16 +75,41 @@ func benchRoomFanout(b *testing.B, members, ackedMax int) {
 	for i := range members {
 		c, r := join(fmt.Sprintf("m%d", i))
 		conns = append(conns, c)
+		_ = r // the LoginAck and RoomState are read; what follows is Delivers
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			// A cheap member: frames are cut from big reads; only the
+			// acknowledged kind decodes them, to answer each.
+			buf := make([]byte, 64<<10)
+			var have int
+			var acks []byte
 			var f wirepb.Frame
-			for r.Read(&f) == nil {
-				if d := f.GetDeliver(); d != nil && !d.Broadcast {
-					ack, _ := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_DeliverAck{DeliverAck: &wirepb.DeliverAck{MsgId: d.MsgId}}}, wire.DefaultMaxFrame)
-					if _, err := c.Write(ack); err != nil {
+			for {
+				n, err := c.Read(buf[have:])
+				if err != nil {
+					return
+				}
+				have += n
+				rest := buf[:have]
+				for {
+					body, next, need, err := wire.Split(rest, wire.DefaultMaxFrame)
+					if err != nil || need > 0 {
+						break
+					}
+					if ackedMax > members && wire.Decode(body, &f) == nil {
+						if d := f.GetDeliver(); d != nil {
+							acks = wire.AppendDeliverAck(acks, []byte(d.MsgId))
+						}
+					}
+					rest = next
+				}
+				have = copy(buf, rest)
+				if len(acks) > 0 {
+					if _, err := c.Write(acks); err != nil {
 						return
 					}
+					acks = acks[:0]
 				}
 			}
 		}()
