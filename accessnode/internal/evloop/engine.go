@@ -362,3 +362,49 @@ func (e *Engine) Close() {
 	e.wg.Wait()
 	close(e.stopped)
 }
+
+// WriteEach writes b to each of conns in the conns' own loops: one task per
+// loop, so a loop writes to all of its conns in one pass and flushes each
+// once, and calls queued while a loop is busy share its next flush (a room
+// broadcast costs one write system call per member per pass, however many
+// messages the pass carries). b must not change until done. done is called
+// once, from a loop goroutine (or this one when conns is empty), with how
+// many conns took the write.
+func (e *Engine) WriteEach(conns []*Conn, b []byte, done func(written int)) {
+	if len(conns) == 0 {
+		done(0)
+		return
+	}
+	byLoop := make([][]*Conn, len(e.loops))
+	parts := 0
+	for _, c := range conns {
+		if byLoop[c.loop.id] == nil {
+			parts++
+		}
+		byLoop[c.loop.id] = append(byLoop[c.loop.id], c)
+	}
+	var left, written atomic.Int64
+	left.Store(int64(parts))
+	finish := func(w int) {
+		written.Add(int64(w))
+		if left.Add(-1) == 0 {
+			done(int(written.Load()))
+		}
+	}
+	for i, cs := range byLoop {
+		if cs == nil {
+			continue
+		}
+		if !e.loops[i].post(func() {
+			w := 0
+			for _, c := range cs {
+				if c.Write(b) == nil {
+					w++
+				}
+			}
+			finish(w)
+		}) {
+			finish(0) // the loop has stopped: its conns are closed
+		}
+	}
+}

@@ -483,3 +483,69 @@ func TestWritesFromOtherGoroutinesWakeTheLoop(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestWriteEachReachesEveryConnInItsLoop: one WriteEach over conns spread
+// across loops reaches each, in order with the calls before and after it,
+// and counts only the conns that took it.
+func TestWriteEachReachesEveryConnInItsLoop(t *testing.T) {
+	e, h, addr := start(t, Config{Loops: 3})
+	var clients []net.Conn
+	var conns []*Conn
+	// Loops accept in turn as the kernel wakes them: dial until the conns
+	// sit on more than one.
+	for len(clients) < 9 || (spread(e) < 2 && len(clients) < 200) {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		clients = append(clients, c)
+		waitFor(t, "open", func() bool { return h.opened.Load() == int64(len(clients)) })
+	}
+	var mu sync.Mutex
+	e.Each(func(x *Conn) {
+		mu.Lock()
+		conns = append(conns, x)
+		mu.Unlock()
+	})
+	all := len(conns)
+	got := make(chan int, 3)
+	for _, msg := range []string{"one", "two", "three"} {
+		e.WriteEach(conns, frame([]byte(msg)), func(n int) { got <- n })
+	}
+	for range 3 {
+		if n := <-got; n != all {
+			t.Fatalf("written %d, want %d", n, all)
+		}
+	}
+	for _, c := range clients {
+		for _, want := range []string{"one", "two", "three"} {
+			if b := readFrame(t, c); string(b) != want {
+				t.Fatalf("got %q, want %q", b, want)
+			}
+		}
+	}
+	// A closed conn does not count.
+	conns[0].Close()
+	waitFor(t, "closed", func() bool { return h.closed.Load() == 1 })
+	e.WriteEach(conns, frame([]byte("four")), func(n int) { got <- n })
+	if n := <-got; n != all-1 {
+		t.Fatalf("written %d after a close, want %d", n, all-1)
+	}
+	e.WriteEach(nil, frame([]byte("none")), func(n int) { got <- n })
+	if n := <-got; n != 0 {
+		t.Fatalf("nothing to write: %d", n)
+	}
+}
+
+// spread is the number of loops holding a conn.
+func spread(e *Engine) int {
+	var mu sync.Mutex
+	loops := map[*loop]bool{}
+	e.Each(func(x *Conn) {
+		mu.Lock()
+		loops[x.loop] = true
+		mu.Unlock()
+	})
+	return len(loops)
+}

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/imgate/imgate/accessnode/internal/drop"
+	"github.com/imgate/imgate/accessnode/internal/evloop"
 	"github.com/imgate/imgate/accessnode/internal/lockorder"
 	"github.com/imgate/imgate/proto/nodepb"
 	"github.com/imgate/imgate/proto/wire"
@@ -492,17 +493,17 @@ func (s *Server) deliverRoom(room string, d *wirepb.Deliver, broadcast bool, ski
 		done(uint32(len(targets)), 0, wirepb.ErrorCode_ERROR_CODE_PAYLOAD_TOO_LARGE)
 		return
 	}
-	var written uint32
+	conns := make([]*evloop.Conn, 0, len(targets))
 	for _, t := range targets {
-		if t.kicked.Load() {
-			continue
-		}
-		if t.c.Write(frame) == nil {
-			written++
-		} else {
-			s.drops.Add(drop.ConnClosed)
+		if !t.kicked.Load() {
+			conns = append(conns, t.c)
 		}
 	}
-	s.delivers.Add(uint64(written))
-	done(written, 0, 0)
+	// In the members' loops, so that several publishes queued while a loop
+	// is busy leave in one write per member.
+	s.eng.WriteEach(conns, frame, func(written int) {
+		s.drops.AddN(drop.ConnClosed, len(conns)-written)
+		s.delivers.Add(uint64(written))
+		done(uint32(written), 0, 0)
+	})
 }
