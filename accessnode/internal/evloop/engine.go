@@ -363,48 +363,55 @@ func (e *Engine) Close() {
 	close(e.stopped)
 }
 
-// WriteEach writes b to each of conns in the conns' own loops: one task per
-// loop, so a loop writes to all of its conns in one pass and flushes each
-// once, and calls queued while a loop is busy share its next flush (a room
-// broadcast costs one write system call per member per pass, however many
-// messages the pass carries). b must not change until done. done is called
-// once, from a loop goroutine (or this one when conns is empty), with how
-// many conns took the write.
+// WriteEach writes b to each of conns in the conns' own loops (InLoops): a
+// loop writes to all of its conns in one pass and flushes each once, and
+// calls queued while a loop is busy share its next flush (a room broadcast
+// costs one write system call per member per pass, however many messages
+// the pass carries). b must not change until done, which gets how many
+// conns took the write.
 func (e *Engine) WriteEach(conns []*Conn, b []byte, done func(written int)) {
+	e.InLoops(conns, func(i int) bool { return conns[i].Write(b) == nil }, done)
+}
+
+// InLoops calls fn(i) for each conns[i] in that conn's own loop, one task
+// per loop, then done once with how many calls returned true. done runs
+// in a loop goroutine (or this one when conns is empty); fn for a loop
+// that has stopped is not called (its conns are closed) and counts false.
+func (e *Engine) InLoops(conns []*Conn, fn func(i int) bool, done func(n int)) {
 	if len(conns) == 0 {
 		done(0)
 		return
 	}
-	byLoop := make([][]*Conn, len(e.loops))
+	byLoop := make([][]int, len(e.loops))
 	parts := 0
-	for _, c := range conns {
+	for i, c := range conns {
 		if byLoop[c.loop.id] == nil {
 			parts++
 		}
-		byLoop[c.loop.id] = append(byLoop[c.loop.id], c)
+		byLoop[c.loop.id] = append(byLoop[c.loop.id], i)
 	}
-	var left, written atomic.Int64
+	var left, ok atomic.Int64
 	left.Store(int64(parts))
-	finish := func(w int) {
-		written.Add(int64(w))
+	finish := func(n int) {
+		ok.Add(int64(n))
 		if left.Add(-1) == 0 {
-			done(int(written.Load()))
+			done(int(ok.Load()))
 		}
 	}
-	for i, cs := range byLoop {
-		if cs == nil {
+	for l, is := range byLoop {
+		if is == nil {
 			continue
 		}
-		if !e.loops[i].post(func() {
-			w := 0
-			for _, c := range cs {
-				if c.Write(b) == nil {
-					w++
+		if !e.loops[l].post(func() {
+			n := 0
+			for _, i := range is {
+				if fn(i) {
+					n++
 				}
 			}
-			finish(w)
+			finish(n)
 		}) {
-			finish(0) // the loop has stopped: its conns are closed
+			finish(0)
 		}
 	}
 }

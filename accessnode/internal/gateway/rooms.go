@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -475,35 +476,49 @@ func (s *Server) deliverRoom(room string, d *wirepb.Deliver, broadcast bool, ski
 		membersPool.Put(bp)
 	}()
 	s.m.roomDeliveries.Add(float64(len(targets)))
-	if !broadcast {
-		s.deliverTo(targets, d, done)
-		return
-	}
-	// At most once: written, never tracked.
 	if len(targets) == 0 {
 		done(0, 0, 0)
 		return
 	}
-	if !d.Broadcast {
+	if broadcast && !d.Broadcast {
 		d = resend(d, 1)
 		d.Broadcast = true
 	}
-	frame, err := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Deliver{Deliver: d}}, s.cfg.Engine.MaxFrame)
+	limit := s.cfg.Engine.MaxFrame
+	if !broadcast {
+		limit -= 8 // headroom for a re-send's larger attempt number
+	}
+	frame, err := wire.Append(nil, &wirepb.Frame{Body: &wirepb.Frame_Deliver{Deliver: d}}, limit)
 	if err != nil {
 		done(uint32(len(targets)), 0, wirepb.ErrorCode_ERROR_CODE_PAYLOAD_TOO_LARGE)
 		return
 	}
-	conns := make([]*evloop.Conn, 0, len(targets))
-	for _, t := range targets {
-		if !t.kicked.Load() {
-			conns = append(conns, t.c)
-		}
-	}
-	// In the members' loops, so that several publishes queued while a loop
+	// In the members' own loops (one task per loop), so that a loop writes
+	// to all its members in one pass and several publishes queued while it
 	// is busy leave in one write per member.
-	s.eng.WriteEach(conns, frame, func(written int) {
-		s.drops.AddN(drop.ConnClosed, len(conns)-written)
-		s.delivers.Add(uint64(written))
-		done(uint32(written), 0, 0)
-	})
+	sessions := slices.Clone(targets) // targets goes back to the pool
+	conns := make([]*evloop.Conn, len(sessions))
+	for i, t := range sessions {
+		conns[i] = t.c
+	}
+	s.delivers.Add(uint64(len(conns)))
+	if broadcast {
+		// At most once: written, never tracked.
+		s.eng.InLoops(conns, func(i int) bool { return !sessions[i].kicked.Load() && conns[i].Write(frame) == nil },
+			func(written int) {
+				s.drops.AddN(drop.ConnClosed, len(conns)-written)
+				done(uint32(written), 0, 0)
+			})
+		return
+	}
+	f := &flight{done: done, sum: Tally{Devices: uint32(len(sessions))}}
+	now := s.eng.Now()
+	s.eng.InLoops(conns, func(i int) bool {
+		if sessions[i].deliver(d, frame, f, now, &s.cfg) {
+			return true
+		}
+		s.drops.Add(drop.RecipientGone)
+		f.fail(wirepb.ErrorCode_ERROR_CODE_RECIPIENT_GONE)
+		return false
+	}, func(int) {})
 }
