@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"github.com/imgate/imgate/accessnode/internal/lockorder"
 	"github.com/imgate/imgate/proto/etcdkeys"
 	"github.com/imgate/imgate/proto/nodepb"
 )
@@ -15,12 +14,7 @@ import (
 // its SyncDone says the new set is complete. Until then lookups see the
 // union of old and new, so a resync never hides a device for a moment.
 type directory struct {
-	shards [64]dirShard
-}
-
-type dirShard struct {
-	mu lockorder.Mutex
-	m  map[string][]dirEntry // guarded by mu; slices are replaced, not edited
+	keyShards[dirEntry]
 }
 
 type dirEntry struct {
@@ -32,14 +26,8 @@ type dirEntry struct {
 
 func newDirectory() *directory {
 	d := &directory{}
-	for i := range d.shards {
-		d.shards[i].m = map[string][]dirEntry{}
-	}
+	d.init()
 	return d
-}
-
-func (d *directory) shard(uid string) *dirShard {
-	return &d.shards[hash64(uid)&63]
 }
 
 // apply records one presence entry, written in generation gen. When an up
@@ -112,67 +100,14 @@ func (d *directory) holders(uid string) []string {
 
 // dropHolder forgets every entry of holder (it left the membership).
 func (d *directory) dropHolder(holder string) {
-	d.filter(func(e dirEntry) bool { return e.holder != holder })
+	d.filter(func(_ string, e dirEntry) bool { return e.holder != holder })
 }
 
 // sweep forgets holder's entries older than generation gen: its
 // registration of generation gen is complete.
 func (d *directory) sweep(holder string, gen uint64) {
-	d.filter(func(e dirEntry) bool { return e.holder != holder || e.gen >= gen })
-}
-
-func (d *directory) filter(keep func(dirEntry) bool) {
-	for i := range d.shards {
-		sh := &d.shards[i]
-		sh.mu.Lock()
-		for uid, es := range sh.m {
-			kept := es[:0:0]
-			for _, e := range es {
-				if keep(e) {
-					kept = append(kept, e)
-				}
-			}
-			switch {
-			case len(kept) == 0:
-				delete(sh.m, uid)
-			case len(kept) != len(es):
-				sh.m[uid] = kept
-			}
-		}
-		sh.mu.Unlock()
-	}
-}
-
-// dropWhere forgets the uids for which drop says so (no longer homed here).
-func (d *directory) dropWhere(drop func(uid string) bool) {
-	for i := range d.shards {
-		sh := &d.shards[i]
-		sh.mu.Lock()
-		for uid := range sh.m {
-			if drop(uid) {
-				delete(sh.m, uid)
-			}
-		}
-		sh.mu.Unlock()
-	}
-}
-
-// size is the number of uids in this shard of the directory.
-func (d *directory) size() int {
-	n := 0
-	for i := range d.shards {
-		sh := &d.shards[i]
-		sh.mu.Lock()
-		n += len(sh.m)
-		sh.mu.Unlock()
-	}
-	return n
+	d.filter(func(_ string, e dirEntry) bool { return e.holder != holder || e.gen >= gen })
 }
 
 // devices returns a copy of uid's entries.
-func (d *directory) devices(uid string) []dirEntry {
-	sh := d.shard(uid)
-	sh.mu.Lock()
-	defer sh.mu.Unlock()
-	return append([]dirEntry(nil), sh.m[uid]...)
-}
+func (d *directory) devices(uid string) []dirEntry { return d.entries(uid) }

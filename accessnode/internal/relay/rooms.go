@@ -8,7 +8,6 @@ import (
 
 	"github.com/imgate/imgate/accessnode/internal/drop"
 	"github.com/imgate/imgate/accessnode/internal/gateway"
-	"github.com/imgate/imgate/accessnode/internal/lockorder"
 	"github.com/imgate/imgate/proto/nodepb"
 	"github.com/imgate/imgate/proto/wirepb"
 )
@@ -26,12 +25,7 @@ import (
 // nodes holding members and how many. Entries carry the generation of the
 // registration that wrote them, swept like the directory's.
 type roomDir struct {
-	shards [64]roomDirShard
-}
-
-type roomDirShard struct {
-	mu lockorder.Mutex
-	m  map[string][]roomDirEntry // guarded by mu; slices replaced, not edited
+	keyShards[roomDirEntry]
 }
 
 type roomDirEntry struct {
@@ -42,13 +36,9 @@ type roomDirEntry struct {
 
 func newRoomDir() *roomDir {
 	d := &roomDir{}
-	for i := range d.shards {
-		d.shards[i].m = map[string][]roomDirEntry{}
-	}
+	d.init()
 	return d
 }
-
-func (d *roomDir) shard(room string) *roomDirShard { return &d.shards[hash64(room)&63] }
 
 // apply records holder's count for a room (0: it holds none).
 func (d *roomDir) apply(e *nodepb.RoomEntry, gen uint64) {
@@ -84,28 +74,6 @@ func (d *roomDir) holders(room string) (ids []string, members []uint32) {
 	return ids, members
 }
 
-func (d *roomDir) filter(keep func(room string, e roomDirEntry) bool) {
-	for i := range d.shards {
-		sh := &d.shards[i]
-		sh.mu.Lock()
-		for room, es := range sh.m {
-			kept := es[:0:0]
-			for _, e := range es {
-				if keep(room, e) {
-					kept = append(kept, e)
-				}
-			}
-			switch {
-			case len(kept) == 0:
-				delete(sh.m, room)
-			case len(kept) != len(es):
-				sh.m[room] = kept
-			}
-		}
-		sh.mu.Unlock()
-	}
-}
-
 // dropHolder forgets holder's entries (it left the membership).
 func (d *roomDir) dropHolder(holder string) {
 	d.filter(func(_ string, e roomDirEntry) bool { return e.holder != holder })
@@ -114,23 +82,6 @@ func (d *roomDir) dropHolder(holder string) {
 // sweep forgets holder's entries older than generation gen.
 func (d *roomDir) sweep(holder string, gen uint64) {
 	d.filter(func(_ string, e roomDirEntry) bool { return e.holder != holder || e.gen >= gen })
-}
-
-// dropWhere forgets the rooms for which drop says so (no longer homed here).
-func (d *roomDir) dropWhere(drop func(room string) bool) {
-	d.filter(func(room string, _ roomDirEntry) bool { return !drop(room) })
-}
-
-// size is the number of rooms in this shard.
-func (d *roomDir) size() int {
-	n := 0
-	for i := range d.shards {
-		sh := &d.shards[i]
-		sh.mu.Lock()
-		n += len(sh.m)
-		sh.mu.Unlock()
-	}
-	return n
 }
 
 // roomKey is a room's key in the orderer, apart from every uid's.
