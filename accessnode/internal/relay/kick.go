@@ -54,45 +54,23 @@ func (r *Relay) KickFleet(ctx context.Context, uid, device, detail string, ban b
 		// The home's view of this node may lag a login by a stream hop.
 		targets = append(targets, r.cfg.NodeID)
 	}
-	type answer struct {
-		node   string
-		kicked int
-		ok     bool
-	}
-	answers := make(chan answer, len(targets))
 	callDeadline := earliest(time.Now().Add(r.cfg.CallTimeout), deadline.Add(r.cfg.CallTimeout))
-	for _, h := range targets {
-		if h == r.cfg.NodeID {
-			n := 0
+	kicked, nodes, failed := r.askNodes(targets, callDeadline,
+		func() int {
 			if k, ok := r.local.(AdminKicker); ok {
-				n = k.KickAdmin(uid, device, detail, ban)
+				return k.KickAdmin(uid, device, detail, ban)
 			}
-			answers <- answer{h, n, true}
-			continue
-		}
-		p := r.peer(h)
-		if p == nil {
-			answers <- answer{h, 0, false}
-			continue
-		}
-		p.call(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_AdminKick{AdminKick: &nodepb.AdminKick{
-			Uid: uid, Device: device, Detail: detail, Ban: ban}}}, callDeadline,
-			answerFunc(func(fr *nodepb.ForwardFrame, _ wirepb.ErrorCode, _ bool) {
-				kr := fr.GetAdminKickResult()
-				answers <- answer{h, int(kr.GetKicked()), kr != nil}
-			}))
-	}
-	for range targets {
-		a := <-answers
-		if !a.ok {
-			incomplete = true
-		}
-		if a.kicked > 0 || (a.node != r.cfg.NodeID && a.ok) {
-			nodes = append(nodes, a.node)
-		}
-		kicked += a.kicked
-	}
-	slices.Sort(nodes)
+			return 0
+		},
+		func([]string) *nodepb.ForwardFrame {
+			return &nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_AdminKick{AdminKick: &nodepb.AdminKick{
+				Uid: uid, Device: device, Detail: detail, Ban: ban}}}
+		},
+		func(fr *nodepb.ForwardFrame) (int, bool) {
+			kr := fr.GetAdminKickResult()
+			return int(kr.GetKicked()), kr != nil
+		})
+	incomplete = incomplete || failed
 	r.adminKicks.Add(uint64(kicked))
 	return kicked, nodes, incomplete
 }
@@ -103,4 +81,53 @@ func (r *Relay) adminKick(k *nodepb.AdminKick) uint32 {
 		return uint32(ak.KickAdmin(k.Uid, k.Device, k.Detail, k.Ban))
 	}
 	return 0
+}
+
+// askNodes runs one admin action on each target node: local on this one,
+// and on each other one the call frame(its share) makes on its Forward
+// stream, whose answer count reads (ok false: no answer of that kind).
+// share is nil unless shares maps nodes to their part of the work. It
+// returns the sum of the counts, the nodes that answered (this one only
+// when it did something), sorted, and whether some node could not.
+func (r *Relay) askNodes(targets []string, deadline time.Time, local func() int,
+	frame func(share []string) *nodepb.ForwardFrame, count func(*nodepb.ForwardFrame) (int, bool)) (total int, nodes []string, incomplete bool) {
+	return r.askShares(targets, nil, deadline, func([]string) int { return local() }, frame, count)
+}
+
+// askShares is askNodes where each node gets its own share of the work.
+func (r *Relay) askShares(targets []string, shares map[string][]string, deadline time.Time, local func(share []string) int,
+	frame func(share []string) *nodepb.ForwardFrame, count func(*nodepb.ForwardFrame) (int, bool)) (total int, nodes []string, incomplete bool) {
+	type answer struct {
+		node string
+		n    int
+		ok   bool
+	}
+	answers := make(chan answer, len(targets))
+	for _, h := range targets {
+		if h == r.cfg.NodeID {
+			answers <- answer{h, local(shares[h]), true}
+			continue
+		}
+		p := r.peer(h)
+		if p == nil {
+			answers <- answer{h, 0, false}
+			continue
+		}
+		p.call(frame(shares[h]), deadline, answerFunc(func(fr *nodepb.ForwardFrame, _ wirepb.ErrorCode, _ bool) {
+			n, ok := count(fr)
+			answers <- answer{h, n, ok}
+		}))
+	}
+	for range targets {
+		a := <-answers
+		if !a.ok {
+			incomplete = true
+		}
+		if a.n > 0 || (a.node != r.cfg.NodeID && a.ok) {
+			nodes = append(nodes, a.node)
+		}
+		total += a.n
+	}
+	slices.Sort(nodes)
+	return total, nodes, incomplete
 }

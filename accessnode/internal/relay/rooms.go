@@ -292,56 +292,26 @@ func (r *Relay) RoomMembers(ctx context.Context, room string, uids []string, dev
 			byNode[h] = append(byNode[h], f.uid)
 		}
 	}
-	type answer struct {
-		node    string
-		changed int
-		ok      bool
+	targets := make([]string, 0, len(byNode))
+	for h := range byNode {
+		targets = append(targets, h)
 	}
-	answers := make(chan answer, len(byNode))
-	callDeadline := time.Now().Add(r.cfg.CallTimeout)
-	for h, us := range byNode {
-		if h == r.cfg.NodeID {
-			n := 0
+	n, asked, failed := r.askShares(targets, byNode, time.Now().Add(r.cfg.CallTimeout),
+		func(us []string) int {
 			if a, ok := r.local.(RoomAdmin); ok {
-				n = a.AdminRoom(room, us, device, join)
+				return a.AdminRoom(room, us, device, join)
 			}
-			answers <- answer{h, n, true}
-			continue
-		}
-		p := r.peer(h)
-		if p == nil {
-			answers <- answer{h, 0, false}
-			continue
-		}
-		h := h
-		p.call(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_AdminRoom{AdminRoom: &nodepb.AdminRoom{
-			Room: room, Uids: us, Device: device, Join: join}}}, callDeadline,
-			answerFunc(func(fr *nodepb.ForwardFrame, _ wirepb.ErrorCode, _ bool) {
-				if res := fr.GetAdminRoomResult(); res != nil {
-					answers <- answer{h, int(res.Changed), true}
-					return
-				}
-				answers <- answer{h, 0, false}
-			}))
-	}
-	for range byNode {
-		var a answer
-		select {
-		case a = <-answers:
-		case <-ctx.Done():
-			return changed, nodes, true
-		}
-		if !a.ok {
-			incomplete = true
-			continue
-		}
-		changed += a.changed
-		if a.changed > 0 || a.node != r.cfg.NodeID {
-			nodes = append(nodes, a.node)
-		}
-	}
-	slices.Sort(nodes)
-	return changed, nodes, incomplete
+			return 0
+		},
+		func(us []string) *nodepb.ForwardFrame {
+			return &nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_AdminRoom{AdminRoom: &nodepb.AdminRoom{
+				Room: room, Uids: us, Device: device, Join: join}}}
+		},
+		func(fr *nodepb.ForwardFrame) (int, bool) {
+			res := fr.GetAdminRoomResult()
+			return int(res.GetChanged()), res != nil
+		})
+	return n, asked, incomplete || failed
 }
 
 // RoomInfo answers, from the room's home, which nodes hold members and how
