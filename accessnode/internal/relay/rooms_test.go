@@ -6,7 +6,11 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	"github.com/imgate/imgate/accessnode/internal/gateway"
+	"github.com/imgate/imgate/proto/nodepb"
 	"github.com/imgate/imgate/proto/wirepb"
 )
 
@@ -379,6 +383,60 @@ func TestRoomPublishesKeepTheirOrder(t *testing.T) {
 			if p != fmt.Sprintf("%03d", i) {
 				t.Fatalf("%s: message %d is %q", u.uid, i, p)
 			}
+		}
+	}
+}
+
+// TestRoomCallsOverGRPC: the backend's room calls on a node's gRPC port —
+// join, publish, info — and their answers to bad input.
+func TestRoomCallsOverGRPC(t *testing.T) {
+	c := newCluster(t)
+	for _, id := range []string{"a", "b"} {
+		c.start(id)
+	}
+	c.settled(2)
+	u := c.login("b", "gus", "d")
+	c.registered("gus", 1)
+	cli := c.presenceClient("a")
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	jr, err := cli.RoomMembers(ctx, &nodepb.RoomMembersRequest{Room: "lobby", Uids: []string{"gus"}, Join: true})
+	if err != nil || jr.Changed != 1 || jr.Incomplete {
+		t.Fatalf("join: %v %v", jr, err)
+	}
+	<-u.roomNews
+	c.roomCounted("lobby", 1, 1)
+	pr, err := cli.RoomPublish(ctx, &nodepb.RoomPublishRequest{Room: "lobby", Payload: []byte("welcome"), From: "bot"})
+	if err != nil || wirepb.Outcome(pr.Outcome) != wirepb.Outcome_OUTCOME_DELIVERED || pr.Nodes != 1 || pr.Devices != 1 || pr.MsgId == "" {
+		t.Fatalf("publish: %v %v", pr, err)
+	}
+	if u.received("welcome") != 1 {
+		t.Fatal("the member missed the backend's publish")
+	}
+	info, err := cli.RoomInfo(ctx, &nodepb.RoomInfoRequest{Room: "lobby"})
+	if err != nil || info.Members != 1 || len(info.Nodes) != 1 || info.Nodes[0].NodeId != "b" {
+		t.Fatalf("info: %v %v", info, err)
+	}
+	if pr, err := cli.RoomPublish(ctx, &nodepb.RoomPublishRequest{Room: "empty", Payload: []byte("x")}); err != nil || wirepb.Outcome(pr.Outcome) != wirepb.Outcome_OUTCOME_OFFLINE || pr.MsgId != "" {
+		t.Fatalf("publish to nobody: %v %v", pr, err)
+	}
+	many := make([]string, 1001)
+	for i := range many {
+		many[i] = fmt.Sprintf("u%d", i)
+	}
+	for what, call := range map[string]func() error{
+		"bad room":      func() error { _, err := cli.RoomInfo(ctx, &nodepb.RoomInfoRequest{Room: "a\nb"}); return err },
+		"no uids":       func() error { _, err := cli.RoomMembers(ctx, &nodepb.RoomMembersRequest{Room: "r", Join: true}); return err },
+		"too many uids": func() error { _, err := cli.RoomMembers(ctx, &nodepb.RoomMembersRequest{Room: "r", Uids: many}); return err },
+		"empty uid":     func() error { _, err := cli.RoomMembers(ctx, &nodepb.RoomMembersRequest{Room: "r", Uids: []string{""}}); return err },
+		"big payload": func() error {
+			_, err := cli.RoomPublish(ctx, &nodepb.RoomPublishRequest{Room: "r", Payload: make([]byte, 61<<10)})
+			return err
+		},
+		"no room": func() error { _, err := cli.RoomPublish(ctx, &nodepb.RoomPublishRequest{}); return err },
+	} {
+		if err := call(); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%s: %v, want InvalidArgument", what, err)
 		}
 	}
 }
