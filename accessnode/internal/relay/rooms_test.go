@@ -425,10 +425,19 @@ func TestRoomCallsOverGRPC(t *testing.T) {
 		many[i] = fmt.Sprintf("u%d", i)
 	}
 	for what, call := range map[string]func() error{
-		"bad room":      func() error { _, err := cli.RoomInfo(ctx, &nodepb.RoomInfoRequest{Room: "a\nb"}); return err },
-		"no uids":       func() error { _, err := cli.RoomMembers(ctx, &nodepb.RoomMembersRequest{Room: "r", Join: true}); return err },
-		"too many uids": func() error { _, err := cli.RoomMembers(ctx, &nodepb.RoomMembersRequest{Room: "r", Uids: many}); return err },
-		"empty uid":     func() error { _, err := cli.RoomMembers(ctx, &nodepb.RoomMembersRequest{Room: "r", Uids: []string{""}}); return err },
+		"bad room": func() error { _, err := cli.RoomInfo(ctx, &nodepb.RoomInfoRequest{Room: "a\nb"}); return err },
+		"no uids": func() error {
+			_, err := cli.RoomMembers(ctx, &nodepb.RoomMembersRequest{Room: "r", Join: true})
+			return err
+		},
+		"too many uids": func() error {
+			_, err := cli.RoomMembers(ctx, &nodepb.RoomMembersRequest{Room: "r", Uids: many})
+			return err
+		},
+		"empty uid": func() error {
+			_, err := cli.RoomMembers(ctx, &nodepb.RoomMembersRequest{Room: "r", Uids: []string{""}})
+			return err
+		},
 		"big payload": func() error {
 			_, err := cli.RoomPublish(ctx, &nodepb.RoomPublishRequest{Room: "r", Payload: make([]byte, 61<<10)})
 			return err
