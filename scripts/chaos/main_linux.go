@@ -81,16 +81,16 @@ func parseFlags(args []string) (options, *flag.FlagSet, error) {
 	if o.clients%2 != 0 || o.clients < 0 {
 		return o, fs, errors.New("--clients must be even")
 	}
-	if _, err := selectScenarios(o.only); err != nil {
+	if _, err := selectScenarios(o.only, o.short); err != nil {
 		return o, fs, err
 	}
 	return o, fs, nil
 }
 
-func selectScenarios(only string) ([]scenario, error) {
+func selectScenarios(only string, short bool) ([]scenario, error) {
 	all := scenarios()
 	if only == "" {
-		return all, nil
+		return slices.DeleteFunc(all, func(s scenario) bool { return short && s.fullOnly }), nil
 	}
 	var out []scenario
 	for _, n := range strings.Split(only, ",") {
@@ -334,7 +334,7 @@ func innerMain(args []string) int {
 		os.RemoveAll(filepath.Join(dir, "soak"))
 		results = append(results, r.runSoak(ctx, o.soak, o.seed))
 	} else {
-		list, _ := selectScenarios(o.only)
+		list, _ := selectScenarios(o.only, o.short)
 		for _, sc := range list {
 			if ctx.Err() != nil {
 				break

@@ -173,6 +173,9 @@ type scenario struct {
 	inject func(e *env) error
 	// custom replaces the standard traffic run (order)
 	custom func(ctx context.Context, r *runner) result
+	// fullOnly: left out of --short runs (make test) unless named with
+	// --scenario; the in-process tests cover its code in make test.
+	fullOnly bool
 }
 
 // runTraffic is the standard scenario: a fresh fleet, the paired clients
@@ -280,6 +283,7 @@ func scenarios() []scenario {
 		{name: "lossy", what: "30% loss + 200 ms delay each way on n3's links to the other nodes", focus: []string{"n3", "n1"}, inject: injectLossy},
 		{name: "blackhole", what: "n4's gRPC port black-holed (client port still answers)", focus: []string{"n4", "n1"}, inject: injectBlackhole},
 		{name: "order", what: "2,000 pipelined Sends per burst on one raw connection to a recipient on another node", focus: []string{"n1", "n2"}, custom: runOrder},
+		{name: "rooms", what: "members of 16 rooms on n1-n3, one publishing; kill -9 n4 (home of some rooms), restart it", focus: []string{"n4", "n1"}, custom: runRooms, fullOnly: true},
 	}
 }
 
