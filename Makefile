@@ -17,7 +17,7 @@ PROTOC_GEN_VTPROTO := github.com/planetscale/vtprotobuf/cmd/protoc-gen-go-vtprot
 ETCDCTL            := go.etcd.io/etcd/etcdctl/v3@v3.7.3
 GOTESTSUM          := gotest.tools/gotestsum@v1.13.0
 
-.PHONY: all build run test vet fmt-check deploy-check race lockcheck fuzz bench bench-ws microbench chaos chaos-short proto proto-ts tools etcdctl ts-test web-test chat-bundle clean
+.PHONY: all build run test vet fmt-check deploy-check race lockcheck fuzz bench bench-ws bench-rooms microbench chaos chaos-short proto proto-ts tools etcdctl ts-test web-test chat-bundle clean
 
 all: build
 
@@ -79,6 +79,10 @@ bench:
 ## bench-ws: memory per idle WebSocket connection, imgate ws/wss beside Centrifugo 6.9 (CONNS=15000)
 bench-ws:
 	scripts/bench-ws.sh
+
+## bench-rooms: a room of 10,000 members over 4 nodes, broadcast and acknowledged (MEMBERS=, BROADCAST_RATE=, ACKED_RATE=)
+bench-rooms:
+	scripts/room-bench.sh
 
 ## chaos: the fault harness, every scenario with full fault windows (root; about 10 min); CHAOS_ARGS="--scenario kill9 --json f"
 chaos:

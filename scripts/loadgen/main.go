@@ -66,6 +66,10 @@ type config struct {
 	reconnect     bool
 	loginDeadline time.Duration
 	idleWindow    time.Duration
+	// Room mode (rooms.go).
+	room           string
+	roomPublishers int
+	roomRate       int
 }
 
 func main() {
@@ -96,6 +100,9 @@ func main() {
 	flag.DurationVar(&c.loginDeadline, "login-deadline", 0, "with --procs: give up if the shards have not all logged in by then (0: 4 × conns/rate + 5 min)")
 	flag.IntVar(&c.procs, "procs", 1, "spread the connections over this many load processes (each holds conns/procs; one process may open ~19,900 sockets here)")
 	flag.IntVar(&c.shard, "shard", -1, "internal: this process is shard N of a --procs run")
+	flag.StringVar(&c.room, "room", "", "room mode: the --conns connections join this room and the first --room-publishers publish to it at --room-rate for --msg-warmup + --msg-duration (one process)")
+	flag.IntVar(&c.roomPublishers, "room-publishers", 1, "room mode: members that publish, in turn")
+	flag.IntVar(&c.roomRate, "room-rate", 30, "room mode: publishes per second in all")
 	flag.Parse()
 	if a, err := netip.ParseAddr(*srcBase); err != nil || !a.Is4() {
 		fmt.Fprintln(os.Stderr, "loadgen: --src-base must be an IPv4 address")
@@ -111,6 +118,22 @@ func main() {
 	defer stop()
 	if c.shard < 0 {
 		checkOS(os.Stderr, c.conns, c.procs, c.procs*c.srcIPs)
+	}
+	if c.room != "" {
+		rr, err := runRoom(ctx, c)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "loadgen:", err)
+			os.Exit(1)
+		}
+		rr.print(os.Stdout)
+		if c.jsonOut != "" {
+			b, _ := json.MarshalIndent(rr, "", "  ")
+			if err := os.WriteFile(c.jsonOut, b, 0o644); err != nil {
+				fmt.Fprintln(os.Stderr, "loadgen:", err)
+				os.Exit(1)
+			}
+		}
+		return
 	}
 	var rep *report
 	var err error

@@ -62,7 +62,9 @@ func (s *serverReport) print(w io.Writer) {
 // sample is one reading of the nodes' metrics, summed over nodes.
 type sample struct {
 	rss, heap, conns, cpu float64
-	at                    time.Time
+	// Room counters (room mode): publishes begun, forwards to other nodes.
+	roomPubs, roomFwds float64
+	at                 time.Time
 }
 
 // probe reads the servers' cost before, during and after a run. With no
@@ -241,6 +243,10 @@ func scrape(urls []string) (sample, error) {
 				s.cpu += v
 			case name == "go_memstats_heap_inuse_bytes":
 				s.heap += v
+			case name == "imgate_node_room_publishes_total":
+				s.roomPubs += v
+			case name == "imgate_node_room_forwards_total":
+				s.roomFwds += v
 			case name == "imgate_node_connections" || strings.HasPrefix(name, "imgate_node_connections{"):
 				// Without labels since the node label was dropped; with them
 				// from older nodes.
