@@ -30,8 +30,8 @@ describe('wire', () => {
   it('ignores unknown fields and frame types', () => {
     const p = decode(unhex('1a 04 08 01 78 05'));
     assert.ok(p.body.case === 'ping' && p.body.value.seq === 1n);
-    // field 14: no frame type yet (§12.1's example, field 12, is Request now)
-    assert.equal(decode(unhex('72 00')).body.case, undefined);
+    // field 30: no frame type yet (12-16 are Request, Response and the rooms' frames now)
+    assert.equal(decode(unhex('f2 01 00')).body.case, undefined);
     assert.equal(decode(new Uint8Array()).body.case, undefined);
     assert.throws(() => decode(unhex('1a 05 08')));
   });
