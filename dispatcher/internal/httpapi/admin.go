@@ -13,7 +13,7 @@ import (
 
 // adminRoutes are the routes for ops and backends, never for apps:
 // /v1/nodes and /metrics behind the admin token (when set), POST /v1/push
-// GET /v1/presence and POST /v1/kick behind the push token.
+// GET /v1/presence, POST /v1/kick and /v1/rooms/ behind the push token.
 func (s *Server) adminRoutes(r chi.Router) {
 	r.With(s.requireAdmin).Get("/v1/nodes", s.nodes)
 	if s.cfg.Pusher != nil {
@@ -23,6 +23,12 @@ func (s *Server) adminRoutes(r chi.Router) {
 		}
 		if _, ok := s.cfg.Pusher.(Kicker); ok {
 			r.Post("/v1/kick", s.kick)
+		}
+		if _, ok := s.cfg.Pusher.(Roomer); ok {
+			r.Post("/v1/rooms/{room}/join", s.roomJoin)
+			r.Post("/v1/rooms/{room}/leave", s.roomLeave)
+			r.Post("/v1/rooms/{room}/publish", s.roomPublish)
+			r.Get("/v1/rooms/{room}", s.roomInfo)
 		}
 	}
 	if s.cfg.Metrics != nil {

@@ -103,8 +103,6 @@ func (b *pushRequest) validate() (*nodepb.PushRequest, error) {
 		return nil, badParam("uids", "at least one uid is required")
 	case len(b.UIDs) > maxPushUsers:
 		return nil, badParam("uids", "at most %d uids per push", maxPushUsers)
-	case b.Payload != nil && b.PayloadBase64 != nil:
-		return nil, badParam("payload", "give payload or payload_base64, not both")
 	case b.TimeoutMS > maxPushTimeout:
 		return nil, badParam("timeout_ms", "at most %d", maxPushTimeout)
 	case len(b.From) > 128 || len(b.ContentType) > 128:
@@ -115,12 +113,25 @@ func (b *pushRequest) validate() (*nodepb.PushRequest, error) {
 			return nil, badParam("uids", "every uid must be 1-128 bytes")
 		}
 	}
+	payload, err := pushPayload(b.Payload, b.PayloadBase64)
+	if err != nil {
+		return nil, err
+	}
+	return &nodepb.PushRequest{Uids: b.UIDs, Payload: payload, ContentType: b.ContentType, From: b.From, TimeoutMs: b.TimeoutMS}, nil
+}
+
+// pushPayload is the payload of a push or a room publish: the text of
+// payload or the bytes of payload_base64 (not both, either may be absent),
+// at most 60 KiB.
+func pushPayload(text, b64 *string) ([]byte, error) {
 	var payload []byte
 	switch {
-	case b.Payload != nil:
-		payload = []byte(*b.Payload)
-	case b.PayloadBase64 != nil:
-		p, err := base64.StdEncoding.DecodeString(*b.PayloadBase64)
+	case text != nil && b64 != nil:
+		return nil, badParam("payload", "give payload or payload_base64, not both")
+	case text != nil:
+		payload = []byte(*text)
+	case b64 != nil:
+		p, err := base64.StdEncoding.DecodeString(*b64)
 		if err != nil {
 			return nil, badParam("payload_base64", "not valid base64")
 		}
@@ -129,5 +140,5 @@ func (b *pushRequest) validate() (*nodepb.PushRequest, error) {
 	if len(payload) > maxPushPayload {
 		return nil, badParam("payload", "at most %d bytes", maxPushPayload)
 	}
-	return &nodepb.PushRequest{Uids: b.UIDs, Payload: payload, ContentType: b.ContentType, From: b.From, TimeoutMs: b.TimeoutMS}, nil
+	return payload, nil
 }
