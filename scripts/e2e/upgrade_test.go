@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"sort"
 	"strconv"
@@ -116,6 +117,51 @@ func nodeVersions(base, id string) string {
 	return ""
 }
 
+// notifySocket collects what processes send to a NOTIFY_SOCKET.
+type notifySocket struct {
+	mu  sync.Mutex
+	got []string
+}
+
+func listenNotify(t *testing.T, path string) *notifySocket {
+	ln, err := net.ListenUnixgram("unixgram", &net.UnixAddr{Name: path, Net: "unixgram"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	n := &notifySocket{}
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			k, err := ln.Read(buf)
+			if err != nil {
+				return
+			}
+			n.mu.Lock()
+			n.got = append(n.got, string(buf[:k]))
+			n.mu.Unlock()
+		}
+	}()
+	return n
+}
+
+func (n *notifySocket) has(s string) bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	for _, g := range n.got {
+		if g == s {
+			return true
+		}
+	}
+	return false
+}
+
+func (n *notifySocket) all() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]string(nil), n.got...)
+}
+
 func mustRead(t *testing.T, name string) []byte {
 	b, err := os.ReadFile(name)
 	if err != nil {
@@ -184,9 +230,14 @@ func upgradeInPlace(t *testing.T, withPeer bool) {
 	clientAddr := freeAddr(t)
 	_, portS, _ := net.SplitHostPort(clientAddr)
 	port, _ := strconv.Atoi(portS)
-	node := start(t, "node-1", bin, "--id", "node-1", "--client-addr", clientAddr, "--grpc-addr", "127.0.0.1:0",
+	// node-1 speaks systemd's notification protocol to the test, as to
+	// systemd under the deploy kit's Type=notify unit.
+	notes := listenNotify(t, filepath.Join(dir, "notify"))
+	cmd := exec.Command(bin, "--id", "node-1", "--client-addr", clientAddr, "--grpc-addr", "127.0.0.1:0",
 		"--http-addr", "127.0.0.1:0", "--etcd-endpoints", endpoint, "--lease-ttl", "2s", "--sweep-interval", "100ms",
 		"--upgrade-timeout", "5s", "--log-level", "debug")
+	cmd.Env = append(os.Environ(), "NOTIFY_SOCKET="+filepath.Join(dir, "notify"))
+	node := startCmd(t, "node-1", cmd)
 	nodes := 1
 	port2 := 0
 	var node2 *process
@@ -201,6 +252,7 @@ func upgradeInPlace(t *testing.T, withPeer bool) {
 	}
 	waitFor(t, "the nodes eligible", 60*time.Second, func() bool { return len(eligible(base)) == nodes })
 	waitFor(t, "v1 in /v1/nodes", 30*time.Second, func() bool { return nodeVersions(base, "node-1") == "v1/v1" })
+	waitFor(t, "READY=1 from node-1", 10*time.Second, func() bool { return notes.has("READY=1") })
 
 	n := 16
 	acks := &countWriter{}
@@ -334,6 +386,9 @@ func upgradeInPlace(t *testing.T, withPeer bool) {
 	newPID, _ := strconv.Atoi(string(m[1]))
 	t.Cleanup(func() { _ = syscall.Kill(newPID, syscall.SIGKILL) })
 	t.Logf("handed over %s connections; pause %s ms, total %s ms (new pid %d)", m[2], m[3], m[4], newPID)
+	if want := fmt.Sprintf("MAINPID=%d\nREADY=1", newPID); !notes.has(want) {
+		t.Errorf("the new process did not tell systemd %q before the old one exited: %q", want, notes.all())
+	}
 	waitFor(t, "v2 in /v1/nodes", 30*time.Second, func() bool { return nodeVersions(base, "node-1") == "v2/v2" })
 	flowing("traffic after the upgrade")
 	if logCount(t, disp, regexp.MustCompile(`"node":"node-1"[^\n]*re-registered`)) != 0 {
