@@ -10,7 +10,7 @@
 # and msg_ids read twice (duplicates); "closed_by_node_during_hold" would
 # count disconnected clients.
 #
-#   scripts/upgrade-bench.sh            # 19,000 + 2,000 clients, 2,000 + 500 msgs/s, 60 s
+#   scripts/upgrade-bench.sh            # 19,000 + 1,000 clients, 2,000 + 500 msgs/s, 60 s
 #   CONNS=2000 RATE=500 CROSS=0 scripts/upgrade-bench.sh   # one node, no cross traffic
 #   PORT=42000 ETCD=42390 DISP=42480 scripts/upgrade-bench.sh
 #
@@ -22,7 +22,7 @@ cd "$(dirname "$0")/.."
 CONNS=${CONNS:-19000}
 RATE=${RATE:-2000}
 DURATION=${DURATION:-60s}
-CROSS=${CROSS:-2000}
+CROSS=${CROSS:-1000}
 CROSS_RATE=${CROSS_RATE:-500}
 PORT=${PORT:-17700}
 ETCD=${ETCD:-23790}
@@ -38,7 +38,7 @@ go build -ldflags "-X main.version=v2" -o "$B/accessnode-v2" ./accessnode
 	--dispatcher-args "--slow-start 0s" --node-args "--upgrade-timeout 120s" >"$B/devrun.out" 2>&1 &
 DEVRUN=$!
 CROSSLOAD=
-trap 'kill -TERM $DEVRUN $CROSSLOAD 2>/dev/null; wait $DEVRUN 2>/dev/null || true' EXIT
+trap 'kill -TERM $DEVRUN $CROSSLOAD 2>/dev/null || true; wait $DEVRUN 2>/dev/null || true' EXIT
 i=0
 until grep -q "up; Ctrl-C" "$B/devrun.out"; do
 	i=$((i + 1)); [ $i -lt 120 ] || { cat "$B/devrun.out"; exit 1; }
