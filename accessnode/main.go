@@ -378,9 +378,11 @@ func (m *Main) serve(ctx context.Context) error {
 	// Serving: a node that took over its old process's connections lets
 	// their held frames go, and from now on SIGUSR2 upgrades this one.
 	m.inh.Finish(m.gw)
+	notifyServing(m.inh, m.log)
 	m.upg = handoff.NewOld(&handoff.Old{Binary: cfg.upgradeBinary, Args: os.Args[1:], Timeout: cfg.upgradeTimeout, GW: m.gw,
 		StartedAt: m.inh.StartedAt(m.started), Listeners: upgradeListeners(m.clientLn, m.wsLn, m.grpcLn, m.httpLn),
 		Refuse: upgradeRefusal(m.clientTLS), Log: m.log, Release: m.reg.Release,
+		Peers: m.rl,
 		Serve: func() error { return serveAgain(m.gw, m.clientLn, m.wsLn) }})
 	go m.upg.Watch(gctx)
 

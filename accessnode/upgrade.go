@@ -3,8 +3,11 @@ package main
 import (
 	"net"
 
+	"github.com/rs/zerolog"
+
 	"github.com/imgate/imgate/accessnode/internal/gateway"
 	"github.com/imgate/imgate/accessnode/internal/handoff"
+	"github.com/imgate/imgate/accessnode/internal/sdnotify"
 )
 
 // The glue between main and the upgrade in place (accessnode/internal/
@@ -39,4 +42,16 @@ func upgradeRefusal(t *clientTLS) string {
 		return "client TLS (--tls-addr, --wss-addr) is served: TLS state cannot move to another process; upgrade by SIGTERM (drain) instead"
 	}
 	return ""
+}
+
+// notifyServing tells systemd (Type=notify) that the node serves. A process
+// started by an upgrade in place told it already, with its pid as the new
+// main one (handoff.Inherited.Finish).
+func notifyServing(inh *handoff.Inherited, log zerolog.Logger) {
+	if inh != nil {
+		return
+	}
+	if _, err := sdnotify.Notify("READY=1"); err != nil {
+		log.Warn().Err(err).Msg("telling systemd the node serves (READY=1) failed")
+	}
 }

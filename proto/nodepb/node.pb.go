@@ -475,6 +475,8 @@ type ForwardFrame struct {
 	//	*ForwardFrame_AdminKickResult
 	//	*ForwardFrame_AdminRoom
 	//	*ForwardFrame_AdminRoomResult
+	//	*ForwardFrame_Moving
+	//	*ForwardFrame_MovingAck
 	Body          isForwardFrame_Body `protobuf_oneof:"body"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -670,6 +672,24 @@ func (x *ForwardFrame) GetAdminRoomResult() *AdminRoomResult {
 	return nil
 }
 
+func (x *ForwardFrame) GetMoving() *Moving {
+	if x != nil {
+		if x, ok := x.Body.(*ForwardFrame_Moving); ok {
+			return x.Moving
+		}
+	}
+	return nil
+}
+
+func (x *ForwardFrame) GetMovingAck() *MovingAck {
+	if x != nil {
+		if x, ok := x.Body.(*ForwardFrame_MovingAck); ok {
+			return x.MovingAck
+		}
+	}
+	return nil
+}
+
 type isForwardFrame_Body interface {
 	isForwardFrame_Body()
 }
@@ -739,7 +759,18 @@ type ForwardFrame_AdminRoom struct {
 }
 
 type ForwardFrame_AdminRoomResult struct {
-	AdminRoomResult *AdminRoomResult `protobuf:"bytes,17,opt,name=admin_room_result,json=adminRoomResult,proto3,oneof"` // 18-19: kept for rooms.
+	AdminRoomResult *AdminRoomResult `protobuf:"bytes,17,opt,name=admin_room_result,json=adminRoomResult,proto3,oneof"`
+}
+
+type ForwardFrame_Moving struct {
+	// 18-19: kept for rooms.
+	// 20-21: the upgrade in place of a node (a process hands the node to a
+	// new one, docs/architecture.md "Upgrading a node in place").
+	Moving *Moving `protobuf:"bytes,20,opt,name=moving,proto3,oneof"` // answering side -> dialer: send no more calls here (or: carry on)
+}
+
+type ForwardFrame_MovingAck struct {
+	MovingAck *MovingAck `protobuf:"bytes,21,opt,name=moving_ack,json=movingAck,proto3,oneof"` // dialer -> answering side: no call follows on this stream
 }
 
 func (*ForwardFrame_Deliver) isForwardFrame_Body() {}
@@ -776,6 +807,120 @@ func (*ForwardFrame_AdminRoom) isForwardFrame_Body() {}
 
 func (*ForwardFrame_AdminRoomResult) isForwardFrame_Body() {}
 
+func (*ForwardFrame_Moving) isForwardFrame_Body() {}
+
+func (*ForwardFrame_MovingAck) isForwardFrame_Body() {}
+
+// Moving is sent by the answering side of a Forward stream whose process is
+// handing the node over to a new process (an upgrade in place). From it on,
+// the dialer writes no call (Deliver, Lookup, PresenceQuery, AdminKick) nor
+// any other frame but heartbeats on this stream: it answers with MovingAck
+// and keeps what it has queued for its next stream to the same address.
+// Every call the answering side received on the stream is answered before
+// it ends the stream (a Deliver it did not deliver: ForwardResult.moved);
+// after that end the dialer dials again, reaching the new process, and the
+// calls it kept leave on the new stream within their deadlines.
+type Moving struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Counts the hand-offs of the answering process; MovingAck echoes it.
+	Attempt uint64 `protobuf:"varint,1,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	// The hand-off failed and the answering process keeps the node: carry on
+	// on this stream (what was kept is sent now).
+	Resume        bool `protobuf:"varint,2,opt,name=resume,proto3" json:"resume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Moving) Reset() {
+	*x = Moving{}
+	mi := &file_nodepb_node_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Moving) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Moving) ProtoMessage() {}
+
+func (x *Moving) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Moving.ProtoReflect.Descriptor instead.
+func (*Moving) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *Moving) GetAttempt() uint64 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
+func (x *Moving) GetResume() bool {
+	if x != nil {
+		return x.Resume
+	}
+	return false
+}
+
+// MovingAck answers Moving: every call the dialer wrote on this stream
+// precedes it.
+type MovingAck struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Attempt       uint64                 `protobuf:"varint,1,opt,name=attempt,proto3" json:"attempt,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MovingAck) Reset() {
+	*x = MovingAck{}
+	mi := &file_nodepb_node_proto_msgTypes[5]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MovingAck) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MovingAck) ProtoMessage() {}
+
+func (x *MovingAck) ProtoReflect() protoreflect.Message {
+	mi := &file_nodepb_node_proto_msgTypes[5]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MovingAck.ProtoReflect.Descriptor instead.
+func (*MovingAck) Descriptor() ([]byte, []int) {
+	return file_nodepb_node_proto_rawDescGZIP(), []int{5}
+}
+
+func (x *MovingAck) GetAttempt() uint64 {
+	if x != nil {
+		return x.Attempt
+	}
+	return 0
+}
+
 // Heartbeat proves an idle stream alive. The dialer sends one when it has
 // sent nothing for a heartbeat interval; the receiver answers each with one.
 // A side that has heard nothing for the link timeout ends the stream.
@@ -787,7 +932,7 @@ type Heartbeat struct {
 
 func (x *Heartbeat) Reset() {
 	*x = Heartbeat{}
-	mi := &file_nodepb_node_proto_msgTypes[4]
+	mi := &file_nodepb_node_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -799,7 +944,7 @@ func (x *Heartbeat) String() string {
 func (*Heartbeat) ProtoMessage() {}
 
 func (x *Heartbeat) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[4]
+	mi := &file_nodepb_node_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -812,7 +957,7 @@ func (x *Heartbeat) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Heartbeat.ProtoReflect.Descriptor instead.
 func (*Heartbeat) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{4}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{6}
 }
 
 // ResyncRequest asks the dialer of this stream to register, again, every
@@ -827,7 +972,7 @@ type ResyncRequest struct {
 
 func (x *ResyncRequest) Reset() {
 	*x = ResyncRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[5]
+	mi := &file_nodepb_node_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -839,7 +984,7 @@ func (x *ResyncRequest) String() string {
 func (*ResyncRequest) ProtoMessage() {}
 
 func (x *ResyncRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[5]
+	mi := &file_nodepb_node_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -852,7 +997,7 @@ func (x *ResyncRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResyncRequest.ProtoReflect.Descriptor instead.
 func (*ResyncRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{5}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{7}
 }
 
 // Invalidate tells a node that cached lookups of these uids are stale.
@@ -865,7 +1010,7 @@ type Invalidate struct {
 
 func (x *Invalidate) Reset() {
 	*x = Invalidate{}
-	mi := &file_nodepb_node_proto_msgTypes[6]
+	mi := &file_nodepb_node_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -877,7 +1022,7 @@ func (x *Invalidate) String() string {
 func (*Invalidate) ProtoMessage() {}
 
 func (x *Invalidate) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[6]
+	mi := &file_nodepb_node_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -890,7 +1035,7 @@ func (x *Invalidate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Invalidate.ProtoReflect.Descriptor instead.
 func (*Invalidate) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{6}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Invalidate) GetUids() []string {
@@ -919,7 +1064,7 @@ type Hello struct {
 
 func (x *Hello) Reset() {
 	*x = Hello{}
-	mi := &file_nodepb_node_proto_msgTypes[7]
+	mi := &file_nodepb_node_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -931,7 +1076,7 @@ func (x *Hello) String() string {
 func (*Hello) ProtoMessage() {}
 
 func (x *Hello) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[7]
+	mi := &file_nodepb_node_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -944,7 +1089,7 @@ func (x *Hello) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Hello.ProtoReflect.Descriptor instead.
 func (*Hello) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{7}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *Hello) GetNodeId() string {
@@ -991,7 +1136,7 @@ type ForwardDeliver struct {
 
 func (x *ForwardDeliver) Reset() {
 	*x = ForwardDeliver{}
-	mi := &file_nodepb_node_proto_msgTypes[8]
+	mi := &file_nodepb_node_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1003,7 +1148,7 @@ func (x *ForwardDeliver) String() string {
 func (*ForwardDeliver) ProtoMessage() {}
 
 func (x *ForwardDeliver) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[8]
+	mi := &file_nodepb_node_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1016,7 +1161,7 @@ func (x *ForwardDeliver) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardDeliver.ProtoReflect.Descriptor instead.
 func (*ForwardDeliver) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{8}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ForwardDeliver) GetSeq() uint64 {
@@ -1093,16 +1238,21 @@ type ForwardResult struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Seq   uint64                 `protobuf:"varint,1,opt,name=seq,proto3" json:"seq,omitempty"`
 	// Devices of to_uid the node held (0: "not here") and how many acked.
-	Devices       uint32 `protobuf:"varint,2,opt,name=devices,proto3" json:"devices,omitempty"`
-	Acked         uint32 `protobuf:"varint,3,opt,name=acked,proto3" json:"acked,omitempty"`
-	Reason        int32  `protobuf:"varint,4,opt,name=reason,proto3" json:"reason,omitempty"` // imgate.wire.v1.ErrorCode
+	Devices uint32 `protobuf:"varint,2,opt,name=devices,proto3" json:"devices,omitempty"`
+	Acked   uint32 `protobuf:"varint,3,opt,name=acked,proto3" json:"acked,omitempty"`
+	Reason  int32  `protobuf:"varint,4,opt,name=reason,proto3" json:"reason,omitempty"` // imgate.wire.v1.ErrorCode
+	// Nothing was delivered here: the node is moving to a new process
+	// (Moving) and this one wrote no Deliver for the call. The dialer sends
+	// the call again on its next stream. reason is UNAVAILABLE with it, so a
+	// dialer that does not know the field answers "not confirmed".
+	Moved         bool `protobuf:"varint,5,opt,name=moved,proto3" json:"moved,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ForwardResult) Reset() {
 	*x = ForwardResult{}
-	mi := &file_nodepb_node_proto_msgTypes[9]
+	mi := &file_nodepb_node_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1114,7 +1264,7 @@ func (x *ForwardResult) String() string {
 func (*ForwardResult) ProtoMessage() {}
 
 func (x *ForwardResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[9]
+	mi := &file_nodepb_node_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1127,7 +1277,7 @@ func (x *ForwardResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ForwardResult.ProtoReflect.Descriptor instead.
 func (*ForwardResult) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{9}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ForwardResult) GetSeq() uint64 {
@@ -1158,6 +1308,13 @@ func (x *ForwardResult) GetReason() int32 {
 	return 0
 }
 
+func (x *ForwardResult) GetMoved() bool {
+	if x != nil {
+		return x.Moved
+	}
+	return false
+}
+
 // PresenceEntry says one device of uid is (up) or is no longer (!up) held
 // by holder, logged in at login_at_ns (the holder's clock).
 type PresenceEntry struct {
@@ -1173,7 +1330,7 @@ type PresenceEntry struct {
 
 func (x *PresenceEntry) Reset() {
 	*x = PresenceEntry{}
-	mi := &file_nodepb_node_proto_msgTypes[10]
+	mi := &file_nodepb_node_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1185,7 +1342,7 @@ func (x *PresenceEntry) String() string {
 func (*PresenceEntry) ProtoMessage() {}
 
 func (x *PresenceEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[10]
+	mi := &file_nodepb_node_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1198,7 +1355,7 @@ func (x *PresenceEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceEntry.ProtoReflect.Descriptor instead.
 func (*PresenceEntry) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{10}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *PresenceEntry) GetUid() string {
@@ -1251,7 +1408,7 @@ type PresenceUpdate struct {
 
 func (x *PresenceUpdate) Reset() {
 	*x = PresenceUpdate{}
-	mi := &file_nodepb_node_proto_msgTypes[11]
+	mi := &file_nodepb_node_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1263,7 +1420,7 @@ func (x *PresenceUpdate) String() string {
 func (*PresenceUpdate) ProtoMessage() {}
 
 func (x *PresenceUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[11]
+	mi := &file_nodepb_node_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1276,7 +1433,7 @@ func (x *PresenceUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceUpdate.ProtoReflect.Descriptor instead.
 func (*PresenceUpdate) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{11}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *PresenceUpdate) GetEntries() []*PresenceEntry {
@@ -1313,7 +1470,7 @@ type RoomEntry struct {
 
 func (x *RoomEntry) Reset() {
 	*x = RoomEntry{}
-	mi := &file_nodepb_node_proto_msgTypes[12]
+	mi := &file_nodepb_node_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1325,7 +1482,7 @@ func (x *RoomEntry) String() string {
 func (*RoomEntry) ProtoMessage() {}
 
 func (x *RoomEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[12]
+	mi := &file_nodepb_node_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1338,7 +1495,7 @@ func (x *RoomEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoomEntry.ProtoReflect.Descriptor instead.
 func (*RoomEntry) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{12}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RoomEntry) GetRoom() string {
@@ -1374,7 +1531,7 @@ type LookupRequest struct {
 
 func (x *LookupRequest) Reset() {
 	*x = LookupRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[13]
+	mi := &file_nodepb_node_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1386,7 +1543,7 @@ func (x *LookupRequest) String() string {
 func (*LookupRequest) ProtoMessage() {}
 
 func (x *LookupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[13]
+	mi := &file_nodepb_node_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1399,7 +1556,7 @@ func (x *LookupRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupRequest.ProtoReflect.Descriptor instead.
 func (*LookupRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{13}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *LookupRequest) GetSeq() uint64 {
@@ -1443,7 +1600,7 @@ type LookupResponse struct {
 
 func (x *LookupResponse) Reset() {
 	*x = LookupResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[14]
+	mi := &file_nodepb_node_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1455,7 +1612,7 @@ func (x *LookupResponse) String() string {
 func (*LookupResponse) ProtoMessage() {}
 
 func (x *LookupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[14]
+	mi := &file_nodepb_node_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1468,7 +1625,7 @@ func (x *LookupResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use LookupResponse.ProtoReflect.Descriptor instead.
 func (*LookupResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{14}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *LookupResponse) GetSeq() uint64 {
@@ -1518,7 +1675,7 @@ type SyncDone struct {
 
 func (x *SyncDone) Reset() {
 	*x = SyncDone{}
-	mi := &file_nodepb_node_proto_msgTypes[15]
+	mi := &file_nodepb_node_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1530,7 +1687,7 @@ func (x *SyncDone) String() string {
 func (*SyncDone) ProtoMessage() {}
 
 func (x *SyncDone) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[15]
+	mi := &file_nodepb_node_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1543,7 +1700,7 @@ func (x *SyncDone) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SyncDone.ProtoReflect.Descriptor instead.
 func (*SyncDone) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{15}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *SyncDone) GetView() uint64 {
@@ -1567,7 +1724,7 @@ type KickSession struct {
 
 func (x *KickSession) Reset() {
 	*x = KickSession{}
-	mi := &file_nodepb_node_proto_msgTypes[16]
+	mi := &file_nodepb_node_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1579,7 +1736,7 @@ func (x *KickSession) String() string {
 func (*KickSession) ProtoMessage() {}
 
 func (x *KickSession) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[16]
+	mi := &file_nodepb_node_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1592,7 +1749,7 @@ func (x *KickSession) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickSession.ProtoReflect.Descriptor instead.
 func (*KickSession) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{16}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *KickSession) GetUid() string {
@@ -1636,7 +1793,7 @@ type PresenceQuery struct {
 
 func (x *PresenceQuery) Reset() {
 	*x = PresenceQuery{}
-	mi := &file_nodepb_node_proto_msgTypes[17]
+	mi := &file_nodepb_node_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1648,7 +1805,7 @@ func (x *PresenceQuery) String() string {
 func (*PresenceQuery) ProtoMessage() {}
 
 func (x *PresenceQuery) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[17]
+	mi := &file_nodepb_node_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1661,7 +1818,7 @@ func (x *PresenceQuery) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceQuery.ProtoReflect.Descriptor instead.
 func (*PresenceQuery) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{17}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *PresenceQuery) GetSeq() uint64 {
@@ -1689,7 +1846,7 @@ type PresenceReply struct {
 
 func (x *PresenceReply) Reset() {
 	*x = PresenceReply{}
-	mi := &file_nodepb_node_proto_msgTypes[18]
+	mi := &file_nodepb_node_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1701,7 +1858,7 @@ func (x *PresenceReply) String() string {
 func (*PresenceReply) ProtoMessage() {}
 
 func (x *PresenceReply) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[18]
+	mi := &file_nodepb_node_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1714,7 +1871,7 @@ func (x *PresenceReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PresenceReply.ProtoReflect.Descriptor instead.
 func (*PresenceReply) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{18}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *PresenceReply) GetSeq() uint64 {
@@ -1742,7 +1899,7 @@ type UserPresence struct {
 
 func (x *UserPresence) Reset() {
 	*x = UserPresence{}
-	mi := &file_nodepb_node_proto_msgTypes[19]
+	mi := &file_nodepb_node_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1754,7 +1911,7 @@ func (x *UserPresence) String() string {
 func (*UserPresence) ProtoMessage() {}
 
 func (x *UserPresence) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[19]
+	mi := &file_nodepb_node_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1767,7 +1924,7 @@ func (x *UserPresence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UserPresence.ProtoReflect.Descriptor instead.
 func (*UserPresence) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{19}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *UserPresence) GetUid() string {
@@ -1804,7 +1961,7 @@ type DevicePresence struct {
 
 func (x *DevicePresence) Reset() {
 	*x = DevicePresence{}
-	mi := &file_nodepb_node_proto_msgTypes[20]
+	mi := &file_nodepb_node_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1816,7 +1973,7 @@ func (x *DevicePresence) String() string {
 func (*DevicePresence) ProtoMessage() {}
 
 func (x *DevicePresence) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[20]
+	mi := &file_nodepb_node_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1829,7 +1986,7 @@ func (x *DevicePresence) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DevicePresence.ProtoReflect.Descriptor instead.
 func (*DevicePresence) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{20}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *DevicePresence) GetDevice() string {
@@ -1868,7 +2025,7 @@ type PushRequest struct {
 
 func (x *PushRequest) Reset() {
 	*x = PushRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[21]
+	mi := &file_nodepb_node_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1880,7 +2037,7 @@ func (x *PushRequest) String() string {
 func (*PushRequest) ProtoMessage() {}
 
 func (x *PushRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[21]
+	mi := &file_nodepb_node_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1893,7 +2050,7 @@ func (x *PushRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushRequest.ProtoReflect.Descriptor instead.
 func (*PushRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{21}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *PushRequest) GetUids() []string {
@@ -1945,7 +2102,7 @@ type PushResult struct {
 
 func (x *PushResult) Reset() {
 	*x = PushResult{}
-	mi := &file_nodepb_node_proto_msgTypes[22]
+	mi := &file_nodepb_node_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1957,7 +2114,7 @@ func (x *PushResult) String() string {
 func (*PushResult) ProtoMessage() {}
 
 func (x *PushResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[22]
+	mi := &file_nodepb_node_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1970,7 +2127,7 @@ func (x *PushResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushResult.ProtoReflect.Descriptor instead.
 func (*PushResult) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{22}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *PushResult) GetUid() string {
@@ -2017,7 +2174,7 @@ type PushResponse struct {
 
 func (x *PushResponse) Reset() {
 	*x = PushResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[23]
+	mi := &file_nodepb_node_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2029,7 +2186,7 @@ func (x *PushResponse) String() string {
 func (*PushResponse) ProtoMessage() {}
 
 func (x *PushResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[23]
+	mi := &file_nodepb_node_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2042,7 +2199,7 @@ func (x *PushResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PushResponse.ProtoReflect.Descriptor instead.
 func (*PushResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{23}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *PushResponse) GetResults() []*PushResult {
@@ -2070,7 +2227,7 @@ type KickRequest struct {
 
 func (x *KickRequest) Reset() {
 	*x = KickRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[24]
+	mi := &file_nodepb_node_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2082,7 +2239,7 @@ func (x *KickRequest) String() string {
 func (*KickRequest) ProtoMessage() {}
 
 func (x *KickRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[24]
+	mi := &file_nodepb_node_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2095,7 +2252,7 @@ func (x *KickRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickRequest.ProtoReflect.Descriptor instead.
 func (*KickRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{24}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *KickRequest) GetUid() string {
@@ -2147,7 +2304,7 @@ type KickResponse struct {
 
 func (x *KickResponse) Reset() {
 	*x = KickResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[25]
+	mi := &file_nodepb_node_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2159,7 +2316,7 @@ func (x *KickResponse) String() string {
 func (*KickResponse) ProtoMessage() {}
 
 func (x *KickResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[25]
+	mi := &file_nodepb_node_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2172,7 +2329,7 @@ func (x *KickResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use KickResponse.ProtoReflect.Descriptor instead.
 func (*KickResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{25}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *KickResponse) GetKicked() uint32 {
@@ -2211,7 +2368,7 @@ type AdminKick struct {
 
 func (x *AdminKick) Reset() {
 	*x = AdminKick{}
-	mi := &file_nodepb_node_proto_msgTypes[26]
+	mi := &file_nodepb_node_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2223,7 +2380,7 @@ func (x *AdminKick) String() string {
 func (*AdminKick) ProtoMessage() {}
 
 func (x *AdminKick) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[26]
+	mi := &file_nodepb_node_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2236,7 +2393,7 @@ func (x *AdminKick) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminKick.ProtoReflect.Descriptor instead.
 func (*AdminKick) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{26}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AdminKick) GetSeq() uint64 {
@@ -2284,7 +2441,7 @@ type AdminKickResult struct {
 
 func (x *AdminKickResult) Reset() {
 	*x = AdminKickResult{}
-	mi := &file_nodepb_node_proto_msgTypes[27]
+	mi := &file_nodepb_node_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2296,7 +2453,7 @@ func (x *AdminKickResult) String() string {
 func (*AdminKickResult) ProtoMessage() {}
 
 func (x *AdminKickResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[27]
+	mi := &file_nodepb_node_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2309,7 +2466,7 @@ func (x *AdminKickResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminKickResult.ProtoReflect.Descriptor instead.
 func (*AdminKickResult) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{27}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *AdminKickResult) GetSeq() uint64 {
@@ -2341,7 +2498,7 @@ type AdminRoom struct {
 
 func (x *AdminRoom) Reset() {
 	*x = AdminRoom{}
-	mi := &file_nodepb_node_proto_msgTypes[28]
+	mi := &file_nodepb_node_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2353,7 +2510,7 @@ func (x *AdminRoom) String() string {
 func (*AdminRoom) ProtoMessage() {}
 
 func (x *AdminRoom) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[28]
+	mi := &file_nodepb_node_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2366,7 +2523,7 @@ func (x *AdminRoom) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminRoom.ProtoReflect.Descriptor instead.
 func (*AdminRoom) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{28}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *AdminRoom) GetSeq() uint64 {
@@ -2415,7 +2572,7 @@ type AdminRoomResult struct {
 
 func (x *AdminRoomResult) Reset() {
 	*x = AdminRoomResult{}
-	mi := &file_nodepb_node_proto_msgTypes[29]
+	mi := &file_nodepb_node_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2427,7 +2584,7 @@ func (x *AdminRoomResult) String() string {
 func (*AdminRoomResult) ProtoMessage() {}
 
 func (x *AdminRoomResult) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[29]
+	mi := &file_nodepb_node_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2440,7 +2597,7 @@ func (x *AdminRoomResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AdminRoomResult.ProtoReflect.Descriptor instead.
 func (*AdminRoomResult) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{29}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *AdminRoomResult) GetSeq() uint64 {
@@ -2469,7 +2626,7 @@ type RoomMembersRequest struct {
 
 func (x *RoomMembersRequest) Reset() {
 	*x = RoomMembersRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[30]
+	mi := &file_nodepb_node_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2481,7 +2638,7 @@ func (x *RoomMembersRequest) String() string {
 func (*RoomMembersRequest) ProtoMessage() {}
 
 func (x *RoomMembersRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[30]
+	mi := &file_nodepb_node_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2494,7 +2651,7 @@ func (x *RoomMembersRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoomMembersRequest.ProtoReflect.Descriptor instead.
 func (*RoomMembersRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{30}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RoomMembersRequest) GetRoom() string {
@@ -2539,7 +2696,7 @@ type RoomMembersResponse struct {
 
 func (x *RoomMembersResponse) Reset() {
 	*x = RoomMembersResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[31]
+	mi := &file_nodepb_node_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2551,7 +2708,7 @@ func (x *RoomMembersResponse) String() string {
 func (*RoomMembersResponse) ProtoMessage() {}
 
 func (x *RoomMembersResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[31]
+	mi := &file_nodepb_node_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2564,7 +2721,7 @@ func (x *RoomMembersResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoomMembersResponse.ProtoReflect.Descriptor instead.
 func (*RoomMembersResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{31}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RoomMembersResponse) GetChanged() uint32 {
@@ -2601,7 +2758,7 @@ type RoomPublishRequest struct {
 
 func (x *RoomPublishRequest) Reset() {
 	*x = RoomPublishRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[32]
+	mi := &file_nodepb_node_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2613,7 +2770,7 @@ func (x *RoomPublishRequest) String() string {
 func (*RoomPublishRequest) ProtoMessage() {}
 
 func (x *RoomPublishRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[32]
+	mi := &file_nodepb_node_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2626,7 +2783,7 @@ func (x *RoomPublishRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoomPublishRequest.ProtoReflect.Descriptor instead.
 func (*RoomPublishRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{32}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *RoomPublishRequest) GetRoom() string {
@@ -2672,7 +2829,7 @@ type RoomPublishResponse struct {
 
 func (x *RoomPublishResponse) Reset() {
 	*x = RoomPublishResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[33]
+	mi := &file_nodepb_node_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2684,7 +2841,7 @@ func (x *RoomPublishResponse) String() string {
 func (*RoomPublishResponse) ProtoMessage() {}
 
 func (x *RoomPublishResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[33]
+	mi := &file_nodepb_node_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2697,7 +2854,7 @@ func (x *RoomPublishResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoomPublishResponse.ProtoReflect.Descriptor instead.
 func (*RoomPublishResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{33}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *RoomPublishResponse) GetOutcome() int32 {
@@ -2751,7 +2908,7 @@ type RoomInfoRequest struct {
 
 func (x *RoomInfoRequest) Reset() {
 	*x = RoomInfoRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[34]
+	mi := &file_nodepb_node_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2763,7 +2920,7 @@ func (x *RoomInfoRequest) String() string {
 func (*RoomInfoRequest) ProtoMessage() {}
 
 func (x *RoomInfoRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[34]
+	mi := &file_nodepb_node_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2776,7 +2933,7 @@ func (x *RoomInfoRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoomInfoRequest.ProtoReflect.Descriptor instead.
 func (*RoomInfoRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{34}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *RoomInfoRequest) GetRoom() string {
@@ -2796,7 +2953,7 @@ type RoomNode struct {
 
 func (x *RoomNode) Reset() {
 	*x = RoomNode{}
-	mi := &file_nodepb_node_proto_msgTypes[35]
+	mi := &file_nodepb_node_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2808,7 +2965,7 @@ func (x *RoomNode) String() string {
 func (*RoomNode) ProtoMessage() {}
 
 func (x *RoomNode) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[35]
+	mi := &file_nodepb_node_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2821,7 +2978,7 @@ func (x *RoomNode) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoomNode.ProtoReflect.Descriptor instead.
 func (*RoomNode) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{35}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *RoomNode) GetNodeId() string {
@@ -2854,7 +3011,7 @@ type RoomInfoResponse struct {
 
 func (x *RoomInfoResponse) Reset() {
 	*x = RoomInfoResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[36]
+	mi := &file_nodepb_node_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2866,7 +3023,7 @@ func (x *RoomInfoResponse) String() string {
 func (*RoomInfoResponse) ProtoMessage() {}
 
 func (x *RoomInfoResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[36]
+	mi := &file_nodepb_node_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2879,7 +3036,7 @@ func (x *RoomInfoResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoomInfoResponse.ProtoReflect.Descriptor instead.
 func (*RoomInfoResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{36}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *RoomInfoResponse) GetRoom() string {
@@ -2929,7 +3086,7 @@ type ShedRequest struct {
 
 func (x *ShedRequest) Reset() {
 	*x = ShedRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[37]
+	mi := &file_nodepb_node_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2941,7 +3098,7 @@ func (x *ShedRequest) String() string {
 func (*ShedRequest) ProtoMessage() {}
 
 func (x *ShedRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[37]
+	mi := &file_nodepb_node_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2954,7 +3111,7 @@ func (x *ShedRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShedRequest.ProtoReflect.Descriptor instead.
 func (*ShedRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{37}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *ShedRequest) GetCount() uint32 {
@@ -2988,7 +3145,7 @@ type ShedResponse struct {
 
 func (x *ShedResponse) Reset() {
 	*x = ShedResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[38]
+	mi := &file_nodepb_node_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3000,7 +3157,7 @@ func (x *ShedResponse) String() string {
 func (*ShedResponse) ProtoMessage() {}
 
 func (x *ShedResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[38]
+	mi := &file_nodepb_node_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3013,7 +3170,7 @@ func (x *ShedResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ShedResponse.ProtoReflect.Descriptor instead.
 func (*ShedResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{38}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ShedResponse) GetAccepted() uint32 {
@@ -3035,7 +3192,7 @@ type JoinRequest struct {
 
 func (x *JoinRequest) Reset() {
 	*x = JoinRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[39]
+	mi := &file_nodepb_node_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3047,7 +3204,7 @@ func (x *JoinRequest) String() string {
 func (*JoinRequest) ProtoMessage() {}
 
 func (x *JoinRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[39]
+	mi := &file_nodepb_node_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3060,7 +3217,7 @@ func (x *JoinRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinRequest.ProtoReflect.Descriptor instead.
 func (*JoinRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{39}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *JoinRequest) GetUid() string {
@@ -3099,7 +3256,7 @@ type JoinResponse struct {
 
 func (x *JoinResponse) Reset() {
 	*x = JoinResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[40]
+	mi := &file_nodepb_node_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3111,7 +3268,7 @@ func (x *JoinResponse) String() string {
 func (*JoinResponse) ProtoMessage() {}
 
 func (x *JoinResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[40]
+	mi := &file_nodepb_node_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3124,7 +3281,7 @@ func (x *JoinResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use JoinResponse.ProtoReflect.Descriptor instead.
 func (*JoinResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{40}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{42}
 }
 
 type SessionEvent struct {
@@ -3148,7 +3305,7 @@ type SessionEvent struct {
 
 func (x *SessionEvent) Reset() {
 	*x = SessionEvent{}
-	mi := &file_nodepb_node_proto_msgTypes[41]
+	mi := &file_nodepb_node_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3160,7 +3317,7 @@ func (x *SessionEvent) String() string {
 func (*SessionEvent) ProtoMessage() {}
 
 func (x *SessionEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[41]
+	mi := &file_nodepb_node_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3173,7 +3330,7 @@ func (x *SessionEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionEvent.ProtoReflect.Descriptor instead.
 func (*SessionEvent) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{41}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *SessionEvent) GetSeq() uint64 {
@@ -3240,7 +3397,7 @@ type SessionEventBatch struct {
 
 func (x *SessionEventBatch) Reset() {
 	*x = SessionEventBatch{}
-	mi := &file_nodepb_node_proto_msgTypes[42]
+	mi := &file_nodepb_node_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3252,7 +3409,7 @@ func (x *SessionEventBatch) String() string {
 func (*SessionEventBatch) ProtoMessage() {}
 
 func (x *SessionEventBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[42]
+	mi := &file_nodepb_node_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3265,7 +3422,7 @@ func (x *SessionEventBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionEventBatch.ProtoReflect.Descriptor instead.
 func (*SessionEventBatch) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{42}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{44}
 }
 
 func (x *SessionEventBatch) GetNodeId() string {
@@ -3304,7 +3461,7 @@ type SessionEventsAck struct {
 
 func (x *SessionEventsAck) Reset() {
 	*x = SessionEventsAck{}
-	mi := &file_nodepb_node_proto_msgTypes[43]
+	mi := &file_nodepb_node_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3316,7 +3473,7 @@ func (x *SessionEventsAck) String() string {
 func (*SessionEventsAck) ProtoMessage() {}
 
 func (x *SessionEventsAck) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[43]
+	mi := &file_nodepb_node_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3329,7 +3486,7 @@ func (x *SessionEventsAck) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SessionEventsAck.ProtoReflect.Descriptor instead.
 func (*SessionEventsAck) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{43}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{45}
 }
 
 type UpstreamRequest struct {
@@ -3345,7 +3502,7 @@ type UpstreamRequest struct {
 
 func (x *UpstreamRequest) Reset() {
 	*x = UpstreamRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[44]
+	mi := &file_nodepb_node_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3357,7 +3514,7 @@ func (x *UpstreamRequest) String() string {
 func (*UpstreamRequest) ProtoMessage() {}
 
 func (x *UpstreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[44]
+	mi := &file_nodepb_node_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3370,7 +3527,7 @@ func (x *UpstreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamRequest.ProtoReflect.Descriptor instead.
 func (*UpstreamRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{44}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *UpstreamRequest) GetUid() string {
@@ -3417,7 +3574,7 @@ type UpstreamResponse struct {
 
 func (x *UpstreamResponse) Reset() {
 	*x = UpstreamResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[45]
+	mi := &file_nodepb_node_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3429,7 +3586,7 @@ func (x *UpstreamResponse) String() string {
 func (*UpstreamResponse) ProtoMessage() {}
 
 func (x *UpstreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[45]
+	mi := &file_nodepb_node_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3442,7 +3599,7 @@ func (x *UpstreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpstreamResponse.ProtoReflect.Descriptor instead.
 func (*UpstreamResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{45}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *UpstreamResponse) GetPayload() []byte {
@@ -3467,7 +3624,7 @@ type StoreRequest struct {
 
 func (x *StoreRequest) Reset() {
 	*x = StoreRequest{}
-	mi := &file_nodepb_node_proto_msgTypes[46]
+	mi := &file_nodepb_node_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3479,7 +3636,7 @@ func (x *StoreRequest) String() string {
 func (*StoreRequest) ProtoMessage() {}
 
 func (x *StoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[46]
+	mi := &file_nodepb_node_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3492,7 +3649,7 @@ func (x *StoreRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreRequest.ProtoReflect.Descriptor instead.
 func (*StoreRequest) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{46}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *StoreRequest) GetMsgId() string {
@@ -3552,7 +3709,7 @@ type StoreResponse struct {
 
 func (x *StoreResponse) Reset() {
 	*x = StoreResponse{}
-	mi := &file_nodepb_node_proto_msgTypes[47]
+	mi := &file_nodepb_node_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3564,7 +3721,7 @@ func (x *StoreResponse) String() string {
 func (*StoreResponse) ProtoMessage() {}
 
 func (x *StoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_nodepb_node_proto_msgTypes[47]
+	mi := &file_nodepb_node_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3577,7 +3734,7 @@ func (x *StoreResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StoreResponse.ProtoReflect.Descriptor instead.
 func (*StoreResponse) Descriptor() ([]byte, []int) {
-	return file_nodepb_node_proto_rawDescGZIP(), []int{47}
+	return file_nodepb_node_proto_rawDescGZIP(), []int{49}
 }
 
 var File_nodepb_node_proto protoreflect.FileDescriptor
@@ -3604,7 +3761,7 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x11messages_in_total\x18\x0e \x01(\x04R\x0fmessagesInTotal\x12,\n" +
 	"\x12messages_out_total\x18\x0f \x01(\x04R\x10messagesOutTotal\"D\n" +
 	"\fForwardBatch\x124\n" +
-	"\x06frames\x18\x01 \x03(\v2\x1c.imgate.node.v1.ForwardFrameR\x06frames\"\xa7\b\n" +
+	"\x06frames\x18\x01 \x03(\v2\x1c.imgate.node.v1.ForwardFrameR\x06frames\"\x95\t\n" +
 	"\fForwardFrame\x12:\n" +
 	"\adeliver\x18\x01 \x01(\v2\x1e.imgate.node.v1.ForwardDeliverH\x00R\adeliver\x127\n" +
 	"\x06result\x18\x02 \x01(\v2\x1d.imgate.node.v1.ForwardResultH\x00R\x06result\x12<\n" +
@@ -3627,8 +3784,16 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"\x11admin_kick_result\x18\x0f \x01(\v2\x1f.imgate.node.v1.AdminKickResultH\x00R\x0fadminKickResult\x12:\n" +
 	"\n" +
 	"admin_room\x18\x10 \x01(\v2\x19.imgate.node.v1.AdminRoomH\x00R\tadminRoom\x12M\n" +
-	"\x11admin_room_result\x18\x11 \x01(\v2\x1f.imgate.node.v1.AdminRoomResultH\x00R\x0fadminRoomResultB\x06\n" +
-	"\x04body\"\v\n" +
+	"\x11admin_room_result\x18\x11 \x01(\v2\x1f.imgate.node.v1.AdminRoomResultH\x00R\x0fadminRoomResult\x120\n" +
+	"\x06moving\x18\x14 \x01(\v2\x16.imgate.node.v1.MovingH\x00R\x06moving\x12:\n" +
+	"\n" +
+	"moving_ack\x18\x15 \x01(\v2\x19.imgate.node.v1.MovingAckH\x00R\tmovingAckB\x06\n" +
+	"\x04body\":\n" +
+	"\x06Moving\x12\x18\n" +
+	"\aattempt\x18\x01 \x01(\x04R\aattempt\x12\x16\n" +
+	"\x06resume\x18\x02 \x01(\bR\x06resume\"%\n" +
+	"\tMovingAck\x12\x18\n" +
+	"\aattempt\x18\x01 \x01(\x04R\aattempt\"\v\n" +
 	"\tHeartbeat\"\x0f\n" +
 	"\rResyncRequest\" \n" +
 	"\n" +
@@ -3651,12 +3816,13 @@ const file_nodepb_node_proto_rawDesc = "" +
 	"sent_at_ms\x18\b \x01(\x03R\bsentAtMs\x12\x12\n" +
 	"\x04room\x18\t \x01(\tR\x04room\x12\x1c\n" +
 	"\tbroadcast\x18\n" +
-	" \x01(\bR\tbroadcast\"i\n" +
+	" \x01(\bR\tbroadcast\"\x7f\n" +
 	"\rForwardResult\x12\x10\n" +
 	"\x03seq\x18\x01 \x01(\x04R\x03seq\x12\x18\n" +
 	"\adevices\x18\x02 \x01(\rR\adevices\x12\x14\n" +
 	"\x05acked\x18\x03 \x01(\rR\x05acked\x12\x16\n" +
-	"\x06reason\x18\x04 \x01(\x05R\x06reason\"\x81\x01\n" +
+	"\x06reason\x18\x04 \x01(\x05R\x06reason\x12\x14\n" +
+	"\x05moved\x18\x05 \x01(\bR\x05moved\"\x81\x01\n" +
 	"\rPresenceEntry\x12\x10\n" +
 	"\x03uid\x18\x01 \x01(\tR\x03uid\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x16\n" +
@@ -3880,7 +4046,7 @@ func file_nodepb_node_proto_rawDescGZIP() []byte {
 }
 
 var file_nodepb_node_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 48)
+var file_nodepb_node_proto_msgTypes = make([]protoimpl.MessageInfo, 50)
 var file_nodepb_node_proto_goTypes = []any{
 	(PresenceState)(0),          // 0: imgate.node.v1.PresenceState
 	(SessionEventKind)(0),       // 1: imgate.node.v1.SessionEventKind
@@ -3889,111 +4055,115 @@ var file_nodepb_node_proto_goTypes = []any{
 	(*StatsResponse)(nil),       // 4: imgate.node.v1.StatsResponse
 	(*ForwardBatch)(nil),        // 5: imgate.node.v1.ForwardBatch
 	(*ForwardFrame)(nil),        // 6: imgate.node.v1.ForwardFrame
-	(*Heartbeat)(nil),           // 7: imgate.node.v1.Heartbeat
-	(*ResyncRequest)(nil),       // 8: imgate.node.v1.ResyncRequest
-	(*Invalidate)(nil),          // 9: imgate.node.v1.Invalidate
-	(*Hello)(nil),               // 10: imgate.node.v1.Hello
-	(*ForwardDeliver)(nil),      // 11: imgate.node.v1.ForwardDeliver
-	(*ForwardResult)(nil),       // 12: imgate.node.v1.ForwardResult
-	(*PresenceEntry)(nil),       // 13: imgate.node.v1.PresenceEntry
-	(*PresenceUpdate)(nil),      // 14: imgate.node.v1.PresenceUpdate
-	(*RoomEntry)(nil),           // 15: imgate.node.v1.RoomEntry
-	(*LookupRequest)(nil),       // 16: imgate.node.v1.LookupRequest
-	(*LookupResponse)(nil),      // 17: imgate.node.v1.LookupResponse
-	(*SyncDone)(nil),            // 18: imgate.node.v1.SyncDone
-	(*KickSession)(nil),         // 19: imgate.node.v1.KickSession
-	(*PresenceQuery)(nil),       // 20: imgate.node.v1.PresenceQuery
-	(*PresenceReply)(nil),       // 21: imgate.node.v1.PresenceReply
-	(*UserPresence)(nil),        // 22: imgate.node.v1.UserPresence
-	(*DevicePresence)(nil),      // 23: imgate.node.v1.DevicePresence
-	(*PushRequest)(nil),         // 24: imgate.node.v1.PushRequest
-	(*PushResult)(nil),          // 25: imgate.node.v1.PushResult
-	(*PushResponse)(nil),        // 26: imgate.node.v1.PushResponse
-	(*KickRequest)(nil),         // 27: imgate.node.v1.KickRequest
-	(*KickResponse)(nil),        // 28: imgate.node.v1.KickResponse
-	(*AdminKick)(nil),           // 29: imgate.node.v1.AdminKick
-	(*AdminKickResult)(nil),     // 30: imgate.node.v1.AdminKickResult
-	(*AdminRoom)(nil),           // 31: imgate.node.v1.AdminRoom
-	(*AdminRoomResult)(nil),     // 32: imgate.node.v1.AdminRoomResult
-	(*RoomMembersRequest)(nil),  // 33: imgate.node.v1.RoomMembersRequest
-	(*RoomMembersResponse)(nil), // 34: imgate.node.v1.RoomMembersResponse
-	(*RoomPublishRequest)(nil),  // 35: imgate.node.v1.RoomPublishRequest
-	(*RoomPublishResponse)(nil), // 36: imgate.node.v1.RoomPublishResponse
-	(*RoomInfoRequest)(nil),     // 37: imgate.node.v1.RoomInfoRequest
-	(*RoomNode)(nil),            // 38: imgate.node.v1.RoomNode
-	(*RoomInfoResponse)(nil),    // 39: imgate.node.v1.RoomInfoResponse
-	(*ShedRequest)(nil),         // 40: imgate.node.v1.ShedRequest
-	(*ShedResponse)(nil),        // 41: imgate.node.v1.ShedResponse
-	(*JoinRequest)(nil),         // 42: imgate.node.v1.JoinRequest
-	(*JoinResponse)(nil),        // 43: imgate.node.v1.JoinResponse
-	(*SessionEvent)(nil),        // 44: imgate.node.v1.SessionEvent
-	(*SessionEventBatch)(nil),   // 45: imgate.node.v1.SessionEventBatch
-	(*SessionEventsAck)(nil),    // 46: imgate.node.v1.SessionEventsAck
-	(*UpstreamRequest)(nil),     // 47: imgate.node.v1.UpstreamRequest
-	(*UpstreamResponse)(nil),    // 48: imgate.node.v1.UpstreamResponse
-	(*StoreRequest)(nil),        // 49: imgate.node.v1.StoreRequest
-	(*StoreResponse)(nil),       // 50: imgate.node.v1.StoreResponse
+	(*Moving)(nil),              // 7: imgate.node.v1.Moving
+	(*MovingAck)(nil),           // 8: imgate.node.v1.MovingAck
+	(*Heartbeat)(nil),           // 9: imgate.node.v1.Heartbeat
+	(*ResyncRequest)(nil),       // 10: imgate.node.v1.ResyncRequest
+	(*Invalidate)(nil),          // 11: imgate.node.v1.Invalidate
+	(*Hello)(nil),               // 12: imgate.node.v1.Hello
+	(*ForwardDeliver)(nil),      // 13: imgate.node.v1.ForwardDeliver
+	(*ForwardResult)(nil),       // 14: imgate.node.v1.ForwardResult
+	(*PresenceEntry)(nil),       // 15: imgate.node.v1.PresenceEntry
+	(*PresenceUpdate)(nil),      // 16: imgate.node.v1.PresenceUpdate
+	(*RoomEntry)(nil),           // 17: imgate.node.v1.RoomEntry
+	(*LookupRequest)(nil),       // 18: imgate.node.v1.LookupRequest
+	(*LookupResponse)(nil),      // 19: imgate.node.v1.LookupResponse
+	(*SyncDone)(nil),            // 20: imgate.node.v1.SyncDone
+	(*KickSession)(nil),         // 21: imgate.node.v1.KickSession
+	(*PresenceQuery)(nil),       // 22: imgate.node.v1.PresenceQuery
+	(*PresenceReply)(nil),       // 23: imgate.node.v1.PresenceReply
+	(*UserPresence)(nil),        // 24: imgate.node.v1.UserPresence
+	(*DevicePresence)(nil),      // 25: imgate.node.v1.DevicePresence
+	(*PushRequest)(nil),         // 26: imgate.node.v1.PushRequest
+	(*PushResult)(nil),          // 27: imgate.node.v1.PushResult
+	(*PushResponse)(nil),        // 28: imgate.node.v1.PushResponse
+	(*KickRequest)(nil),         // 29: imgate.node.v1.KickRequest
+	(*KickResponse)(nil),        // 30: imgate.node.v1.KickResponse
+	(*AdminKick)(nil),           // 31: imgate.node.v1.AdminKick
+	(*AdminKickResult)(nil),     // 32: imgate.node.v1.AdminKickResult
+	(*AdminRoom)(nil),           // 33: imgate.node.v1.AdminRoom
+	(*AdminRoomResult)(nil),     // 34: imgate.node.v1.AdminRoomResult
+	(*RoomMembersRequest)(nil),  // 35: imgate.node.v1.RoomMembersRequest
+	(*RoomMembersResponse)(nil), // 36: imgate.node.v1.RoomMembersResponse
+	(*RoomPublishRequest)(nil),  // 37: imgate.node.v1.RoomPublishRequest
+	(*RoomPublishResponse)(nil), // 38: imgate.node.v1.RoomPublishResponse
+	(*RoomInfoRequest)(nil),     // 39: imgate.node.v1.RoomInfoRequest
+	(*RoomNode)(nil),            // 40: imgate.node.v1.RoomNode
+	(*RoomInfoResponse)(nil),    // 41: imgate.node.v1.RoomInfoResponse
+	(*ShedRequest)(nil),         // 42: imgate.node.v1.ShedRequest
+	(*ShedResponse)(nil),        // 43: imgate.node.v1.ShedResponse
+	(*JoinRequest)(nil),         // 44: imgate.node.v1.JoinRequest
+	(*JoinResponse)(nil),        // 45: imgate.node.v1.JoinResponse
+	(*SessionEvent)(nil),        // 46: imgate.node.v1.SessionEvent
+	(*SessionEventBatch)(nil),   // 47: imgate.node.v1.SessionEventBatch
+	(*SessionEventsAck)(nil),    // 48: imgate.node.v1.SessionEventsAck
+	(*UpstreamRequest)(nil),     // 49: imgate.node.v1.UpstreamRequest
+	(*UpstreamResponse)(nil),    // 50: imgate.node.v1.UpstreamResponse
+	(*StoreRequest)(nil),        // 51: imgate.node.v1.StoreRequest
+	(*StoreResponse)(nil),       // 52: imgate.node.v1.StoreResponse
 }
 var file_nodepb_node_proto_depIdxs = []int32{
 	6,  // 0: imgate.node.v1.ForwardBatch.frames:type_name -> imgate.node.v1.ForwardFrame
-	11, // 1: imgate.node.v1.ForwardFrame.deliver:type_name -> imgate.node.v1.ForwardDeliver
-	12, // 2: imgate.node.v1.ForwardFrame.result:type_name -> imgate.node.v1.ForwardResult
-	14, // 3: imgate.node.v1.ForwardFrame.presence:type_name -> imgate.node.v1.PresenceUpdate
-	16, // 4: imgate.node.v1.ForwardFrame.lookup:type_name -> imgate.node.v1.LookupRequest
-	17, // 5: imgate.node.v1.ForwardFrame.lookup_result:type_name -> imgate.node.v1.LookupResponse
-	18, // 6: imgate.node.v1.ForwardFrame.sync_done:type_name -> imgate.node.v1.SyncDone
-	19, // 7: imgate.node.v1.ForwardFrame.kick:type_name -> imgate.node.v1.KickSession
-	10, // 8: imgate.node.v1.ForwardFrame.hello:type_name -> imgate.node.v1.Hello
-	9,  // 9: imgate.node.v1.ForwardFrame.invalidate:type_name -> imgate.node.v1.Invalidate
-	7,  // 10: imgate.node.v1.ForwardFrame.heartbeat:type_name -> imgate.node.v1.Heartbeat
-	8,  // 11: imgate.node.v1.ForwardFrame.resync:type_name -> imgate.node.v1.ResyncRequest
-	20, // 12: imgate.node.v1.ForwardFrame.query:type_name -> imgate.node.v1.PresenceQuery
-	21, // 13: imgate.node.v1.ForwardFrame.query_result:type_name -> imgate.node.v1.PresenceReply
-	29, // 14: imgate.node.v1.ForwardFrame.admin_kick:type_name -> imgate.node.v1.AdminKick
-	30, // 15: imgate.node.v1.ForwardFrame.admin_kick_result:type_name -> imgate.node.v1.AdminKickResult
-	31, // 16: imgate.node.v1.ForwardFrame.admin_room:type_name -> imgate.node.v1.AdminRoom
-	32, // 17: imgate.node.v1.ForwardFrame.admin_room_result:type_name -> imgate.node.v1.AdminRoomResult
-	13, // 18: imgate.node.v1.PresenceUpdate.entries:type_name -> imgate.node.v1.PresenceEntry
-	15, // 19: imgate.node.v1.PresenceUpdate.rooms:type_name -> imgate.node.v1.RoomEntry
-	22, // 20: imgate.node.v1.PresenceReply.users:type_name -> imgate.node.v1.UserPresence
-	0,  // 21: imgate.node.v1.UserPresence.state:type_name -> imgate.node.v1.PresenceState
-	23, // 22: imgate.node.v1.UserPresence.devices:type_name -> imgate.node.v1.DevicePresence
-	25, // 23: imgate.node.v1.PushResponse.results:type_name -> imgate.node.v1.PushResult
-	38, // 24: imgate.node.v1.RoomInfoResponse.nodes:type_name -> imgate.node.v1.RoomNode
-	1,  // 25: imgate.node.v1.SessionEvent.kind:type_name -> imgate.node.v1.SessionEventKind
-	2,  // 26: imgate.node.v1.SessionEvent.reason:type_name -> imgate.node.v1.LeaveReason
-	44, // 27: imgate.node.v1.SessionEventBatch.events:type_name -> imgate.node.v1.SessionEvent
-	3,  // 28: imgate.node.v1.NodeService.Stats:input_type -> imgate.node.v1.StatsRequest
-	5,  // 29: imgate.node.v1.NodeService.Forward:input_type -> imgate.node.v1.ForwardBatch
-	24, // 30: imgate.node.v1.NodeService.Push:input_type -> imgate.node.v1.PushRequest
-	27, // 31: imgate.node.v1.NodeService.Kick:input_type -> imgate.node.v1.KickRequest
-	40, // 32: imgate.node.v1.NodeService.Shed:input_type -> imgate.node.v1.ShedRequest
-	20, // 33: imgate.node.v1.NodeService.Presence:input_type -> imgate.node.v1.PresenceQuery
-	33, // 34: imgate.node.v1.NodeService.RoomMembers:input_type -> imgate.node.v1.RoomMembersRequest
-	35, // 35: imgate.node.v1.NodeService.RoomPublish:input_type -> imgate.node.v1.RoomPublishRequest
-	37, // 36: imgate.node.v1.NodeService.RoomInfo:input_type -> imgate.node.v1.RoomInfoRequest
-	47, // 37: imgate.node.v1.Upstream.Handle:input_type -> imgate.node.v1.UpstreamRequest
-	49, // 38: imgate.node.v1.Upstream.Store:input_type -> imgate.node.v1.StoreRequest
-	45, // 39: imgate.node.v1.Upstream.SessionEvents:input_type -> imgate.node.v1.SessionEventBatch
-	42, // 40: imgate.node.v1.Upstream.AuthorizeJoin:input_type -> imgate.node.v1.JoinRequest
-	4,  // 41: imgate.node.v1.NodeService.Stats:output_type -> imgate.node.v1.StatsResponse
-	5,  // 42: imgate.node.v1.NodeService.Forward:output_type -> imgate.node.v1.ForwardBatch
-	26, // 43: imgate.node.v1.NodeService.Push:output_type -> imgate.node.v1.PushResponse
-	28, // 44: imgate.node.v1.NodeService.Kick:output_type -> imgate.node.v1.KickResponse
-	41, // 45: imgate.node.v1.NodeService.Shed:output_type -> imgate.node.v1.ShedResponse
-	21, // 46: imgate.node.v1.NodeService.Presence:output_type -> imgate.node.v1.PresenceReply
-	34, // 47: imgate.node.v1.NodeService.RoomMembers:output_type -> imgate.node.v1.RoomMembersResponse
-	36, // 48: imgate.node.v1.NodeService.RoomPublish:output_type -> imgate.node.v1.RoomPublishResponse
-	39, // 49: imgate.node.v1.NodeService.RoomInfo:output_type -> imgate.node.v1.RoomInfoResponse
-	48, // 50: imgate.node.v1.Upstream.Handle:output_type -> imgate.node.v1.UpstreamResponse
-	50, // 51: imgate.node.v1.Upstream.Store:output_type -> imgate.node.v1.StoreResponse
-	46, // 52: imgate.node.v1.Upstream.SessionEvents:output_type -> imgate.node.v1.SessionEventsAck
-	43, // 53: imgate.node.v1.Upstream.AuthorizeJoin:output_type -> imgate.node.v1.JoinResponse
-	41, // [41:54] is the sub-list for method output_type
-	28, // [28:41] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	13, // 1: imgate.node.v1.ForwardFrame.deliver:type_name -> imgate.node.v1.ForwardDeliver
+	14, // 2: imgate.node.v1.ForwardFrame.result:type_name -> imgate.node.v1.ForwardResult
+	16, // 3: imgate.node.v1.ForwardFrame.presence:type_name -> imgate.node.v1.PresenceUpdate
+	18, // 4: imgate.node.v1.ForwardFrame.lookup:type_name -> imgate.node.v1.LookupRequest
+	19, // 5: imgate.node.v1.ForwardFrame.lookup_result:type_name -> imgate.node.v1.LookupResponse
+	20, // 6: imgate.node.v1.ForwardFrame.sync_done:type_name -> imgate.node.v1.SyncDone
+	21, // 7: imgate.node.v1.ForwardFrame.kick:type_name -> imgate.node.v1.KickSession
+	12, // 8: imgate.node.v1.ForwardFrame.hello:type_name -> imgate.node.v1.Hello
+	11, // 9: imgate.node.v1.ForwardFrame.invalidate:type_name -> imgate.node.v1.Invalidate
+	9,  // 10: imgate.node.v1.ForwardFrame.heartbeat:type_name -> imgate.node.v1.Heartbeat
+	10, // 11: imgate.node.v1.ForwardFrame.resync:type_name -> imgate.node.v1.ResyncRequest
+	22, // 12: imgate.node.v1.ForwardFrame.query:type_name -> imgate.node.v1.PresenceQuery
+	23, // 13: imgate.node.v1.ForwardFrame.query_result:type_name -> imgate.node.v1.PresenceReply
+	31, // 14: imgate.node.v1.ForwardFrame.admin_kick:type_name -> imgate.node.v1.AdminKick
+	32, // 15: imgate.node.v1.ForwardFrame.admin_kick_result:type_name -> imgate.node.v1.AdminKickResult
+	33, // 16: imgate.node.v1.ForwardFrame.admin_room:type_name -> imgate.node.v1.AdminRoom
+	34, // 17: imgate.node.v1.ForwardFrame.admin_room_result:type_name -> imgate.node.v1.AdminRoomResult
+	7,  // 18: imgate.node.v1.ForwardFrame.moving:type_name -> imgate.node.v1.Moving
+	8,  // 19: imgate.node.v1.ForwardFrame.moving_ack:type_name -> imgate.node.v1.MovingAck
+	15, // 20: imgate.node.v1.PresenceUpdate.entries:type_name -> imgate.node.v1.PresenceEntry
+	17, // 21: imgate.node.v1.PresenceUpdate.rooms:type_name -> imgate.node.v1.RoomEntry
+	24, // 22: imgate.node.v1.PresenceReply.users:type_name -> imgate.node.v1.UserPresence
+	0,  // 23: imgate.node.v1.UserPresence.state:type_name -> imgate.node.v1.PresenceState
+	25, // 24: imgate.node.v1.UserPresence.devices:type_name -> imgate.node.v1.DevicePresence
+	27, // 25: imgate.node.v1.PushResponse.results:type_name -> imgate.node.v1.PushResult
+	40, // 26: imgate.node.v1.RoomInfoResponse.nodes:type_name -> imgate.node.v1.RoomNode
+	1,  // 27: imgate.node.v1.SessionEvent.kind:type_name -> imgate.node.v1.SessionEventKind
+	2,  // 28: imgate.node.v1.SessionEvent.reason:type_name -> imgate.node.v1.LeaveReason
+	46, // 29: imgate.node.v1.SessionEventBatch.events:type_name -> imgate.node.v1.SessionEvent
+	3,  // 30: imgate.node.v1.NodeService.Stats:input_type -> imgate.node.v1.StatsRequest
+	5,  // 31: imgate.node.v1.NodeService.Forward:input_type -> imgate.node.v1.ForwardBatch
+	26, // 32: imgate.node.v1.NodeService.Push:input_type -> imgate.node.v1.PushRequest
+	29, // 33: imgate.node.v1.NodeService.Kick:input_type -> imgate.node.v1.KickRequest
+	42, // 34: imgate.node.v1.NodeService.Shed:input_type -> imgate.node.v1.ShedRequest
+	22, // 35: imgate.node.v1.NodeService.Presence:input_type -> imgate.node.v1.PresenceQuery
+	35, // 36: imgate.node.v1.NodeService.RoomMembers:input_type -> imgate.node.v1.RoomMembersRequest
+	37, // 37: imgate.node.v1.NodeService.RoomPublish:input_type -> imgate.node.v1.RoomPublishRequest
+	39, // 38: imgate.node.v1.NodeService.RoomInfo:input_type -> imgate.node.v1.RoomInfoRequest
+	49, // 39: imgate.node.v1.Upstream.Handle:input_type -> imgate.node.v1.UpstreamRequest
+	51, // 40: imgate.node.v1.Upstream.Store:input_type -> imgate.node.v1.StoreRequest
+	47, // 41: imgate.node.v1.Upstream.SessionEvents:input_type -> imgate.node.v1.SessionEventBatch
+	44, // 42: imgate.node.v1.Upstream.AuthorizeJoin:input_type -> imgate.node.v1.JoinRequest
+	4,  // 43: imgate.node.v1.NodeService.Stats:output_type -> imgate.node.v1.StatsResponse
+	5,  // 44: imgate.node.v1.NodeService.Forward:output_type -> imgate.node.v1.ForwardBatch
+	28, // 45: imgate.node.v1.NodeService.Push:output_type -> imgate.node.v1.PushResponse
+	30, // 46: imgate.node.v1.NodeService.Kick:output_type -> imgate.node.v1.KickResponse
+	43, // 47: imgate.node.v1.NodeService.Shed:output_type -> imgate.node.v1.ShedResponse
+	23, // 48: imgate.node.v1.NodeService.Presence:output_type -> imgate.node.v1.PresenceReply
+	36, // 49: imgate.node.v1.NodeService.RoomMembers:output_type -> imgate.node.v1.RoomMembersResponse
+	38, // 50: imgate.node.v1.NodeService.RoomPublish:output_type -> imgate.node.v1.RoomPublishResponse
+	41, // 51: imgate.node.v1.NodeService.RoomInfo:output_type -> imgate.node.v1.RoomInfoResponse
+	50, // 52: imgate.node.v1.Upstream.Handle:output_type -> imgate.node.v1.UpstreamResponse
+	52, // 53: imgate.node.v1.Upstream.Store:output_type -> imgate.node.v1.StoreResponse
+	48, // 54: imgate.node.v1.Upstream.SessionEvents:output_type -> imgate.node.v1.SessionEventsAck
+	45, // 55: imgate.node.v1.Upstream.AuthorizeJoin:output_type -> imgate.node.v1.JoinResponse
+	43, // [43:56] is the sub-list for method output_type
+	30, // [30:43] is the sub-list for method input_type
+	30, // [30:30] is the sub-list for extension type_name
+	30, // [30:30] is the sub-list for extension extendee
+	0,  // [0:30] is the sub-list for field type_name
 }
 
 func init() { file_nodepb_node_proto_init() }
@@ -4019,6 +4189,8 @@ func file_nodepb_node_proto_init() {
 		(*ForwardFrame_AdminKickResult)(nil),
 		(*ForwardFrame_AdminRoom)(nil),
 		(*ForwardFrame_AdminRoomResult)(nil),
+		(*ForwardFrame_Moving)(nil),
+		(*ForwardFrame_MovingAck)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -4026,7 +4198,7 @@ func file_nodepb_node_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_nodepb_node_proto_rawDesc), len(file_nodepb_node_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   48,
+			NumMessages:   50,
 			NumExtensions: 0,
 			NumServices:   2,
 		},

@@ -132,11 +132,19 @@ func (r *connReader) handle(body []byte) error {
 		switch num {
 		case fieldDeliver:
 			if id, ok := scanDeliver(inner); ok {
+				if r.mt.arr != nil {
+					r.mt.arr.read(id)
+				}
 				r.ack(id)
 				return nil
 			}
 		case fieldSendAck:
 			if id, o, ok := scanSendAck(inner); ok {
+				if r.mt.arr != nil {
+					if mid, ok := sendAckMsgID(inner); ok {
+						r.mt.arr.deliveredAck(mid)
+					}
+				}
 				r.sendAck(id, o)
 				return nil
 			}
@@ -147,8 +155,14 @@ func (r *connReader) handle(body []byte) error {
 	}
 	switch b := r.f.Body.(type) {
 	case *wirepb.Frame_Deliver:
+		if r.mt.arr != nil {
+			r.mt.arr.read([]byte(b.Deliver.MsgId))
+		}
 		r.ack([]byte(b.Deliver.MsgId))
 	case *wirepb.Frame_SendAck:
+		if a := b.SendAck; r.mt.arr != nil && a.Outcome == wirepb.Outcome_OUTCOME_DELIVERED && a.MsgId != "" {
+			r.mt.arr.deliveredAck([]byte(a.MsgId))
+		}
 		r.sendAck(b.SendAck.ClientMsgId, b.SendAck.Outcome)
 	}
 	return nil
@@ -258,6 +272,7 @@ type msgTracker struct {
 	from   atomic.Int64 // ids (send times) below this were sent in the warm-up: not counted
 	mu     sync.Mutex
 	shards []*ackShard
+	arr    *arrivals // --count-arrivals; nil: not counted
 }
 
 func newMsgTracker() *msgTracker { return &msgTracker{start: time.Now()} }

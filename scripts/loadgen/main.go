@@ -66,6 +66,7 @@ type config struct {
 	reconnect     bool
 	loginDeadline time.Duration
 	idleWindow    time.Duration
+	countArrivals bool
 	// Room mode (rooms.go).
 	room           string
 	roomPublishers int
@@ -98,6 +99,7 @@ func main() {
 	flag.DurationVar(&c.idleWindow, "idle-cpu-window", 0, "after the nodes settle, measure their CPU over this window of idle holding (heartbeats only); --hold must cover it")
 	flag.BoolVar(&c.reconnect, "reconnect", false, "when a node drops a connection, come back as the SDK does: backoff, then the dispatcher with exclude=<that node>")
 	flag.DurationVar(&c.loginDeadline, "login-deadline", 0, "with --procs: give up if the shards have not all logged in by then (0: 4 × conns/rate + 5 min)")
+	flag.BoolVar(&c.countArrivals, "count-arrivals", false, "match every DELIVERED SendAck with the Delivers its recipient read: report lost messages and msg_ids read twice (one lock per message: off for throughput runs)")
 	flag.IntVar(&c.procs, "procs", 1, "spread the connections over this many load processes (each holds conns/procs; one process may open ~19,900 sockets here)")
 	flag.IntVar(&c.shard, "shard", -1, "internal: this process is shard N of a --procs run")
 	flag.StringVar(&c.room, "room", "", "room mode: the --conns connections join this room and the first --room-publishers publish to it at --room-rate for --msg-warmup + --msg-duration (one process)")
@@ -190,8 +192,14 @@ type msgReport struct {
 	P90MS      float64        `json:"rtt_p90_ms"`
 	P99MS      float64        `json:"rtt_p99_ms"`
 	MaxMS      float64        `json:"rtt_max_ms"`
-	SameNode   int            `json:"pairs_same_node"`
-	CrossNode  int            `json:"pairs_cross_node"`
+	// With --count-arrivals (warm-up included): DELIVERED SendAcks, those
+	// whose message the recipient never read, msg_ids read more than once.
+	Checked    bool  `json:"arrivals_counted,omitempty"`
+	Delivered  int64 `json:"delivered_acks,omitempty"`
+	Lost       int64 `json:"lost,omitempty"`
+	Duplicates int64 `json:"duplicates,omitempty"`
+	SameNode   int   `json:"pairs_same_node"`
+	CrossNode  int   `json:"pairs_cross_node"`
 }
 
 func (r *report) print(w io.Writer) {
@@ -213,6 +221,9 @@ func (r *report) print(w io.Writer) {
 	if m := r.Msgs; m != nil {
 		fmt.Fprintf(w, "c2c              %d pairs same-node, %d cross-node; target %d/s\n", m.SameNode, m.CrossNode, m.Rate)
 		fmt.Fprintf(w, "c2c sent         %d in %.1fs: %.0f SendAcks/s, outcomes %v, unanswered %d\n", m.Sent, m.Seconds, m.PerSecond, m.Outcomes, m.Unanswered)
+		if m.Checked {
+			fmt.Fprintf(w, "c2c arrivals     %d DELIVERED (warm-up included): %d never read (lost), %d read twice (duplicates)\n", m.Delivered, m.Lost, m.Duplicates)
+		}
 		fmt.Fprintf(w, "c2c send->ack    p50 %.2f ms  p90 %.2f ms  p99 %.2f ms  max %.2f ms\n", m.P50MS, m.P90MS, m.P99MS, m.MaxMS)
 	}
 }
@@ -281,6 +292,9 @@ func run(ctx context.Context, c config) (*report, error) {
 	var lost atomic.Int64
 	st := &storm{srcBase: c.srcBase, transport: c.transport}
 	mt := newMsgTracker()
+	if c.countArrivals {
+		mt.arr = newArrivals()
+	}
 	var live []*conn // guarded by mu
 	startReader := func(cn *conn) {
 		readers.Add(1)
@@ -670,5 +684,9 @@ func traffic(ctx context.Context, c config, conns []*conn, mt *msgTracker) *msgR
 	rep.PerSecond = float64(len(rtts)) / time.Since(start).Seconds()
 	rep.P50MS, rep.P90MS, rep.P99MS = pctSorted(rtts, 0.5), pctSorted(rtts, 0.9), pctSorted(rtts, 0.99)
 	rep.MaxMS = pctSorted(rtts, 1)
+	if mt.arr != nil {
+		rep.Checked = true
+		rep.Delivered, rep.Lost, rep.Duplicates = mt.arr.count()
+	}
 	return rep
 }

@@ -57,6 +57,7 @@ func runShards(ctx context.Context, c config) (*report, error) {
 			"--concurrency", strconv.Itoa(max(1, c.concurrency/c.procs)), "--msg-rate", strconv.Itoa(c.msgRate / c.procs),
 			"--msg-duration", c.msgDuration.String(), "--msg-tick", c.msgTick.String(), "--msg-warmup", c.msgWarmup.String(), "--region-a", c.regionA, "--region-b", c.regionB,
 			"--payload", strconv.Itoa(c.payload), "--reconnect=" + strconv.FormatBool(c.reconnect),
+			"--count-arrivals=" + strconv.FormatBool(c.countArrivals),
 		}
 		if c.msgPairs > 0 {
 			args = append(args, "--msg-pairs", strconv.Itoa(max(1, c.msgPairs/c.procs)))
@@ -182,6 +183,10 @@ func merge(t, r *report) {
 		tm.Rate += m.Rate
 		tm.Sent += m.Sent
 		tm.Unanswered += m.Unanswered
+		tm.Checked = tm.Checked || m.Checked
+		tm.Delivered += m.Delivered
+		tm.Lost += m.Lost
+		tm.Duplicates += m.Duplicates
 		tm.PerSecond += m.PerSecond
 		tm.Seconds = max(tm.Seconds, m.Seconds)
 		tm.SameNode += m.SameNode

@@ -29,6 +29,12 @@ package gateway
 //	relay: Relay.mu → peer.mu → sendQueue.mu
 //	    installView and Resync ask peers and inbound streams for a resync
 //	    under Relay.mu; peer.call queues under peer.mu to keep seq order.
+//	relay: moveState.gate → Relay.mu → sendQueue.mu, and (read) →
+//	       DeliverLocal's locks (hubShard.mu, session.mu → …)
+//	    a Deliver from a peer reaches the gateway under the gate's read
+//	    lock (its Done may run there, queueing the answer: sendQueue.mu),
+//	    so the hand-off's BeginHandoff, under the write lock, knows that
+//	    none is on its way to a session (relay/moving.go).
 //
 // Leaves, among others: flight.mu, sendOp.mu, join.mu (each releases its
 // lock before calling done), shedder.mu, ipLimits.mu, evloop Engine.mu, the

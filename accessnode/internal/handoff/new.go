@@ -20,6 +20,7 @@ import (
 
 	"github.com/imgate/imgate/accessnode/internal/evloop"
 	"github.com/imgate/imgate/accessnode/internal/gateway"
+	"github.com/imgate/imgate/accessnode/internal/sdnotify"
 )
 
 // Inherited is the new process's side of an upgrade: nil when the process
@@ -198,6 +199,14 @@ func (in *Inherited) Finish(gw *gateway.Server) {
 	}
 	gw.Resume()
 	gw.Release()
+	// systemd (Type=notify, NotifyAccess=all) follows this process from
+	// now on: told before the old process may exit, whose exit would
+	// otherwise end the service.
+	if sent, err := sdnotify.Notify(fmt.Sprintf("MAINPID=%d\nREADY=1", os.Getpid())); err != nil {
+		in.log.Warn().Err(err).Msg("upgrade: telling systemd the new main pid failed")
+	} else if sent {
+		in.log.Info().Int("pid", os.Getpid()).Msg("upgrade: told systemd this process is the node's main process")
+	}
 	if err := in.ch.send(&message{Type: msgTookOver, PID: os.Getpid(), Version: in.version}, nil); err != nil {
 		in.log.Warn().Err(err).Msg("upgrade: telling the old process failed")
 	}

@@ -51,6 +51,10 @@ type Old struct {
 	// registers it again, so the dispatcher sees the same node with a new
 	// version, not a restart (no slow start, no new health check).
 	StartedAt int64
+	// Peers is the node's side of its peers' Forward streams (relay.Relay):
+	// told before the hold, so the peers keep their calls for the new
+	// process instead of sending them here, and at the end. nil: none.
+	Peers Peers
 	// Refuse, when not empty, is why this node cannot be upgraded in place.
 	Refuse string
 	Log    zerolog.Logger
@@ -59,6 +63,19 @@ type Old struct {
 	done chan struct{}
 	// Stats of the last attempt, for the log and tests.
 	last Result
+}
+
+// Peers is what the hand-off needs from the relay (docs/architecture.md,
+// "Between nodes").
+type Peers interface {
+	// BeginHandoff: from now on no Deliver from a peer reaches a client
+	// here; each is answered "moved, send it again", and the peers are
+	// told to send their calls to the next process.
+	BeginHandoff()
+	// EndHandoff: committed, the new process serves (the peers' streams
+	// end, and they dial it); else this process keeps the node and the
+	// peers carry on.
+	EndHandoff(committed bool)
 }
 
 // Result is what one upgrade attempt did.
@@ -198,6 +215,9 @@ func (o *Old) Upgrade() (res Result, err error) {
 
 	// From here this process changes: every failure must give back.
 	held := time.Now()
+	if o.Peers != nil {
+		o.Peers.BeginHandoff()
+	}
 	o.GW.Hold()
 	var ds []evloop.Detached
 	var sts []gateway.ConnState
@@ -208,6 +228,9 @@ func (o *Old) Upgrade() (res Result, err error) {
 		o.GW.Resume()
 		serr := o.Serve()
 		o.GW.Release()
+		if o.Peers != nil {
+			o.Peers.EndHandoff(false)
+		}
 		res.RolledBack = true
 		o.Log.Warn().Int("taken_back", n).Int("handed", len(ds)).Err(serr).Msg("upgrade: rolled back")
 		return res, cause
@@ -272,6 +295,11 @@ func (o *Old) Upgrade() (res Result, err error) {
 		o.Log.Warn().Err(err).Str("got", m.Type).Msg("upgrade: the new process did not confirm the take-over")
 	} else {
 		o.Log.Info().Int("new_pid", res.NewPID).Str("version", m.Version).Msg("upgrade: the new process serves")
+	}
+	if o.Peers != nil {
+		// The peers' streams end once each has stopped sending here; they
+		// dial again and reach the new process.
+		o.Peers.EndHandoff(true)
 	}
 	// The new process lives on when we exit: it is reparented, not killed.
 	return res, nil

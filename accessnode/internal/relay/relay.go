@@ -159,6 +159,8 @@ type Relay struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	mv moveState // an upgrade in place of this node (moving.go)
+
 	start time.Time // the relay clock's origin (now)
 	m     *metrics
 	drops drop.Counts

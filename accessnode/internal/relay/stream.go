@@ -40,6 +40,7 @@ type sendQueue struct {
 	drops    *drop.Counts
 	mu       lockorder.Mutex // guards frames, closed, resync, resyncAt
 	frames   []*nodepb.ForwardFrame
+	front    []*nodepb.ForwardFrame // calls to send again before frames (moving.go)
 	closed   bool
 	resync   bool
 	resyncAt int // frames[:resyncAt] were queued before the resync was asked for
@@ -100,7 +101,10 @@ func (q *sendQueue) take() (frames []*nodepb.ForwardFrame, resync bool, before i
 	q.mu.Lock()
 	defer q.mu.Unlock()
 	frames, resync, before = q.frames, q.resync, q.resyncAt
-	q.frames, q.resync, q.resyncAt = nil, false, 0
+	if len(q.front) > 0 {
+		frames, before = append(q.front, frames...), before+len(q.front)
+	}
+	q.frames, q.front, q.resync, q.resyncAt = nil, nil, false, 0
 	return
 }
 
@@ -110,7 +114,7 @@ func (q *sendQueue) close() {
 	q.mu.Lock()
 	q.closed = true
 	frames := q.frames
-	q.frames = nil
+	q.frames, q.front = nil, nil
 	q.mu.Unlock()
 	q.signal()
 	n := 0
@@ -171,6 +175,7 @@ type peer struct {
 
 	rtt   prometheus.Observer // forwarded Deliver round trips to this peer
 	downs atomic.Uint64       // times the stream went down after it was up
+	mv    peerMove            // the peer handing itself to a new process (moving.go)
 }
 
 type peerState int
@@ -185,7 +190,8 @@ type pendingCall struct {
 	seq      uint64
 	deadline time.Time
 	a        answerer
-	start    int64 // relay clock when a Deliver was queued; 0 for a Lookup
+	start    int64                // relay clock when a Deliver was queued; 0 for a Lookup
+	f        *nodepb.ForwardFrame // a Deliver: sent again if the peer answers moved
 }
 
 // answerer takes the answer to a call: the peer's frame, or (nil, reason)
@@ -220,8 +226,9 @@ func (p *peer) close() { p.cancel() }
 // the answer, or with a reason when the stream fails or deadline passes.
 func (p *peer) call(f *nodepb.ForwardFrame, deadline time.Time, a answerer) {
 	var start int64
+	var resend *nodepb.ForwardFrame
 	if _, ok := f.Body.(*nodepb.ForwardFrame_Deliver); ok {
-		start = p.r.now() // outside p.mu
+		start, resend = p.r.now(), f // outside p.mu
 	}
 	p.mu.Lock()
 	if p.state == peerDown || p.ctx.Err() != nil {
@@ -244,7 +251,7 @@ func (p *peer) call(f *nodepb.ForwardFrame, deadline time.Time, a answerer) {
 	case *nodepb.ForwardFrame_AdminRoom:
 		b.AdminRoom.Seq = seq
 	}
-	p.pending[seq] = pendingCall{seq: seq, deadline: deadline, a: a, start: start}
+	p.pending[seq] = pendingCall{seq: seq, deadline: deadline, a: a, start: start, f: resend}
 	// Queued under p.mu, so the queue is in seq order (see sent). Lock
 	// order (gateway/locks.go): peer.mu → sendQueue.mu.
 	ok := p.q.push(f)
@@ -270,11 +277,21 @@ func (p *peer) takePending(seq uint64) (pendingCall, bool) {
 }
 
 // markSent records that the calls among frames are about to be written.
-func (p *peer) markSent(frames []*nodepb.ForwardFrame) {
+// A Deliver whose call is no longer waiting (it timed out while queued, and
+// its sender was told it never left) is dropped: written now, it could
+// arrive after its sender tried again. It returns the frames to write.
+func (p *peer) markSent(frames []*nodepb.ForwardFrame) []*nodepb.ForwardFrame {
 	var top uint64
+	p.mu.Lock() // with expire: a call is either still waiting when counted sent, or not written
+	defer p.mu.Unlock()
+	kept := frames[:0]
 	for _, f := range frames {
 		switch b := f.Body.(type) {
 		case *nodepb.ForwardFrame_Deliver:
+			if _, ok := p.pending[b.Deliver.Seq]; !ok {
+				p.r.drops.Add(drop.ForwardTimeout)
+				continue
+			}
 			top = max(top, b.Deliver.Seq)
 		case *nodepb.ForwardFrame_Lookup:
 			top = max(top, b.Lookup.Seq)
@@ -285,10 +302,12 @@ func (p *peer) markSent(frames []*nodepb.ForwardFrame) {
 		case *nodepb.ForwardFrame_AdminRoom:
 			top = max(top, b.AdminRoom.Seq)
 		}
+		kept = append(kept, f)
 	}
 	if top > p.sent.Load() {
 		p.sent.Store(top) // only the stream's sending goroutine writes it
 	}
+	return kept
 }
 
 // enqueue sends a one-way frame (SyncDone, KickSession, Invalidate);
@@ -370,11 +389,14 @@ func (p *peer) run() {
 	for p.ctx.Err() == nil {
 		start := time.Now()
 		wasUp, err := p.attempt()
-		if wasUp {
-			p.downs.Add(1)
-		}
 		if p.ctx.Err() != nil {
 			return
+		}
+		if p.movedOn() {
+			continue // the peer handed itself to a new process: dial it (moving.go)
+		}
+		if wasUp {
+			p.downs.Add(1)
 		}
 		// Down: fail what waits (what was never written says so), refuse
 		// new calls until the next attempt.
@@ -483,6 +505,11 @@ func (p *peer) stream(cli nodepb.NodeServiceClient) (up bool, err error) {
 				return true, fmt.Errorf("send: %w", err)
 			}
 		case <-q.wake:
+			if held, err := p.heldBack(st.Send); err != nil {
+				return true, fmt.Errorf("send: %w", err)
+			} else if held {
+				continue // the peer is moving: what is queued waits for the next stream
+			}
 			frames, resync, before := q.take()
 			if resync {
 				frames = p.withResync(frames, before)
@@ -490,7 +517,7 @@ func (p *peer) stream(cli nodepb.NodeServiceClient) (up bool, err error) {
 			if len(frames) == 0 {
 				continue
 			}
-			p.markSent(frames)
+			frames = p.markSent(frames)
 			if err := sendAll(st.Send, frames); err != nil {
 				return true, fmt.Errorf("send: %w", err)
 			}
@@ -504,6 +531,7 @@ func (p *peer) stream(cli nodepb.NodeServiceClient) (up bool, err error) {
 // gRPC (or nothing) never holds a call longer than HandshakeTimeout.
 func (p *peer) handshake(ctx context.Context, cancel context.CancelFunc, cli nodepb.NodeServiceClient) (nodepb.NodeService_ForwardClient, *nodepb.Hello, error) {
 	cfg := &p.r.cfg
+	p.mv.reset()
 	hs := time.AfterFunc(cfg.HandshakeTimeout, cancel)
 	st, err := cli.Forward(ctx)
 	if err != nil {
@@ -532,6 +560,11 @@ func (p *peer) handshake(ctx context.Context, cancel context.CancelFunc, cli nod
 		return nil, nil, errors.New("the peer did not answer Hello")
 	case reply.NodeId != p.id:
 		return nil, nil, &refusal{actual: reply.NodeId}
+	}
+	for _, f := range first.Frames[1:] {
+		if m := f.GetMoving(); m != nil {
+			p.onMoving(m) // a process that handed the node over answers so
+		}
 	}
 	return st, reply, nil
 }
@@ -591,6 +624,12 @@ func (p *peer) receive(st nodepb.NodeService_ForwardClient, lastRecv *atomic.Int
 			switch body := f.Body.(type) {
 			case *nodepb.ForwardFrame_Result:
 				seq = body.Result.Seq
+				if body.Result.Moved {
+					if !p.requeue(seq) {
+						p.r.drops.Add(drop.LateAnswer)
+					}
+					continue
+				}
 			case *nodepb.ForwardFrame_LookupResult:
 				seq = body.LookupResult.Seq
 			case *nodepb.ForwardFrame_QueryResult:
@@ -605,6 +644,9 @@ func (p *peer) receive(st nodepb.NodeService_ForwardClient, lastRecv *atomic.Int
 				continue
 			case *nodepb.ForwardFrame_Resync:
 				p.resync()
+				continue
+			case *nodepb.ForwardFrame_Moving:
+				p.onMoving(body.Moving)
 				continue
 			default:
 				continue
@@ -629,6 +671,7 @@ type inbound struct {
 	lastRecv atomic.Int64 // unix ns of the last batch received
 	// Written only by the stream's receiving goroutine; read by complete.
 	synced atomic.Uint64 // view id of the last SyncDone since the last reset (0: none)
+	mv     *inMove       // this node handing itself to a new process (moving.go)
 	gen    uint64        // generation of this stream's presence entries
 	sweep  bool          // a reset awaits its SyncDone, which sweeps older generations
 }
@@ -646,6 +689,9 @@ func (r *Relay) ServeStream(st nodepb.NodeService_ForwardServer) error {
 	if hello == nil || !etcdkeys.ValidNodeID(hello.NodeId) {
 		return status.Error(codes.InvalidArgument, "relay: a Forward stream must start with Hello from a valid node id")
 	}
+	if r.handedOver() {
+		return r.serveHandedOver(st) // moving.go
+	}
 	// Answer with who we are first: a dialer that expected another node
 	// (its registration is a copy or stale) learns it and goes away.
 	if err := st.Send(&nodepb.ForwardBatch{Frames: []*nodepb.ForwardFrame{{Body: &nodepb.ForwardFrame_Hello{Hello: &nodepb.Hello{
@@ -655,9 +701,10 @@ func (r *Relay) ServeStream(st nodepb.NodeService_ForwardServer) error {
 	if hello.Expect != "" && hello.Expect != r.cfg.NodeID {
 		return status.Errorf(codes.FailedPrecondition, "relay: this is node %q, not %q", r.cfg.NodeID, hello.Expect)
 	}
-	in := &inbound{from: hello.NodeId, out: newSendQueue(&r.drops)}
+	in := &inbound{from: hello.NodeId, out: newSendQueue(&r.drops), mv: newInMove()}
 	in.lastRecv.Store(time.Now().UnixNano())
 	r.addInbound(in)
+	r.joinMoving(in)
 	defer r.removeInbound(in)
 	defer in.out.close()
 
@@ -713,6 +760,8 @@ func (in *inbound) send(ctx context.Context, st nodepb.NodeService_ForwardServer
 			if err := sendAll(st.Send, frames); err != nil {
 				return err
 			}
+		case <-in.mv.end:
+			return in.endMoved(ctx, st.Send) // the node moved to a new process (moving.go)
 		}
 	}
 }
@@ -725,6 +774,9 @@ func (r *Relay) handle(in *inbound, frames []*nodepb.ForwardFrame) {
 		case *nodepb.ForwardFrame_Deliver:
 			d := body.Deliver
 			seq := d.Seq
+			if !r.enterDeliver(out, seq) {
+				continue // answered moved: the node is moving to a new process (moving.go)
+			}
 			result := func(devices, acked uint32, reason wirepb.ErrorCode) {
 				out.push(&nodepb.ForwardFrame{Body: &nodepb.ForwardFrame_Result{Result: &nodepb.ForwardResult{
 					Seq: seq, Devices: devices, Acked: acked, Reason: int32(reason)}}})
@@ -734,6 +786,7 @@ func (r *Relay) handle(in *inbound, frames []*nodepb.ForwardFrame) {
 			} else {
 				r.local.DeliverLocal(d.ToUid, gateway.FromForward(d), result)
 			}
+			r.leaveDeliver()
 		case *nodepb.ForwardFrame_Presence:
 			if !r.currentInbound(in) {
 				r.drops.Add(drop.StaleStream)
@@ -808,6 +861,8 @@ func (r *Relay) handle(in *inbound, frames []*nodepb.ForwardFrame) {
 			}
 		case *nodepb.ForwardFrame_Heartbeat:
 			out.push(heartbeatFrame)
+		case *nodepb.ForwardFrame_MovingAck:
+			in.mv.acked.Store(body.MovingAck.Attempt)
 		}
 	}
 }
