@@ -178,7 +178,7 @@ func (s *Server) detach(c *evloop.Conn) (evloop.Detached, ConnState, bool) {
 		sess.mu.Unlock()
 		st = ConnState{LoggedIn: true, UID: sess.uid, Device: sess.device, LoginAt: sess.loginAt,
 			MsgTokens: sess.budget.tokens, MsgAgoNs: ago(now, sess.budget.last),
-			ByteTokens: sess.bytes.tokens, ByteAgoNs: ago(now, sess.bytes.last), Rooms: sess.roomList()}
+			ByteTokens: sess.bytes.tokens, ByteAgoNs: ago(now, sess.bytes.last), Rooms: sess.freezeRooms()}
 		st.Held = s.takeHeld(c)
 		return d, st, true
 	}

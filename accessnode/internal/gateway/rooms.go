@@ -136,7 +136,7 @@ func (s *Server) joinRoom(sess *session, room string) (wirepb.ErrorCode, string)
 	// hears in the order they happened).
 	sess.roomMu.Lock()
 	defer sess.roomMu.Unlock()
-	if sess.roomsEnded {
+	if sess.roomsEnded || sess.roomsFrozen {
 		return wirepb.ErrorCode_ERROR_CODE_RECIPIENT_GONE, errNotLoggedIn.Error()
 	}
 	if _, in := sess.rooms[room]; in {
@@ -172,7 +172,7 @@ func (s *Server) joinRoom(sess *session, room string) (wirepb.ErrorCode, string)
 func (s *Server) leaveRoom(sess *session, room string) bool {
 	sess.roomMu.Lock()
 	defer sess.roomMu.Unlock()
-	if _, in := sess.rooms[room]; !in {
+	if _, in := sess.rooms[room]; !in || sess.roomsFrozen {
 		return false
 	}
 	delete(sess.rooms, room)
@@ -225,10 +225,15 @@ func (s *Server) leaveRooms(sess *session) {
 	sess.rooms = nil
 }
 
-// roomsOf returns the rooms sess is in (for a hand-off).
-func (sess *session) roomList() []string {
+// freezeRooms returns the rooms sess is in, for a hand-off, and refuses
+// every later change: a backend's join or leave (AdminRoom) that comes
+// after the snapshot would not reach the new process, so it changes
+// nothing and is not counted. The session stays in the index, so the node's
+// counts at the rooms' homes do not drop while the connection moves.
+func (sess *session) freezeRooms() []string {
 	sess.roomMu.Lock()
 	defer sess.roomMu.Unlock()
+	sess.roomsFrozen = true
 	out := make([]string, 0, len(sess.rooms))
 	for r := range sess.rooms {
 		out = append(out, r)

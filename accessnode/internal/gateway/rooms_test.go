@@ -166,6 +166,14 @@ func TestRoomsMoveWithAHandOff(t *testing.T) {
 	if rooms := states[0].Rooms; len(rooms) != 2 {
 		t.Fatalf("rooms handed over: %v", rooms)
 	}
+	// The backend's changes after the snapshot would not reach the new
+	// process: they change nothing here and are not counted.
+	if n := old.srv.AdminRoom("r3", []string{"m"}, "", true); n != 0 {
+		t.Fatalf("a join after the snapshot changed %d sessions", n)
+	}
+	if n := old.srv.AdminRoom("r1", []string{"m"}, "", false); n != 0 {
+		t.Fatalf("a leave after the snapshot changed %d sessions", n)
+	}
 	if failed := next.srv.AdoptSessions(ds, states, true); failed != 0 {
 		t.Fatalf("%d failed to adopt", failed)
 	}

@@ -44,9 +44,10 @@ type session struct {
 	leave     atomic.Int32 // nodepb.LeaveReason once known (events.go)
 
 	// Rooms (rooms.go): the rooms this session is a member of.
-	roomMu     lockorder.Mutex // guards rooms, roomsEnded; held across the room index
-	rooms      map[string]struct{}
-	roomsEnded bool // the session ended: no more joins
+	roomMu      lockorder.Mutex // guards rooms, roomsEnded, roomsFrozen; held across the room index
+	rooms       map[string]struct{}
+	roomsEnded  bool // the session ended: no more joins
+	roomsFrozen bool // its rooms were handed to a new process: no more changes (handoff.go)
 }
 
 // outbound is a Deliver waiting for its DeliverAck.
