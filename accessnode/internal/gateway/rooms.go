@@ -7,8 +7,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"unicode"
-	"unicode/utf8"
 
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -26,23 +24,6 @@ import (
 // registers how many this node holds with the room's home and fans a
 // publish out once per node that holds members. Membership belongs to the
 // session and ends with it.
-
-// MaxRoomID bounds a room id (bytes).
-const MaxRoomID = 128
-
-// ValidRoom reports whether room is a room id: 1-128 bytes of UTF-8
-// without control characters.
-func ValidRoom(room string) bool {
-	if room == "" || len(room) > MaxRoomID || !utf8.ValidString(room) {
-		return false
-	}
-	for _, r := range room {
-		if unicode.IsControl(r) {
-			return false
-		}
-	}
-	return true
-}
 
 // Who may join a room (Config.RoomJoin, --room-join).
 const (
@@ -289,7 +270,7 @@ func (s *Server) handleJoin(sess *session, m *wirepb.Join) {
 		refuse(wirepb.ErrorCode_ERROR_CODE_RATE_LIMITED, why)
 		return
 	}
-	if !ValidRoom(m.Room) {
+	if !wire.ValidRoom(m.Room) {
 		refuse(wirepb.ErrorCode_ERROR_CODE_BAD_REQUEST, "a room id is 1-128 bytes of UTF-8 without control characters")
 		return
 	}

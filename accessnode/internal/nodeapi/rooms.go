@@ -9,6 +9,7 @@ import (
 
 	"github.com/imgate/imgate/accessnode/internal/gateway"
 	"github.com/imgate/imgate/proto/nodepb"
+	"github.com/imgate/imgate/proto/wire"
 )
 
 // maxRoomUIDs bounds one RoomMembers call.
@@ -34,7 +35,7 @@ func (s *Service) roomRelay() (RoomRelay, error) {
 }
 
 func checkRoom(room string) error {
-	if !gateway.ValidRoom(room) {
+	if !wire.ValidRoom(room) {
 		return status.Error(codes.InvalidArgument, "a room id is 1-128 bytes of UTF-8 without control characters")
 	}
 	return nil

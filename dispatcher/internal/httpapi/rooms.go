@@ -6,13 +6,12 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
-	"unicode"
-	"unicode/utf8"
 
 	"github.com/go-chi/chi/v5"
 
 	"github.com/imgate/imgate/proto/api"
 	"github.com/imgate/imgate/proto/nodepb"
+	"github.com/imgate/imgate/proto/wire"
 	"github.com/imgate/imgate/proto/wirepb"
 )
 
@@ -27,24 +26,9 @@ type Roomer interface {
 // Limits of the room calls: the node's own (a room id is 1-128 bytes,
 // 1,000 uids per join or leave, a payload as a push's).
 const (
-	maxRoomID   = 128
 	maxRoomUIDs = 1000
 	maxRoomBody = 1 << 20
 )
-
-// validRoom is the node's rule for a room id (its gateway.ValidRoom):
-// 1-128 bytes of UTF-8 without control characters.
-func validRoom(room string) bool {
-	if room == "" || len(room) > maxRoomID || !utf8.ValidString(room) {
-		return false
-	}
-	for _, r := range room {
-		if unicode.IsControl(r) {
-			return false
-		}
-	}
-	return true
-}
 
 // roomParam is the {room} of the path, URL-decoded and checked. The router
 // matches the escaped path when it differs from the decoded one (a %2F in
@@ -58,8 +42,8 @@ func roomParam(r *http.Request) (string, error) {
 		}
 		room = dec
 	}
-	if !validRoom(room) {
-		return "", badParam("room", "a room id is 1-%d bytes of UTF-8 without control characters", maxRoomID)
+	if !wire.ValidRoom(room) {
+		return "", badParam("room", "a room id is 1-%d bytes of UTF-8 without control characters", wire.MaxRoomID)
 	}
 	return room, nil
 }
