@@ -132,17 +132,24 @@ type Message struct {
 	SentAt      time.Time
 	Attempt     uint32 // 1 unless the node had to re-send it
 	NodeID      string // the node it arrived through
+	// Room is the room it was published to, "" for a one-to-one message.
+	Room string
+	// Broadcast: a broadcast room's message, sent once and not ACKed
+	// (protocol §13.3); it is not re-sent if this client misses it.
+	Broadcast bool
 }
 
-// SendResult is the node's SendAck for one Send.
+// SendResult is the node's SendAck for one Send or Publish.
 type SendResult struct {
 	ClientMsgID uint64 // chosen by this client, unique for its lifetime
-	To          string
+	To          string // the recipient of a Send; "" for a Publish
+	Room        string // the room of a Publish; "" for a Send
 	NodeID      string // the node the Send went through
 	MsgID       string // what the recipient sees as Message.ID; empty if nothing was sent
 	Outcome     wirepb.Outcome
-	Devices     uint32 // online devices of the recipient
-	Acked       uint32 // devices that acknowledged
+	Devices     uint32 // online devices of the recipient; member connections for a Publish
+	Acked       uint32 // devices that acknowledged (0 for a broadcast room: OUTCOME_SENT)
+	Nodes       uint32 // a Publish: the nodes holding members it reached
 	Reason      wirepb.ErrorCode
 	Detail      string
 }
@@ -171,7 +178,10 @@ type Client struct {
 	events  chan Event   // closed by run after every emitter stopped
 	nextID  atomic.Uint64
 	dropped atomic.Uint64 // Delivers dropped unacked because msgs was full
-	slots   chan struct{} // one per Send awaiting its SendAck (MaxPending)
+	// droppedBroadcast: broadcast room messages dropped because msgs was
+	// full (never re-sent: lost to this client).
+	droppedBroadcast atomic.Uint64
+	slots            chan struct{} // one per Send awaiting its SendAck (MaxPending)
 
 	// life is cancelled by Close; run stops on it. done is closed by run
 	// when everything has stopped.
@@ -182,13 +192,14 @@ type Client struct {
 
 	evMu sync.Mutex // serialises emit's drop-oldest
 
-	mu         sync.Mutex    // guards the fields below
-	cur        *conn         // the connection Sends go to; replaced only by run
-	holding    bool          // a GoAway move holds new Sends until cur's are answered; cleared by setCurrent
-	curChanged chan struct{} // closed and replaced whenever cur or holding changes
-	backoff    Backoff       // cfg.Backoff merged with the dispatcher's hints
-	hbHint     time.Duration // the dispatcher's heartbeat hint
-	err        error         // why the client stopped, set before done closes
+	mu         sync.Mutex          // guards the fields below
+	cur        *conn               // the connection Sends go to; replaced only by run
+	holding    bool                // a GoAway move holds new Sends until cur's are answered; cleared by setCurrent
+	curChanged chan struct{}       // closed and replaced whenever cur or holding changes
+	backoff    Backoff             // cfg.Backoff merged with the dispatcher's hints
+	hbHint     time.Duration       // the dispatcher's heartbeat hint
+	err        error               // why the client stopped, set before done closes
+	rooms      map[string]struct{} // the rooms the connection is in (rooms.go)
 
 	drainWG sync.WaitGroup // drainers; Add and Wait only in run
 }
@@ -263,61 +274,83 @@ func (c *Client) Send(ctx context.Context, to string, payload []byte, opts ...Se
 	for _, o := range opts {
 		o(s)
 	}
+	return c.send(ctx, res, s)
+}
+
+// send queues s and waits for its SendAck (Send and Publish).
+func (c *Client) send(ctx context.Context, res SendResult, s *wirepb.Send) (SendResult, error) {
 	frame := &wirepb.Frame{Body: &wirepb.Frame_Send{Send: s}}
+	fits := func(cn *conn) error {
+		if limit := cn.maxFrame - deliverRoom; len(s.Payload) > limit {
+			return fmt.Errorf("%w: payload of %d bytes, limit %d", wire.ErrFrameTooLarge, len(s.Payload), limit)
+		}
+		return nil
+	}
+	r, cn, err := c.call(ctx, "send", res.ClientMsgID, frame, fits)
+	if cn != nil {
+		res.NodeID = cn.nodeID
+	}
+	if err != nil {
+		return res, err
+	}
+	if r.err != nil {
+		return res, r.err
+	}
+	a := r.ack
+	res.MsgID, res.Outcome, res.Devices, res.Acked = a.GetMsgId(), a.GetOutcome(), a.GetDevices(), a.GetAcked()
+	res.Nodes, res.Reason, res.Detail = a.GetNodes(), a.GetReason(), a.GetDetail()
+	if !knownOutcome(res.Outcome) {
+		return res, fmt.Errorf("client: send: %w: node answered outcome %d", ErrOutcomeUnknown, res.Outcome)
+	}
+	return res, nil
+}
+
+// call is one frame that the node answers (Send, Request, Join, Leave):
+// it takes a pending slot, queues frame (carrying id) on the current
+// connection — waiting while the client reconnects, and again on the next
+// connection when the one it chose closed before the frame was queued —
+// and waits for the answer. check, when set, refuses what does not fit the
+// connection before anything is queued. The reply's err is set when the
+// connection was lost after the frame was queued (the answer will never
+// come); cn is the connection it went to.
+func (c *Client) call(ctx context.Context, what string, id uint64, frame *wirepb.Frame, check func(*conn) error) (r sendReply, cn *conn, err error) {
 	select {
 	case c.slots <- struct{}{}:
 		defer func() { <-c.slots }()
 	case <-ctx.Done():
-		return res, fmt.Errorf("client: send: waiting for a pending slot: %w", ctx.Err())
+		return r, nil, fmt.Errorf("client: %s: waiting for a pending slot: %w", what, ctx.Err())
 	case <-c.done:
-		return res, c.Err()
+		return r, nil, c.Err()
 	}
 	for {
-		cn, err := c.waitConn(ctx)
-		if err != nil {
-			return res, err
+		if cn, err = c.waitConn(ctx); err != nil {
+			return r, nil, err
 		}
-		if limit := cn.maxFrame - deliverRoom; len(payload) > limit {
-			return res, fmt.Errorf("client: send: %w: payload of %d bytes, limit %d", wire.ErrFrameTooLarge, len(payload), limit)
+		if check != nil {
+			if err := check(cn); err != nil {
+				return r, cn, fmt.Errorf("client: %s: %w", what, err)
+			}
 		}
 		b, err := wire.Append(nil, frame, cn.maxFrame)
 		if err != nil {
-			return res, fmt.Errorf("client: send: %w", err)
+			return r, cn, fmt.Errorf("client: %s: %w", what, err)
 		}
-		reply, ok := cn.register(res.ClientMsgID)
+		reply, ok := cn.register(id)
 		if !ok {
 			continue // closed before anything was queued: wait for the next one
 		}
-		res.NodeID = cn.nodeID
 		select {
 		case cn.out <- b:
 		case <-cn.done:
 			continue // not queued, so not sent: safe to try the next connection
 		case <-ctx.Done():
-			cn.unregister(res.ClientMsgID)
-			return res, fmt.Errorf("client: send: %w", ctx.Err())
+			cn.unregister(id)
+			return r, cn, fmt.Errorf("client: %s: %w", what, ctx.Err())
 		}
-		timer := time.NewTimer(cn.sendAckTimeout)
-		defer timer.Stop()
-		select {
-		case r := <-reply:
-			if r.err != nil {
-				return res, r.err
-			}
-			a := r.ack
-			res.MsgID, res.Outcome, res.Devices, res.Acked = a.GetMsgId(), a.GetOutcome(), a.GetDevices(), a.GetAcked()
-			res.Reason, res.Detail = a.GetReason(), a.GetDetail()
-			if !knownOutcome(res.Outcome) {
-				return res, fmt.Errorf("client: send: %w: node answered outcome %d", ErrOutcomeUnknown, res.Outcome)
-			}
-			return res, nil
-		case <-timer.C:
-			cn.unregister(res.ClientMsgID)
-			return res, fmt.Errorf("client: send: %w (after %v)", ErrSendAckTimeout, cn.sendAckTimeout)
-		case <-ctx.Done():
-			cn.unregister(res.ClientMsgID)
-			return res, fmt.Errorf("client: send: %w: %w", ErrOutcomeUnknown, ctx.Err())
+		if r, err = c.await(ctx, cn, id, reply); err != nil {
+			return r, cn, fmt.Errorf("client: %s: %w", what, err)
 		}
+		return r, cn, nil
 	}
 }
 
@@ -330,54 +363,17 @@ func (c *Client) Send(ctx context.Context, to string, payload []byte, opts ...Se
 func (c *Client) Request(ctx context.Context, method string, payload []byte) ([]byte, error) {
 	id := c.nextID.Add(1)
 	frame := &wirepb.Frame{Body: &wirepb.Frame_Request{Request: &wirepb.Request{RequestId: id, Method: method, Payload: payload}}}
-	select {
-	case c.slots <- struct{}{}:
-		defer func() { <-c.slots }()
-	case <-ctx.Done():
-		return nil, fmt.Errorf("client: request: waiting for a pending slot: %w", ctx.Err())
-	case <-c.done:
-		return nil, c.Err()
+	r, _, err := c.call(ctx, "request", id, frame, nil)
+	if err != nil {
+		return nil, err
 	}
-	for {
-		cn, err := c.waitConn(ctx)
-		if err != nil {
-			return nil, err
-		}
-		b, err := wire.Append(nil, frame, cn.maxFrame)
-		if err != nil {
-			return nil, fmt.Errorf("client: request: %w", err)
-		}
-		reply, ok := cn.register(id)
-		if !ok {
-			continue
-		}
-		select {
-		case cn.out <- b:
-		case <-cn.done:
-			continue // not queued: try the next connection
-		case <-ctx.Done():
-			cn.unregister(id)
-			return nil, fmt.Errorf("client: request: %w", ctx.Err())
-		}
-		timer := time.NewTimer(cn.sendAckTimeout)
-		defer timer.Stop()
-		select {
-		case r := <-reply:
-			if r.err != nil {
-				return nil, r.err
-			}
-			if r.resp.GetCode() != 0 {
-				return nil, &RequestError{Code: r.resp.GetCode(), Message: r.resp.GetMessage()}
-			}
-			return r.resp.GetPayload(), nil
-		case <-timer.C:
-			cn.unregister(id)
-			return nil, fmt.Errorf("client: request: %w (after %v)", ErrSendAckTimeout, cn.sendAckTimeout)
-		case <-ctx.Done():
-			cn.unregister(id)
-			return nil, fmt.Errorf("client: request: %w: %w", ErrOutcomeUnknown, ctx.Err())
-		}
+	if r.err != nil {
+		return nil, r.err
 	}
+	if r.resp.GetCode() != 0 {
+		return nil, &RequestError{Code: r.resp.GetCode(), Message: r.resp.GetMessage()}
+	}
+	return r.resp.GetPayload(), nil
 }
 
 // RequestError is the node's answer to a Request when the backend's answer
@@ -399,7 +395,8 @@ const deliverRoom = 1024
 func knownOutcome(o wirepb.Outcome) bool {
 	switch o {
 	case wirepb.Outcome_OUTCOME_DELIVERED, wirepb.Outcome_OUTCOME_PARTIAL,
-		wirepb.Outcome_OUTCOME_OFFLINE, wirepb.Outcome_OUTCOME_FAILED, wirepb.Outcome_OUTCOME_STORED:
+		wirepb.Outcome_OUTCOME_OFFLINE, wirepb.Outcome_OUTCOME_FAILED, wirepb.Outcome_OUTCOME_STORED,
+		wirepb.Outcome_OUTCOME_SENT:
 		return true
 	}
 	return false
@@ -467,6 +464,10 @@ func (c *Client) NodeID() string {
 // Dropped counts Delivers dropped unacked because Messages was full (the
 // node re-sends them).
 func (c *Client) Dropped() uint64 { return c.dropped.Load() }
+
+// DroppedBroadcast counts broadcast room messages dropped because Messages
+// was full; nobody re-sends them.
+func (c *Client) DroppedBroadcast() uint64 { return c.droppedBroadcast.Load() }
 
 // SessionID is the node's session id of the current connection.
 func (c *Client) SessionID() string {
@@ -550,6 +551,7 @@ func (c *Client) run(cur *conn) {
 				c.finish(cur, err)
 				return
 			}
+			c.rejoin(next)
 			cur = c.swap(next)
 
 		case ga := <-cur.goAway:
@@ -582,6 +584,7 @@ func (c *Client) run(cur *conn) {
 			// A Kick REPLACED on the old connection from here on is most
 			// likely our own new login; drain treats it as the end of the
 			// move, not of the client.
+			c.rejoin(next)
 			old := cur
 			cur = c.swap(next)
 			c.drain(old)

@@ -68,6 +68,7 @@ type conn struct {
 type sendReply struct {
 	ack  *wirepb.SendAck
 	resp *wirepb.Response
+	room *wirepb.RoomState
 	err  error
 }
 
@@ -282,6 +283,8 @@ func (cn *conn) readLoop(rd *wire.Reader, early []*wirepb.Deliver) {
 			cn.resolve(b.SendAck)
 		case *wirepb.Frame_Response:
 			cn.resolveResponse(b.Response)
+		case *wirepb.Frame_RoomState:
+			cn.roomState(b.RoomState)
 		case *wirepb.Frame_Deliver:
 			if !cn.deliver(b.Deliver) {
 				return // closed while handing it over
@@ -350,6 +353,8 @@ func (cn *conn) deliver(d *wirepb.Deliver) bool {
 		ContentType: d.GetContentType(),
 		Attempt:     d.GetAttempt(),
 		NodeID:      cn.nodeID,
+		Room:        d.GetRoom(),
+		Broadcast:   d.GetBroadcast(),
 	}
 	if ms := d.GetSentAtMs(); ms > 0 {
 		m.SentAt = time.UnixMilli(ms)
@@ -357,8 +362,20 @@ func (cn *conn) deliver(d *wirepb.Deliver) bool {
 	select {
 	case cn.c.msgs <- m:
 		cn.c.dedup.done(id)
+		if m.Broadcast {
+			return true // sent once, never re-sent: no ACK (protocol §13.3)
+		}
 		return cn.ack(id)
 	default:
+		if m.Broadcast {
+			// Nobody re-sends it: remembered as handled, so that a copy
+			// arriving another way is not taken for a new message.
+			cn.c.dedup.done(id)
+			if n := cn.c.droppedBroadcast.Add(1); n == 1 || n%100 == 0 {
+				cn.log.Warn().Uint64("dropped_total", n).Msg("Messages is full: broadcast room message dropped (it is not re-sent); read Messages faster or raise MessageBuffer")
+			}
+			return true
+		}
 		cn.c.dedup.abort(id)
 		if n := cn.c.dropped.Add(1); n == 1 || n%100 == 0 {
 			cn.log.Warn().Uint64("dropped_total", n).Msg("Messages is full: deliver dropped unacked, the node will re-send; read Messages faster or raise MessageBuffer")

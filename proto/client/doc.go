@@ -114,6 +114,36 @@
 // Testing: package clienttest runs fake nodes and a fake dispatcher on
 // loopback, for tests of this package and of code built on it.
 //
+// # Rooms
+//
+// Join and Leave make the connection a member of a room or take it out
+// (protocol §13) and return once the node answered: nil, or a *RoomError
+// (the node's --room-join policy or the app's backend refused, too many
+// rooms, rate limited — RoomError.Temporary). Bad ids are refused locally
+// (ErrBadRoom). Publish is a Send to a room: the same guarantees, its
+// SendResult with Room, Nodes (the nodes holding members it reached) and
+// Devices (member connections, the publisher's own never); a broadcast
+// room answers OUTCOME_SENT with Acked 0.
+//
+//	if err := c.Join(ctx, "team-42"); err != nil { ... }
+//	res, err := c.Publish(ctx, "team-42", []byte("hi all"))
+//	// a member's Message has Room "team-42"; Broadcast for a live room
+//
+// Membership belongs to a connection, so the client keeps the set its
+// connection is in (Rooms; changed only by the node's RoomState frames, the
+// backend's joins and removals included — EventRoom with ByBackend) and
+// joins each room again on every new connection, after a drop or a GoAway
+// move, before any Send, Publish or Join uses it. A rejoin refused for good
+// leaves the set with an EventRoom carrying the *RoomError; one refused for
+// a while (rate limit, backend unreachable) is tried again with backoff
+// until the SendAck timeout. Join and Leave are idempotent: one whose
+// connection is lost before the answer is made again on the next one.
+//
+// Room messages are ACKed and de-duplicated like one-to-one ones, except a
+// broadcast room's (Message.Broadcast): the node sends it once and expects
+// no ACK, so none is sent, and one that finds Messages full is lost to this
+// client (counted in DroppedBroadcast).
+//
 // # Never
 //
 // The client never reconnects after Kick REPLACED or a ban and never blocks its

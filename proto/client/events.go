@@ -29,6 +29,11 @@ const (
 	// EventStopped: the client stopped for good; Err is what Client.Err
 	// returns. It is the last event before the channel closes.
 	EventStopped
+	// EventRoom: the connection joined Room (Joined) or left it: by its own
+	// Join or Leave, by the app's backend (ByBackend), or because joining it
+	// again after a reconnect was refused (Err is the *RoomError). Rooms()
+	// has the set as it is now.
+	EventRoom
 )
 
 var kindNames = map[EventKind]string{
@@ -39,6 +44,7 @@ var kindNames = map[EventKind]string{
 	EventKicked:       "kicked",
 	EventServerError:  "server_error",
 	EventStopped:      "stopped",
+	EventRoom:         "room",
 }
 
 func (k EventKind) String() string {
@@ -57,6 +63,10 @@ type Event struct {
 	Delay   time.Duration
 	Detail  string
 	Err     error
+	// EventRoom only.
+	Room      string
+	Joined    bool
+	ByBackend bool
 }
 
 func (e Event) String() string {
@@ -69,6 +79,12 @@ func (e Event) String() string {
 	}
 	if e.Delay > 0 || e.Kind == EventReconnecting || e.Kind == EventGoAway {
 		s += " delay=" + e.Delay.String()
+	}
+	if e.Room != "" {
+		s += fmt.Sprintf(" room=%q joined=%v", e.Room, e.Joined)
+		if e.ByBackend {
+			s += " by=backend"
+		}
 	}
 	if e.Detail != "" {
 		s += " detail=" + e.Detail

@@ -4,7 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -33,6 +35,7 @@ type Node struct {
 	mute           bool
 	held           []heldAck
 	deliverTimeout time.Duration
+	joinReply      func(*Session, string) (code wirepb.ErrorCode, answer bool)
 }
 
 type heldAck struct {
@@ -103,6 +106,15 @@ func (n *Node) muted() bool {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return n.mute
+}
+
+// SetJoinReply decides the node's answer to each Join: code 0 joins, any
+// other refuses with that code; answer false sends no RoomState (and does
+// not join). nil (the default) joins every room.
+func (n *Node) SetJoinReply(fn func(s *Session, room string) (code wirepb.ErrorCode, answer bool)) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	n.joinReply = fn
 }
 
 // HoldSendAcks makes the node route Sends as usual but keep their SendAcks
@@ -205,6 +217,67 @@ type Session struct {
 	mu      sync.Mutex
 	acks    map[string]int
 	waiters map[string]chan struct{}
+	rooms   map[string]struct{}
+	joins   []string // every Join's room, in order
+}
+
+// Rooms is the sorted list of rooms the session is in.
+func (s *Session) Rooms() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Sorted(maps.Keys(s.rooms))
+}
+
+// Joins is every Join's room, in the order they arrived.
+func (s *Session) Joins() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.joins)
+}
+
+// SetRoom joins the session to room (or takes it out) as the app's backend
+// would: RoomState with request_id 0.
+func (s *Session) SetRoom(room string, joined bool) error {
+	s.mu.Lock()
+	if joined {
+		s.rooms[room] = struct{}{}
+	} else {
+		delete(s.rooms, room)
+	}
+	s.mu.Unlock()
+	return s.Write(&wirepb.Frame{Body: &wirepb.Frame_RoomState{RoomState: &wirepb.RoomState{Room: room, Joined: joined}}})
+}
+
+// room answers a Join or Leave.
+func (s *Session) room(id uint64, room string, join bool) {
+	code, answer := wirepb.ErrorCode(0), true
+	s.mu.Lock()
+	if join {
+		s.joins = append(s.joins, room)
+	}
+	s.mu.Unlock()
+	if join {
+		s.node.mu.Lock()
+		fn := s.node.joinReply
+		s.node.mu.Unlock()
+		if fn != nil {
+			code, answer = fn(s, room)
+		}
+		if !answer {
+			return
+		}
+	}
+	s.mu.Lock()
+	switch {
+	case join && code == 0:
+		s.rooms[room] = struct{}{}
+	case !join:
+		delete(s.rooms, room)
+	}
+	_, in := s.rooms[room]
+	s.mu.Unlock()
+	s.Write(&wirepb.Frame{Body: &wirepb.Frame_RoomState{RoomState: &wirepb.RoomState{
+		RequestId: id, Room: room, Joined: in, Code: code}}})
 }
 
 // Pings is the number of Pings received.
@@ -315,7 +388,7 @@ func (n *Node) serve(nc net.Conn) {
 		return
 	}
 	nc.SetReadDeadline(time.Time{})
-	s := &Session{node: n, nc: nc, done: make(chan struct{}), acks: map[string]int{}, waiters: map[string]chan struct{}{}}
+	s := &Session{node: n, nc: nc, done: make(chan struct{}), acks: map[string]int{}, waiters: map[string]chan struct{}{}, rooms: map[string]struct{}{}}
 	login := f.GetLogin()
 	if reply := n.checkLogin(login); reply != nil {
 		s.Write(reply)
@@ -385,6 +458,10 @@ func (n *Node) serve(nc net.Conn) {
 			go n.route(s, b.Send)
 		case *wirepb.Frame_DeliverAck:
 			s.acked(b.DeliverAck.GetMsgId())
+		case *wirepb.Frame_Join:
+			s.room(b.Join.GetRequestId(), b.Join.GetRoom(), true)
+		case *wirepb.Frame_Leave:
+			s.room(b.Leave.GetRequestId(), b.Leave.GetRoom(), false)
 		default:
 			s.Write(&wirepb.Frame{Body: &wirepb.Frame_Error{Error: &wirepb.Error{
 				Code: wirepb.ErrorCode_ERROR_CODE_BAD_REQUEST, Message: fmt.Sprintf("unexpected %T", f.Body),
