@@ -15,6 +15,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/imgate/imgate/proto/client"
+	"github.com/imgate/imgate/proto/wire"
 	"github.com/imgate/imgate/proto/wirepb"
 )
 
@@ -23,7 +24,9 @@ type Options struct {
 	Dispatcher string
 	UID        string
 	Device     string
-	Sends      []string // "uid:text"; non-empty (or WaitFor > 0) means non-interactive
+	Sends      []string // "uid:text"; non-empty (or Publishes, or WaitFor > 0) means non-interactive
+	Joins      []string // rooms joined first, before Sends and Publishes
+	Publishes  []string // "room:text"
 	WaitFor    int
 	Timeout    time.Duration
 	LogLevel   string
@@ -60,6 +63,30 @@ func (s *sendList) Set(v string) error {
 	return nil
 }
 
+// roomList is a repeatable --join flag: one room id each (ids may hold commas).
+type roomList []string
+
+func (l *roomList) String() string { return strings.Join(*l, " ") }
+func (l *roomList) Set(v string) error {
+	if !wire.ValidRoom(v) {
+		return fmt.Errorf("%q is not a room id (1-128 bytes of UTF-8 without control characters)", v)
+	}
+	*l = append(*l, v)
+	return nil
+}
+
+// publishList is a repeatable --publish flag: "room:text" each.
+type publishList []string
+
+func (l *publishList) String() string { return strings.Join(*l, " ") }
+func (l *publishList) Set(v string) error {
+	if _, _, ok := cutRoom(v); !ok {
+		return fmt.Errorf("%q is not room:text", v)
+	}
+	*l = append(*l, v)
+	return nil
+}
+
 // ParseFlags reads args; getenv supplies IMGATE_DISPATCHER.
 func (m *Main) ParseFlags(args []string, getenv func(string) string) error {
 	fs := flag.NewFlagSet("imchat", flag.ContinueOnError)
@@ -70,10 +97,14 @@ func (m *Main) ParseFlags(args []string, getenv func(string) string) error {
 		dispatcher = "http://127.0.0.1:8080"
 	}
 	var sends sendList
+	var joins roomList
+	var pubs publishList
 	fs.StringVar(&o.Dispatcher, "dispatcher", dispatcher, "dispatcher base URL (env IMGATE_DISPATCHER)")
 	fs.StringVar(&o.UID, "uid", "", "user id to log in as (required)")
 	fs.StringVar(&o.Device, "device", "cli", "device name; a second login with the same uid and device replaces this one")
 	fs.Var(&sends, "send", `send "uid:text" and exit (repeatable, or a comma list)`)
+	fs.Var(&joins, "join", "join this room first (repeatable; one room id each)")
+	fs.Var(&pubs, "publish", `publish "room:text" to a room joined with --join, and exit (repeatable)`)
 	fs.IntVar(&o.WaitFor, "wait-for", 0, "non-interactive: exit after receiving this many messages")
 	fs.DurationVar(&o.Timeout, "timeout", 30*time.Second, "non-interactive: deadline of the whole run; interactive: of the first connection and of each send")
 	fs.StringVar(&o.LogLevel, "log-level", "warn", "SDK log level on stderr (debug, info, warn, error, disabled)")
@@ -98,7 +129,7 @@ func (m *Main) ParseFlags(args []string, getenv func(string) string) error {
 	if _, err := zerolog.ParseLevel(o.LogLevel); err != nil {
 		return fmt.Errorf("--log-level: %w", err)
 	}
-	o.Sends = sends
+	o.Sends, o.Joins, o.Publishes = sends, joins, pubs
 	return nil
 }
 
@@ -117,7 +148,7 @@ func (m *Main) Run(ctx context.Context) int {
 	if m.clientConfig != nil {
 		m.clientConfig(&cfg)
 	}
-	interactive := len(o.Sends) == 0 && o.WaitFor == 0
+	interactive := len(o.Sends) == 0 && len(o.Publishes) == 0 && o.WaitFor == 0
 	runCtx := ctx
 	if !interactive {
 		var cancel context.CancelFunc
@@ -154,18 +185,35 @@ func (m *Main) Run(ctx context.Context) int {
 	defer wg.Wait()
 	defer c.Close() // before wg.Wait: closing the client ends the printer
 
-	if interactive {
-		return m.interactive(ctx, c)
+	code := 0
+	for _, room := range o.Joins {
+		jctx, cancel := context.WithTimeout(runCtx, o.Timeout)
+		if !m.join(jctx, c, room, true) {
+			code = 1
+		}
+		cancel()
 	}
-	return m.batch(ctx, runCtx, c, got)
+	if interactive {
+		if c := m.interactive(ctx, c); c != 0 {
+			return c
+		}
+		return code
+	}
+	return max(code, m.batch(ctx, runCtx, c, got))
 }
 
-// batch sends o.Sends, then waits for o.WaitFor messages.
+// batch sends o.Sends and o.Publishes, then waits for o.WaitFor messages.
 func (m *Main) batch(ctx, runCtx context.Context, c *client.Client, got <-chan struct{}) int {
 	code := 0
 	for _, s := range m.Options.Sends {
 		to, text, _ := cutRecipient(s)
-		if !m.send(runCtx, c, to, text) {
+		if !m.send(runCtx, c, target{to: to}, text) {
+			code = 1
+		}
+	}
+	for _, p := range m.Options.Publishes {
+		room, text, _ := cutRoom(p)
+		if !m.send(runCtx, c, target{room: room}, text) {
 			code = 1
 		}
 	}
@@ -204,14 +252,25 @@ func (m *Main) interactive(ctx context.Context, c *client.Client) int {
 		}
 	}()
 
-	type job struct{ to, text string }
-	jobs := make(chan job, 64)
+	// Sends, publishes, joins, leaves and /rooms run in the order typed.
+	jobs := make(chan command, 64)
 	senderDone := make(chan struct{})
 	go func() {
 		defer close(senderDone)
 		for j := range jobs {
 			sctx, cancel := context.WithTimeout(ctx, m.Options.Timeout)
-			m.send(sctx, c, j.to, j.text)
+			switch j.kind {
+			case cmdSend:
+				m.send(sctx, c, j.target, j.text)
+			case cmdJoin, cmdLeave:
+				m.join(sctx, c, j.room, j.kind == cmdJoin)
+			case cmdRooms:
+				if rooms := c.Rooms(); len(rooms) == 0 {
+					m.out.printf("in no room")
+				} else {
+					m.out.printf("in rooms: %s", strings.Join(rooms, ", "))
+				}
+			}
 			cancel()
 		}
 	}()
@@ -220,7 +279,7 @@ func (m *Main) interactive(ctx context.Context, c *client.Client) int {
 		<-senderDone
 	}()
 
-	var to string
+	var to target
 	for {
 		select {
 		case <-ctx.Done():
@@ -234,23 +293,23 @@ func (m *Main) interactive(ctx context.Context, c *client.Client) int {
 			cmd := parseLine(line, to)
 			switch cmd.kind {
 			case cmdNone:
-			case cmdSend:
+			case cmdSend, cmdJoin, cmdLeave, cmdRooms:
 				select {
-				case jobs <- job{cmd.to, cmd.text}:
+				case jobs <- cmd:
 				case <-ctx.Done():
 					return 0
 				}
 			case cmdSetTo:
-				to = cmd.to
+				to = cmd.target
 				m.out.printf("talking to %s", to)
 			case cmdShowTo:
-				if to == "" {
-					m.out.printf("no default recipient; /to UID sets one")
+				if to == (target{}) {
+					m.out.printf("no default recipient; /to UID or /room ROOM sets one")
 				} else {
 					m.out.printf("talking to %s", to)
 				}
 			case cmdHelp:
-				m.out.printf(`"uid: text" sends to uid; "/to uid" sets the default recipient, then plain lines go there; /quit or Ctrl-D exits`)
+				m.out.printf(`"uid: text" sends to uid; "#room: text" publishes to a room; "/to uid" or "/room room" sets where plain lines go; /join room, /leave room, /rooms; /quit or Ctrl-D exits`)
 			case cmdQuit:
 				return 0
 			case cmdError:
@@ -260,12 +319,46 @@ func (m *Main) interactive(ctx context.Context, c *client.Client) int {
 	}
 }
 
-// send sends one message and prints its outcome; false when there was no
-// answer (an error rather than a SendAck).
-func (m *Main) send(ctx context.Context, c *client.Client, to, text string) bool {
-	res, err := c.Send(ctx, to, []byte(text), client.WithContentType("text/plain"))
+// target is where a message goes: a uid, or a room.
+type target struct{ to, room string }
+
+func (t target) String() string {
+	if t.room != "" {
+		return "room " + t.room
+	}
+	return t.to
+}
+
+// send sends (or publishes) one message and prints its outcome; false when
+// there was no answer (an error rather than a SendAck).
+func (m *Main) send(ctx context.Context, c *client.Client, t target, text string) bool {
+	var res client.SendResult
+	var err error
+	if t.room != "" {
+		res, err = c.Publish(ctx, t.room, []byte(text), client.WithContentType("text/plain"))
+	} else {
+		res, err = c.Send(ctx, t.to, []byte(text), client.WithContentType("text/plain"))
+	}
 	m.out.printf("%s", formatResult(res, err))
 	return err == nil
+}
+
+// join joins room (or leaves it) and prints the answer; false on an error.
+func (m *Main) join(ctx context.Context, c *client.Client, room string, join bool) bool {
+	if join {
+		if err := c.Join(ctx, room); err != nil {
+			m.out.printf("? join %s: %v", room, err)
+			return false
+		}
+		m.out.printf("joined room %s", room)
+		return true
+	}
+	if err := c.Leave(ctx, room); err != nil {
+		m.out.printf("? leave %s: %v", room, err)
+		return false
+	}
+	m.out.printf("left room %s", room)
+	return true
 }
 
 // stopped reports why the client stopped for good; exit status 1.
@@ -285,7 +378,11 @@ func (m *Main) print(c *client.Client, got chan<- struct{}) {
 				msgs = nil
 				continue
 			}
-			m.out.printf("← %s: %s", msg.From, msg.Payload)
+			if msg.Room != "" {
+				m.out.printf("← [%s] %s: %s", msg.Room, msg.From, msg.Payload)
+			} else {
+				m.out.printf("← %s: %s", msg.From, msg.Payload)
+			}
 			select {
 			case got <- struct{}{}:
 			default:
@@ -304,9 +401,13 @@ func (m *Main) print(c *client.Client, got chan<- struct{}) {
 
 // formatResult is the line printed for a Send.
 func formatResult(res client.SendResult, err error) string {
-	head := fmt.Sprintf("→ %s #%d", res.To, res.ClientMsgID)
+	dest := res.To
+	if res.Room != "" {
+		dest = "#" + res.Room
+	}
+	head := fmt.Sprintf("→ %s #%d", dest, res.ClientMsgID)
 	if res.ClientMsgID == 0 {
-		head = "→ " + res.To
+		head = "→ " + dest
 	}
 	switch {
 	case errors.Is(err, client.ErrConnectionLost):
@@ -319,11 +420,20 @@ func formatResult(res client.SendResult, err error) string {
 		return head + " error: " + err.Error()
 	}
 	s := head + " " + client.OutcomeName(res.Outcome)
+	nodes := ""
+	if res.Room != "" {
+		nodes = fmt.Sprintf(", %d nodes", res.Nodes)
+	}
 	switch res.Outcome {
 	case wirepb.Outcome_OUTCOME_DELIVERED:
-		s += fmt.Sprintf(" (%d/%d devices)", res.Acked, res.Devices)
+		s += fmt.Sprintf(" (%d/%d devices%s)", res.Acked, res.Devices, nodes)
 	case wirepb.Outcome_OUTCOME_PARTIAL:
-		s += fmt.Sprintf(" (%d/%d devices): %s", res.Acked, res.Devices, client.ErrorCodeName(res.Reason))
+		s += fmt.Sprintf(" (%d/%d devices%s): %s", res.Acked, res.Devices, nodes, client.ErrorCodeName(res.Reason))
+	case wirepb.Outcome_OUTCOME_SENT:
+		s += fmt.Sprintf(" (%d devices%s, not acknowledged: a broadcast room)", res.Devices, nodes)
+		if res.Reason != 0 {
+			s += ": " + client.ErrorCodeName(res.Reason)
+		}
 	case wirepb.Outcome_OUTCOME_FAILED:
 		s += ": " + client.ErrorCodeName(res.Reason)
 	}
@@ -360,6 +470,16 @@ func formatEvent(e client.Event) string {
 		return fmt.Sprintf("kicked by node %s: %v", e.NodeID, e.Err)
 	case client.EventServerError:
 		return fmt.Sprintf("node %s: %v", e.NodeID, e.Err)
+	case client.EventRoom:
+		// The client's own joins and leaves print their answer instead.
+		switch {
+		case e.ByBackend && e.Joined:
+			return "joined room " + e.Room + " (by the backend)"
+		case e.ByBackend:
+			return "left room " + e.Room + " (by the backend)"
+		case e.Err != nil:
+			return fmt.Sprintf("left room %s: %v", e.Room, e.Err)
+		}
 	}
 	return "" // EventStopped: Run reports it
 }
@@ -386,11 +506,15 @@ const (
 	cmdHelp
 	cmdQuit
 	cmdError
+	cmdJoin
+	cmdLeave
+	cmdRooms
 )
 
 type command struct {
-	kind     cmdKind
-	to, text string
+	kind cmdKind
+	target
+	text string
 }
 
 // uidRE is what imchat takes for a recipient before ":".
@@ -406,8 +530,18 @@ func cutRecipient(s string) (to, text string, ok bool) {
 	return to, strings.TrimPrefix(text, " "), true
 }
 
-// parseLine reads one interactive line; to is the default recipient.
-func parseLine(line, to string) command {
+// cutRoom splits "room:text" (or "#room: text" in chat), at the first ":".
+func cutRoom(s string) (room, text string, ok bool) {
+	room, text, ok = strings.Cut(s, ":")
+	room = strings.TrimSpace(room)
+	if !ok || !wire.ValidRoom(room) {
+		return "", "", false
+	}
+	return room, strings.TrimPrefix(text, " "), true
+}
+
+// parseLine reads one interactive line; to is where plain lines go.
+func parseLine(line string, to target) command {
 	line = strings.TrimSpace(line)
 	if line == "" {
 		return command{}
@@ -423,7 +557,18 @@ func parseLine(line, to string) command {
 			if !uidRE.MatchString(arg) {
 				return command{kind: cmdError, text: fmt.Sprintf("%q is not a uid", arg)}
 			}
-			return command{kind: cmdSetTo, to: arg}
+			return command{kind: cmdSetTo, target: target{to: arg}}
+		case "/room", "/join", "/leave":
+			if arg == "" && name == "/room" {
+				return command{kind: cmdShowTo}
+			}
+			if !wire.ValidRoom(arg) {
+				return command{kind: cmdError, text: fmt.Sprintf("%q is not a room id", arg)}
+			}
+			kind := map[string]cmdKind{"/room": cmdSetTo, "/join": cmdJoin, "/leave": cmdLeave}[name]
+			return command{kind: kind, target: target{room: arg}}
+		case "/rooms":
+			return command{kind: cmdRooms}
 		case "/help", "/?":
 			return command{kind: cmdHelp}
 		case "/quit", "/exit", "/q":
@@ -431,13 +576,18 @@ func parseLine(line, to string) command {
 		}
 		return command{kind: cmdError, text: "unknown command " + name + "; /help"}
 	}
-	if r, text, ok := cutRecipient(line); ok {
-		return command{kind: cmdSend, to: r, text: text}
+	if strings.HasPrefix(line, "#") {
+		if room, text, ok := cutRoom(line[1:]); ok {
+			return command{kind: cmdSend, target: target{room: room}, text: text}
+		}
 	}
-	if to == "" {
+	if r, text, ok := cutRecipient(line); ok {
+		return command{kind: cmdSend, target: target{to: r}, text: text}
+	}
+	if to == (target{}) {
 		return command{kind: cmdError, text: `no recipient: write "bob: hello" or "/to bob" first`}
 	}
-	return command{kind: cmdSend, to: to, text: line}
+	return command{kind: cmdSend, target: to, text: line}
 }
 
 // splitSends splits a --send value at commas that start a new "uid:text".

@@ -197,6 +197,53 @@ func TestInteractive(t *testing.T) {
 	}
 }
 
+func TestInteractiveRooms(t *testing.T) {
+	cl := clienttest.Start(t, "n1")
+	in, typing := io.Pipe()
+	defer typing.Close()
+	alice := start(t, cl, in, "--uid", "alice", "--join", "team")
+	alice.waitOutput(t, "joined room team")
+	s := cl.Node("n1").Session("alice")
+	io.WriteString(typing, "#team: hi all\n/join bad\x01\n/join news\n/rooms\n/room news\nplain to news\n/leave team\n")
+	for _, l := range []string{"→ #team #2 offline", `? "bad\x01" is not a room id`, "joined room news", "in rooms: news, team",
+		"talking to room news", "→ #news #4 offline", "left room team"} {
+		alice.waitOutput(t, l)
+	}
+	if snd := s.LastSend(); snd.GetRoom() != "news" || string(snd.GetPayload()) != "plain to news" {
+		t.Fatalf("last send %v", snd)
+	}
+	s.SetRoom("ops", true)
+	alice.waitOutput(t, "joined room ops (by the backend)")
+	s.SetRoom("ops", false)
+	alice.waitOutput(t, "left room ops (by the backend)")
+	s.Deliver(&wirepb.Deliver{MsgId: "m-1", FromUid: "bob", Room: "news", Payload: []byte("hello room")})
+	alice.waitOutput(t, "← [news] bob: hello room")
+	cl.Node("n1").SetJoinReply(func(*clienttest.Session, string) (wirepb.ErrorCode, bool) {
+		return wirepb.ErrorCode_ERROR_CODE_FORBIDDEN, true
+	})
+	io.WriteString(typing, "/join closed\n")
+	waitFor(t, "the refused join", func() bool {
+		return strings.Contains(alice.stdout.String(), "? join closed: client: room \"closed\" refused by node n1: forbidden")
+	})
+	typing.Close()
+	if code := alice.exit(t); code != 0 {
+		t.Fatalf("exit %d\n%s", code, alice.stderr)
+	}
+}
+
+func TestNonInteractivePublish(t *testing.T) {
+	cl := clienttest.Start(t, "n1")
+	r := start(t, cl, strings.NewReader(""), "--uid", "alice", "--join", "team, with a comma", "--publish", "team, with a comma:hello: world")
+	if code := r.exit(t); code != 0 {
+		t.Fatalf("exit %d\n%s", code, r.stderr)
+	}
+	for _, l := range []string{"joined room team, with a comma", "→ #team, with a comma #2 offline"} {
+		if !slices.Contains(r.lines(), l) {
+			t.Fatalf("no %q in %q", l, r.lines())
+		}
+	}
+}
+
 func TestInteractiveKickedExits(t *testing.T) {
 	cl := clienttest.Start(t, "n1")
 	in, typing := io.Pipe()
@@ -234,20 +281,28 @@ func TestParseLine(t *testing.T) {
 	}{
 		{"", "", command{}},
 		{"   ", "bob", command{}},
-		{"bob: hello there", "", command{kind: cmdSend, to: "bob", text: "hello there"}},
-		{"bob:hello", "carol", command{kind: cmdSend, to: "bob", text: "hello"}},
-		{"plain text", "carol", command{kind: cmdSend, to: "carol", text: "plain text"}},
-		{"time is 10:30", "carol", command{kind: cmdSend, to: "carol", text: "time is 10:30"}},
+		{"bob: hello there", "", command{kind: cmdSend, target: target{to: "bob"}, text: "hello there"}},
+		{"bob:hello", "carol", command{kind: cmdSend, target: target{to: "bob"}, text: "hello"}},
+		{"plain text", "carol", command{kind: cmdSend, target: target{to: "carol"}, text: "plain text"}},
+		{"time is 10:30", "carol", command{kind: cmdSend, target: target{to: "carol"}, text: "time is 10:30"}},
 		{"plain text", "", command{kind: cmdError, text: `no recipient: write "bob: hello" or "/to bob" first`}},
-		{"/to bob", "", command{kind: cmdSetTo, to: "bob"}},
+		{"/to bob", "", command{kind: cmdSetTo, target: target{to: "bob"}}},
 		{"/to", "", command{kind: cmdShowTo}},
 		{"/to a b", "", command{kind: cmdError, text: `"a b" is not a uid`}},
 		{"/quit", "", command{kind: cmdQuit}},
 		{"/help", "", command{kind: cmdHelp}},
 		{"/nope", "", command{kind: cmdError, text: "unknown command /nope; /help"}},
+		{"#team: hi all", "bob", command{kind: cmdSend, target: target{room: "team"}, text: "hi all"}},
+		{"#: x", "bob", command{kind: cmdSend, target: target{to: "bob"}, text: "#: x"}},
+		{"/join team chat", "", command{kind: cmdJoin, target: target{room: "team chat"}}},
+		{"/leave team", "", command{kind: cmdLeave, target: target{room: "team"}}},
+		{"/join", "", command{kind: cmdError, text: `"" is not a room id`}},
+		{"/room team", "", command{kind: cmdSetTo, target: target{room: "team"}}},
+		{"/room", "", command{kind: cmdShowTo}},
+		{"/rooms", "", command{kind: cmdRooms}},
 	}
 	for _, tt := range tests {
-		if got := parseLine(tt.line, tt.to); got != tt.want {
+		if got := parseLine(tt.line, target{to: tt.to}); got != tt.want {
 			t.Errorf("parseLine(%q, %q) = %+v, want %+v", tt.line, tt.to, got, tt.want)
 		}
 	}
@@ -299,6 +354,8 @@ func TestParseFlags(t *testing.T) {
 		{"--uid", "a", "--wait-for", "-1"},
 		{"--uid", "a", "--log-level", "loud"},
 		{"--uid", "a", "extra"},
+		{"--uid", "a", "--join", ""},
+		{"--uid", "a", "--publish", "nocolon"},
 	} {
 		if err := NewMain(nil, io.Discard, io.Discard).ParseFlags(args, env("")); err == nil {
 			t.Errorf("ParseFlags(%q) accepted", args)
@@ -319,6 +376,9 @@ func TestFormatResult(t *testing.T) {
 		{client.SendResult{To: "bob", ClientMsgID: 7}, fmt.Errorf("x: %w", client.ErrSendAckTimeout), "→ bob #7 unknown: no answer from the node in time"},
 		{client.SendResult{To: "bob", ClientMsgID: 8}, fmt.Errorf("%w: node answered outcome 9", client.ErrOutcomeUnknown), "→ bob #8 unknown: client: outcome unknown: node answered outcome 9"},
 		{client.SendResult{To: "bob"}, client.ErrClosed, "→ bob error: client: closed"},
+		{client.SendResult{Room: "team", ClientMsgID: 9, Outcome: wirepb.Outcome_OUTCOME_DELIVERED, Devices: 3, Acked: 3, Nodes: 2}, nil, "→ #team #9 delivered (3/3 devices, 2 nodes)"},
+		{client.SendResult{Room: "live", ClientMsgID: 10, Outcome: wirepb.Outcome_OUTCOME_SENT, Devices: 5000, Nodes: 4}, nil, "→ #live #10 sent (5000 devices, 4 nodes, not acknowledged: a broadcast room)"},
+		{client.SendResult{Room: "team", ClientMsgID: 11, Outcome: wirepb.Outcome_OUTCOME_FAILED, Reason: wirepb.ErrorCode_ERROR_CODE_NOT_MEMBER}, nil, "→ #team #11 failed: not_member"},
 	}
 	for _, tt := range tests {
 		if got := formatResult(tt.res, tt.err); got != tt.want {

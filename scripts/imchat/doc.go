@@ -19,17 +19,38 @@
 // starts with "word:" needs the explicit "bob: word: ..." form. EOF (Ctrl-D)
 // or Ctrl-C exits with status 0, after outstanding sends have their answer.
 //
+// Rooms (docs/protocol.md §13):
+//
+//	/join team-42                    (join; the rest of the line is the room id)
+//	joined room team-42
+//	#team-42: hi all                 (publish to the room)
+//	→ #team-42 #3 delivered (2/2 devices, 2 nodes)
+//	← [team-42] bob: hi alice        (a room's message)
+//	/room team-42                    (plain lines now publish there)
+//	/rooms                           (the rooms this connection is in)
+//	/leave team-42
+//	joined room ops (by the backend) (the app's backend changed our rooms)
+//
+// A broadcast room's publish prints "sent (N devices, M nodes, not
+// acknowledged: a broadcast room)". The SDK joins the rooms again after a
+// reconnect.
+//
 // Non-interactive (demos, scripts):
 //
 //	imchat --uid bob --send "alice:hello" --send "carol:hi,dave:yo"
 //	imchat --uid alice --wait-for 2 --timeout 30s
+//	imchat --uid bob --join team-42 --publish "team-42:hello team"
+//	imchat --uid carol --join team-42 --wait-for 1
 //
 // --send is repeatable and takes a comma list; a comma followed by text that
 // does not look like "uid:" stays in the message ("alice:hello, world" is one
-// message). The sends go out one after another, each outcome printed; then
+// message). --join (repeatable, one room id each) joins before anything
+// is sent; --publish "room:text" (repeatable) publishes after the sends.
+// The sends go out one after another, each outcome printed; then
 // imchat waits until --wait-for messages have arrived (counting those that
 // arrived meanwhile) and exits 0. It exits 1 if a send failed without an
-// answer (not for offline/failed outcomes, which are answers), if the wait
+// answer (not for offline/failed outcomes, which are answers) or a --join
+// was refused, if the wait
 // times out (--timeout bounds the whole run), or if the client was kicked; 2
 // for bad flags.
 //
