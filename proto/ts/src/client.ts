@@ -5,8 +5,9 @@ import { backoffDelay, defaultBackoff, mergeHints, type Backoff, type BackoffHin
 import { Conn, type CloseReason, type ConnEvents, type InFlight } from './conn.js';
 import { Dedup } from './dedup.js';
 import { Emitter } from './emitter.js';
-import { ImgateError, closedError, dispatcherError, networkError } from './errors.js';
-import type { Deliver, GoAway, SendAck } from './gen/wirepb/frame_pb.js';
+import { ImgateError, closedError, dispatcherError, isTemporaryCode, networkError } from './errors.js';
+import type { Deliver, GoAway, RoomState, SendAck } from './gen/wirepb/frame_pb.js';
+import { roomIdProblem } from './rooms.js';
 import { encode, errorCodeName, outcomeName } from './wire.js';
 import type { FetchLike, WebSocketConstructor } from './websocket.js';
 
@@ -53,7 +54,11 @@ export interface ClientOptions {
   dedupSize?: number;
 }
 
-/** One de-duplicated Deliver. It is acknowledged to the node right after the `message` listeners ran. */
+/**
+ * One de-duplicated Deliver. It is acknowledged to the node right after the
+ * `message` listeners ran — except a broadcast room's (`broadcast`), which
+ * needs no DeliverAck.
+ */
 export interface Message {
   msgId: string;
   fromUid: string;
@@ -66,9 +71,17 @@ export interface Message {
   attempt: number;
   /** the node it came through */
   nodeId: string;
+  /** the room it was published to (docs/protocol.md §13.4); '' for a one-to-one message */
+  room: string;
+  /**
+   * a broadcast room's message: written once, never re-sent, not
+   * acknowledged and not de-duplicated (a live room's traffic would push
+   * the one-to-one ids out of the dedup window)
+   */
+  broadcast: boolean;
 }
 
-export type Outcome = 'DELIVERED' | 'PARTIAL' | 'OFFLINE' | 'FAILED' | 'STORED' | 'UNKNOWN';
+export type Outcome = 'DELIVERED' | 'PARTIAL' | 'OFFLINE' | 'FAILED' | 'STORED' | 'SENT' | 'UNKNOWN';
 
 /** The node's answer to one Send, or UNKNOWN when there is none. */
 export interface SendResult {
@@ -76,6 +89,8 @@ export interface SendResult {
    * DELIVERED: every online device acknowledged; PARTIAL: some did;
    * OFFLINE: no device online, nothing delivered; FAILED: not delivered
    * (reason says why); STORED: handed to the app's backend for later;
+   * SENT: a publish to a broadcast room, written once to `devices` member
+   * connections, none acknowledges (docs/protocol.md §13.3);
    * UNKNOWN: no SendAck — the connection broke first (reason
    * CONNECTION_LOST), none came in time (SENDACK_TIMEOUT), the caller gave
    * up (ABORTED), or the node answered an outcome this SDK does not know
@@ -85,9 +100,11 @@ export interface SendResult {
   outcome: Outcome;
   /** what the recipient sees as Message.msgId; empty when nothing was sent */
   msgId: string;
-  /** online devices of the recipient, and how many acknowledged */
+  /** online devices of the recipient (a publish: member connections), and how many acknowledged */
   devices: number;
   acked: number;
+  /** a publish: the nodes where it reached a member (the sender's own when it holds other members); 0 for a send() */
+  nodes: number;
   /** FAILED/PARTIAL: the wire ErrorCode name (DELIVERY_TIMEOUT, …); UNKNOWN: why */
   reason?: string;
   detail?: string;
@@ -101,6 +118,33 @@ export interface SendOptions {
   contentType?: string;
   /** gives up: before the Send was written it rejects (not sent); after, it resolves UNKNOWN/ABORTED */
   signal?: AbortSignal;
+}
+
+/** The node's answer to one join() or leave() (its RoomState, docs/protocol.md §13.2). */
+export interface RoomResult {
+  room: string;
+  /** whether the connection is a member of room now */
+  joined: boolean;
+  /**
+   * '' when the Join/Leave was done; otherwise why it was refused, the wire
+   * ErrorCode name: BAD_REQUEST, ROOM_LIMIT, FORBIDDEN, UNAVAILABLE,
+   * RATE_LIMITED (or the number of a code this SDK does not know)
+   */
+  code: string;
+  /** the node's human-readable detail */
+  message: string;
+}
+
+/** A change of the set of rooms the connection is in (Client.rooms). */
+export interface RoomEvent {
+  room: string;
+  joined: boolean;
+  /**
+   * true: the app's backend joined the connection or took it out
+   * (RoomState request_id 0); false: the answer to this client's join(),
+   * leave() or rejoin after a reconnect, or the client closed
+   */
+  byBackend: boolean;
 }
 
 export type State = 'connecting' | 'online' | 'reconnecting' | 'closed';
@@ -128,6 +172,7 @@ export interface ClientEvents {
   state: (s: StateEvent) => void;
   kick: (k: KickEvent) => void;
   goaway: (g: GoAwayEvent) => void;
+  room: (r: RoomEvent) => void;
   error: (e: ImgateError) => void;
 }
 
@@ -152,10 +197,13 @@ const maxExclude = 4;
 /** What is read of a dispatcher answer. */
 const maxDispatcherBody = 64 << 10;
 
-/** A Send from the caller until it is settled. */
+/** A Send (or publish) from the caller until it is settled. */
 interface SendJob {
+  kind: 'send';
   id: bigint;
   to: string;
+  /** a publish: the room, to is '' */
+  room: string;
   payload: Uint8Array;
   contentType: string;
   signal: AbortSignal | undefined;
@@ -164,6 +212,18 @@ interface SendJob {
   nodeId: string;
   done: boolean;
 }
+
+/** A Join or Leave until the current connection answered it. */
+interface RoomJob {
+  kind: 'join' | 'leave';
+  room: string;
+  /** null: the client's own, repeating on a new connection what the backend did on the old one */
+  resolve: ((r: RoomResult) => void) | null;
+  reject: ((e: unknown) => void) | null;
+  done: boolean;
+}
+
+type Job = SendJob | RoomJob;
 
 type Timer = ReturnType<typeof setTimeout>;
 
@@ -187,12 +247,18 @@ export class Client extends Emitter<ClientEvents> {
   private backoff: Backoff;
   private heartbeatHintMs = 0;
   private nextId = 0n;
+  /** the last Join/Leave request_id (never 0: 0 is the backend's RoomState) */
+  private nextReq = 0n;
+  /** the rooms the connection is in, kept across reconnects to join them again */
+  private readonly roomSet = new Set<string>();
+  /** the connection whose RoomStates the room set follows: the current one, or the one being set up */
+  private roomConn: Conn | null = null;
 
   private cur: Conn | null = null;
   /** connections left after a GoAway, still collecting SendAcks and Delivers */
   private readonly old = new Set<Conn>();
-  /** Sends not written yet, in order */
-  private readonly queue: SendJob[] = [];
+  /** Sends, Joins and Leaves not written yet, in order */
+  private readonly queue: Job[] = [];
   /** while true, new Sends wait: a GoAway move waits for the old connection's SendAcks (§8.2) */
   private moving = false;
   private stateNow: State | 'idle' = 'idle';
@@ -247,6 +313,15 @@ export class Client extends Emitter<ClientEvents> {
   }
 
   /**
+   * The rooms the connection is in, sorted: joined by join() or by the app's
+   * backend, and kept while the client reconnects (it joins them again
+   * before it is online). Empty once the client is closed.
+   */
+  get rooms(): string[] {
+    return [...this.roomSet].sort();
+  }
+
+  /**
    * connect asks the dispatcher for a node, opens the WebSocket and
    * resolves once the node answered LoginAck. Temporary failures are
    * retried with backoff (each reported as an `error` event) until it
@@ -291,15 +366,75 @@ export class Client extends Emitter<ClientEvents> {
    */
   send(to: string, payload: Uint8Array, opts: SendOptions = {}): Promise<SendResult> {
     if (!to) return Promise.reject(usage('empty_recipient', 'send: empty recipient'));
-    if (!(payload instanceof Uint8Array)) return Promise.reject(usage('bad_payload', 'send: payload must be a Uint8Array'));
+    return this.enqueueSend('send', to, '', payload, opts);
+  }
+
+  /**
+   * publish sends payload to every member connection of room (docs/protocol.md
+   * §13.3) but this one, and resolves with the node's SendAck like send():
+   * DELIVERED when every member acknowledged, PARTIAL, FAILED (reason
+   * NOT_MEMBER: this connection has not joined room), OFFLINE (no other
+   * member), SENT (a broadcast room: written once, no acknowledgements),
+   * or UNKNOWN; `nodes` counts the nodes holding members it reached. It
+   * rejects like send(), and for a room id that is not 1–128 bytes of UTF-8
+   * without control characters (code `bad_room`).
+   */
+  publish(room: string, payload: Uint8Array, opts: SendOptions = {}): Promise<SendResult> {
+    const bad = roomIdProblem(room);
+    if (bad) return Promise.reject(usage('bad_room', `publish: ${bad}`));
+    return this.enqueueSend('publish', '', room, payload, opts);
+  }
+
+  /**
+   * join makes the connection a member of room and resolves with the node's
+   * answer: `joined` true and code '' when done (also when it already was
+   * one); a refusal resolves too, with `joined` false (unless it was a
+   * member already) and the reason in `code` (ROOM_LIMIT, FORBIDDEN,
+   * BAD_REQUEST, UNAVAILABLE, RATE_LIMITED). While the client reconnects
+   * the Join waits for the next connection; one written on a connection
+   * that ends before its answer is written again on the next (a Join is
+   * safe to repeat). It rejects (ImgateError) for a bad room id (code
+   * `bad_room`, nothing sent), when the client is not connected or stops
+   * first (kind `closed`), and when no answer comes within the SendAck
+   * deadline (code `timeout`). The room stays joined across reconnects
+   * until leave() (see `rooms`).
+   */
+  join(room: string): Promise<RoomResult> {
+    return this.roomOp('join', room);
+  }
+
+  /**
+   * leave ends the connection's membership of room, and the client's: it is
+   * not joined again after a reconnect. It resolves with `joined` false and
+   * code '' (leaving a room the connection is not in is no error), or
+   * `joined` true with code RATE_LIMITED; it rejects like join().
+   */
+  leave(room: string): Promise<RoomResult> {
+    return this.roomOp('leave', room);
+  }
+
+  private roomOp(kind: 'join' | 'leave', room: string): Promise<RoomResult> {
+    const bad = roomIdProblem(room);
+    if (bad) return Promise.reject(usage('bad_room', `${kind}: ${bad}`));
     if (!this.life || this.stateNow === 'closed' || this.stateNow === 'idle') {
-      return Promise.reject(closedError('send: the client is not connected (call connect())'));
+      return Promise.reject(closedError(`${kind}: the client is not connected (call connect())`));
+    }
+    return new Promise<RoomResult>((resolve, reject) => {
+      this.queue.push({ kind, room, resolve, reject, done: false });
+      this.pump();
+    });
+  }
+
+  private enqueueSend(what: 'send' | 'publish', to: string, room: string, payload: Uint8Array, opts: SendOptions): Promise<SendResult> {
+    if (!(payload instanceof Uint8Array)) return Promise.reject(usage('bad_payload', `${what}: payload must be a Uint8Array`));
+    if (!this.life || this.stateNow === 'closed' || this.stateNow === 'idle') {
+      return Promise.reject(closedError(`${what}: the client is not connected (call connect())`));
     }
     if (opts.signal?.aborted) return Promise.reject(abortError());
     return new Promise<SendResult>((resolve, reject) => {
       this.nextId++;
       const job: SendJob = {
-        id: this.nextId, to, payload, contentType: opts.contentType ?? '', signal: opts.signal,
+        kind: 'send', id: this.nextId, to, room, payload, contentType: opts.contentType ?? '', signal: opts.signal,
         resolve, reject, nodeId: '', done: false,
       };
       this.queue.push(job);
@@ -404,9 +539,12 @@ export class Client extends Emitter<ClientEvents> {
     this.moving = true;
     try {
       await this.sleepUnless(life.signal, c.goAwayAfterMs, () => c.closedWhy !== null);
+      // Joins and Leaves in flight too: their answers on c would not count
+      // once the new connection is set up (they would be written again).
+      const busy = (): boolean => c.pending.size > 0 || c.roomWaits.size > 0;
       const deadline = Date.now() + c.sendAckTimeoutMs;
-      while (c.pending.size > 0 && c.closedWhy === null && !life.signal.aborted && Date.now() < deadline) {
-        await this.sleepUnless(life.signal, Math.min(50, deadline - Date.now()), () => c.pending.size === 0 || c.closedWhy !== null);
+      while (busy() && c.closedWhy === null && !life.signal.aborted && Date.now() < deadline) {
+        await this.sleepUnless(life.signal, Math.min(50, deadline - Date.now()), () => !busy() || c.closedWhy !== null);
       }
       if (life.signal.aborted) return;
       if (c.closedWhy !== null) {
@@ -435,6 +573,7 @@ export class Client extends Emitter<ClientEvents> {
   /** install makes c the connection Sends go to. */
   private install(c: Conn): void {
     this.cur = c;
+    this.roomConn = c;
     this.setState({ state: 'online', nodeId: c.nodeId });
     this.pump();
   }
@@ -466,7 +605,9 @@ export class Client extends Emitter<ClientEvents> {
         node = ep.node_id;
         this.backoff = mergeHints(this.backoff, ep.reconnect);
         if (ep.heartbeat_interval_ms && ep.heartbeat_interval_ms > 0) this.heartbeatHintMs = ep.heartbeat_interval_ms;
-        return await this.dialNode(signal, ep);
+        const c = await this.dialNode(signal, ep);
+        await this.rejoin(c, signal);
+        return c;
       } catch (err) {
         if (signal.aborted) throw closedError();
         const e = err instanceof ImgateError ? err : networkError('connect_failed', String(err), node || undefined, err);
@@ -539,6 +680,7 @@ export class Client extends Emitter<ClientEvents> {
       serverError: (_c, e) => this.emitError(e),
       closed: (c, why) => this.onClosed(c, why),
       settled: () => this.pump(),
+      roomState: (c, rs) => this.onBackendRoom(c, rs),
     };
     return Conn.dial({
       url, nodeId: ep.node_id, token: ep.token, uid: this.opts.uid, device: this.opts.device,
@@ -554,16 +696,17 @@ export class Client extends Emitter<ClientEvents> {
   private onDeliver(c: Conn, d: Deliver): void {
     const id = d.msgId;
     if (!id) return;
+    if (d.broadcast) {
+      // At most once, never re-sent: no DeliverAck, nothing to de-duplicate.
+      this.emitEvent('message', messageOf(c, d), (e) => this.listenerThrew(e));
+      return;
+    }
     if (this.dedup.has(id)) {
       c.ack(id); // a re-send: the node did not get our ACK, or sent before it did
       return;
     }
     this.dedup.add(id);
-    const m: Message = {
-      msgId: id, fromUid: d.fromUid, fromDevice: d.fromDevice, payload: d.payload,
-      contentType: d.contentType, sentAtMs: Number(d.sentAtMs), attempt: d.attempt, nodeId: c.nodeId,
-    };
-    this.emitEvent('message', m, (e) => this.listenerThrew(e));
+    this.emitEvent('message', messageOf(c, d), (e) => this.listenerThrew(e));
     c.ack(id);
   }
 
@@ -586,16 +729,29 @@ export class Client extends Emitter<ClientEvents> {
   /** pump writes waiting Sends on the current connection while it can take them. */
   private pump(): void {
     const c = this.cur;
-    while (this.queue.length > 0 && c && c.isOpen && !this.moving && c.pending.size < this.opts.maxPending) {
-      const job = this.queue.shift()!;
-      if (job.done) continue;
+    while (this.queue.length > 0 && c && c.isOpen && !this.moving) {
+      const head = this.queue[0]!;
+      if (head.done) {
+        this.queue.shift();
+        continue;
+      }
+      if (head.kind !== 'send') {
+        this.queue.shift();
+        if (!this.writeRoom(c, head)) {
+          this.queue.unshift(head);
+          return;
+        }
+        continue;
+      }
+      if (c.pending.size >= this.opts.maxPending) return;
+      const job = this.queue.shift() as SendJob;
       const limit = c.maxFrame - deliverRoom;
       if (job.payload.byteLength > limit) {
         job.done = true;
         job.reject(usage('payload_too_large', `send: payload of ${job.payload.byteLength} bytes, limit ${limit}`));
         continue;
       }
-      const frame = encode('send', { clientMsgId: job.id, toUid: job.to, payload: job.payload, contentType: job.contentType });
+      const frame = encode('send', { clientMsgId: job.id, toUid: job.to, room: job.room, payload: job.payload, contentType: job.contentType });
       if (frame.byteLength > c.maxFrame) {
         job.done = true;
         job.reject(usage('payload_too_large', `send: frame of ${frame.byteLength} bytes, limit ${c.maxFrame}`));
@@ -612,6 +768,131 @@ export class Client extends Emitter<ClientEvents> {
         return;
       }
     }
+  }
+
+  // ---- rooms -----------------------------------------------------------------
+
+  /** writeRoom writes job's Join or Leave on c; false when c cannot take it. */
+  private writeRoom(c: Conn, job: RoomJob): boolean {
+    const id = ++this.nextReq;
+    // The answer cannot come before the write returns; a write that fails
+    // ends c, which must not find this job waiting (it is still the caller's).
+    if (!c.write(encode(job.kind, { requestId: id, room: job.room }))) return false;
+    const timer = setTimeout(() => {
+      if (!c.roomWaits.delete(id) || job.done) return;
+      job.done = true;
+      job.reject?.(networkError('timeout', `${job.kind} ${JSON.stringify(job.room)}: no answer from node ${c.nodeId} within ${c.sendAckTimeoutMs} ms`, c.nodeId));
+    }, c.sendAckTimeoutMs);
+    c.roomWaits.set(id, (rs) => {
+      clearTimeout(timer);
+      this.roomAnswered(c, job, rs);
+    });
+    return true;
+  }
+
+  /**
+   * roomAnswered settles job with rs, c's answer. An answer that does not
+   * come (c ended first), or comes from a connection the room set no
+   * longer follows (the old one of a move), says nothing of the current
+   * connection: the Join or Leave is written again there.
+   */
+  private roomAnswered(c: Conn, job: RoomJob, rs: RoomState | null): void {
+    if (job.done) return;
+    if (rs === null || c !== this.roomConn) {
+      if (!this.life || this.life.signal.aborted) {
+        job.done = true;
+        job.reject?.(closedError(`${job.kind}: the client closed before the node answered`));
+        return;
+      }
+      this.queue.unshift(job);
+      this.pump();
+      return;
+    }
+    job.done = true;
+    this.applyRoom(job.room, rs.joined, false);
+    job.resolve?.({ room: job.room, joined: rs.joined, code: rs.code === 0 ? '' : errorCodeName(rs.code), message: rs.message });
+  }
+
+  /** onBackendRoom is a RoomState with request_id 0: the app's backend changed c's rooms. */
+  private onBackendRoom(c: Conn, rs: RoomState): void {
+    if (!rs.room) return;
+    if (c === this.roomConn) {
+      this.applyRoom(rs.room, rs.joined, true);
+      return;
+    }
+    if (c.closedWhy !== null || !this.life || this.life.signal.aborted) return;
+    // The old connection of a move, after the new one took its rooms: the
+    // backend meant this device, so do the same on the new connection.
+    this.applyRoom(rs.room, rs.joined, true);
+    this.queue.push({ kind: rs.joined ? 'join' : 'leave', room: rs.room, resolve: null, reject: null, done: false });
+    this.pump();
+  }
+
+  /**
+   * rejoin joins c, just logged in, to every room of the set before c
+   * becomes the current connection (docs/protocol.md §13.1); a refused
+   * room leaves the set. It fails — the caller dials again — when c ends
+   * first or does not answer within the dial timeout.
+   */
+  private rejoin(c: Conn, signal: AbortSignal): Promise<void> {
+    this.roomConn = c;
+    const rooms = [...this.roomSet].sort();
+    if (rooms.length === 0) return Promise.resolve();
+    return new Promise<void>((resolve, reject) => {
+      let left = rooms.length;
+      const onAbort = (): void => c.abort('closed');
+      const timer = setTimeout(() => {
+        c.abort(networkError('timeout', `rejoin on node ${c.nodeId}: ${left} of ${rooms.length} rooms unanswered after ${this.opts.dialTimeoutMs} ms`, c.nodeId));
+      }, this.opts.dialTimeoutMs);
+      signal.addEventListener('abort', onAbort);
+      const end = (err?: ImgateError): void => {
+        if (left < 0) return;
+        left = -1;
+        clearTimeout(timer);
+        signal.removeEventListener('abort', onAbort);
+        if (err) reject(err);
+        else resolve();
+      };
+      const lost = (): ImgateError => {
+        const w = c.closedWhy;
+        if (w instanceof ImgateError) return w;
+        if (w === 'closed' || signal.aborted) return closedError();
+        return networkError('connection_closed', `node ${c.nodeId}: the connection ended during the rejoin`, c.nodeId);
+      };
+      // A refusal for a while (RATE_LIMITED, UNAVAILABLE) is asked again
+      // after 100 ms, 200 ms, …, within the dial timeout; any other answer
+      // settles the room (a refused one leaves the set).
+      const ask = (room: string, retryMs: number): void => {
+        if (left < 0) return;
+        const id = ++this.nextReq;
+        if (!c.write(encode('join', { requestId: id, room }))) {
+          c.abort(networkError('write_failed', `rejoin on node ${c.nodeId}: the connection cannot take a Join`, c.nodeId));
+          end(lost());
+          return;
+        }
+        c.roomWaits.set(id, (rs) => {
+          if (rs === null) {
+            end(lost());
+            return;
+          }
+          if (!rs.joined && rs.code !== 0 && isTemporaryCode(errorCodeName(rs.code))) {
+            setTimeout(() => ask(room, retryMs * 2), retryMs);
+            return;
+          }
+          this.applyRoom(room, rs.joined, false);
+          if (--left === 0) end();
+        });
+      };
+      for (const room of rooms) ask(room, 100);
+    });
+  }
+
+  /** applyRoom records that the connection is (or is not) in room, with a `room` event when that changes. */
+  private applyRoom(room: string, joined: boolean, byBackend: boolean): void {
+    if (joined === this.roomSet.has(room)) return;
+    if (joined) this.roomSet.add(room);
+    else this.roomSet.delete(room);
+    this.emitEvent('room', { room, joined, byBackend }, (e) => this.listenerThrew(e));
   }
 
   /** track builds the InFlight of job on c, with its SendAck deadline and abort. */
@@ -654,10 +935,12 @@ export class Client extends Emitter<ClientEvents> {
     for (const j of q) {
       if (!j.done) {
         j.done = true;
-        j.reject(err);
+        j.reject?.(err);
       }
     }
     this.moving = false;
+    this.roomConn = null;
+    for (const room of [...this.roomSet].sort()) this.applyRoom(room, false, false);
     this.setState({ state: 'closed', ...(this.cur ? { nodeId: this.cur.nodeId } : {}), reason: byClose ? 'closed' : why.kind === 'kicked' ? why.code : why.message });
   }
 
@@ -720,11 +1003,21 @@ export class Client extends Emitter<ClientEvents> {
   }
 }
 
+function messageOf(c: Conn, d: Deliver): Message {
+  return {
+    msgId: d.msgId, fromUid: d.fromUid, fromDevice: d.fromDevice, payload: d.payload,
+    contentType: d.contentType, sentAtMs: Number(d.sentAtMs), attempt: d.attempt, nodeId: c.nodeId,
+    room: d.room, broadcast: d.broadcast,
+  };
+}
+
+const knownOutcomes = new Set(['DELIVERED', 'PARTIAL', 'OFFLINE', 'FAILED', 'STORED', 'SENT']);
+
 function resultOf(job: SendJob, a: SendAck): SendResult {
   const name = outcomeName(a.outcome);
-  const known = name === 'DELIVERED' || name === 'PARTIAL' || name === 'OFFLINE' || name === 'FAILED' || name === 'STORED';
+  const known = knownOutcomes.has(name);
   const r: SendResult = {
-    outcome: known ? (name as Outcome) : 'UNKNOWN', msgId: a.msgId, devices: a.devices, acked: a.acked,
+    outcome: known ? (name as Outcome) : 'UNKNOWN', msgId: a.msgId, devices: a.devices, acked: a.acked, nodes: a.nodes,
     nodeId: job.nodeId, clientMsgId: job.id,
   };
   if (!known) {
@@ -738,7 +1031,7 @@ function resultOf(job: SendJob, a: SendAck): SendResult {
 }
 
 function unknown(job: SendJob, why: ImgateError | 'timeout' | 'aborted' | undefined): SendResult {
-  const r: SendResult = { outcome: 'UNKNOWN', msgId: '', devices: 0, acked: 0, nodeId: job.nodeId, clientMsgId: job.id };
+  const r: SendResult = { outcome: 'UNKNOWN', msgId: '', devices: 0, acked: 0, nodes: 0, nodeId: job.nodeId, clientMsgId: job.id };
   if (why === 'timeout') {
     r.reason = 'SENDACK_TIMEOUT';
     r.detail = 'no SendAck in time';

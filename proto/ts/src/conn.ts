@@ -1,7 +1,7 @@
 /**
  * Conn is one logged-in WebSocket connection to one access node.
  */
-import type { Deliver, GoAway, LoginAck, SendAck } from './gen/wirepb/frame_pb.js';
+import type { Deliver, GoAway, LoginAck, RoomState, SendAck } from './gen/wirepb/frame_pb.js';
 import { ImgateError, kickedError, networkError, serverError } from './errors.js';
 import { decode, encode, errorCodeName, kickReasonName } from './wire.js';
 import { OPEN, subprotocol, type WebSocketConstructor, type WebSocketLike } from './websocket.js';
@@ -22,6 +22,8 @@ export interface ConnEvents {
   closed(c: Conn, why: ImgateError | CloseReason): void;
   /** a Send finished on c (a slot is free) */
   settled(c: Conn): void;
+  /** a RoomState with request_id 0: the app's backend joined c to a room or took it out (§13.1) */
+  roomState(c: Conn, rs: RoomState): void;
 }
 
 /** Why the client itself closed a connection. */
@@ -63,6 +65,11 @@ export class Conn {
 
   /** Sends written here, by client_msg_id */
   readonly pending = new Map<bigint, InFlight>();
+  /**
+   * Joins and Leaves written here, by request_id: called once, with the
+   * RoomState that answers it, or with null when the connection ended first.
+   */
+  readonly roomWaits = new Map<bigint, (rs: RoomState | null) => void>();
   /** set once the connection ended */
   closedWhy: ImgateError | CloseReason | null = null;
   /** whether a GoAway was seen (a second one is ignored), and its reconnect_after_ms */
@@ -280,6 +287,19 @@ export class Conn {
       case 'deliver':
         this.onDeliver(f.body.value);
         break;
+      case 'roomState': {
+        const rs = f.body.value;
+        if (rs.requestId === 0n) {
+          this.ev.roomState(this, rs);
+          break;
+        }
+        const w = this.roomWaits.get(rs.requestId);
+        if (w) {
+          this.roomWaits.delete(rs.requestId);
+          w(rs);
+        }
+        break;
+      }
       case 'kick':
         this.abort(kickedError(kickReasonName(f.body.value.reason), f.body.value.detail, this.nodeId, f.body.value.ban));
         break;
@@ -329,6 +349,9 @@ export class Conn {
     const pending = [...this.pending.values()];
     this.pending.clear();
     for (const s of pending) s.settle(null, lost);
+    const waits = [...this.roomWaits.values()];
+    this.roomWaits.clear();
+    for (const w of waits) w(null);
     if (this.ws.readyState <= OPEN) {
       try {
         this.ws.close(1000);

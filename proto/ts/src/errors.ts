@@ -39,7 +39,8 @@ export interface ImgateErrorInit {
  * - `code`: for `dispatcher`, the JSON error code (`no_node`,
  *   `transport_unavailable`, …) or `http_<status>` when the body was not the
  *   dispatcher's JSON; for `server`, the wire `ErrorCode` name without its
- *   prefix (`TOKEN_EXPIRED`); for `kicked`, the reason (`REPLACED`); for
+ *   prefix (`TOKEN_EXPIRED`; the same names as SendResult.reason and
+ *   RoomResult.code, e.g. `NOT_MEMBER`, `ROOM_LIMIT`, `FORBIDDEN`); for `kicked`, the reason (`REPLACED`); for
  *   the others a short name (`timeout`, `connection_closed`, `closed`, …).
  * - `temporary`: a retry (the client's own reconnect loop) may succeed.
  *   Permanent errors stop the reconnect loop (docs/protocol.md §8.3 step 6).
@@ -129,8 +130,28 @@ export function dispatcherError(status: number, retryAfter: string | null, body:
   });
 }
 
-/** Wire error codes caused by what the client sent: a retry cannot fix them (§4.2). */
-const permanentServerCodes = new Set(['BAD_FRAME', 'FRAME_TOO_LARGE', 'NOT_LOGGED_IN', 'ALREADY_LOGGED_IN', 'BAD_REQUEST', 'TOKEN_MISMATCH']);
+/**
+ * Wire error codes caused by what the client sent: a retry cannot fix them
+ * (§4.2). The rooms' codes (§13.5) — ROOM_LIMIT (25, a Join beyond the
+ * node's rooms per connection), NOT_MEMBER (26, a publish to a room not
+ * joined), FORBIDDEN (27, the node's join policy or the backend refused) —
+ * come in RoomState.code and SendAck.reason, never in an Error frame today;
+ * should a node send one as an Error it is no better on a retry either.
+ */
+const permanentServerCodes = new Set([
+  'BAD_FRAME', 'FRAME_TOO_LARGE', 'NOT_LOGGED_IN', 'ALREADY_LOGGED_IN', 'BAD_REQUEST', 'TOKEN_MISMATCH',
+  'ROOM_LIMIT', 'NOT_MEMBER', 'FORBIDDEN',
+]);
+
+/**
+ * isTemporaryCode reports whether a wire ErrorCode name (an Error's code, a
+ * SendAck's reason, a RoomState's code) may go away on a retry:
+ * RATE_LIMITED and UNAVAILABLE do, ROOM_LIMIT, NOT_MEMBER, FORBIDDEN and
+ * BAD_REQUEST do not.
+ */
+export function isTemporaryCode(code: string): boolean {
+  return !permanentServerCodes.has(code);
+}
 
 export function serverError(code: string, message: string, fatal: boolean, nodeId: string): ImgateError {
   return new ImgateError({

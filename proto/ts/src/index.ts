@@ -4,9 +4,10 @@
  */
 export { Client, version } from './client.js';
 export type {
-  ClientEvents, ClientOptions, GoAwayEvent, KickEvent, Message, Outcome, SendOptions, SendResult, State, StateEvent,
+  ClientEvents, ClientOptions, GoAwayEvent, KickEvent, Message, Outcome, RoomEvent, RoomResult, SendOptions, SendResult, State, StateEvent,
 } from './client.js';
-export { ImgateError, parseRetryAfter, dispatcherError } from './errors.js';
+export { ImgateError, parseRetryAfter, dispatcherError, isTemporaryCode } from './errors.js';
+export { maxRoomBytes, roomIdProblem, validRoom } from './rooms.js';
 export type { ErrorKind } from './errors.js';
 export { backoffDelay, defaultBackoff, mergeHints } from './backoff.js';
 export type { Backoff, BackoffHints } from './backoff.js';

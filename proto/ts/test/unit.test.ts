@@ -4,7 +4,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 
-import { Dedup, backoffDelay, defaultBackoff, dispatcherError, mergeHints, parseRetryAfter } from '../src/index.js';
+import { Dedup, backoffDelay, defaultBackoff, dispatcherError, isTemporaryCode, mergeHints, parseRetryAfter, roomIdProblem, validRoom } from '../src/index.js';
 import { decode, encode } from '../src/wire.js';
 
 const hex = (b: Uint8Array): string => Buffer.from(b).toString('hex');
@@ -99,5 +99,34 @@ describe('dedup', () => {
     d.add('b'); // already there: nothing evicted
     assert.ok(d.has('c'));
     assert.equal(d.length, 3);
+  });
+});
+
+describe('room ids', () => {
+  it('follows the nodes\' rule: 1-128 bytes of UTF-8 without control characters', () => {
+    for (const ok of ['a', 'team/go', 'x'.repeat(128), 'é'.repeat(64), '房间'.repeat(21), '😀'.repeat(32), 'sp ace', 'u\u00a0nbsp']) {
+      assert.equal(validRoom(ok), true, JSON.stringify(ok));
+    }
+    for (const bad of ['', 'x'.repeat(129), 'é'.repeat(65), '😀'.repeat(33), 'a\nb', '\u0000', 'del\u007f', 'c1\u009f', 'lone\ud800', '\udc00x', 'x\ud83d']) {
+      assert.equal(validRoom(bad), false, JSON.stringify(bad));
+      assert.ok(roomIdProblem(bad) !== '');
+    }
+    assert.equal(validRoom(7 as unknown as string), false);
+    assert.match(roomIdProblem('a\tb'), /control character \(U\+0009\)/);
+    assert.match(roomIdProblem('x'.repeat(129)), /128 bytes/);
+  });
+
+  it('classes the rooms\' error codes as permanent', () => {
+    for (const c of ['ROOM_LIMIT', 'NOT_MEMBER', 'FORBIDDEN', 'BAD_REQUEST']) assert.equal(isTemporaryCode(c), false, c);
+    for (const c of ['RATE_LIMITED', 'UNAVAILABLE', 'DELIVERY_TIMEOUT']) assert.equal(isTemporaryCode(c), true, c);
+  });
+
+  it('encodes the rooms\' frames and fields', () => {
+    assert.equal(hex(encode('join', { requestId: 1n, room: 'r' })), '72050801120172');
+    assert.equal(hex(encode('leave', { requestId: 2n, room: 'r' })), '7a050802120172');
+    const rs = decode(unhex('82 01 07 08 00 12 01 72 18 01'));
+    assert.ok(rs.body.case === 'roomState' && rs.body.value.joined && rs.body.value.room === 'r' && rs.body.value.requestId === 0n);
+    const d = decode(unhex('3a 05 42 01 72 48 01'));
+    assert.ok(d.body.case === 'deliver' && d.body.value.room === 'r' && d.body.value.broadcast);
   });
 });
