@@ -1,7 +1,7 @@
 // The imgate demo chat page: one login (uid + a random device id per page
 // load) through @imgate/client's browser bundle. Every sent message gets
 // a row whose outcome is the node's SendAck; every received message a row
-// of its own. Plain DOM, no framework; text goes in with textContent only.
+// of its own. "To" #room publishes to a room joined with the Room form. Plain DOM, no framework; text goes in with textContent only.
 import { Client } from './imgate.browser.js';
 
 const $ = (id) => document.getElementById(id);
@@ -67,6 +67,13 @@ function setState(state, reason) {
   $('uid').disabled = live;
   $('logout-btn').disabled = !live;
   $('send-btn').disabled = !live;
+  $('join-btn').disabled = !live;
+  $('leave-btn').disabled = !live;
+}
+
+function showRooms() {
+  const rooms = client?.rooms ?? [];
+  $('rooms').textContent = rooms.length ? rooms.map((r) => '#' + r).join(' ') : 'no room';
 }
 
 // outcomeText is what a row shows for a SendResult.
@@ -78,6 +85,8 @@ function outcomeText(r) {
     case 'FAILED':
     case 'UNKNOWN':
       return `${r.outcome}${r.reason ? ' ' + r.reason : ''}`;
+    case 'SENT':
+      return `SENT ${r.devices}${r.reason ? ' ' + r.reason : ''}`;
     default:
       return r.outcome;
   }
@@ -97,10 +106,17 @@ async function login(uid) {
     const li = row('in');
     li.dataset.msgid = m.msgId;
     li.dataset.from = m.fromUid;
+    if (m.room) li.dataset.room = m.room;
     li.appendChild(span('text', m.contentType.startsWith('text/') || m.contentType === ''
       ? dec.decode(m.payload) : `[${m.payload.length} bytes, ${m.contentType}]`));
-    li.appendChild(span('meta', `from ${m.fromUid}/${m.fromDevice} · via ${m.nodeId} · ${new Date(m.sentAtMs).toLocaleTimeString()}` +
+    li.appendChild(span('meta', `${m.room ? 'in #' + m.room + (m.broadcast ? ' (broadcast)' : '') + ' · ' : ''}from ${m.fromUid}/${m.fromDevice} · via ${m.nodeId} · ${new Date(m.sentAtMs).toLocaleTimeString()}` +
       (m.attempt > 1 ? ` · attempt ${m.attempt}` : '')));
+  });
+  c.on('room', (r) => {
+    if (client !== c) return;
+    showRooms();
+    if (r.byBackend) sys(`${r.joined ? 'joined to' : 'taken out of'} #${r.room} by the app's backend`);
+    else if (!r.joined && c.state !== 'closed') sys(`left #${r.room}`);
   });
   c.on('goaway', (g) => sys(`GoAway: the node drains (${g.reason || 'no reason'}); moving to another node`));
   c.on('kick', (k) => sys(`kicked: ${k.reason}${k.detail ? ' (' + k.detail + ')' : ''}`));
@@ -127,7 +143,8 @@ async function send(to, text) {
   showStats();
   let r;
   try {
-    r = await client.send(to, enc.encode(text), { contentType: 'text/plain; charset=utf-8' });
+    const opts = { contentType: 'text/plain; charset=utf-8' };
+    r = to.startsWith('#') ? await client.publish(to.slice(1), enc.encode(text), opts) : await client.send(to, enc.encode(text), opts);
   } catch (e) {
     // rejected: nothing was sent (closed, kicked, too large)
     r = { outcome: 'NOT_SENT', reason: e.code || String(e), msgId: '', nodeId: '' };
@@ -159,6 +176,25 @@ $('logout-btn').addEventListener('click', async () => {
   await c.close();
   if (client === c) setState('closed', 'logged out');
 });
+
+// joinOrLeave asks the node and shows its answer (a refusal is an answer).
+async function joinOrLeave(join) {
+  const room = $('room').value.trim().replace(/^#/, '');
+  if (!client || !room) return;
+  try {
+    const r = join ? await client.join(room) : await client.leave(room);
+    if (join) sys(r.joined ? `joined #${r.room}` : `join #${r.room} refused: ${r.code}${r.message ? ' (' + r.message + ')' : ''}`);
+  } catch (e) {
+    sys(`${join ? 'join' : 'leave'} #${room}: ${e.code || String(e)}`);
+  }
+  showRooms();
+}
+
+$('room-form').addEventListener('submit', (ev) => {
+  ev.preventDefault();
+  void joinOrLeave(true);
+});
+$('leave-btn').addEventListener('click', () => void joinOrLeave(false));
 
 $('send').addEventListener('submit', (ev) => {
   ev.preventDefault();

@@ -197,6 +197,36 @@ describe('the chat page in Chromium', () => {
     assert.deepEqual(pageErrors, []);
   });
 
+  it('two pages on different nodes join a room; a publish reaches the other member once', async () => {
+    const join = async (page: Page, room: string): Promise<void> => {
+      await page.fill('#room', room);
+      await page.click('#join-btn');
+      await page.waitForFunction((r) => (document.getElementById('rooms')?.textContent ?? '').split(' ').includes('#' + r), room, wait);
+    };
+    await join(alice, 'team');
+    await join(bob, 'team');
+    // Bob's membership reaches the room's home one hop after his RoomState:
+    // publish until it counts him (the ones before reach nobody: OFFLINE).
+    let r: Row | undefined;
+    for (let i = 0; i < 50; i++) {
+      r = await send(alice, '#team', `hello team ${i}`);
+      if (r.outcome !== 'OFFLINE') break;
+    }
+    assert.equal(r!.shown, 'DELIVERED 1/1');
+    const got = await received(bob, r!.text);
+    assert.equal(got.msgId, r!.msgId);
+    assert.match(got.meta, /^in #team · from alice\//);
+    assert.equal(await bob.$eval(`#log li.in[data-msgid="${r!.msgId}"]`, (l) => (l as HTMLElement).dataset['room']), 'team');
+    assert.equal((await inRows(alice, 'hello team')).length, 0); // the publisher does not get its own
+    // A page that has not joined is refused, and after leaving bob gets nothing.
+    await bob.fill('#room', 'team');
+    await bob.click('#leave-btn');
+    await bob.waitForFunction(() => document.getElementById('rooms')?.textContent === 'no room', null, wait);
+    assert.equal((await send(bob, '#team', 'not a member')).shown, 'FAILED NOT_MEMBER');
+    await shot(bob, '1-bob-room');
+    assert.deepEqual(pageErrors, []);
+  });
+
   it('a SIGTERM-drained node moves its page to the other node without losing a message', async () => {
     assert.equal(await nodeOf(alice), 'node-1');
     assert.equal(await nodeOf(bob), 'node-2');
