@@ -84,6 +84,22 @@ func dialDevice(t *testing.T, base, uid, device string) *client.Client {
 	return c
 }
 
+// dialElsewhere dials name(0), name(1), … until a login lands on another
+// node than not, and returns that client and the uid it used.
+func dialElsewhere(t *testing.T, base, not string, name func(i int) (uid, device string)) (*client.Client, string) {
+	t.Helper()
+	for i := 0; i <= 20; i++ {
+		uid, device := name(i)
+		c := dialDevice(t, base, uid, device)
+		if c.NodeID() != not {
+			return c, uid
+		}
+		c.Close()
+	}
+	t.Fatal("every dial landed on one node")
+	return nil, ""
+}
+
 // TestCrossNodeMessaging: clients spread over three real node processes,
 // every pair exchanges messages; all arrive once, in order per pair, with
 // delivered outcomes. Multi-device and a replaced login across nodes too.

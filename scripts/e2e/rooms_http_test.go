@@ -57,19 +57,7 @@ func TestRoomsThroughTheDispatcher(t *testing.T) {
 	}
 	f := startFleet(t, "", "")
 	a := dialDevice(t, f.base, "room-a", "phone")
-	var b *client.Client
-	var bName string
-	for i := 0; ; i++ {
-		bName = fmt.Sprintf("room-b%d", i)
-		b = dialDevice(t, f.base, bName, "phone")
-		if b.NodeID() != a.NodeID() {
-			break
-		}
-		b.Close()
-		if i == 20 {
-			t.Fatal("every dial landed on one node")
-		}
-	}
+	b, bName := dialElsewhere(t, f.base, a.NodeID(), func(i int) (string, string) { return fmt.Sprintf("room-b%d", i), "phone" })
 	prober := dialDevice(t, f.base, "room-prober", "phone")
 	reachable(t, prober, "room-a", 1)
 	reachable(t, prober, bName, 1)
