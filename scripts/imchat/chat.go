@@ -521,23 +521,19 @@ type command struct {
 var uidRE = regexp.MustCompile(`^[A-Za-z0-9._@+-]{1,128}$`)
 
 // cutRecipient splits "uid:text" (or "uid: text").
-func cutRecipient(s string) (to, text string, ok bool) {
-	to, text, ok = strings.Cut(s, ":")
-	to = strings.TrimSpace(to)
-	if !ok || !uidRE.MatchString(to) {
-		return "", "", false
-	}
-	return to, strings.TrimPrefix(text, " "), true
-}
+func cutRecipient(s string) (to, text string, ok bool) { return cutBefore(s, uidRE.MatchString) }
 
 // cutRoom splits "room:text" (or "#room: text" in chat), at the first ":".
-func cutRoom(s string) (room, text string, ok bool) {
-	room, text, ok = strings.Cut(s, ":")
-	room = strings.TrimSpace(room)
-	if !ok || !wire.ValidRoom(room) {
+func cutRoom(s string) (room, text string, ok bool) { return cutBefore(s, wire.ValidRoom) }
+
+// cutBefore splits s at its first ":" when what comes before is valid.
+func cutBefore(s string, valid func(string) bool) (name, text string, ok bool) {
+	name, text, ok = strings.Cut(s, ":")
+	name = strings.TrimSpace(name)
+	if !ok || !valid(name) {
 		return "", "", false
 	}
-	return room, strings.TrimPrefix(text, " "), true
+	return name, strings.TrimPrefix(text, " "), true
 }
 
 // parseLine reads one interactive line; to is where plain lines go.
